@@ -1,0 +1,27 @@
+"""headprune: find which attention heads of a pretrained encoder can be pruned before finetuning."""
+
+from .data import GROUPS, Dataset, expand_datasets, load_dataset, preprocess, split_halves
+from .errors import HeadpruneError
+from .models import count_parameters, fingerprint, load_model
+from .surgery import HeadGates, kept_heads, load_pruned, prune_heads, pruned_heads, save_pruned
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GROUPS",
+    "Dataset",
+    "HeadGates",
+    "HeadpruneError",
+    "count_parameters",
+    "expand_datasets",
+    "fingerprint",
+    "kept_heads",
+    "load_dataset",
+    "load_model",
+    "load_pruned",
+    "preprocess",
+    "prune_heads",
+    "pruned_heads",
+    "save_pruned",
+    "split_halves",
+]

@@ -1,0 +1,325 @@
+"""Head gates, physical head pruning, layer removal, and the pruned-model format.
+
+Heads are always named in the original model's (layer, head) coordinates, also after layers
+were removed. The map of what is left lives in `config.headprune_kept`:
+{original layer (str): [original heads kept]}, only for layers that remain."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import HeadpruneError
+from .models import family_of, save_tokenizer
+
+HeadSet = dict[int, list[int]]  # {layer: [heads]} in original coordinates
+
+
+# ----------------------------------------------------------------------------- the head map
+
+
+def original_shape(config) -> tuple[int, int]:
+    """(layers, heads per layer) of the original, unpruned model."""
+    layers = getattr(config, "headprune_original_layers", None) or config.num_hidden_layers
+    return int(layers), int(config.num_attention_heads)
+
+
+def kept_heads(model) -> dict[int, list[int]]:
+    """{original layer: [original heads]} of what the model still has, in layer order."""
+    kept = getattr(model.config, "headprune_kept", None)
+    if kept:
+        return {int(layer): list(heads) for layer, heads in kept.items()}
+    layers, heads = original_shape(model.config)
+    return {layer: list(range(heads)) for layer in range(layers)}
+
+
+def pruned_heads(model) -> list[tuple[int, int]]:
+    """Sorted (layer, head) pairs pruned from the original model."""
+    layers, heads = original_shape(model.config)
+    kept = kept_heads(model)
+    return [(l, h) for l in range(layers) for h in range(heads) if h not in kept.get(l, [])]
+
+
+def normalize_heads(heads, config) -> HeadSet:
+    """Accept {layer: [heads]} or [(layer, head), ...]; validate against the original shape."""
+    layers, n_heads = original_shape(config)
+    out: HeadSet = {}
+    items = heads.items() if isinstance(heads, dict) else _pairs_to_dict(heads).items()
+    for layer, hs in items:
+        layer = int(layer)
+        if not 0 <= layer < layers:
+            raise HeadpruneError(f"head specification: layer {layer} does not exist (the model has {layers})")
+        for h in hs:
+            h = int(h)
+            if not 0 <= h < n_heads:
+                raise HeadpruneError(
+                    f"head specification: head {h} of layer {layer} does not exist ({n_heads} per layer)"
+                )
+            out.setdefault(layer, [])
+            if h not in out[layer]:
+                out[layer].append(h)
+    return {layer: sorted(hs) for layer, hs in sorted(out.items()) if hs}
+
+
+def _pairs_to_dict(pairs) -> HeadSet:
+    out: HeadSet = {}
+    for pair in pairs:
+        layer, head = pair
+        out.setdefault(int(layer), []).append(int(head))
+    return out
+
+
+def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> HeadSet:
+    """Parse '0:1,2;3:*' -> {0: [1, 2], 3: [0..n_heads-1]}. Empty string -> {}."""
+    out: HeadSet = {}
+    spec = spec.strip()
+    if not spec:
+        return out
+    for part in spec.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)\s*:\s*(\*|\d+(?:\s*-\s*\d+)?(?:\s*,\s*\d+(?:\s*-\s*\d+)?)*)", part)
+        if not match:
+            raise HeadpruneError(
+                f"--prune: cannot read '{part}'; write LAYER:HEADS pairs such as '0:1,2;3:*' (heads 0-based, "
+                "ranges like 4-7, * for all)"
+            )
+        layer = int(match.group(1))
+        if layer >= n_layers:
+            raise HeadpruneError(f"--prune: layer {layer} does not exist (the model has {n_layers}: 0-{n_layers - 1})")
+        if match.group(2) == "*":
+            heads = list(range(n_heads))
+        else:
+            heads = []
+            for item in match.group(2).split(","):
+                lo, _, hi = item.strip().partition("-")
+                heads += list(range(int(lo), int(hi or lo) + 1))
+        for h in heads:
+            if h >= n_heads:
+                raise HeadpruneError(f"--prune: head {h} of layer {layer} does not exist ({n_heads} per layer: 0-{n_heads - 1})")
+        out[layer] = sorted(set(out.get(layer, []) + heads))
+    return out
+
+
+def format_head_spec(heads: HeadSet, n_heads: int) -> str:
+    parts = []
+    for layer, hs in sorted(heads.items()):
+        parts.append(f"{layer}:*" if len(hs) == n_heads else f"{layer}:{','.join(map(str, sorted(hs)))}")
+    return ";".join(parts)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(module, parent) if parent else module, name, value)
+
+
+def encoder_layers(model) -> nn.ModuleList:
+    return _get(model.base_model, family_of(model.config).layers)
+
+
+def _head_size(config) -> int:
+    return int(config.hidden_size) // int(config.num_attention_heads)
+
+
+def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear keeping only `index` along `dim` (0: output rows, 1: input columns)."""
+    weight = layer.weight.index_select(dim, index).detach().clone()
+    bias = None
+    if layer.bias is not None:
+        bias = (layer.bias if dim == 1 else layer.bias[index]).detach().clone()
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.weight.requires_grad_(layer.weight.requires_grad)
+    return new
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def prune_heads(model, heads) -> nn.Module:
+    """Physically remove `heads` ({layer: [heads]} or [(layer, head)], original coordinates), in place.
+
+    Q/K/V rows and output-projection columns shrink; a layer that loses every head is removed
+    whole (attention and feed-forward). Heads already pruned are ignored. Returns the model."""
+    family = family_of(model.config)
+    heads = normalize_heads(heads, model.config)
+    n_layers, n_heads = original_shape(model.config)
+    kept = kept_heads(model)
+    new_kept = {layer: [h for h in hs if h not in heads.get(layer, [])] for layer, hs in kept.items()}
+    if not any(new_kept.values()):
+        raise HeadpruneError("cannot prune every head of the model: at least one head must remain")
+    d = _head_size(model.config)
+    layers = encoder_layers(model)
+    survivors = []
+    for position, (orig_layer, hs) in enumerate(kept.items()):
+        module = layers[position]
+        remaining = new_kept[orig_layer]
+        if not remaining:
+            continue  # the whole encoder layer goes
+        if len(remaining) < len(hs):
+            local = [hs.index(h) for h in remaining]
+            index = torch.cat([torch.arange(i * d, (i + 1) * d) for i in local]).to(
+                _get(module, family.query).weight.device
+            )
+            for path in (family.query, family.key, family.value):
+                _set(module, path, prune_linear(_get(module, path), index, dim=0))
+            _set(module, family.output, prune_linear(_get(module, family.output), index, dim=1))
+            attention = _get(module, family.attention)
+            for attr, value in (("num_attention_heads", len(remaining)), ("all_head_size", len(remaining) * d)):
+                if hasattr(attention, attr):
+                    setattr(attention, attr, value)
+        survivors.append(module)
+    if len(survivors) < len(layers):
+        _set(model.base_model, family.layers, nn.ModuleList(survivors))
+        for i, module in enumerate(survivors):
+            for sub in module.modules():
+                if hasattr(sub, "layer_idx"):
+                    sub.layer_idx = i
+    final = {str(layer): hs for layer, hs in new_kept.items() if hs}
+    model.config.headprune_original_layers = n_layers
+    model.config.headprune_kept = final
+    model.config.num_hidden_layers = len(final)
+    return model
+
+
+# ----------------------------------------------------------------------------- gates
+
+
+class HeadGates:
+    """Multiply each head's output by a gate: a (layers x heads) tensor in original coordinates.
+
+    Implemented as forward pre-hooks on the attention output projections, so it works on every
+    transformers version (5.x silently ignores `head_mask`). The gates are differentiable: with
+    `requires_grad=True`, `gates.grad` holds d loss / d gate after backward (Eq. 4.1). A gate of 0
+    gives the same outputs as physically pruning that head. Use as a context manager or call
+    `remove()`."""
+
+    def __init__(self, model, gates: torch.Tensor | None = None, requires_grad: bool = True):
+        n_layers, n_heads = original_shape(model.config)
+        device = next(model.parameters()).device
+        if gates is None:
+            gates = torch.ones(n_layers, n_heads, device=device, requires_grad=requires_grad)
+        if tuple(gates.shape) != (n_layers, n_heads):
+            raise ValueError(f"gates must have shape ({n_layers}, {n_heads}), got {tuple(gates.shape)}")
+        self.gates = gates
+        family = family_of(model.config)
+        d = _head_size(model.config)
+        self._handles = []
+        for module, (orig_layer, hs) in zip(encoder_layers(model), kept_heads(model).items()):
+            index = torch.tensor(hs, device=device)
+            hook = _make_gate_hook(self, orig_layer, index, d)
+            self._handles.append(_get(module, family.output).register_forward_pre_hook(hook))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "HeadGates":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _make_gate_hook(owner: HeadGates, layer: int, index: torch.Tensor, d: int):
+    def hook(_module, args):
+        (hidden,) = args[:1]
+        shape = hidden.shape
+        gate = owner.gates[layer].index_select(0, index).to(hidden.dtype)
+        gated = (hidden.view(*shape[:-1], -1, d) * gate.view(-1, 1)).view(shape)
+        return (gated, *args[1:])
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_pruned(model, tokenizer, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer files and `headprune.json` (the kept-heads map)."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
+    n_layers, n_heads = original_shape(model.config)
+    meta = {
+        "format": "headprune-pruned-model/1",
+        "architecture": type(model).__name__,
+        "original_layers": n_layers,
+        "heads_per_layer": n_heads,
+        "kept": {str(k): v for k, v in kept_heads(model).items()},
+        "pruned": [list(p) for p in pruned_heads(model)],
+        **(extra or {}),
+    }
+    (directory / "headprune.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_pruned(directory: str | os.PathLike):
+    """Load a directory written by `save_pruned`: (model, tokenizer), outputs identical to the saved model."""
+    import transformers
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoTokenizer
+
+    directory = Path(directory)
+    meta_path = directory / "headprune.json"
+    if not meta_path.is_file():
+        raise HeadpruneError(f"{directory}: not a pruned model directory (no headprune.json)")
+    meta = json.loads(meta_path.read_text())
+    config = AutoConfig.from_pretrained(directory)
+    kept = {int(k): v for k, v in meta["kept"].items()}
+    config.num_hidden_layers = int(meta["original_layers"])
+    for attr in ("headprune_kept", "headprune_original_layers"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    architecture = getattr(transformers, meta.get("architecture", ""), None)
+    if architecture is None:
+        raise HeadpruneError(f"{directory}: unknown architecture '{meta.get('architecture')}'")
+    model = architecture(config)
+    n_heads = int(meta["heads_per_layer"])
+    to_prune = {l: [h for h in range(n_heads) if h not in kept.get(l, [])] for l in range(config.num_hidden_layers)}
+    to_prune = {l: hs for l, hs in to_prune.items() if hs}
+    if to_prune:
+        prune_heads(model, to_prune)
+    load_model(model, str(directory / "model.safetensors"), strict=True)
+    model.eval()
+    tokenizer = None
+    if (directory / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer.headprune_source = str(directory)
+    return model, tokenizer
+
+
+def saved_size_bytes(model) -> int:
+    """Bytes of the model's safetensors file, measured by writing it to a temporary file."""
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_model(model, str(path))
+        return path.stat().st_size
