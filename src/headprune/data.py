@@ -249,7 +249,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> pd.DataFrame
         empty = frame.index[frame[column].str.strip().isin(["", "nan", "None"])].tolist()
         if empty:
             raise HeadpruneError(
-                f"{path}: row {empty[0] + offset - 1} has an empty '{column}' "
+                f"{path}: row {empty[0] + 1} has an empty '{column}' "
                 f"({len(empty)} such row(s); line {empty[0] + offset} of the file)"
             )
     frame[label_column] = frame[label_column].str.strip()
