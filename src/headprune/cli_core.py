@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 
-from .cli import DATA_DIR, LABEL_COLUMN, TEXT_COLUMN, app
+from .cli import DATA_DIR, DEVICE, LABEL_COLUMN, MODEL, RUN_DIR, TEXT_COLUMN, app
+from .errors import HeadpruneError
+
+WARMUP = typer.Option(300, "--warmup-steps", help="Warm-up steps of a fresh MLM head (0 = none).")
 
 
 @app.command("datasets")
@@ -23,3 +27,166 @@ def datasets_command(
         ds = load_dataset(name, text_column=text_column, label_column=label_column, data_dir=data_dir)
         counts = ", ".join(f"{c}={n}" for c, n in ds.class_counts().items())
         typer.echo(f"{ds.name:18s} {len(ds):6d}  {counts}")
+
+
+def _seeds(spec: str, option: str) -> list[int]:
+    from .config import parse_seeds
+
+    return parse_seeds(spec, option)
+
+
+def _pipeline_for(model: str, run_dir: Path, data_dir, text_column: str, label_column: str, device: str,
+                  warmup_steps: int, epochs: int):
+    from .config import Config
+    from .pipeline import Pipeline
+
+    config = Config()
+    config.model.name = model
+    config.model.mlm_head_warmup_steps = warmup_steps
+    config.data.data_dir = str(data_dir) if data_dir else ""
+    config.data.text_column, config.data.label_column = text_column, label_column
+    config.run.device = device
+    config.scoring.epochs = epochs
+    config.step1.epochs = epochs
+    return Pipeline(config, run_dir)
+
+
+@app.command("importance")
+def importance_command(
+    model: str = MODEL,
+    datasets: str = typer.Option("G1", "--datasets", help="Datasets or groups for Step 1, comma-separated."),
+    seeds: str = typer.Option("1-10", "--seeds", help="Seeds, e.g. 1-10 or 1,2,3."),
+    epochs: int = typer.Option(4, "--epochs", help="Finetuning epochs (paper: 4)."),
+    random: int = typer.Option(0, "--random", help="Instead of Step 1, write the seeded random order A<N>."),
+    out: Path = typer.Option(Path("order.json"), "--out", help="Where to write the order (JSON)."),
+    run_dir: Path = RUN_DIR,
+    data_dir: Path = DATA_DIR,
+    text_column: str = TEXT_COLUMN,
+    label_column: str = LABEL_COLUMN,
+    device: str = DEVICE,
+    warmup_steps: int = WARMUP,
+) -> None:
+    """Step 1: the importance order of the heads (or a seeded random order with --random N)."""
+    from .importance import importance_order, random_order
+    from .pipeline import importance_settings
+    from .store import ResultStore
+
+    pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
+    if epochs < 1:
+        raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
+    seed_list = _seeds(seeds, "--seeds")
+    names = pipeline.datasets([datasets], check_folds=False) if random == 0 else []
+    base = pipeline.load_base()
+    if random:
+        order = random_order(base.n_layers, base.n_heads, seed=random, name=f"A{random}", model=base.name,
+                             model_fingerprint=base.fingerprint)
+    else:
+        store = ResultStore(run_dir / "store.sqlite")
+        pipeline.progress.start_stage("Step 1: importance", len(names) * len(seed_list))
+        order = importance_order(base, names, seed_list, importance_settings(pipeline.config), store=store,
+                                 device=pipeline.device,
+                                 on_result=lambda ds, seed, cached: pipeline.progress.advance(cached))
+        pipeline.progress.end_stage()
+    order.save(out)
+    least = ", ".join(f"{l}:{h}" for l, h in order.ranked[-5:][::-1])
+    typer.echo(f"wrote {out}: {len(order.ranked)} heads ranked; least important first: {least}")
+
+
+@app.command("score")
+def score_command(
+    model: str = MODEL,
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name, group, or a CSV/TSV/JSONL file."),
+    prune: str = typer.Option("", "--prune", help="Heads to prune, e.g. '0:1,2;3:*' (original coordinates)."),
+    order: Path = typer.Option(None, "--order", help="An order JSON (with --k): prune its k least important heads."),
+    k: int = typer.Option(None, "--k", help="With --order: how many heads to prune."),
+    seeds: str = typer.Option("1", "--seeds", help="Seeds, e.g. 1-3."),
+    epochs: int = typer.Option(4, "--epochs", help="Adjusting epochs (paper: 4)."),
+    run_dir: Path = RUN_DIR,
+    data_dir: Path = DATA_DIR,
+    text_column: str = TEXT_COLUMN,
+    label_column: str = LABEL_COLUMN,
+    device: str = DEVICE,
+    warmup_steps: int = WARMUP,
+) -> None:
+    """PRUN_ADJ_EVAL: score one pruned model on datasets (F1-macro per seed), through the run's store."""
+    from .importance import Order
+    from .store import ResultStore
+    from .surgery import format_head_spec, parse_head_spec
+
+    if epochs < 1:
+        raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
+    seed_list = _seeds(seeds, "--seeds")
+    pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
+    names = [n for n in _dataset_keys(pipeline, dataset)]
+    pipeline.datasets(names)  # validates files, columns and class sizes before any model work
+    if order is not None and prune:
+        raise HeadpruneError("give either --prune or --order/--k, not both")
+    base = pipeline.load_base()
+    if order is not None:
+        if k is None:
+            raise HeadpruneError("--order needs --k (how many of the least important heads to prune)")
+        loaded = Order.load(order)
+        if (loaded.n_layers, loaded.n_heads) != (base.n_layers, base.n_heads):
+            raise HeadpruneError(f"--order {order}: made for {loaded.n_layers}x{loaded.n_heads} heads, "
+                                 f"the model has {base.n_layers}x{base.n_heads}")
+        if not 0 <= k < base.n_total_heads:
+            raise HeadpruneError(f"--k must be between 0 and {base.n_total_heads - 1}, got {k}")
+        heads = loaded.least_important(k)
+    else:
+        spec = parse_head_spec(prune, base.n_layers, base.n_heads)
+        heads = [(l, h) for l, hs in spec.items() for h in hs]
+    if len(set(heads)) >= base.n_total_heads:
+        raise HeadpruneError("--prune: cannot prune every head of the model: at least one head must remain")
+    store = ResultStore(run_dir / "store.sqlite")
+    scorer = pipeline.scorer(base, store, seed_list, executor=None)
+    spec_text = format_head_spec({l: [h for ll, h in heads if ll == l] for l, _ in heads}, base.n_heads) or "none"
+    typer.echo(f"model {base.name} ({base.fingerprint}), pruning {len(set(heads))} heads: {spec_text}")
+    for name in names:
+        pipeline.progress.start_stage(f"score {name}", len(seed_list))
+        result = scorer.score(heads, name)
+        pipeline.progress.end_stage()
+        per_seed = ", ".join(f"{s}: {f:.4f}" for s, f in zip(result.seeds, result.scores))
+        typer.echo(f"{name}: F1-macro {result.mean:.4f} (std {result.std:.4f}) over seeds [{per_seed}]; "
+                   f"adjusting {np.mean(result.adjust_seconds):.1f} s; {result.n_params:,} parameters; "
+                   f"{result.size_bytes / 2**20:.1f} MiB")
+
+
+def _dataset_keys(pipeline, spec: str) -> list[str]:
+    from .data import expand_datasets
+
+    return expand_datasets(spec)
+
+
+@app.command("run")
+def run_command(
+    config: Path = typer.Option(..., "--config", help="A TOML configuration (see configs/)."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<config name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and a time estimate; compute nothing."),
+    executor: str = typer.Option(None, "--executor", help="in-process or ray (overrides the configuration)."),
+    address: str = typer.Option(None, "--address", help="Ray address: auto or HOST:PORT (with --executor ray)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (overrides the configuration)."),
+) -> None:
+    """The whole method: Step 1 -> Step 2 -> generalization check -> summary.json and report."""
+    from .config import load_config, validate
+    from .pipeline import Pipeline, dry_run_text
+
+    cfg = load_config(config)
+    if executor is not None:
+        cfg.run.executor = executor
+    if address is not None:
+        cfg.run.address = address
+    if device is not None:
+        cfg.run.device = device
+    validate(cfg, "")
+    run_dir = run_dir or Path("runs") / config.stem
+    pipeline = Pipeline(cfg, run_dir)
+    if dry_run:
+        typer.echo(dry_run_text(pipeline))
+        return
+    pipeline.run()
+    if cfg.run.report:
+        from .report import write_report
+
+        path = write_report(run_dir)
+        typer.echo(f"report: {path}")
+    typer.echo(f"summary: {run_dir / 'summary.json'}")

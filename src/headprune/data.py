@@ -129,7 +129,8 @@ def canonical_name(name: str) -> str | None:
 
 def expand_datasets(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Expand 'G1,person' (names, groups, or file paths) into a list without duplicates, in order."""
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    items = [s.strip() for part in parts for s in str(part).split(",")]
     out: list[str] = []
     for item in items:
         if not item:
@@ -243,10 +244,10 @@ def _read_table(path: Path, text_column: str, label_column: str) -> pd.DataFrame
             raise HeadpruneError(
                 f"{path}: no column '{column}' ({option}); the columns are: {', '.join(columns)}"
             )
-    frame = frame[[text_column, label_column]].astype(str)
+    frame = frame[[text_column, label_column]].fillna("").astype(str)
     offset = 1 if suffix in (".jsonl", ".ndjson") else 2  # 1-based line number in the file
     for column in (text_column, label_column):
-        empty = frame.index[frame[column].str.strip().isin(["", "nan", "None"])].tolist()
+        empty = frame.index[frame[column].str.strip().eq("")].tolist()
         if empty:
             raise HeadpruneError(
                 f"{path}: row {empty[0] + 1} has an empty '{column}' "

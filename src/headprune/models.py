@@ -36,6 +36,7 @@ class Family:
     value: str
     output: str  # the attention output projection (its input is the concatenated heads)
     mlm_head_prefixes: tuple[str, ...]  # state-dict prefixes of the masked-LM head
+    mlm_head: tuple[str, ...]  # modules that map hidden states to vocabulary logits, applied in order
 
 
 _BERT_LIKE = dict(
@@ -47,11 +48,15 @@ _BERT_LIKE = dict(
     output="attention.output.dense",
 )
 FAMILIES: dict[str, Family] = {
-    "bert": Family(**_BERT_LIKE, mlm_head_prefixes=("cls.predictions.",)),
-    "roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",)),
-    "xlm-roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",)),
-    "camembert": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",)),
-    "electra": Family(**_BERT_LIKE, mlm_head_prefixes=("generator_predictions.", "generator_lm_head.")),
+    "bert": Family(**_BERT_LIKE, mlm_head_prefixes=("cls.predictions.",), mlm_head=("cls",)),
+    "roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
+    "xlm-roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
+    "camembert": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
+    "electra": Family(
+        **_BERT_LIKE,
+        mlm_head_prefixes=("generator_predictions.", "generator_lm_head."),
+        mlm_head=("generator_predictions", "generator_lm_head"),
+    ),
 }
 
 

@@ -1,0 +1,219 @@
+"""Step 1: the importance order of the heads (Algorithms 1 and 2), and seeded random orders.
+
+The gradient criterion and the random criterion both produce an `Order`; the surgery never knows
+which one was used (the Torch-Pruning idea)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .data import Dataset
+from .errors import HeadpruneError
+from .scoring import BaseModel, encode, _pad
+from .store import ResultStore
+from .surgery import HeadGates
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ImportanceSettings:
+    """Finetuning for Step 1 (METHOD.md): fresh classification head, AdamW, batch 16, 4 epochs."""
+
+    epochs: int = 4
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    adam_epsilon: float = 1e-8
+
+    def as_dict(self) -> dict:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "adam_epsilon": self.adam_epsilon}
+
+
+@dataclass
+class Order:
+    """Heads ranked from most to least important; pruning k heads removes the last k."""
+
+    name: str
+    ranked: list[Head]
+    n_layers: int
+    n_heads: int
+    kind: str = "importance"  # or "random"
+    matrix: list[list[float]] | None = None  # mean importance (importance orders only)
+    model: str = ""
+    model_fingerprint: str = ""
+    datasets: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    def least_important(self, k: int) -> list[Head]:
+        """The k heads pruned first."""
+        return sorted(self.ranked[len(self.ranked) - k:]) if k > 0 else []
+
+    def ranks(self) -> np.ndarray:
+        """(layers, heads) array: each head's rank, 0 = most important."""
+        out = np.zeros((self.n_layers, self.n_heads), dtype=int)
+        for rank, (layer, head) in enumerate(self.ranked):
+            out[layer, head] = rank
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "model": self.model, "model_fingerprint": self.model_fingerprint,
+            "datasets": self.datasets, "seeds": self.seeds, "n_layers": self.n_layers, "n_heads": self.n_heads,
+            "matrix": self.matrix, "ranked": [list(h) for h in self.ranked],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Order":
+        return cls(
+            name=data["name"], ranked=[(int(l), int(h)) for l, h in data["ranked"]], n_layers=int(data["n_layers"]),
+            n_heads=int(data["n_heads"]), kind=data.get("kind", "importance"), matrix=data.get("matrix"),
+            model=data.get("model", ""), model_fingerprint=data.get("model_fingerprint", ""),
+            datasets=list(data.get("datasets", [])), seeds=list(data.get("seeds", [])),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Order":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            order = cls.from_json(data)
+        except FileNotFoundError:
+            raise HeadpruneError(f"--order {path}: file not found") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise HeadpruneError(f"--order {path}: not a headprune order file ({err})") from None
+        if sorted(order.ranked) != [(l, h) for l in range(order.n_layers) for h in range(order.n_heads)]:
+            raise HeadpruneError(f"--order {path}: 'ranked' must list every (layer, head) exactly once")
+        return order
+
+
+def min_max(x: torch.Tensor) -> torch.Tensor:
+    """Scale to [0, 1]; a constant matrix becomes all zeros (nothing distinguishes the heads)."""
+    low, high = x.min(), x.max()
+    if float(high - low) == 0.0:
+        return torch.zeros_like(x)
+    return (x - low) / (high - low)
+
+
+class ImportanceAccumulator:
+    """Algorithm 2's bookkeeping, separate from any model so it can be tested on hand-made gradients.
+
+    Per batch: importance += |grad|, then min-max. Per epoch: importance / n_tokens, then min-max,
+    and a copy is kept. `importance` carries over into the next epoch."""
+
+    def __init__(self, shape: tuple[int, int], n_tokens: int):
+        self.importance = torch.zeros(shape, dtype=torch.float64)
+        self.n_tokens = n_tokens
+        self.epochs: list[torch.Tensor] = []
+
+    def add_batch(self, grad: torch.Tensor) -> None:
+        self.importance = min_max(self.importance + grad.detach().abs().to(torch.float64).cpu())
+
+    def end_epoch(self) -> None:
+        self.importance = min_max(self.importance / self.n_tokens)
+        self.epochs.append(self.importance.clone())
+
+
+def importance_matrices(base: BaseModel, dataset: Dataset, seed: int, settings: ImportanceSettings,
+                        device: torch.device) -> list[list[list[float]]]:
+    """Algorithm 1 on one dataset and seed: finetune with a fresh classification head and read the
+    gradient of all-ones head gates. Returns the per-epoch (layers x heads) matrices."""
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    config = base.model.config.__class__.from_dict(base.model.config.to_dict())
+    config.num_labels = len(dataset.classes)
+    for attr in ("headprune_kept", "headprune_original_layers"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForSequenceClassification.from_config(config)
+    # The pretrained encoder; the classification head stays freshly initialised (seeded above).
+    model.base_model.load_state_dict(base.model.base_model.state_dict(), strict=False)
+    model.to(device).train()
+    ids = encode(base.tokenizer, dataset.texts, base.max_length)
+    labels = torch.tensor(dataset.labels, dtype=torch.long)
+    n_tokens = sum(len(x) for x in ids)
+    steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, eps=settings.adam_epsilon,
+                                  weight_decay=0.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, steps_per_epoch * settings.epochs)
+    generator = torch.Generator().manual_seed(seed)
+    accumulator = ImportanceAccumulator((base.n_layers, base.n_heads), n_tokens)
+    with HeadGates(model, requires_grad=True) as gates:
+        for _ in range(settings.epochs):
+            permutation = torch.randperm(len(ids), generator=generator).tolist()
+            for b in range(steps_per_epoch):
+                rows = permutation[b * settings.batch_size:(b + 1) * settings.batch_size]
+                input_ids, attention = _pad([ids[i] for i in rows], base.tokenizer.pad_token_id)
+                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                            labels=labels[rows].to(device))
+                out.loss.backward()
+                accumulator.add_batch(gates.gates.grad)
+                gates.gates.grad = None
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            accumulator.end_epoch()
+    return [m.tolist() for m in accumulator.epochs]
+
+
+def importance_order(base: BaseModel, datasets: Sequence[Dataset], seeds: Sequence[int],
+                     settings: ImportanceSettings = ImportanceSettings(), store: ResultStore | None = None,
+                     device: torch.device = torch.device("cpu"), name: str = "OI",
+                     on_result: Callable[[str, int, bool], None] | None = None) -> Order:
+    """Step 1: mean of the per-epoch matrices over datasets, seeds and epochs; most important first.
+
+    Each (dataset, seed) result goes through `store` (if given), so an interrupted Step 1 resumes."""
+    matrices: list[list[list[float]]] = []
+    for dataset in datasets:
+        for seed in seeds:
+            key = stored = None
+            if store is not None:
+                key = store.importance_key(base.fingerprint, dataset.content_hash, seed, settings.as_dict())
+                stored = store.get_importance(key)
+            if stored is None:
+                stored = importance_matrices(base, dataset, seed, settings, device)
+                if store is not None:
+                    store.put_importance(key, model=base.fingerprint, dataset=dataset.name,
+                                         dataset_hash=dataset.content_hash, seed=seed, settings=settings.as_dict(),
+                                         matrices=stored, device=device.type)
+                if on_result:
+                    on_result(dataset.name, seed, False)
+            elif on_result:
+                on_result(dataset.name, seed, True)
+            matrices += stored
+    mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
+    return Order(name=name, ranked=rank_heads(mean), n_layers=base.n_layers, n_heads=base.n_heads,
+                 kind="importance", matrix=mean.tolist(), model=base.name, model_fingerprint=base.fingerprint,
+                 datasets=[d.name for d in datasets], seeds=list(seeds))
+
+
+def rank_heads(matrix: np.ndarray) -> list[Head]:
+    """Heads from most to least important; equal values keep (layer, head) order."""
+    matrix = np.asarray(matrix)
+    flat = matrix.reshape(-1)
+    order = np.lexsort((np.arange(flat.size), -flat))
+    n_heads = matrix.shape[1]
+    return [(int(i) // n_heads, int(i) % n_heads) for i in order]
+
+
+def random_order(n_layers: int, n_heads: int, seed: int, name: str = "A1", model: str = "",
+                 model_fingerprint: str = "") -> Order:
+    """A seeded random permutation of the heads (the dissertation's baseline A1, A2, A3)."""
+    permutation = np.random.default_rng(seed).permutation(n_layers * n_heads)
+    ranked = [(int(i) // n_heads, int(i) % n_heads) for i in permutation]
+    return Order(name=name, ranked=ranked, n_layers=n_layers, n_heads=n_heads, kind="random", model=model,
+                 model_fingerprint=model_fingerprint, seeds=[seed])

@@ -1,0 +1,352 @@
+"""`headprune run`: Step 1 -> Step 2 (H1/H2/H3 for each order) -> generalization check -> summary.json.
+
+Every evaluation goes through the results store, so a rerun of the same configuration resumes
+where an interrupted one stopped and recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config
+from .data import Dataset, check_enough_per_class, expand_datasets, load_dataset
+from .errors import HeadpruneError
+from .generalize import random_means, significance, summarize, timing_summary
+from .importance import ImportanceSettings, Order, importance_order, random_order
+from .progress import RunProgress, format_seconds
+from .scoring import BaseModel, ScoreSettings, Scorer, WarmupSettings, encode, load_base, resolve_device
+from .search import h1_search, h2_search, h3_search, k_values_from
+from .store import ResultStore
+
+SEARCHES = {"H2": h2_search, "H3": h3_search}
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "headprune"
+
+
+def versions() -> dict:
+    import scipy
+    import sklearn
+    import transformers
+
+    return {"headprune": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__}
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def score_settings(config: Config) -> ScoreSettings:
+    s = config.scoring
+    return ScoreSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                         adam_epsilon=s.adam_epsilon, mlm_probability=s.mlm_probability, n_folds=s.n_folds,
+                         feature_layers=s.feature_layers, max_length=s.max_length)
+
+
+def importance_settings(config: Config) -> ImportanceSettings:
+    s = config.step1
+    return ImportanceSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+                              adam_epsilon=s.adam_epsilon)
+
+
+def make_executor(config: Config):
+    if config.run.executor == "ray":
+        from .execute import RayExecutor  # type: ignore[attr-defined]
+
+        return RayExecutor(address=config.run.address or None)
+    from .execute import InProcessExecutor
+
+    return InProcessExecutor()
+
+
+class Pipeline:
+    """The whole method for one configuration and run directory."""
+
+    def __init__(self, config: Config, run_dir: str | Path, progress: RunProgress | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress or RunProgress()
+        self.data_dir = config.data.data_dir or None
+        self.device = resolve_device(config.run.device)
+        self.settings = score_settings(config)
+        self._datasets: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def dataset(self, name: str) -> Dataset:
+        if name not in self._datasets:
+            self._datasets[name] = load_dataset(name, text_column=self.config.data.text_column,
+                                                label_column=self.config.data.label_column, data_dir=self.data_dir)
+        return self._datasets[name]
+
+    def datasets(self, spec: list[str], check_folds: bool = True) -> list[Dataset]:
+        out = [self.dataset(n) for n in expand_datasets(spec)]
+        if check_folds:
+            for ds in out:
+                check_enough_per_class(ds, self.settings.n_folds)
+        return out
+
+    def warmup(self) -> WarmupSettings | None:
+        steps = self.config.model.mlm_head_warmup_steps
+        return WarmupSettings(steps=steps) if steps > 0 else None
+
+    def load_base(self) -> BaseModel:
+        cache = Path(self.config.model.cache_dir) if self.config.model.cache_dir else default_cache_dir()
+        return load_base(self.config.model.name, self.warmup(), data_dir=self.data_dir, cache_dir=cache,
+                         device=self.device, progress=self.progress.log)
+
+    def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor) -> Scorer:
+        return Scorer(base, store, self.settings, seeds=seeds, data_dir=self.data_dir,
+                      text_column=self.config.data.text_column, label_column=self.config.data.label_column,
+                      device=str(self.device), executor=executor,
+                      on_result=lambda task, score, cached: self.progress.advance(cached))
+
+    def orders_for(self, base: BaseModel, store: ResultStore) -> dict[str, Order]:
+        orders: dict[str, Order] = {}
+        orders_dir = self.run_dir / "orders"
+        for name in self.config.step2.orders:
+            if name == "OI":
+                datasets = self.datasets(self.config.step1.datasets, check_folds=False)
+                seeds = self.config.step1_seeds
+                self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds))
+                orders[name] = importance_order(
+                    base, datasets, seeds, importance_settings(self.config), store=store, device=self.device,
+                    on_result=lambda ds, seed, cached: self.progress.advance(cached),
+                )
+                self.progress.end_stage()
+            else:
+                orders[name] = random_order(base.n_layers, base.n_heads, seed=int(name[1:]), name=name,
+                                            model=base.name, model_fingerprint=base.fingerprint)
+            orders[name].save(orders_dir / f"{name}.json")
+        return orders
+
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> list[dict]:
+        """Stages with their number of evaluations (H2/H3: at most)."""
+        n_heads = self._n_heads()
+        step2 = expand_datasets(self.config.step2.datasets)
+        g3 = expand_datasets(self.config.generalization.datasets)
+        s1, s2, s3 = self.config.step1_seeds, self.config.step2_seeds, self.config.generalization_seeds
+        stages: list[dict] = []
+        n_models = 1
+        for order in self.config.step2.orders:
+            if order == "OI":
+                stages.append({"stage": "Step 1: importance", "finetunings": len(expand_datasets(
+                    self.config.step1.datasets)) * len(s1), "evaluations": 0})
+            strategies = self.config.step2.strategies if order == "OI" else self.config.step2.random_order_strategies
+            for strategy in strategies:
+                n_models += 1
+                if strategy == "H1":
+                    ks = self._k_values(n_heads)
+                    n = len(ks) * len(step2) * len(s2)
+                    stages.append({"stage": f"H1 {order}", "evaluations": n})
+                else:
+                    steps = math.ceil((n_heads - 1) / self.config.step2.group_size)
+                    n = (steps * len(step2) + len(step2) * len(step2) + (len(step2) if strategy == "H3" else 0))
+                    stages.append({"stage": f"{strategy} {order}", "evaluations": n * len(s2), "at_most": True})
+        stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(s3)})
+        return stages
+
+    def _n_heads(self) -> int:
+        from transformers import AutoConfig
+
+        from .models import resolve_model_path
+
+        config = AutoConfig.from_pretrained(resolve_model_path(self.config.model.name))
+        layers = getattr(config, "headprune_original_layers", None) or config.num_hidden_layers
+        return int(layers) * int(config.num_attention_heads)
+
+    def _k_values(self, n_heads: int) -> list[int]:
+        step2 = self.config.step2
+        if step2.h1_k_values:
+            return k_values_from(n_heads, k_values=step2.h1_k_values)
+        return k_values_from(n_heads, k_step=step2.h1_k_step if step2.h1_k_step > 1 else None)
+
+    def estimate(self, stages: list[dict]) -> dict:
+        """Seconds per evaluation on this device, from a short timed calibration of the model."""
+        base = self.load_base()
+        step2 = [self.dataset(n) for n in expand_datasets(self.config.step2.datasets)]
+        g3 = [self.dataset(n) for n in expand_datasets(self.config.generalization.datasets)]
+        s1 = [self.dataset(n) for n in expand_datasets(self.config.step1.datasets)]
+        step_seconds = calibrate(base, self.settings, self.device)
+        per_eval = {}
+        for name, group in (("step2", step2), ("generalization", g3)):
+            halves = [len(d) / 2 for d in group]
+            steps = np.mean([math.ceil(h / self.settings.batch_size) for h in halves]) * self.settings.epochs
+            # features ~ a third of a training step per batch; SVM ~ 1% of the adjusting time
+            per_eval[name] = steps * step_seconds * 1.05 + np.mean(halves) / self.settings.batch_size * step_seconds / 3
+        finetune = np.mean([math.ceil(len(d) / self.config.step1.batch_size) for d in s1]) * self.config.step1.epochs
+        total = 0.0
+        for stage in stages:
+            if "finetunings" in stage:
+                stage["seconds"] = stage["finetunings"] * finetune * step_seconds * 1.2
+            else:
+                key = "generalization" if stage["stage"] == "generalization" else "step2"
+                stage["seconds"] = stage["evaluations"] * per_eval[key]
+            total += stage["seconds"]
+        return {"step_seconds": step_seconds, "total_seconds": total}
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        started = time.time()
+        step2_names = [d.name for d in self.datasets(self.config.step2.datasets)]
+        g3_names = [d.name for d in self.datasets(self.config.generalization.datasets)]
+        store = ResultStore(self.run_dir / "store.sqlite")
+        executor = make_executor(self.config)
+        try:
+            base = self.load_base()
+            self.progress.log(f"model {base.name}: {base.n_layers} layers x {base.n_heads} heads, "
+                              f"fingerprint {base.fingerprint}, device {self.device}")
+            orders = self.orders_for(base, store)
+            summary = self._summary_head(base, orders)
+            scorer = self.scorer(base, store, self.config.step2_seeds, executor)
+            chosen = self._step2(orders, step2_names, scorer, summary)
+            gen_scorer = self.scorer(base, store, self.config.generalization_seeds, executor)
+            self._generalization(chosen, g3_names, gen_scorer, summary)
+        finally:
+            close = getattr(executor, "close", None)
+            if close:
+                close()
+            store.close()
+        summary["elapsed_seconds"] = time.time() - started
+        path = self.run_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=1) + "\n")
+        chosen_dir = self.run_dir / "chosen"
+        chosen_dir.mkdir(exist_ok=True)
+        for name, entry in summary["chosen"].items():
+            (chosen_dir / f"{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
+        self.progress.log(f"summary: {path}")
+        return summary
+
+    def _summary_head(self, base: BaseModel, orders: dict[str, Order]) -> dict:
+        return {
+            "headprune_version": __version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device_description(self.device),
+            "versions": versions(),
+            "config": self.config.to_dict(),
+            "model": {"name": base.name, "fingerprint": base.fingerprint, "n_layers": base.n_layers,
+                      "n_heads": base.n_heads, "mlm_head": base.info},
+            "orders": {name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind}
+                       for name, o in orders.items()},
+        }
+
+    def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer, summary: dict) -> dict:
+        chosen: dict[str, dict] = {"CM": {"pruned_heads": [], "n_pruned": 0, "strategy": None, "order": None}}
+        n_heads = len(next(iter(orders.values())).ranked) if orders else 0
+        stages = {s["stage"]: s for s in self.plan()}
+        for name, order in orders.items():
+            strategies = self.config.step2.strategies if name == "OI" else self.config.step2.random_order_strategies
+            for strategy in strategies:
+                stage = f"{strategy} {name}"
+                self.progress.start_stage(stage, stages[stage]["evaluations"])
+                if strategy == "H1":
+                    result = h1_search(order.ranked, datasets, scorer.evaluate, k_values=self._k_values(n_heads))
+                else:
+                    result = SEARCHES[strategy](order.ranked, datasets, scorer.evaluate,
+                                                group_size=self.config.step2.group_size)
+                    if self.config.step2.group_size > 1:
+                        result["departure"] = (f"{strategy} added heads in groups of {self.config.step2.group_size} "
+                                               "(paper: one at a time)")
+                self.progress.set_total(self.progress.done)
+                self.progress.end_stage()
+                summary.setdefault(strategy.lower(), {})[name] = result
+                pruned = [list(h) for h in result["pruned_heads"]]
+                chosen[f"M{name}{strategy}"] = {"pruned_heads": pruned, "n_pruned": len(pruned),
+                                                "strategy": strategy, "order": name}
+        summary["chosen"] = chosen
+        return chosen
+
+    def _generalization(self, chosen: dict, datasets: list[str], scorer: Scorer, summary: dict) -> None:
+        seeds = self.config.generalization_seeds
+        requests = [(entry["pruned_heads"], ds) for entry in chosen.values() for ds in datasets]
+        tasks = scorer.tasks_for(requests)
+        self.progress.start_stage("generalization", len(tasks))
+        results = scorer.run(tasks)
+        self.progress.end_stage()
+        f1: dict[str, dict[str, list[float]]] = {}
+        seconds: dict[str, dict[str, list[float]]] = {}
+        n = len(seeds)
+        for i, (name, entry) in enumerate(chosen.items()):
+            for j, ds in enumerate(datasets):
+                block = tasks[(i * len(datasets) + j) * n:(i * len(datasets) + j + 1) * n]
+                per_seed = [results[t] for t in block]
+                f1.setdefault(name, {})[ds] = [s.f1 for s in per_seed]
+                seconds.setdefault(name, {})[ds] = [s.adjust_seconds for s in per_seed]
+                entry["n_params"] = per_seed[0].n_params
+                entry["size_bytes"] = per_seed[0].size_bytes
+        table = summarize(f1, reference="CM")
+        timing = timing_summary(seconds, reference="CM")
+        generalization: dict = {m: {ds: {**table[m][ds], **timing[m][ds]} for ds in datasets} for m in chosen}
+        generalization["significance"] = significance(f1, alpha=self.config.generalization.alpha)
+        summary["generalization"] = generalization
+        summary["generalization_seeds"] = seeds
+        cm_params, cm_size = chosen["CM"]["n_params"], chosen["CM"]["size_bytes"]
+        for entry in chosen.values():
+            entry["params_pct_vs_cm"] = 100.0 * (entry["n_params"] / cm_params - 1)
+            entry["size_pct_vs_cm"] = 100.0 * (entry["size_bytes"] / cm_size - 1)
+        reference = {ds: table["CM"][ds]["mean"] for ds in datasets}
+        means: dict = {}
+        random_names = sorted({e["order"] for e in chosen.values() if e["order"] and e["order"] != "OI"})
+        for strategy in sorted({e["strategy"] for e in chosen.values() if e["strategy"]}):
+            models = [f"M{o}{strategy}" for o in random_names if f"M{o}{strategy}" in chosen]
+            if models:
+                means[f"MAM{strategy}"] = random_means(
+                    {m: {ds: table[m][ds]["mean"] for ds in datasets} for m in models}, reference,
+                    n_pruned={m: chosen[m]["n_pruned"] for m in models},
+                )
+        summary["random_means"] = means
+
+
+def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, steps: int = 3) -> float:
+    """Seconds for one adjusting step (batch of `settings.batch_size` tweets of ~30 tokens) on `device`."""
+    import copy
+
+    from .scoring import adjust
+
+    model = copy.deepcopy(base.model).to(device)
+    texts = ["someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"] * (
+        settings.batch_size * (steps + 1))
+    ids = encode(base.tokenizer, texts, base.max_length)
+    one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
+    adjust(model, base.tokenizer, ids[: settings.batch_size], one, 0, device)  # warm-up of the kernels
+    seconds = adjust(model, base.tokenizer, ids[settings.batch_size:], one, 0, device)
+    return seconds / steps
+
+
+def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
+    stages = pipeline.plan()
+    lines = [f"plan for {pipeline.config.source or 'configuration'} (model {pipeline.config.model.name}, "
+             f"device {pipeline.device}):"]
+    estimate = pipeline.estimate(stages) if with_estimate else None
+    total = 0
+    for stage in stages:
+        count = (f"{stage['finetunings']} finetunings" if "finetunings" in stage
+                 else f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations")
+        total += stage.get("evaluations", 0)
+        eta = f"  ~{format_seconds(stage['seconds'])}" if estimate else ""
+        lines.append(f"  {stage['stage']:<22s} {count}{eta}")
+    lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
+    if estimate:
+        lines.append(f"  estimate on this device: ~{format_seconds(estimate['total_seconds'])} "
+                     f"(one adjusting step = {estimate['step_seconds']:.3f} s; stored evaluations are skipped)")
+    return "\n".join(lines)
+
+
+__all__ = ["Pipeline", "dry_run_text", "HeadpruneError"]

@@ -1,0 +1,104 @@
+"""Progress for long work: the stage, evaluations done/total (and how many came from the store), time left."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+class RunProgress:
+    """One bar per stage. Time left = (remaining evaluations) x (mean seconds of the computed ones),
+    so evaluations answered by the store do not make the estimate optimistic. Without a terminal
+    (CI, logs) it prints one plain line every `every` seconds and at the end of each stage."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True, every: float = 20.0):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.every = every
+        self._progress: Progress | None = None
+        self._task = None
+        self.stage_name = ""
+        self.total = 0
+        self.done = 0
+        self.cached = 0
+        self._computed_seconds: list[float] = []
+        self._last = time.perf_counter()
+        self._last_print = 0.0
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message, highlight=False)
+
+    def start_stage(self, name: str, total: int) -> None:
+        self.end_stage()
+        self.stage_name, self.total, self.done, self.cached = name, total, 0, 0
+        self._computed_seconds = []
+        self._last = time.perf_counter()
+        self._last_print = time.perf_counter()
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self.console, transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=total, stage=name, detail="")
+        elif self.enabled:
+            self.console.print(f"[{name}] {total} evaluations", highlight=False)
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+    def time_left(self) -> float | None:
+        if not self._computed_seconds:
+            return None
+        return (self.total - self.done) * (sum(self._computed_seconds) / len(self._computed_seconds))
+
+    def advance(self, cached: bool = False) -> None:
+        now = time.perf_counter()
+        self.done += 1
+        if cached:
+            self.cached += 1
+        else:
+            self._computed_seconds.append(now - self._last)
+        self._last = now
+        left = self.time_left()
+        detail = f"{self.cached} from store" + (f", ~{format_seconds(left)} left" if left is not None else "")
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, detail=detail)
+        elif self.enabled and now - self._last_print >= self.every:
+            self._last_print = now
+            self.console.print(f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}", highlight=False)
+
+    def end_stage(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        elif self.enabled and self.stage_name:
+            self.console.print(f"[{self.stage_name}] done: {self.done} evaluations, {self.cached} from store",
+                               highlight=False)
+        self.stage_name = ""
+
+    def __enter__(self) -> "RunProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end_stage()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
