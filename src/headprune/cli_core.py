@@ -117,8 +117,8 @@ def score_command(
         raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
     seed_list = _seeds(seeds, "--seeds")
     pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
-    names = [n for n in _dataset_keys(pipeline, dataset)]
-    pipeline.datasets(names)  # validates files, columns and class sizes before any model work
+    # Validates files, columns and class sizes before any model work.
+    names = [d.name for d in pipeline.datasets([dataset])]
     if order is not None and prune:
         raise HeadpruneError("give either --prune or --order/--k, not both")
     base = pipeline.load_base()
@@ -149,12 +149,6 @@ def score_command(
         typer.echo(f"{name}: F1-macro {result.mean:.4f} (std {result.std:.4f}) over seeds [{per_seed}]; "
                    f"adjusting {np.mean(result.adjust_seconds):.1f} s; {result.n_params:,} parameters; "
                    f"{result.size_bytes / 2**20:.1f} MiB")
-
-
-def _dataset_keys(pipeline, spec: str) -> list[str]:
-    from .data import expand_datasets
-
-    return expand_datasets(spec)
 
 
 @app.command("run")

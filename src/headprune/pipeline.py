@@ -85,6 +85,7 @@ class Pipeline:
         self.device = resolve_device(config.run.device)
         self.settings = score_settings(config)
         self._datasets: dict[str, Dataset] = {}
+        self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
 
     # ------------------------------------------------------------------ helpers
     def dataset(self, name: str) -> Dataset:
@@ -94,7 +95,13 @@ class Pipeline:
         return self._datasets[name]
 
     def datasets(self, spec: list[str], check_folds: bool = True) -> list[Dataset]:
-        out = [self.dataset(n) for n in expand_datasets(spec)]
+        out = []
+        for item in expand_datasets(spec):
+            ds = self.dataset(item)
+            if self.sources.setdefault(ds.name, item) != item:
+                raise HeadpruneError(f"two datasets are both named '{ds.name}' ({self.sources[ds.name]} and {item}); "
+                                     "rename one file")
+            out.append(ds)
         if check_folds:
             for ds in out:
                 check_enough_per_class(ds, self.settings.n_folds)
@@ -113,7 +120,7 @@ class Pipeline:
         return Scorer(base, store, self.settings, seeds=seeds, data_dir=self.data_dir,
                       text_column=self.config.data.text_column, label_column=self.config.data.label_column,
                       device=str(self.device), executor=executor,
-                      on_result=lambda task, score, cached: self.progress.advance(cached))
+                      on_result=lambda task, score, cached: self.progress.advance(cached), sources=self.sources)
 
     def orders_for(self, base: BaseModel, store: ResultStore) -> dict[str, Order]:
         orders: dict[str, Order] = {}

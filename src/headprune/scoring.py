@@ -206,8 +206,8 @@ def saved_size(model) -> int:
     from safetensors.torch import _remove_duplicate_names, save
 
     state = model.state_dict()
-    keep = _remove_duplicate_names(state)
-    tensors = {names[0]: state[names[0]].contiguous() for names in keep.values()} if isinstance(keep, dict) else state
+    duplicates = {name for names in _remove_duplicate_names(state).values() for name in names}
+    tensors = {name: t.contiguous() for name, t in state.items() if name not in duplicates}
     return len(save(tensors, metadata={"format": "pt"}))
 
 
@@ -363,7 +363,8 @@ class Scorer:
     def __init__(self, base: BaseModel, store: ResultStore, settings: ScoreSettings = ScoreSettings(),
                  seeds: Sequence[int] = (1,), data_dir=None, text_column: str = "tweet",
                  label_column: str = "class", device: str = "auto", executor=None,
-                 on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None):
+                 on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
+                 sources: dict[str, str] | None = None):
         from .execute import InProcessExecutor
 
         self.base = base
@@ -376,6 +377,7 @@ class Scorer:
         self.device = device
         self.executor = executor or InProcessExecutor()
         self.on_result = on_result
+        self.sources = dict(sources or {})  # display name -> bundled name or file path
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
         self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
@@ -383,7 +385,7 @@ class Scorer:
     # -------------------------------------------------------------- data
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            ds = load_dataset(name, text_column=self.text_column, label_column=self.label_column,
+            ds = load_dataset(self.sources.get(name, name), text_column=self.text_column, label_column=self.label_column,
                               data_dir=self.data_dir)
             check_enough_per_class(ds, self.settings.n_folds)
             self._datasets[name] = ds

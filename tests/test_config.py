@@ -1,0 +1,89 @@
+"""Configuration: the shipped profiles load; every mistake is one clear line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from headprune.config import Config, from_dict, load_config, parse_seeds
+from headprune.errors import HeadpruneError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["paper.toml", "paper-minilm.toml", "quick.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(ROOT / "configs" / name)
+    assert isinstance(config, Config)
+    assert config.generalization.alpha == 0.05
+
+
+def test_paper_profile_is_the_dissertation_protocol() -> None:
+    config = load_config(ROOT / "configs" / "paper.toml")
+    assert config.model.name == "vinai/bertweet-covid19-base-uncased"
+    assert config.step1.datasets == ["G1"] and config.step2.datasets == ["G2"]
+    assert config.generalization.datasets == ["G3"]
+    assert config.step1_seeds == list(range(1, 11)) and config.step2_seeds == list(range(1, 11))
+    assert config.generalization_seeds == list(range(101, 111))
+    assert config.step2.orders == ["OI", "A1", "A2", "A3"]
+    assert config.step2.strategies == ["H1", "H2", "H3"]
+    assert (config.step2.h1_k_step, config.step2.group_size) == (1, 1)
+    s = config.scoring
+    assert (s.epochs, s.batch_size, s.learning_rate, s.adam_epsilon, s.mlm_probability, s.n_folds) == (
+        4, 16, 2e-5, 1e-8, 0.15, 10)
+
+
+def test_quick_profile_runs_every_stage() -> None:
+    config = load_config(ROOT / "configs" / "quick.toml")
+    assert config.model.name == "minilm"
+    assert "OI" in config.step2.orders and any(o.startswith("A") for o in config.step2.orders)
+    assert set(config.step2.strategies) == {"H1", "H2", "H3"}
+    assert len(config.generalization_seeds) >= 2  # t-tests need paired seeds
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"bogus": {}}, "unknown section [bogus]"),
+        ({"step2": {"k_step": 3}}, "unknown key 'step2.k_step'"),
+        ({"scoring": {"epochs": "four"}}, "scoring.epochs: expected an integer, got 'four'"),
+        ({"scoring": {"epochs": 0}}, "scoring.epochs must be at least 1, got 0"),
+        ({"scoring": {"mlm_probability": 1.5}}, "scoring.mlm_probability must be between 0 and 1"),
+        ({"scoring": {"n_folds": 1}}, "scoring.n_folds must be at least 2"),
+        ({"step2": {"strategies": ["H4"]}}, "step2 strategy 'H4' is unknown"),
+        ({"step2": {"orders": ["B1"]}}, "step2.orders: 'B1' is unknown"),
+        ({"step2": {"group_size": 0}}, "step2.group_size must be at least 1"),
+        ({"step2": {"seeds": "3-1"}}, "step2.seeds: cannot read '3-1'"),
+        ({"generalization": {"alpha": 2.0}}, "generalization.alpha must be between 0 and 1"),
+        ({"run": {"executor": "slurm"}}, "run.executor must be 'in-process' or 'ray'"),
+        ({"run": {"report": "yes"}}, "run.report: expected true or false"),
+        ({"step1": {"datasets": []}}, "step1.datasets must be a non-empty list"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(data: dict, message: str) -> None:
+    with pytest.raises(HeadpruneError) as info:
+        from_dict(data, source="my.toml")
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith("my.toml: ")
+    assert message in text
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(HeadpruneError, match="--config .*nope.toml: file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nname = 1\n")
+    with pytest.raises(HeadpruneError, match="bad.toml: invalid TOML"):
+        load_config(bad)
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("1-3") == [1, 2, 3]
+    assert parse_seeds("1,3,5-6") == [1, 3, 5, 6]
+    assert parse_seeds(7) == [7]
+    assert parse_seeds([2, 2, 4]) == [2, 4]
+    for bad in ("", "a", "5-2", [], ["1"], True):
+        with pytest.raises(HeadpruneError):
+            parse_seeds(bad)

@@ -1,0 +1,164 @@
+"""`headprune run` end to end on a tiny model: every stage, summary.json, report, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from headprune.config import from_dict
+from headprune.pipeline import Pipeline, dry_run_text
+from headprune.progress import RunProgress
+
+DATASETS = {"a": "irony", "b": "person", "c": "hobbit", "d": "ntua", "e": "sentiment140"}
+
+
+def _write_csvs(directory: Path, air_data_dir: Path, per_class: int = 12) -> dict[str, Path]:
+    paths = {}
+    for name, source in DATASETS.items():
+        frame = pd.read_csv(air_data_dir / f"{source}.csv", dtype=str, keep_default_na=False)
+        parts = [frame[frame["class"] == c].head(per_class) for c in ("positive", "negative")]
+        path = directory / f"{name}.csv"
+        pd.concat(parts).to_csv(path, index=False)
+        paths[name] = path
+    return paths
+
+
+def _config(model_dir: Path, csvs: dict[str, Path], report: bool = False) -> dict:
+    return {
+        "model": {"name": str(model_dir), "mlm_head_warmup_steps": 0},
+        "step1": {"datasets": [str(csvs["a"])], "seeds": "1", "epochs": 1},
+        "scoring": {"epochs": 1, "n_folds": 3},
+        "step2": {
+            "datasets": [str(csvs["b"]), str(csvs["c"])], "seeds": "1-2", "strategies": ["H1", "H2", "H3"],
+            "orders": ["OI", "A1"], "random_order_strategies": ["H1"], "h1_k_step": 4, "group_size": 4,
+        },
+        "generalization": {"datasets": [str(csvs["d"]), str(csvs["e"])], "seeds": "101-103"},
+        "run": {"device": "cpu", "report": report},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, air_data_dir: Path):
+    root = tmp_path_factory.mktemp("pipeline")
+    csvs = _write_csvs(root, air_data_dir)
+    config = from_dict(_config(tiny_bert_dir, csvs), source="tiny.toml")
+    summary = Pipeline(config, root / "run", progress=RunProgress(enabled=False)).run()
+    return root, csvs, summary
+
+
+def test_summary_has_every_stage(tiny_run) -> None:
+    root, _, summary = tiny_run
+    on_disk = json.loads((root / "run" / "summary.json").read_text())
+    assert on_disk["chosen"] == summary["chosen"]
+    assert set(summary["orders"]) == {"OI", "A1"}
+    assert summary["orders"]["OI"]["matrix"] is not None and summary["orders"]["A1"]["matrix"] is None
+    assert set(summary["h1"]) == {"OI", "A1"} and set(summary["h2"]) == {"OI"} and set(summary["h3"]) == {"OI"}
+    assert summary["h1"]["OI"]["k_values"] == [0, 4, 8]
+    assert "steps of 4" in summary["h1"]["OI"]["departure"]
+    assert set(summary["chosen"]) == {"CM", "MOIH1", "MOIH2", "MOIH3", "MA1H1"}
+    for name, entry in summary["chosen"].items():
+        assert entry["n_pruned"] == len(entry["pruned_heads"])
+        assert 0 <= entry["n_pruned"] < 12
+        assert (root / "run" / "chosen" / f"{name}.json").is_file()
+    assert summary["chosen"]["CM"]["n_pruned"] == 0
+    gen = summary["generalization"]
+    for model in summary["chosen"]:
+        for ds in ("d", "e"):
+            cell = gen[model][ds]
+            assert len(cell["scores"]) == 3 and 0.0 <= cell["mean"] <= 1.0
+            assert len(cell["adjust_seconds"]) == 3
+    assert isinstance(gen["significance"], list)
+    assert summary["generalization_seeds"] == [101, 102, 103]
+    assert set(summary["random_means"]) == {"MAMH1"}
+    assert (root / "run" / "orders" / "OI.json").is_file() and (root / "run" / "orders" / "A1.json").is_file()
+
+
+def test_chosen_models_match_the_store(tiny_run) -> None:
+    """The summary's numbers are the stored per-seed scores (nothing invented on the way)."""
+    root, _, summary = tiny_run
+    with sqlite3.connect(root / "run" / "store.sqlite") as db:
+        rows = db.execute("SELECT pruned, dataset, seed, f1 FROM scores").fetchall()
+    stored = {(pruned, ds, seed): f1 for pruned, ds, seed, f1 in rows}
+    for model, entry in summary["chosen"].items():
+        key = json.dumps(sorted(entry["pruned_heads"]), separators=(",", ":"))
+        for ds in ("d", "e"):
+            expected = [stored[(key, ds, s)] for s in (101, 102, 103)]
+            assert summary["generalization"][model][ds]["scores"] == expected
+
+
+def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
+    root, csvs, summary = tiny_run
+    import headprune.scoring as scoring
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a stored evaluation was recomputed")
+
+    monkeypatch.setattr(scoring, "score_seed", boom)
+    monkeypatch.setattr("headprune.importance.importance_matrices", boom)
+    again = Pipeline(from_dict(_config(Path(summary["model"]["name"]), csvs), source="tiny.toml"), root / "run",
+                     progress=RunProgress(enabled=False)).run()
+    assert again["chosen"] == summary["chosen"]
+    assert again["generalization"] == summary["generalization"]
+
+
+def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
+    root, csvs, _ = tiny_run
+    pipeline = Pipeline(from_dict(_config(tiny_bert_dir, csvs), source="tiny.toml"), root / "dry",
+                        progress=RunProgress(enabled=False))
+    text = dry_run_text(pipeline)
+    assert "Step 1: importance" in text and "1 finetunings" in text
+    assert "H1 OI" in text and "12 evaluations" in text  # 3 k x 2 datasets x 2 seeds
+    assert "H2 OI" in text and "H3 OI" in text and "H1 A1" in text
+    assert "generalization" in text and "30 evaluations" in text  # 5 models x 2 datasets x 3 seeds
+    assert "estimate on this device" in text
+    assert not (root / "dry" / "store.sqlite").exists()
+
+
+def _store_rows(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        with sqlite3.connect(path, timeout=30) as db:
+            return {key: (f1, created) for key, f1, created in db.execute("SELECT key, f1, created FROM scores")}
+    except sqlite3.OperationalError:
+        return {}
+
+
+def test_killed_run_resumes_without_recomputing(tiny_run, tmp_path: Path) -> None:
+    root, csvs, summary = tiny_run
+    config_path = tmp_path / "tiny.toml"
+    config = _config(Path(summary["model"]["name"]), csvs)
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    config_path.write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-c", "from headprune.cli import main; main()", "run", "--config", str(config_path),
+               "--run-dir", str(run_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_store_rows(run_dir / "store.sqlite")) < 8 and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _store_rows(run_dir / "store.sqlite")
+    assert len(before) >= 8, "the run should have stored some scores before it was killed"
+    assert not (run_dir / "summary.json").exists()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    after = _store_rows(run_dir / "store.sqlite")
+    assert all(after[key] == value for key, value in before.items()), "a stored score was recomputed"
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["chosen"] == summary["chosen"]
+    for model in summary["chosen"]:
+        for ds in ("d", "e"):
+            assert resumed["generalization"][model][ds]["scores"] == summary["generalization"][model][ds]["scores"]
