@@ -1,3 +1,115 @@
 """Commands that turn a run into something people use: report, export, finetune, predict."""
 
 from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import typer
+
+from .cli import DEVICE, LABEL_COLUMN, MODEL, TEXT_COLUMN, app
+from .errors import HeadpruneError
+
+# Options of these commands (module-level, as typer re-uses them; see cli.py).
+RUN_DIR_ARG = typer.Argument(..., help="Run directory holding summary.json.")
+EXPORT_RUN_DIR = typer.Argument(None, help="Run directory holding summary.json (with --model).")
+EXPORT_OUT = typer.Option(..., "--out", help="Directory to write the pruned model to.")
+CLASSIFIER_OUT = typer.Option(..., "--out", help="Directory to write the classifier to.")
+CLASSIFIER_DIR = typer.Option(..., "--model", help="Classifier directory written by `headprune finetune`.")
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = RUN_DIR_ARG,
+) -> None:
+    """Write RUN_DIR/report/: report.html (self-contained), tables.md and figures/*.png."""
+    from .report import write_report
+
+    path = write_report(run_dir)
+    typer.echo(f"report: {path}")
+    typer.echo(f"tables: {path.parent / 'tables.md'}")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = EXPORT_RUN_DIR,
+    model: str = typer.Option(None, "--model", help="Chosen model of the run to export, e.g. MOIH1."),
+    base: str = typer.Option(
+        None, "--base", help="Base model (hub id, directory, 'minilm'); with RUN_DIR it replaces the run's model."
+    ),
+    prune: str = typer.Option(None, "--prune", help="Heads to prune from --base, e.g. '0:1,2;3:*' (0-based)."),
+    out: Path = EXPORT_OUT,
+) -> None:
+    """Save a pruned model (config, safetensors, tokenizer, model card): a run's chosen model or explicit heads.
+
+    headprune export RUN_DIR --model MOIH1 --out DIR
+    headprune export --base minilm --prune "0:1,2;3:*" --out DIR"""
+    from .export import export_heads, export_model
+
+    if run_dir is not None:
+        if prune is not None:
+            raise HeadpruneError("give either RUN_DIR --model NAME or --base MODEL --prune HEADS, not both")
+        if model is None:
+            raise HeadpruneError(f"which model of {run_dir}? pass --model (e.g. --model MOIH1)")
+        path = export_model(run_dir, model, out, base_model=base)
+    else:
+        if model is not None:
+            raise HeadpruneError("--model names a chosen model of a run: give the run directory too")
+        if base is None or prune is None:
+            raise HeadpruneError("give RUN_DIR --model NAME, or --base MODEL --prune HEADS (e.g. '0:1,2;3:*')")
+        path = export_heads(base, prune, out)
+    typer.echo(f"saved: {path} (model card: {path / 'README.md'})")
+
+
+@app.command("finetune")
+def finetune_command(
+    model: str = MODEL,
+    train: str = typer.Option(..., "--train", help="Training data: CSV/TSV/JSONL file (or a bundled dataset name)."),
+    eval_file: str = typer.Option(
+        None, "--eval", help="Data to score F1-macro on; default: a stratified 20% held out of --train."
+    ),
+    out: Path = CLASSIFIER_OUT,
+    text_column: str = TEXT_COLUMN,
+    label_column: str = LABEL_COLUMN,
+    epochs: int = typer.Option(4, "--epochs", min=1),
+    lr: float = typer.Option(2e-5, "--lr", min=0.0),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    seed: int = typer.Option(1, "--seed"),
+    device: str = DEVICE,
+) -> None:
+    """Finetune a classifier on a (pruned) encoder; print its F1-macro and training time."""
+    from .classify import finetune
+    from .data import load_dataset
+
+    train_set = load_dataset(train, text_column=text_column, label_column=label_column)
+    eval_set = None
+    if eval_file is not None:
+        eval_set = load_dataset(eval_file, text_column=text_column, label_column=label_column)
+    result = finetune(model, train_set, eval_set, out, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      device=device)
+    typer.echo(f"F1-macro: {result['f1_macro']:.4f} ({result['eval']})")
+    typer.echo(f"time: {result['seconds']:.1f} s training ({result['n_train']} rows, {epochs} epochs, "
+               f"{result['device']})")
+    typer.echo(f"saved: {out}")
+
+
+@app.command("predict")
+def predict_command(
+    source: str = typer.Argument(..., help="CSV/TSV/JSONL file, a text file (one text per line), or - for stdin."),
+    model: Path = CLASSIFIER_DIR,
+    text_column: str = TEXT_COLUMN,
+    fmt: str = typer.Option("auto", "--format", help="auto, csv, tsv, jsonl or lines."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = DEVICE,
+) -> None:
+    """Label texts; write CSV to standard output: text,label,p_<class>..."""
+    from .classify import load_classifier, predict, read_texts, resolve_device
+
+    classifier = load_classifier(model, device=str(resolve_device(device)))
+    texts = read_texts(source, text_column=text_column, fmt=fmt)
+    labels, probabilities = predict(classifier, texts, batch_size=batch_size)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["text", "label"] + [f"p_{c}" for c in classifier.labels])
+    for text, label, row in zip(texts, labels, probabilities):
+        writer.writerow([text, label] + [f"{p:.6f}" for p in row])

@@ -1,0 +1,813 @@
+"""HTML report, Markdown tables and figures from a run's `summary.json` (dissertation Figs. 2-7, Tables 5-15).
+
+`write_report(run_dir)` writes `run_dir/report/report.html` (one self-contained file: figures are
+embedded PNGs, CSS inline, no script, no external URL), `report/tables.md` and
+`report/figures/*.png`. Parts a run does not have (no H3, no generalization, ...) are left out.
+F1 values are shown x100 with two decimals, as in the dissertation; `pct_vs_cm` is read as
+percentage points (`100 * (mean / CM mean - 1)`, see `generalize.summarize`)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HeadpruneError
+
+STRATEGIES = ("H1", "H2", "H3")
+COMPLETE = "CM"
+
+# Colours of the head maps: kept, pruned, layer removed; the best model's frame.
+_KEPT, _PRUNED, _REMOVED, _HIGHLIGHT = "#2b6cb0", "#e2e8f0", "#fbd5d5", "#dd6b20"
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;
+padding:0 24px 48px;color:#1a202c;line-height:1.45}
+h1{margin-top:24px}h2{border-bottom:2px solid #cbd5e0;padding-bottom:4px;margin-top:40px}
+h3{margin-top:28px}nav ul{columns:3;padding-left:18px}
+table{border-collapse:collapse;margin:10px 0 18px;font-size:13px}
+th,td{border:1px solid #cbd5e0;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#edf2f7}td.l,th.l{text-align:left}
+caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0}
+figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #e2e8f0}
+figcaption{font-size:13px;color:#4a5568}pre{background:#f7fafc;border:1px solid #e2e8f0;padding:10px;
+overflow-x:auto;font-size:12px}.note{color:#4a5568;font-size:13px}.figs{display:flex;flex-wrap:wrap;gap:12px}
+"""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_summary(run_dir: str | os.PathLike) -> dict:
+    """Read and minimally validate `run_dir/summary.json` (a path to the file itself also works)."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "summary.json"
+    elif path.suffix != ".json":
+        raise HeadpruneError(f"{run_dir}: no such run directory")
+    if not path.is_file():
+        raise HeadpruneError(f"{path}: not found (a run directory holds summary.json once `headprune run` finished)")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HeadpruneError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except UnicodeDecodeError:
+        raise HeadpruneError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(summary, dict):
+        raise HeadpruneError(f"{path}: not a headprune summary (expected a JSON object)")
+    model = summary.get("model")
+    for key in ("n_layers", "n_heads"):
+        if not isinstance(model, dict) or not isinstance(model.get(key), int) or model[key] < 1:
+            raise HeadpruneError(f"{path}: not a headprune summary (missing or invalid 'model.{key}')")
+    for key in ("orders", "h1", "h2", "h3", "chosen", "generalization", "random_means"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise HeadpruneError(f"{path}: '{key}' must be a JSON object")
+    summary["_path"] = str(path)
+    return summary
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Cell:
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class Table:
+    """A table rendered both to HTML and to Markdown. A cell's lines are separated by newlines."""
+
+    id: str
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    note: str = ""
+
+    def numeric_columns(self) -> list[bool]:
+        """Columns after the first whose every cell starts with a number: right-aligned."""
+        return [i > 0 and all(_NUMERIC.match(row[i].text) for row in self.rows if i < len(row))
+                for i in range(len(self.columns))]
+
+    def html(self) -> str:
+        align = ["" if n else ' class="l"' for n in self.numeric_columns()]
+        head = "".join(f"<th{a}>{_html_lines(c)}</th>" for a, c in zip(align, self.columns))
+        body = []
+        for row in self.rows:
+            cells = []
+            for a, cell in zip(align, row):
+                text = _html_lines(cell.text)
+                cells.append(f"<td{a}><b>{text}</b></td>" if cell.bold else f"<td{a}>{text}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        return (
+            f'<table id="{self.id}"><caption>{html.escape(self.title)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+        )
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", ""]
+        lines.append("| " + " | ".join(_md_text(c) for c in self.columns) + " |")
+        lines.append("|" + "|".join("---:" if n else ":---" for n in self.numeric_columns()) + "|")
+        for row in self.rows:
+            texts = [f"**{_md_text(c.text)}**" if c.bold and c.text else _md_text(c.text) for c in row]
+            lines.append("| " + " | ".join(texts) + " |")
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines) + "\n"
+
+
+_NUMERIC = re.compile(r"^(?:[-+]?[\d.,]+|n/a|-)(?:\s|%|$)")
+
+
+def _html_lines(text: str) -> str:
+    return "<br>".join(html.escape(line) for line in str(text).split("\n"))
+
+
+def _md_text(text: str) -> str:
+    return " ".join(str(text).split("\n")).replace("|", "\\|")
+
+
+def _cells(values: list[str]) -> list[Cell]:
+    return [Cell(v) for v in values]
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _f1(value) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.2f}"
+
+
+def _pct(value, complete: bool = False) -> str:
+    if complete:
+        return "100%"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value):+.2f}%"
+
+
+def _pct_of(value: float, reference: float) -> float | None:
+    return None if not reference else 100.0 * (value / reference - 1.0)
+
+
+def _int(value) -> str:
+    return f"{int(value):,}"
+
+
+def _megabytes(size_bytes) -> str:
+    return f"{int(size_bytes) / 1e6:,.2f} MB"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
+
+
+def _datasets_of(per_model: dict) -> list[str]:
+    """Datasets in first-seen order (skipping non-dataset keys such as `n_pruned`)."""
+    seen: dict[str, None] = {}
+    for per_ds in per_model.values():
+        if isinstance(per_ds, dict):
+            for ds, value in per_ds.items():
+                if isinstance(value, dict):
+                    seen.setdefault(ds, None)
+    return list(seen)
+
+
+# ----------------------------------------------------------------------------- the run's facts
+
+
+@dataclass
+class _Run:
+    """What every section needs: shape, orders, chosen models and model ordering."""
+
+    summary: dict
+    n_layers: int
+    n_heads: int
+    orders: list[str]
+    random_orders: set[str]
+    chosen: dict
+    generalization: dict
+    significance: list
+    random_means: dict
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def model_key(self, name: str) -> tuple:
+        """Dissertation order: by strategy (H1, H2, H3), the random-order mean, then each order; CM last."""
+        if name == COMPLETE:
+            return (len(STRATEGIES) + 1, 0, "")
+        info = self.chosen.get(name) or {}
+        strategy = info.get("strategy") or _strategy_of_name(name)
+        s = STRATEGIES.index(strategy) if strategy in STRATEGIES else len(STRATEGIES)
+        if name.startswith("MAM"):
+            return (s, 0, name)
+        order = info.get("order")
+        o = self.orders.index(order) + 1 if order in self.orders else len(self.orders) + 1
+        return (s, o, name)
+
+    def sort(self, names) -> list[str]:
+        return sorted(names, key=self.model_key)
+
+    def pruned_set(self, name: str) -> set[tuple[int, int]]:
+        return {(int(l), int(h)) for l, h in (self.chosen.get(name) or {}).get("pruned_heads") or []}
+
+
+def _strategy_of_name(name: str) -> str | None:
+    match = re.search(r"(H\d)$", name)
+    return match.group(1) if match else None
+
+
+def _facts(summary: dict) -> _Run:
+    orders = summary.get("orders") or {}
+    # "kind" is written by the pipeline; DESIGN.md's schema marks a random order by a null matrix.
+    random_orders = {name for name, o in orders.items()
+                     if isinstance(o, dict) and (o.get("kind") == "random" or o.get("matrix") is None)}
+    generalization = dict(summary.get("generalization") or {})
+    significance = generalization.pop("significance", None) or []
+    return _Run(
+        summary=summary,
+        n_layers=int(summary["model"]["n_layers"]),
+        n_heads=int(summary["model"]["n_heads"]),
+        orders=list(orders),
+        random_orders=random_orders,
+        chosen=summary.get("chosen") or {},
+        generalization=generalization,
+        significance=list(significance),
+        random_means=summary.get("random_means") or {},
+    )
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float):
+    # The object-oriented API draws with Agg without touching pyplot's global backend state.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(run: _Run, fig, directory: Path, name: str) -> str:
+    path = directory / f"{_slug(name)}.png"
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    run.figures[path.name] = path
+    return path.name
+
+
+def rank_matrix(ranked: list, n_layers: int, n_heads: int) -> list[list[int | None]]:
+    """(layers x heads) rank of every head in an order: 0 = most important (first in `ranked`)."""
+    ranks: list[list[int | None]] = [[None] * n_heads for _ in range(n_layers)]
+    for rank, (layer, head) in enumerate(ranked):
+        if 0 <= int(layer) < n_layers and 0 <= int(head) < n_heads:
+            ranks[int(layer)][int(head)] = rank
+    return ranks
+
+
+def _importance_figure(run: _Run, name: str, ranked: list, directory: Path) -> str:
+    import numpy as np
+
+    ranks = rank_matrix(ranked, run.n_layers, run.n_heads)
+    values = np.array([[np.nan if r is None else r for r in row] for row in ranks], dtype=float)
+    fig = _figure(max(5.0, 1.5 + 0.55 * run.n_heads), 1.4 + 0.45 * run.n_layers)
+    ax = fig.add_subplot()
+    # Stronger colour = more important (rank 0): blue for the gradient order, orange for random ones.
+    cmap = "Oranges_r" if name in run.random_orders else "Blues_r"
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=max(run.total_heads - 1, 1), aspect="auto")
+    size = max(5.0, min(10.0, 110.0 / max(run.n_heads, run.n_layers)))
+    for layer in range(run.n_layers):
+        for head in range(run.n_heads):
+            rank = ranks[layer][head]
+            if rank is not None:
+                dark = rank < 0.45 * run.total_heads
+                ax.text(head, layer, str(rank), ha="center", va="center", fontsize=size,
+                        color="white" if dark else "black")
+    _head_axes(ax, run)
+    kind = "random order" if name in run.random_orders else "importance order"
+    ax.set_title(f"{name}: {kind}\n(0 = most important, pruned last)", fontsize=10)
+    fig.colorbar(image, ax=ax, label="rank")
+    return _save(run, fig, directory, f"importance_{name}")
+
+
+def _head_axes(ax, run: _Run) -> None:
+    ax.set_xticks(range(run.n_heads))
+    ax.set_yticks(range(run.n_layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.tick_params(labelsize=8)
+
+
+def _draw_head_map(ax, run: _Run, pruned: set[tuple[int, int]], title: str, highlight: bool = False) -> None:
+    """Kept heads filled, pruned heads pale, a layer that lost every head hatched and labelled."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    removed = [layer for layer in range(run.n_layers) if all((layer, h) in pruned for h in range(run.n_heads))]
+    grid = np.ones((run.n_layers, run.n_heads))
+    for layer, head in pruned:
+        if 0 <= layer < run.n_layers and 0 <= head < run.n_heads:
+            grid[layer, head] = 0
+    for layer in removed:
+        grid[layer, :] = 2
+    ax.imshow(grid, cmap=ListedColormap([_PRUNED, _KEPT, _REMOVED]), vmin=0, vmax=2, aspect="auto")
+    for layer in removed:
+        ax.add_patch(_rectangle((-0.5, layer - 0.5), run.n_heads, 1, hatch="///", fill=False,
+                                edgecolor="#c53030", linewidth=0))
+        ax.text((run.n_heads - 1) / 2, layer, "layer removed", ha="center", va="center", fontsize=8,
+                color="#9b2c2c", fontweight="bold", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    ax.set_xticks(np.arange(-0.5, run.n_heads, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, run.n_layers, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1)
+    ax.tick_params(which="minor", length=0)
+    _head_axes(ax, run)
+    n = len(pruned)
+    ax.set_title(f"{title}\n{n} of {run.total_heads} heads pruned", fontsize=10,
+                 color=_HIGHLIGHT if highlight else "black", fontweight="bold" if highlight else "normal")
+    if highlight:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(_HIGHLIGHT)
+            spine.set_linewidth(3)
+
+
+def _rectangle(xy, width, height, **kwargs):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(xy, width, height, **kwargs)
+
+
+def _head_maps_figure(run: _Run, panels: list[tuple[str, set, bool]], name: str, directory: Path) -> str:
+    """One panel per model: (title, pruned heads, highlighted)."""
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    width = columns * (1.2 + 0.4 * run.n_heads) + 0.5
+    height = rows * (1.2 + 0.32 * run.n_layers) + 0.6
+    fig = _figure(width, height)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax, (title, pruned, highlight) in zip(axes.flat, panels):
+        _draw_head_map(ax, run, pruned, title, highlight)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    return _save(run, fig, directory, name)
+
+
+def _legend_handles():
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(facecolor=_KEPT, label="kept head"),
+        Patch(facecolor=_PRUNED, label="pruned head"),
+        Patch(facecolor=_REMOVED, hatch="///", edgecolor="#c53030", label="layer removed"),
+    ]
+
+
+def _h1_figure(run: _Run, order: str, entry: dict, directory: Path) -> str:
+    fig = _figure(8.5, 4.6)
+    ax = fig.add_subplot()
+    for ds, by_k in (entry.get("scores") or {}).items():
+        points = sorted((int(k), 100 * float(v)) for k, v in by_k.items() if v is not None)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None,
+                    linewidth=1.3, label=ds)
+    chosen = entry.get("chosen_k")
+    if chosen is not None:
+        ax.axvline(int(chosen), color=_HIGHLIGHT, linestyle="--", linewidth=1.5, label=f"chosen k = {chosen}")
+    ax.set_xlabel(f"number of heads pruned (k, least important first in {order})")
+    ax.set_ylabel("F1-macro (%)")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"H1 with order {order}: F1 of the model with the k least important heads pruned")
+    fig.legend(loc="outside right upper", fontsize=8)
+    return _save(run, fig, directory, f"h1_{order}")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class _Section:
+    id: str
+    title: str
+    blocks: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+
+
+def _img(run: _Run, filename: str, caption: str) -> str:
+    data = base64.b64encode(run.figures[filename].read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
+        f'data-file="figures/{html.escape(filename)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
+
+
+def _add_table(section: _Section, table: Table) -> None:
+    section.tables.append(table)
+    section.blocks.append(table.html())
+
+
+def _overview_section(run: _Run) -> _Section | None:
+    if not run.chosen:
+        return None
+    section = _Section("overview", "Chosen models at a glance")
+    datasets = _datasets_of(run.generalization)
+    cm = run.generalization.get(COMPLETE, {})
+    complete_params = (run.chosen.get(COMPLETE) or {}).get("n_params") or run.summary["model"].get("n_params")
+    rows = []
+    for name in run.sort(run.chosen):
+        info = run.chosen[name]
+        n = int(info.get("n_pruned", len(info.get("pruned_heads") or [])))
+        params = info.get("n_params")
+        params_text = "n/a" if params is None else _int(params)
+        if params is not None and complete_params and name != COMPLETE:
+            params_text += f" ({_pct(_pct_of(params, complete_params))})"
+        per_ds = run.generalization.get(name, {})
+        common = [ds for ds in datasets if ds in per_ds and ds in cm]
+        if common:
+            mean = sum(per_ds[ds]["mean"] for ds in common) / len(common)
+            ref = sum(cm[ds]["mean"] for ds in common) / len(common)
+            f1_text = _f1(mean) + ("" if name == COMPLETE else f" ({_pct(_pct_of(mean, ref))})")
+            wins = sum(per_ds[ds]["mean"] > cm[ds]["mean"] for ds in common)
+            wins_text = "" if name == COMPLETE else f"{wins} of {len(common)}"
+        else:
+            f1_text, wins_text = "n/a", ""
+        rows.append(_cells([name, info.get("strategy") or "-", info.get("order") or "-",
+                            f"{n} ({100 * n / run.total_heads:.2f}%)", params_text, f1_text, wins_text]))
+    _add_table(section, Table(
+        "table-overview", "Chosen models: heads pruned, parameters and mean F1-macro over the generalization datasets",
+        ["Model", "Strategy", "Order", "Heads pruned", "Parameters", "Mean F1 (vs CM)", "Datasets better than CM"],
+        rows,
+    ))
+    return section
+
+
+def _importance_section(run: _Run, directory: Path) -> _Section | None:
+    orders = run.summary.get("orders") or {}
+    section = _Section("importance", "Importance order of the heads (Fig. 2)")
+    section.blocks.append(
+        '<p class="note">Rank of each head in each order: 0 is the most important head, pruned last; '
+        "the highest rank is pruned first. Layer 0 is the bottom layer.</p>"
+    )
+    for name, order in orders.items():
+        if isinstance(order, dict) and order.get("ranked"):
+            filename = _importance_figure(run, name, order["ranked"], directory)
+            section.blocks.append(_img(run, filename, f"Importance order {name}: rank of every head"))
+    return section if len(section.blocks) > 1 else None
+
+
+def _architectures_section(run: _Run, directory: Path) -> _Section | None:
+    groups: dict[str, list[str]] = {}
+    for name in run.sort(run.chosen):
+        if name != COMPLETE:
+            groups.setdefault(run.chosen[name].get("strategy") or "other", []).append(name)
+    if not groups:
+        return None
+    section = _Section("architectures", "Heads kept by each chosen model (Figs. 3, 6, 7)")
+    for strategy, names in groups.items():
+        panels = [(name, run.pruned_set(name), False) for name in names]
+        filename = _head_maps_figure(run, panels, f"architectures_{strategy}", directory)
+        section.blocks.append(_img(run, filename, f"Chosen models of {strategy}: {', '.join(names)}"))
+    return section
+
+
+def _h1_section(run: _Run, directory: Path) -> _Section | None:
+    h1 = run.summary.get("h1") or {}
+    if not h1:
+        return None
+    section = _Section("h1", "H1: pruning the k least important heads (Tables 5, 6)")
+    best_rows = []
+    for order, entry in h1.items():
+        section.blocks.append(f'<h3 id="h1-{_slug(order)}">Order {html.escape(order)}</h3>')
+        if entry.get("scores"):
+            filename = _h1_figure(run, order, entry, directory)
+            section.blocks.append(_img(run, filename, f"H1 with {order}: F1-macro against heads pruned"))
+        top = (entry.get("ranking") or [])[:5]
+        if top:
+            datasets = list(top[0].get("scores") or (entry.get("scores") or {}))
+            columns = ["Dataset"] + [str(row.get("n_pruned", row.get("k"))) for row in top]
+            rows = []
+            for ds in datasets:
+                rows.append([Cell(ds)] + [Cell(_f1(_h1_score(entry, row, ds))) for row in top])
+            rows.append([Cell("Rank Sum")] + [Cell(f"{float(row['rank_sum']):.1f}") for row in top])
+            rows.append([Cell("Rank Pos.")] + [Cell(str(i + 1)) for i in range(len(top))])
+            chosen = entry.get("chosen_k")
+            for row in rows:
+                for i, r in enumerate(top):
+                    row[i + 1].bold = r.get("k", r.get("n_pruned")) == chosen
+            _add_table(section, Table(
+                f"table-h1-top5-{_slug(order)}",
+                f"Top {len(top)} models pruned according to H1, using {order} (columns: heads pruned; "
+                "F1-macro x100; the lower the rank sum, the better)",
+                columns, rows, note=entry.get("departure") or "",
+            ))
+        if entry.get("chosen_k") is not None:
+            best_rows.append(_cells([order, str(entry["chosen_k"]),
+                                     f"{100 * int(entry['chosen_k']) / run.total_heads:.2f}%"]))
+    if best_rows:
+        _add_table(section, Table(
+            "table-h1-best-k", "Best amount of pruned heads per order of importance according to H1 (Table 6)",
+            ["Order of importance", "Best amount of pruning", "Share of heads"], best_rows,
+        ))
+    return section
+
+
+def _h1_score(entry: dict, row: dict, ds: str):
+    scores = row.get("scores") or {}
+    if ds in scores:
+        return scores[ds]
+    return ((entry.get("scores") or {}).get(ds) or {}).get(str(row.get("k", row.get("n_pruned"))))
+
+
+def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
+    data = run.summary.get(key) or {}
+    if not data:
+        return None
+    strategy = key.upper()
+    rule = "the best score so far" if strategy == "H2" else "the complete model's score"
+    figure_no = {"H2": "Fig. 4", "H3": "Fig. 5"}.get(strategy, "")
+    section = _Section(key, f"{strategy}: one greedy model per dataset, cross-scored ({figure_no})")
+    section.blocks.append(
+        f'<p class="note">For each dataset, heads are tried from the least important; a head stays pruned when '
+        f"the F1 is at least {rule}. Each resulting model is then scored on every dataset and ranked.</p>"
+    )
+    for order, entry in data.items():
+        section.blocks.append(f'<h3 id="{key}-{_slug(order)}">Order {html.escape(order)}</h3>')
+        per_dataset = entry.get("per_dataset") or {}
+        chosen = entry.get("chosen")
+        if per_dataset:
+            panels = [
+                (f"model of {ds}", {(int(l), int(h)) for l, h in info.get("pruned_heads") or []}, ds == chosen)
+                for ds, info in per_dataset.items()
+            ]
+            filename = _head_maps_figure(run, panels, f"{key}_models_{order}", directory)
+            section.blocks.append(_img(run, filename, f"{strategy} with {order}: the model found on each dataset "
+                                                      f"(orange frame: ranked best, {chosen})"))
+        cross = entry.get("cross") or {}
+        if cross:
+            eval_datasets = list(dict.fromkeys(ds for row in cross.values() for ds in row))
+            rows = []
+            for source, scores in cross.items():
+                n = (per_dataset.get(source) or {}).get("n_pruned")
+                label = f"model of {source}" + (" (chosen)" if source == chosen else "")
+                best = {ds: max(r.get(ds, -1) for r in cross.values()) for ds in eval_datasets}
+                rows.append([Cell(label, source == chosen), Cell("n/a" if n is None else str(n))]
+                            + [Cell(_f1(scores.get(ds)), scores.get(ds) == best[ds]) for ds in eval_datasets])
+            if entry.get("complete"):
+                rows.append([Cell("complete model (CM)"), Cell("0")]
+                            + [Cell(_f1(entry["complete"].get(ds))) for ds in eval_datasets])
+            _add_table(section, Table(
+                f"table-{key}-cross-{_slug(order)}",
+                f"{strategy} with {order}: F1-macro x100 of each dataset's model (rows) on every dataset (columns)",
+                ["Model", "Heads pruned"] + eval_datasets, rows, note=entry.get("departure") or "",
+            ))
+        ranking = entry.get("ranking") or []
+        if ranking:
+            datasets = list(ranking[0].get("ranks") or {})
+            rows = [
+                [Cell(str(i + 1)), Cell(f"model of {row['model']}", row["model"] == chosen),
+                 Cell(str(row.get("n_pruned", ""))), Cell(f"{float(row['rank_sum']):.1f}")]
+                + [Cell(f"{float(row['ranks'][ds]):g}") for ds in datasets]
+                for i, row in enumerate(ranking)
+            ]
+            _add_table(section, Table(
+                f"table-{key}-ranking-{_slug(order)}",
+                f"{strategy} with {order}: ranking of the models (rank per dataset, lowest rank sum wins)",
+                ["Pos.", "Model", "Heads pruned", "Rank sum"] + datasets, rows,
+            ))
+    return section
+
+
+def _model_stats(run: _Run, name: str) -> dict:
+    """{dataset: {"mean", "std", "pct_vs_cm"}} of a chosen model or of a random-order mean (MAM*)."""
+    if name in run.generalization:
+        return run.generalization[name]
+    return {ds: v for ds, v in (run.random_means.get(name) or {}).items() if isinstance(v, dict)}
+
+
+def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -> Table | None:
+    models = [m for m in models if _model_stats(run, m)]
+    if len(models) < 2:
+        return None
+    stats = {m: _model_stats(run, m) for m in models}
+    datasets = [ds for ds in _datasets_of(stats)]
+    rows = []
+    for ds in datasets:
+        means = {m: stats[m][ds]["mean"] for m in models if ds in stats[m] and stats[m][ds].get("mean") is not None}
+        best = max(means.values()) if means else None
+        row = [Cell(ds)]
+        for m in models:
+            value = stats[m].get(ds)
+            if not value or value.get("mean") is None:
+                row.append(Cell("n/a"))
+                continue
+            text = f"{_f1(value['mean'])} ({_f1(value.get('std'))})\n{_pct(value.get('pct_vs_cm'), m == COMPLETE)}"
+            row.append(Cell(text, value["mean"] == best))
+        statements = [
+            f"{s['better']} > {s['worse']} (p = {float(s['p_value']):.3g})"
+            for s in run.significance
+            if s.get("dataset") == ds and s.get("better") in models and s.get("worse") in models
+        ]
+        row.append(Cell("\n".join(statements) or "-"))
+        rows.append(row)
+    return Table(table_id, title, ["Dataset"] + [f"{m}\nmean (std), vs CM" for m in models] + ["t-test"], rows,
+                 note="F1-macro x100: mean (standard deviation) over the seeds, then the change vs CM. "
+                      "Best per dataset in bold. t-test: paired by seed, p < 0.05; x > y means x is "
+                      "significantly better than y.")
+
+
+def _comparison_section(run: _Run) -> _Section | None:
+    if not run.generalization:
+        return None
+    section = _Section("comparison", "Generalization check: F1-macro per dataset (Tables 7-10, 12, 15)")
+    seeds = run.summary.get("generalization_seeds")
+    if seeds:
+        section.blocks.append(f'<p class="note">Seeds: {html.escape(", ".join(map(str, seeds)))}.</p>')
+    own = {s: [n for n in run.sort(run.chosen) if run.chosen[n].get("strategy") == s
+               and run.chosen[n].get("order") not in run.random_orders] for s in STRATEGIES}
+    table_no = {"H1": 7, "H2": 8, "H3": 9}
+    for strategy in STRATEGIES:
+        models = [f"MAM{strategy}"] + own[strategy] + [COMPLETE]
+        table = _comparison_table(
+            run, f"table-comparison-{strategy.lower()}",
+            f"{strategy}: the random-order mean (MAM{strategy}), the model from the importance order, and CM "
+            f"(Table {table_no[strategy]})", models)
+        if table and own[strategy]:
+            _add_table(section, table)
+    together = [m for s in STRATEGIES for m in [f"MAM{s}"] + own[s]] + [COMPLETE]
+    table = _comparison_table(run, "table-comparison-all",
+                              "All strategies: random-order means, importance-order models and CM (Tables 10, 12)",
+                              together)
+    if table:
+        _add_table(section, table)
+    individual = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
+    table = _comparison_table(run, "table-comparison-individual",
+                              "Every chosen model individually, random orders included (Table 15)", individual)
+    if table:
+        _add_table(section, table)
+    return section if section.tables else None
+
+
+def _heads_pruned_section(run: _Run) -> _Section | None:
+    pruned = {n: info for n, info in run.chosen.items() if n != COMPLETE}
+    if not pruned:
+        return None
+    section = _Section("heads-pruned", "Number of heads pruned per model (Table 11)")
+    count = {n: int(info.get("n_pruned", len(info.get("pruned_heads") or []))) for n, info in pruned.items()}
+    rows = [_cells([n, f"{count[n]} ({100 * count[n] / run.total_heads:.2f}%)", _removed_layers_text(run, n)])
+            for n in sorted(count, key=lambda n: (-count[n], run.model_key(n)))]
+    for name, value in run.random_means.items():
+        if isinstance(value, dict) and value.get("n_pruned") is not None:
+            n = float(value["n_pruned"])
+            rows.append(_cells([f"{name} (mean over random orders)", f"{n:.1f} ({100 * n / run.total_heads:.2f}%)",
+                                ""]))
+    _add_table(section, Table("table-heads-pruned",
+                              f"Number of heads pruned per model, of {run.total_heads} (Table 11)",
+                              ["Model", "Number of pruned heads", "Layers removed"], rows))
+    return section
+
+
+def _removed_layers_text(run: _Run, name: str) -> str:
+    pruned = run.pruned_set(name)
+    removed = [str(l) for l in range(run.n_layers) if all((l, h) in pruned for h in range(run.n_heads))]
+    return ", ".join(removed) or "-"
+
+
+def _size_section(run: _Run) -> _Section | None:
+    models = [n for n in run.sort(run.chosen) if run.chosen[n].get("n_params") or run.chosen[n].get("size_bytes")]
+    if not models:
+        return None
+    section = _Section("size", "Parameters and saved size per model (Table 13)")
+    complete = run.chosen.get(COMPLETE) or {}
+    ref_params = complete.get("n_params") or run.summary["model"].get("n_params")
+    ref_size = complete.get("size_bytes") or run.summary["model"].get("size_bytes")
+    order = ([COMPLETE] if COMPLETE in models else []) + [m for m in models if m != COMPLETE]
+    rows = []
+    for name in order:
+        info = run.chosen[name]
+        cells = [name]
+        for value, ref, fmt in ((info.get("size_bytes"), ref_size, _megabytes), (info.get("n_params"), ref_params, _int)):
+            if value is None:
+                cells.append("n/a")
+            elif name == COMPLETE or not ref:
+                cells.append(f"{fmt(value)} (100.00%)" if name == COMPLETE else fmt(value))
+            else:
+                cells.append(f"{fmt(value)} ({_pct(_pct_of(value, ref))})")
+        rows.append(_cells(cells))
+    _add_table(section, Table("table-size", "Saved size (safetensors) and number of parameters, vs the complete model (Table 13)",
+                              ["Model", "Saved size", "Number of parameters"], rows))
+    return section
+
+
+def _adjust_time_section(run: _Run) -> _Section | None:
+    models = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
+    models = [m for m in models if any(isinstance(v, dict) and v.get("adjust_mean") is not None
+                                       for v in (run.generalization.get(m) or {}).values())]
+    if not models:
+        return None
+    section = _Section("adjust-time", "Time of the adjusting step per dataset (Table 14)")
+    datasets = _datasets_of({m: run.generalization[m] for m in models})
+    rows = []
+    for ds in datasets:
+        row = [Cell(ds)]
+        for m in models:
+            value = run.generalization[m].get(ds) or {}
+            if value.get("adjust_mean") is None:
+                row.append(Cell("n/a"))
+            else:
+                std = value.get("adjust_std")
+                std_text = "n/a" if std is None else f"{float(std):.2f}"
+                row.append(Cell(f"{float(value['adjust_mean']):.2f} ({std_text})\n"
+                                f"{_pct(value.get('adjust_pct_vs_cm'), m == COMPLETE)}"))
+        rows.append(row)
+    _add_table(section, Table("table-adjust-time",
+                              "Mean (std) seconds of the adjusting step (continued MLM) over the seeds, and the "
+                              "change vs CM (Table 14)", ["Dataset"] + models, rows))
+    return section
+
+
+def _run_section(run: _Run) -> _Section:
+    s = run.summary
+    section = _Section("run", "Run: configuration, versions, device and date")
+    model = s.get("model") or {}
+    facts = [
+        ("headprune version", s.get("headprune_version")),
+        ("date", s.get("date")),
+        ("device", s.get("device")),
+        ("model", model.get("name")),
+        ("model fingerprint", model.get("fingerprint")),
+        ("layers x heads", f"{run.n_layers} x {run.n_heads} = {run.total_heads} heads"),
+        ("parameters", _int(model["n_params"]) if model.get("n_params") is not None else None),
+        ("saved size", _megabytes(model["size_bytes"]) if model.get("size_bytes") is not None else None),
+        ("generalization seeds", ", ".join(map(str, s.get("generalization_seeds") or [])) or None),
+        ("elapsed", f"{float(s['elapsed_seconds']) / 60:.1f} min" if s.get("elapsed_seconds") is not None else None),
+    ]
+    facts += [(name, version) for name, version in (s.get("versions") or {}).items()]
+    rows = [_cells([k, str(v)]) for k, v in facts if v is not None]
+    _add_table(section, Table("table-run", "Run facts and library versions", ["Item", "Value"], rows))
+    config = s.get("config")
+    if config:
+        section.blocks.append("<h3>Configuration</h3><pre>"
+                              + html.escape(json.dumps(config, indent=2, sort_keys=True, default=str)) + "</pre>")
+    return section
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Render `run_dir/summary.json` into `run_dir/report/` (report.html, tables.md, figures/); returns report.html."""
+    summary = load_summary(run_dir)
+    source = Path(summary["_path"])
+    out = source.parent / "report"
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for old in figures.glob("*.png"):
+        old.unlink()  # figures of an earlier rendering may no longer apply
+    try:
+        run = _facts(summary)
+        builders = [
+            lambda: _overview_section(run),
+            lambda: _importance_section(run, figures),
+            lambda: _architectures_section(run, figures),
+            lambda: _h1_section(run, figures),
+            lambda: _greedy_section(run, "h2", figures),
+            lambda: _greedy_section(run, "h3", figures),
+            lambda: _comparison_section(run),
+            lambda: _heads_pruned_section(run),
+            lambda: _size_section(run),
+            lambda: _adjust_time_section(run),
+            lambda: _run_section(run),
+        ]
+        sections = [section for build in builders if (section := build()) is not None]
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise HeadpruneError(f"{source}: malformed summary ({type(err).__name__}: {err})") from None
+    title = f"headprune report: {summary['model'].get('name', 'model')}"
+    (out / "report.html").write_text(_html_page(title, summary, sections), encoding="utf-8")
+    tables = [f"# {title}\n"] + [t.markdown() for section in sections for t in section.tables]
+    (out / "tables.md").write_text("\n".join(tables), encoding="utf-8")
+    return out / "report.html"
+
+
+def _html_page(title: str, summary: dict, sections: list[_Section]) -> str:
+    nav = "".join(f'<li><a href="#{s.id}">{html.escape(s.title)}</a></li>' for s in sections)
+    body = "".join(
+        f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>{"".join(s.blocks)}</section>' for s in sections
+    )
+    model = summary["model"]
+    subtitle = (f"{html.escape(str(model.get('name', '')))}: {model['n_layers']} layers x {model['n_heads']} heads"
+                + (f" &middot; {html.escape(str(summary['date']))}" if summary.get("date") else ""))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f'<header><h1>{html.escape(title)}</h1><p class="note">{subtitle}</p><nav><ul>{nav}</ul></nav></header>'
+        f"{body}</body></html>\n"
+    )

@@ -1,0 +1,156 @@
+"""Helpers of the report/export/classify tests: a tiny BERT built in the test, a synthetic summary.json.
+
+Kept apart from conftest.py on purpose: these tests build their own models, independent of the
+shared fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+N_LAYERS, N_HEADS = 2, 4
+
+# Chosen models of the synthetic run: MOIH1 removes layer 1 whole, MA1H3 prunes nothing of layer 1.
+CHOSEN_PRUNED = {
+    "CM": [],
+    "MOIH1": [[1, 0], [1, 1], [1, 2], [1, 3], [0, 2]],
+    "MA1H1": [[0, 1], [1, 3]],
+    "MOIH2": [[0, 3]],
+    "MA1H2": [[1, 0], [1, 2]],
+    "MOIH3": [[0, 0], [1, 1], [1, 2]],
+    "MA1H3": [[0, 0], [0, 1], [0, 3]],
+}
+G2 = ["person", "hobbit", "movie"]
+G3 = ["aisopos", "sanders"]
+
+
+def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
+    """A tiny random BertForMaskedLM (32 hidden, 2 layers x 4 heads) with the embedded MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from headprune.models import resolve_model_path
+
+    directory = Path(directory)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS,
+        intermediate_size=48,
+        max_position_embeddings=130,
+    )
+    BertForMaskedLM(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _f1(base: float, i: int, j: int) -> float:
+    """A deterministic, varied F1 in [0.6, 0.95]."""
+    return round(0.6 + ((base * 7919 + i * 104729 + j * 1299709) % 3500) / 10000, 4)
+
+
+def make_summary(model_name: str = "tiny-bert") -> dict:
+    """A small but complete summary.json following docs/DESIGN.md exactly (2 layers x 4 heads, OI and A1)."""
+    heads = [[l, h] for l in range(N_LAYERS) for h in range(N_HEADS)]
+    # MOIH1 (k = 5) is exactly the 5 least important heads of OI.
+    oi_ranked = [[0, 0], [0, 1], [0, 3], [1, 3], [0, 2], [1, 0], [1, 1], [1, 2]]
+    a1_ranked = [[1, 2], [0, 0], [0, 3], [1, 1], [0, 2], [1, 0], [0, 1], [1, 3]]
+    matrix = [[0.0] * N_HEADS for _ in range(N_LAYERS)]
+    for rank, (l, h) in enumerate(oi_ranked):
+        matrix[l][h] = round(1.0 - rank / 7, 4)
+    total = N_LAYERS * N_HEADS
+    k_values = list(range(total))
+
+    def h1(order_i: int, chosen_k: int) -> dict:
+        scores = {ds: {str(k): _f1(order_i, d, k) for k in k_values} for d, ds in enumerate(G2)}
+        rows = []
+        for k in k_values:
+            rows.append({"model": f"k{k}", "k": k, "n_pruned": k, "rank_sum": float(3 + ((k * 5 + order_i) % 13)),
+                         "ranks": {ds: float(1 + (k + d) % total) for d, ds in enumerate(G2)},
+                         "scores": {ds: scores[ds][str(k)] for ds in G2}})
+        chosen = next(r for r in rows if r["k"] == chosen_k)
+        chosen["rank_sum"] = 1.5
+        rows.sort(key=lambda r: (r["rank_sum"], -r["n_pruned"]))
+        return {"k_values": k_values, "departure": None, "scores": scores, "ranking": rows, "chosen_k": chosen_k}
+
+    def greedy(order_i: int, chosen_name: str, complete: bool) -> dict:
+        per_dataset = {
+            ds: {"pruned_heads": CHOSEN_PRUNED[chosen_name] if ds == "hobbit" else heads[: d + 1],
+                 "n_pruned": len(CHOSEN_PRUNED[chosen_name]) if ds == "hobbit" else d + 1, "score": 0.8}
+            for d, ds in enumerate(G2)
+        }
+        cross = {src: {ds: _f1(order_i + 10, s, d) for d, ds in enumerate(G2)} for s, src in enumerate(G2)}
+        ranking = [
+            {"model": src, "n_pruned": per_dataset[src]["n_pruned"], "rank_sum": float(3 + i * 2),
+             "ranks": {ds: float(1 + (i + d) % 3) for d, ds in enumerate(G2)}}
+            for i, src in enumerate(["hobbit", "person", "movie"])
+        ]
+        entry = {"per_dataset": per_dataset, "cross": cross, "ranking": ranking, "chosen": "hobbit"}
+        if complete:
+            entry["complete"] = {ds: 0.75 for ds in G2}
+        return entry
+
+    chosen = {}
+    for name, pruned in CHOSEN_PRUNED.items():
+        strategy = None if name == "CM" else name[-2:]
+        order = None if name == "CM" else name[1:-2]
+        chosen[name] = {"pruned_heads": pruned, "n_pruned": len(pruned), "strategy": strategy, "order": order,
+                        "n_params": 1_000_000 - 2_000 * len(pruned), "size_bytes": 4_000_000 - 8_000 * len(pruned)}
+
+    generalization: dict = {}
+    seeds = [101, 102, 103]
+    for m, name in enumerate(CHOSEN_PRUNED):
+        generalization[name] = {}
+        for d, ds in enumerate(G3):
+            scores = [_f1(m + 20, d, s) for s in range(3)]
+            mean = sum(scores) / 3
+            std = (sum((x - mean) ** 2 for x in scores) / 2) ** 0.5
+            times = [10.0 - len(CHOSEN_PRUNED[name]) + 0.1 * s for s in range(3)]
+            generalization[name][ds] = {"mean": mean, "std": std, "scores": scores, "pct_vs_cm": None,
+                                        "adjust_seconds": times, "adjust_mean": sum(times) / 3, "adjust_std": 0.1,
+                                        "adjust_pct_vs_cm": None}
+    for name in CHOSEN_PRUNED:
+        for ds in G3:
+            cm = generalization["CM"][ds]
+            value = generalization[name][ds]
+            value["pct_vs_cm"] = 100 * (value["mean"] / cm["mean"] - 1)
+            value["adjust_pct_vs_cm"] = 100 * (value["adjust_mean"] / cm["adjust_mean"] - 1)
+    generalization["significance"] = [
+        {"dataset": "aisopos", "better": "MOIH1", "worse": "CM", "p_value": 0.0123},
+        {"dataset": "sanders", "better": "MA1H3", "worse": "MOIH3", "p_value": 0.0456},
+    ]
+    random_means = {
+        f"MAMH{s}": {**{ds: {"mean": generalization[f"MA1H{s}"][ds]["mean"], "std": 0.0,
+                               "pct_vs_cm": generalization[f"MA1H{s}"][ds]["pct_vs_cm"]} for ds in G3},
+                     "n_pruned": float(len(CHOSEN_PRUNED[f"MA1H{s}"]))}
+        for s in (1, 2, 3)
+    }
+    return {
+        "headprune_version": "0.1.0",
+        "date": "2025-01-02T03:04:05+00:00",
+        "device": "cpu (test)",
+        "versions": {"python": "3.11", "torch": "2.x", "transformers": "5.x", "scikit-learn": "1.x", "scipy": "1.x"},
+        "config": {"model": model_name, "seeds": [1, 2], "datasets": {"g2": G2, "g3": G3}},
+        "model": {"name": model_name, "fingerprint": "0123456789abcdef", "n_layers": N_LAYERS, "n_heads": N_HEADS,
+                  "n_params": 1_000_000, "size_bytes": 4_000_000},
+        "orders": {"OI": {"ranked": oi_ranked, "matrix": matrix}, "A1": {"ranked": a1_ranked, "matrix": None}},
+        "h1": {"OI": h1(0, 5), "A1": h1(1, 2)},
+        "h2": {"OI": greedy(0, "MOIH2", False), "A1": greedy(1, "MA1H2", False)},
+        "h3": {"OI": greedy(0, "MOIH3", True), "A1": greedy(1, "MA1H3", True)},
+        "chosen": chosen,
+        "generalization": generalization,
+        "generalization_seeds": seeds,
+        "random_means": random_means,
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=1))
+    return path

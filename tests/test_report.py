@@ -1,0 +1,217 @@
+"""report.py: every section, figure and table of a synthetic but complete summary.json."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from _tiny import G3, make_summary, write_summary
+from headprune.errors import HeadpruneError
+from headprune.report import load_summary, rank_matrix, write_report
+
+SECTIONS = [
+    "overview", "importance", "architectures", "h1", "h2", "h3", "comparison", "heads-pruned", "size",
+    "adjust-time", "run",
+]
+FIGURES = {
+    "importance_OI.png", "importance_A1.png", "architectures_H1.png", "architectures_H2.png",
+    "architectures_H3.png", "h1_OI.png", "h1_A1.png", "h2_models_OI.png", "h2_models_A1.png",
+    "h3_models_OI.png", "h3_models_A1.png",
+}
+TABLES = [
+    "table-overview", "table-h1-top5-OI", "table-h1-top5-A1", "table-h1-best-k",
+    *[f"table-{h}-{kind}-{order}" for h in ("h2", "h3") for order in ("OI", "A1") for kind in ("cross", "ranking")],
+    "table-comparison-h1",
+    "table-comparison-h2", "table-comparison-h3", "table-comparison-all", "table-comparison-individual",
+    "table-heads-pruned", "table-size", "table-adjust-time", "table-run",
+]
+
+
+class _Page(HTMLParser):
+    """Collects element ids, <img> attributes, tags and every URL-bearing attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.images: list[dict] = []
+        self.tags: set[str] = set()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.add(tag)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs)
+        for key in ("src", "href"):
+            if key in attrs:
+                self.urls.append(attrs[key])
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, dict]:
+    summary = make_summary()
+    run_dir = tmp_path_factory.mktemp("run")
+    write_summary(run_dir, summary)
+    return write_report(run_dir), summary
+
+
+@pytest.fixture(scope="module")
+def page(rendered) -> _Page:
+    parser = _Page()
+    parser.feed(rendered[0].read_text(encoding="utf-8"))
+    return parser
+
+
+def test_writes_the_three_outputs(rendered):
+    path, _ = rendered
+    assert path.name == "report.html" and path.parent.name == "report"
+    assert (path.parent / "tables.md").is_file()
+    assert {p.name for p in (path.parent / "figures").glob("*.png")} == FIGURES
+
+
+def test_every_section_has_its_id(page):
+    for section in SECTIONS:
+        assert section in page.ids, f"section id {section!r} missing"
+    for table in TABLES:
+        assert table in page.ids, f"table id {table!r} missing"
+    assert len(page.ids) == len(set(page.ids)), "duplicate ids"
+
+
+def test_every_figure_is_embedded_and_self_contained(rendered, page):
+    path, _ = rendered
+    embedded = {img["data-file"]: img["src"] for img in page.images}
+    assert set(embedded) == {f"figures/{name}" for name in FIGURES}
+    for name in FIGURES:
+        data = (path.parent / "figures" / name).read_bytes()
+        assert data.startswith(b"\x89PNG")
+        assert embedded[f"figures/{name}"] == "data:image/png;base64," + base64.b64encode(data).decode()
+    external = [u for u in page.urls if not u.startswith(("data:image/png;base64,", "#"))]
+    assert external == []
+    assert "script" not in page.tags and "link" not in page.tags
+    assert not re.search(r"https?://", path.read_text(encoding="utf-8"))
+
+
+def test_rank_matrix_zero_is_most_important():
+    ranked = [[1, 1], [0, 0], [1, 0], [0, 1]]
+    assert rank_matrix(ranked, 2, 2) == [[1, 3], [2, 0]]
+
+
+def test_tables_md_holds_every_table_with_the_numbers(rendered):
+    path, summary = rendered
+    md = (path.parent / "tables.md").read_text(encoding="utf-8")
+    assert md.count("\n## ") == len(TABLES)
+    for needle in ("(Table 6)", "(Table 7)", "(Table 8)", "(Table 9)", "(Tables 10, 12)", "(Table 11)",
+                   "(Table 13)", "(Table 14)", "(Table 15)", "Top 5 models pruned according to H1, using OI"):
+        assert needle in md
+    generalization = summary["generalization"]
+    cm, moih1 = generalization["CM"]["aisopos"], generalization["MOIH1"]["aisopos"]
+    html_text = path.read_text(encoding="utf-8")
+    for text in (md, html_text):
+        assert f"{100 * cm['mean']:.2f} ({100 * cm['std']:.2f})" in text
+        assert f"{100 * moih1['mean']:.2f} ({100 * moih1['std']:.2f})" in text
+        assert f"{moih1['pct_vs_cm']:+.2f}%" in text
+        assert "MOIH1 &gt; CM (p = 0.0123)" in text or "MOIH1 > CM (p = 0.0123)" in text
+        assert "MA1H3 &gt; MOIH3" in text or "MA1H3 > MOIH3" in text
+        assert "5 (62.50%)" in text  # Table 11: MOIH1 prunes 5 of 8 heads
+        assert "990,000 (-1.00%)" in text  # Table 13: parameters vs CM
+        for ds in G3:
+            assert ds in text
+    # Table 5: the top-5 H1 models of OI, the chosen k first, with its rank sum.
+    top = re.search(r"## Top 5 models pruned according to H1, using OI.*?\n\n(.*?)\n\n", md, re.DOTALL).group(1)
+    header = top.splitlines()[0]
+    assert header.startswith("| Dataset | 5 |")
+    assert "| Rank Sum | **1.5** |" in top
+    person = summary["h1"]["OI"]["scores"]["person"]["5"]
+    assert f"| person | **{100 * person:.2f}** |" in top
+    # Table 6: best k per order.
+    assert "| OI | 5 | 62.50% |" in md and "| A1 | 2 | 25.00% |" in md
+    # Table 14: adjusting time vs CM.
+    t = generalization["MOIH1"]["sanders"]
+    assert f"{t['adjust_mean']:.2f} ({t['adjust_std']:.2f}) {t['adjust_pct_vs_cm']:+.2f}%" in md
+    # The H2 cross-scoring matrix and its ranking.
+    cross = summary["h2"]["OI"]["cross"]["movie"]["hobbit"]
+    assert f"{100 * cross:.2f}" in md
+    assert "| 1 | **model of hobbit** |" in md
+
+
+def test_run_section_has_configuration_versions_device_date(page, rendered):
+    text = rendered[0].read_text(encoding="utf-8")
+    run = text[text.index('<section id="run">'):]
+    for needle in ("2025-01-02T03:04:05+00:00", "cpu (test)", "transformers", "scikit-learn", "0123456789abcdef",
+                   "generalization seeds", "101, 102, 103", "&quot;seeds&quot;"):
+        assert needle in run
+
+
+def test_removed_layer_is_named(rendered):
+    md = (rendered[0].parent / "tables.md").read_text(encoding="utf-8")
+    assert "| MOIH1 | 5 (62.50%) | 1 |" in md  # layer 1 removed whole
+
+
+def test_missing_optional_parts_are_omitted(tmp_path):
+    summary = make_summary()
+    for key in ("h3", "generalization", "random_means", "generalization_seeds", "config", "versions"):
+        del summary[key]
+    summary["chosen"] = {k: v for k, v in summary["chosen"].items() if not k.endswith("H3")}
+    write_summary(tmp_path, summary)
+    parser = _Page()
+    parser.feed(write_report(tmp_path).read_text(encoding="utf-8"))
+    assert "h3" not in parser.ids and "comparison" not in parser.ids and "adjust-time" not in parser.ids
+    assert {"importance", "architectures", "h1", "h2", "size", "run"} <= set(parser.ids)
+    assert not (tmp_path / "report" / "figures" / "h3_models_OI.png").exists()
+
+
+def test_minimal_summary_renders(tmp_path):
+    write_summary(tmp_path, {"model": {"name": "m", "n_layers": 2, "n_heads": 2}})
+    parser = _Page()
+    parser.feed(write_report(tmp_path).read_text(encoding="utf-8"))
+    assert parser.ids == ["run", "table-run"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "summary.json: not found"),
+        ("{not json", "not valid JSON (line 1"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"model": {"name": "m"}}), "missing or invalid 'model.n_layers'"),
+        (json.dumps({"model": {"n_layers": 2, "n_heads": 2}, "chosen": [1]}), "'chosen' must be a JSON object"),
+    ],
+)
+def test_bad_summary_is_one_clear_error(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "summary.json").write_text(content)
+    with pytest.raises(HeadpruneError, match=re.escape(message)) as info:
+        write_report(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_malformed_inner_part_is_one_clear_error(tmp_path):
+    summary = make_summary()
+    summary["h1"]["OI"]["ranking"] = [{"k": 1}]
+    write_summary(tmp_path, summary)
+    with pytest.raises(HeadpruneError, match="malformed summary"):
+        write_report(tmp_path)
+
+
+def test_load_summary_accepts_the_file_itself(tmp_path):
+    path = write_summary(tmp_path, make_summary())
+    assert load_summary(path)["model"]["n_heads"] == 4
+
+
+def test_cli_report_errors_exit_2_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", "from headprune.cli import main; main()", "report", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "summary.json: not found" in result.stderr
