@@ -16,7 +16,7 @@ import torch
 
 from .data import Dataset
 from .errors import HeadpruneError
-from .scoring import BaseModel, encode, _pad
+from .scoring import BaseModel, _pad, adamw, encode
 from .store import ResultStore
 from .surgery import HeadGates
 
@@ -147,8 +147,7 @@ def importance_matrices(base: BaseModel, dataset: Dataset, seed: int, settings: 
     labels = torch.tensor(dataset.labels, dtype=torch.long)
     n_tokens = sum(len(x) for x in ids)
     steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, eps=settings.adam_epsilon,
-                                  weight_decay=0.0)
+    optimizer = adamw(model.parameters(), settings.learning_rate, settings.adam_epsilon)
     schedule = get_linear_schedule_with_warmup(optimizer, 0, steps_per_epoch * settings.epochs)
     generator = torch.Generator().manual_seed(seed)
     accumulator = ImportanceAccumulator((base.n_layers, base.n_heads), n_tokens)

@@ -122,9 +122,10 @@ def load_model(
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     torch.manual_seed(seed)  # the fresh MLM head (if any) is initialised deterministically
     # transformers logs every newly initialised weight; we report the fresh head ourselves.
-    logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(
             path, config=config, trust_remote_code=trust_remote_code, output_loading_info=True, dtype=torch.float32
@@ -132,7 +133,8 @@ def load_model(
     except (OSError, ValueError) as err:
         raise HeadpruneError(f"model '{name_or_path}': cannot load its weights ({_first_line(err)})") from None
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     fresh = any(k.startswith(family.mlm_head_prefixes) for k in missing)
     if fresh:

@@ -132,6 +132,13 @@ def masked_lm_loss(model, input_ids: torch.Tensor, attention: torch.Tensor, labe
 # ----------------------------------------------------------------------------- the three stages
 
 
+def adamw(params, lr: float, eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW without weight decay, as the method says. The fused kernel (one pass over every
+    tensor) computes the same update as the per-tensor loop and is several times faster on CPU."""
+    return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=0.0, fused=True)
+
+
+
 def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed: int, device: torch.device) -> float:
     """Continued MLM pre-training (15% masking, 80/10/10; AdamW, linear decay, no warm-up, no weight
     decay). Returns the seconds it took. Batch order, masking and dropout all take `seed`."""
@@ -142,9 +149,7 @@ def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=seed)
     order = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, eps=settings.adam_epsilon, weight_decay=0.0
-    )
+    optimizer = adamw(model.parameters(), settings.learning_rate, settings.adam_epsilon)
     schedule = get_linear_schedule_with_warmup(optimizer, 0, steps_per_epoch * settings.epochs)
     model.train()
     for _ in range(settings.epochs):
@@ -245,7 +250,7 @@ def warm_up_mlm_head(model, tokenizer, texts: Sequence[str], warmup: WarmupSetti
     ids = encode(tokenizer, texts, max_length(tokenizer, model.config))
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=warmup.seed)
     generator = torch.Generator().manual_seed(warmup.seed)
-    optimizer = torch.optim.AdamW(trainable, lr=warmup.learning_rate, weight_decay=0.0)
+    optimizer = adamw(trainable, warmup.learning_rate)
     model.to(device).train()
     for _ in range(warmup.steps):
         rows = torch.randint(len(ids), (warmup.batch_size,), generator=generator).tolist()
