@@ -1,0 +1,207 @@
+"""Step 1 (METHOD.md, Algorithms 1 and 2): the importance bookkeeping on hand-made gradients, the
+ranking direction, seeded random orders, the order file, and `importance_order` on the tiny BERT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import headprune.importance as importance_module
+from headprune.data import load_dataset
+from headprune.errors import HeadpruneError
+from headprune.importance import (
+    ImportanceAccumulator,
+    ImportanceSettings,
+    Order,
+    importance_order,
+    min_max,
+    random_order,
+    rank_heads,
+)
+from headprune.scoring import load_base
+from headprune.store import ResultStore
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared, busy 2-core machine two threads spin against each other
+    (a tiny-model score takes ~7 s instead of ~0.3 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def t(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def assert_close(actual: torch.Tensor, expected) -> None:
+    torch.testing.assert_close(actual, t(expected), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- Algorithm 2's normalisation
+
+
+def test_min_max_scales_to_unit_interval_and_constant_gives_zeros() -> None:
+    assert_close(min_max(t([[2.0, 4.0], [6.0, 3.0]])), [[0.0, 0.5], [1.0, 0.25]])
+    assert_close(min_max(t([[0.7, 0.7], [0.7, 0.7]])), [[0.0, 0.0], [0.0, 0.0]])
+
+
+def test_accumulator_worked_example_over_two_epochs() -> None:
+    acc = ImportanceAccumulator((2, 2), n_tokens=10)
+    assert_close(acc.importance, [[0, 0], [0, 0]])
+
+    # Epoch 1, batch 1: |g| = [[1, 2], [3, 0]] -> min 0, max 3.
+    acc.add_batch(torch.tensor([[1.0, -2.0], [3.0, 0.0]]))
+    assert_close(acc.importance, [[1 / 3, 2 / 3], [1.0, 0.0]])
+    # Batch 2: + |g| = [[0, 1], [1, 2]] -> [[1/3, 5/3], [2, 2]]; min 1/3, max 2, range 5/3.
+    acc.add_batch(torch.tensor([[0.0, 1.0], [-1.0, 2.0]]))
+    assert_close(acc.importance, [[0.0, 0.8], [1.0, 1.0]])
+    # End of epoch 1: / 10 -> [[0, .08], [.1, .1]] -> min-max -> [[0, .8], [1, 1]]; a copy is kept.
+    acc.end_epoch()
+    assert_close(acc.importance, [[0.0, 0.8], [1.0, 1.0]])
+    assert len(acc.epochs) == 1
+
+    # Epoch 2 starts from the carried-over importance: + [[2, 0], [0, 0]] -> [[2, .8], [1, 1]];
+    # min .8, max 2, range 1.2 -> [[1, 0], [1/6, 1/6]]. (Without carry-over it would be [[1, 0], [0, 0]].)
+    acc.add_batch(torch.tensor([[-2.0, 0.0], [0.0, 0.0]]))
+    assert_close(acc.importance, [[1.0, 0.0], [1 / 6, 1 / 6]])
+    acc.end_epoch()
+    assert len(acc.epochs) == 2
+    assert_close(acc.epochs[1], [[1.0, 0.0], [1 / 6, 1 / 6]])
+    # The first epoch's copy is not changed by what came after.
+    assert_close(acc.epochs[0], [[0.0, 0.8], [1.0, 1.0]])
+    assert acc.epochs[0] is not acc.importance
+
+
+def test_accumulator_divides_by_n_tokens_before_min_max() -> None:
+    """A matrix that is not already in [0, 1] at the end of an epoch: the division and the min-max
+    both happen (the result equals min-max of importance / n_tokens)."""
+    acc = ImportanceAccumulator((1, 3), n_tokens=4)
+    acc.importance = t([[2.0, 6.0, 10.0]])  # as if set by earlier batches
+    acc.end_epoch()  # / 4 -> [.5, 1.5, 2.5] -> min-max -> [0, .5, 1]
+    assert_close(acc.epochs[0], [[0.0, 0.5, 1.0]])
+
+
+def test_accumulator_constant_gradients_give_zeros() -> None:
+    acc = ImportanceAccumulator((2, 3), n_tokens=7)
+    acc.add_batch(torch.full((2, 3), 0.25))
+    assert_close(acc.importance, [[0, 0, 0], [0, 0, 0]])
+    acc.add_batch(torch.full((2, 3), -3.0))  # |g| constant again: still nothing distinguishes the heads
+    acc.end_epoch()
+    assert_close(acc.epochs[0], [[0, 0, 0], [0, 0, 0]])
+    assert acc.importance.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- ranking and Order
+
+
+def test_rank_heads_most_important_first_and_least_important_pruned_first() -> None:
+    matrix = np.array([[0.1, 0.9], [0.5, 0.2]])
+    ranked = rank_heads(matrix)
+    assert ranked == [(0, 1), (1, 0), (1, 1), (0, 0)]
+    order = Order(name="OI", ranked=ranked, n_layers=2, n_heads=2, matrix=matrix.tolist())
+    assert order.least_important(0) == []
+    assert order.least_important(1) == [(0, 0)]  # the LOWEST importance goes first
+    assert order.least_important(2) == [(0, 0), (1, 1)]
+    assert order.least_important(3) == [(0, 0), (1, 0), (1, 1)]
+    np.testing.assert_array_equal(order.ranks(), [[3, 0], [1, 2]])
+
+
+def test_rank_heads_ties_keep_layer_head_order() -> None:
+    assert rank_heads(np.array([[0.5, 0.5], [0.5, 0.7]])) == [(1, 1), (0, 0), (0, 1), (1, 0)]
+    assert rank_heads(np.zeros((2, 3))) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    # Ties at the bottom: the later (layer, head) is the less important one, so it is pruned first.
+    order = Order(name="x", ranked=rank_heads(np.array([[1.0, 0.0, 0.0]])), n_layers=1, n_heads=3)
+    assert order.least_important(1) == [(0, 2)]
+
+
+def test_random_order_is_a_seeded_permutation() -> None:
+    a = random_order(3, 4, seed=1)
+    assert a.ranked == random_order(3, 4, seed=1).ranked
+    assert sorted(a.ranked) == [(l, h) for l in range(3) for h in range(4)]
+    assert len(set(a.ranked)) == 12
+    others = [random_order(3, 4, seed=s).ranked for s in (2, 3)]
+    assert a.ranked != others[0] and a.ranked != others[1] and others[0] != others[1]
+    assert a.kind == "random" and a.seeds == [1] and a.matrix is None
+
+
+def test_order_json_round_trip(tmp_path: Path) -> None:
+    order = Order(name="OI", ranked=rank_heads(np.array([[0.1, 0.9], [0.5, 0.2]])), n_layers=2, n_heads=2,
+                  matrix=[[0.1, 0.9], [0.5, 0.2]], model="tiny", model_fingerprint="abc",
+                  datasets=["irony"], seeds=[1, 2])
+    path = order.save(tmp_path / "sub" / "order.json")
+    loaded = Order.load(path)
+    assert loaded == order
+    assert isinstance(loaded.ranked[0], tuple)
+    rnd = random_order(2, 3, seed=5, name="A5")
+    assert Order.load(rnd.save(tmp_path / "a5.json")) == rnd
+
+
+def test_order_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(HeadpruneError, match="file not found"):
+        Order.load(tmp_path / "missing.json")
+    for i, text in enumerate(["not json at all", json.dumps({"hello": 1}), json.dumps([1, 2])]):
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(text)
+        with pytest.raises(HeadpruneError, match="not a headprune order file"):
+            Order.load(path)
+    data = random_order(2, 2, seed=1).to_json()
+    for i, ranked in enumerate([data["ranked"][:-1], data["ranked"][:-1] + data["ranked"][:1]]):
+        path = tmp_path / f"incomplete{i}.json"
+        path.write_text(json.dumps({**data, "ranked": ranked}))
+        with pytest.raises(HeadpruneError, match="every"):
+            Order.load(path)
+
+
+# ----------------------------------------------------------------------------- importance_order on the tiny BERT
+
+
+def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    base = load_base(str(tiny_bert_dir), warmup=None)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    dataset = load_dataset(small_dataset_csv)
+    settings = ImportanceSettings(epochs=1)
+
+    first = importance_order(base, [dataset], [1], settings)
+    matrix = np.array(first.matrix)
+    assert matrix.shape == (3, 4) == (base.n_layers, base.n_heads)
+    assert np.all(np.isfinite(matrix)) and matrix.min() >= 0.0 and matrix.max() <= 1.0
+    # One dataset, one seed, one epoch: the order is that single min-max matrix.
+    assert matrix.min() == 0.0 and matrix.max() == 1.0
+    assert first.ranked == rank_heads(matrix)
+    assert sorted(first.ranked) == [(l, h) for l in range(3) for h in range(4)]
+    assert first.kind == "importance" and first.model_fingerprint == base.fingerprint
+    assert first.datasets == ["small"] and first.seeds == [1]
+    # The base model is not changed by Step 1.
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+
+    calls: list[int] = []
+    real = importance_module.importance_matrices
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(importance_module, "importance_matrices", counting)
+    store = ResultStore(tmp_path / "store.sqlite")
+    events: list[tuple[str, int, bool]] = []
+    second = importance_order(base, [dataset], [1], settings, store=store,
+                              on_result=lambda name, seed, cached: events.append((name, seed, cached)))
+    assert len(calls) == 1
+    assert second.matrix == first.matrix and second.ranked == first.ranked  # deterministic
+    third = importance_order(base, [dataset], [1], settings, store=store,
+                             on_result=lambda name, seed, cached: events.append((name, seed, cached)))
+    assert len(calls) == 1  # nothing recomputed: it came from the store
+    assert third.matrix == first.matrix and third.ranked == first.ranked
+    assert events == [("small", 1, False), ("small", 1, True)]
+    # Other settings are another key: computed again.
+    importance_order(base, [dataset], [1], ImportanceSettings(epochs=1, batch_size=32), store=store)
+    assert len(calls) == 2
+    store.close()

@@ -1,0 +1,275 @@
+"""PRUN_ADJ_EVAL (METHOD.md, Algorithm 4) on the tiny models: score_seed and Scorer, the MLM loss,
+features, the SVM cross-validation, and the warm-up of a fresh masked-LM head."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headprune import scoring
+from headprune.data import load_dataset, split_halves
+from headprune.models import count_parameters
+from headprune.scoring import (
+    Scorer,
+    ScoreSettings,
+    WarmupSettings,
+    encode,
+    features,
+    load_base,
+    masked_lm_loss,
+    saved_size,
+    score_seed,
+    svm_f1,
+)
+from headprune.store import ResultStore
+from headprune.surgery import prune_heads, saved_size_bytes
+
+CPU = torch.device("cpu")
+SETTINGS = ScoreSettings(epochs=1, n_folds=5)
+# Head 1 of layer 0, and all of layer 2 (the tiny models have 3 layers x 4 heads).
+PRUNED = [(0, 1), (2, 0), (2, 1), (2, 2), (2, 3)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared, busy 2-core machine two threads spin against each other
+    (a tiny-model score takes ~7 s instead of ~0.3 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_bert_dir: Path) -> scoring.BaseModel:
+    return load_base(str(tiny_bert_dir), warmup=None)
+
+
+def encoded(base: scoring.BaseModel, csv: Path) -> tuple[list[list[int]], np.ndarray]:
+    ds = load_dataset(csv)
+    return encode(base.tokenizer, ds.texts, base.max_length), ds.labels
+
+
+def expected_pruned_parameters(model) -> int:
+    """Parameters that PRUNED removes, from the module shapes: per head of a kept layer, its rows of
+    Q/K/V (weights and biases) and its columns of the output projection; all of removed layer 2."""
+    layers = model.base_model.encoder.layer
+    d = model.config.hidden_size // model.config.num_attention_heads
+    attention = layers[0].attention
+    per_head = sum(d * m.weight.shape[1] + d for m in (attention.self.query, attention.self.key, attention.self.value))
+    per_head += attention.output.dense.weight.shape[0] * d
+    return per_head + sum(p.numel() for p in layers[2].parameters())
+
+
+# ----------------------------------------------------------------------------- score_seed and Scorer
+
+
+def test_scorer_scores_prunes_and_stores(bert, small_dataset_csv: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultStore(tmp_path / "store.sqlite")
+    scorer = Scorer(bert, store, SETTINGS, seeds=[1], device="cpu")
+    name = str(small_dataset_csv)
+    complete = scorer.score([], name)
+    pruned = scorer.score(list(reversed(PRUNED)), name)
+    for result in (complete, pruned):
+        assert result.seeds == [1] and len(result.scores) == 1
+        assert math.isfinite(result.mean) and 0.0 <= result.mean <= 1.0
+        assert result.adjust_seconds[0] > 0
+    assert pruned.pruned == sorted(PRUNED)
+
+    # Parameters: exactly what the shapes say (1,048 per head + 8,544 for layer 2 of this config).
+    assert complete.n_params == count_parameters(bert.model)
+    removed = complete.n_params - pruned.n_params
+    assert removed == expected_pruned_parameters(bert.model) == 3 * (8 * 32 + 8) + 32 * 8 + 8544
+    # The saved file shrinks by those float32 weights (give or take the header).
+    assert pruned.size_bytes < complete.size_bytes
+    assert abs((complete.size_bytes - pruned.size_bytes) - 4 * removed) < 4096
+    assert 4 * complete.n_params <= complete.size_bytes < 4 * complete.n_params + 65536
+
+    # Both stored; asking again (pruned set in any order) computes nothing.
+    assert store.count_scores() == 2
+    monkeypatch.setattr(scoring, "score_seed", lambda *a, **k: pytest.fail("recomputed a stored score"))
+    again = scorer.score(PRUNED, name)
+    assert again.scores == pruned.scores and again.n_params == pruned.n_params
+    assert scorer.evaluate([([], name), (PRUNED, name)]) == [complete.mean, pruned.mean]
+    store.close()
+
+
+def test_score_seed_same_seed_is_bit_identical(bert, small_dataset_csv: Path) -> None:
+    ids, labels = encoded(bert, small_dataset_csv)
+    before = {k: v.clone() for k, v in bert.model.state_dict().items()}
+    first = score_seed(bert.model, bert.tokenizer, ids, labels, [(1, 2)], 3, SETTINGS, CPU)
+    second = score_seed(bert.model, bert.tokenizer, ids, labels, [(1, 2)], 3, SETTINGS, CPU)
+    assert first.f1 == second.f1  # bit-equal
+    assert (first.n_params, first.size_bytes) == (second.n_params, second.size_bytes)
+    # The base model is not modified by scoring.
+    assert all(torch.equal(before[k], v) for k, v in bert.model.state_dict().items())
+
+
+def test_different_seeds_split_differently(small_dataset_csv: Path) -> None:
+    labels = load_dataset(small_dataset_csv).labels
+    halves = {seed: split_halves(labels, seed) for seed in (1, 2, 3)}
+    for seed, (finetune, classify) in halves.items():
+        assert len(finetune) == len(classify) == 30
+        assert sorted(np.concatenate([finetune, classify]).tolist()) == list(range(60))
+        assert np.bincount(labels[classify]).tolist() == [15, 15]  # stratified
+        assert np.array_equal(split_halves(labels, seed)[1], classify)  # seeded
+    assert not np.array_equal(halves[1][1], halves[2][1])
+    assert not np.array_equal(halves[2][1], halves[3][1])
+
+
+def test_saved_size_counts_every_tensor_once(bert) -> None:
+    """The in-memory size equals the safetensors file `save_model` writes, up to its metadata."""
+    model = copy.deepcopy(bert.model)
+    n = count_parameters(model)  # tied embeddings counted once
+    assert 4 * n <= saved_size(model) < 4 * n + 65536
+    assert abs(saved_size(model) - saved_size_bytes(model)) < 1024
+    prune_heads(model, PRUNED)
+    assert abs(saved_size(model) - saved_size_bytes(model)) < 1024
+
+
+def test_roberta_scores(tiny_roberta_dir: Path, small_dataset_csv: Path) -> None:
+    base = load_base(str(tiny_roberta_dir), warmup=None)
+    ids, labels = encoded(base, small_dataset_csv)
+    result = score_seed(base.model, base.tokenizer, ids, labels, [(0, 0), (1, 3)], 1, SETTINGS, CPU)
+    assert math.isfinite(result.f1) and 0.0 <= result.f1 <= 1.0
+    assert count_parameters(base.model) - result.n_params == 2 * (3 * (8 * 32 + 8) + 32 * 8)
+
+
+# ----------------------------------------------------------------------------- the MLM loss
+
+
+def test_masked_lm_loss_equals_full_vocabulary_loss(tiny_model_dir: Path, small_dataset_csv: Path) -> None:
+    from transformers import DataCollatorForLanguageModeling
+
+    base = load_base(str(tiny_model_dir), warmup=None)
+    ids, _ = encoded(base, small_dataset_csv)
+    collator = DataCollatorForLanguageModeling(base.tokenizer, mlm_probability=0.15, seed=0)
+    batch = collator([{"input_ids": x} for x in ids[:16]])
+    assert (batch["labels"] != -100).any()
+    model = base.model
+    model.eval()
+    with torch.no_grad():
+        ours = masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss
+    assert abs(float(ours) - float(full)) < 1e-5
+    # Also after pruning (layers removed): the same head maps the remaining encoder's output.
+    pruned = prune_heads(copy.deepcopy(model), PRUNED)
+    with torch.no_grad():
+        ours = masked_lm_loss(pruned, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        full = pruned(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      labels=batch["labels"]).loss
+    assert abs(float(ours) - float(full)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- features and the SVM
+
+
+def test_features_shape_and_padding_invariance(bert, small_dataset_csv: Path) -> None:
+    ids, _ = encoded(bert, small_dataset_csv)
+    pad = bert.tokenizer.pad_token_id
+    hidden = bert.model.config.hidden_size
+    x = features(bert.model, ids[:10], pad, SETTINGS, CPU)
+    assert x.shape == (10, min(4, 3) * hidden) and x.dtype == np.float32
+    assert np.all(np.isfinite(x))
+
+    by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    short, longest = by_length[0], by_length[-5:]
+    assert len(ids[short]) < len(ids[longest[-1]])
+    alone = features(bert.model, [ids[short]], pad, SETTINGS, CPU)[0]
+    in_batch = features(bert.model, [ids[i] for i in longest] + [ids[short]], pad, SETTINGS, CPU)[-1]
+    np.testing.assert_allclose(in_batch, alone, rtol=0, atol=1e-5)
+
+    # The definition: mean over the tokens of the concatenated last min(4, layers) layer outputs.
+    with torch.no_grad():
+        states = bert.model.base_model(input_ids=torch.tensor([ids[short]]), output_hidden_states=True).hidden_states
+    manual = torch.cat(states[-3:], dim=-1)[0].mean(0).numpy()
+    np.testing.assert_allclose(alone, manual, rtol=0, atol=1e-5)
+
+    # Two of three layers left after pruning: two layers' outputs.
+    pruned = prune_heads(copy.deepcopy(bert.model), PRUNED)
+    assert features(pruned, ids[:4], pad, SETTINGS, CPU).shape == (4, 2 * hidden)
+    one_layer = ScoreSettings(feature_layers=1)
+    assert features(bert.model, ids[:4], pad, one_layer, CPU).shape == (4, hidden)
+
+
+@pytest.mark.parametrize(("n_folds", "seed"), [(5, 0), (10, 3)])
+def test_svm_f1_matches_sklearn(n_folds: int, seed: int) -> None:
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.svm import SVC
+
+    x, y = make_classification(n_samples=120, n_features=12, n_informative=4, n_classes=3, weights=[0.5, 0.3, 0.2],
+                               flip_y=0.1, random_state=7)
+    expected = cross_val_score(SVC(class_weight="balanced"), x, y,
+                               cv=StratifiedKFold(n_folds, shuffle=True, random_state=seed),
+                               scoring="f1_macro").mean()
+    assert svm_f1(x, y, n_folds, seed) == pytest.approx(expected, abs=1e-12)
+    assert 0.0 <= expected <= 1.0
+    # The fold shuffle takes the seed: another seed, other folds.
+    assert svm_f1(x, y, n_folds, seed + 1) != svm_f1(x, y, n_folds, seed)
+
+
+# ----------------------------------------------------------------------------- warm-up of a fresh MLM head
+
+
+@pytest.fixture
+def headless_bert_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    """A tiny BertModel checkpoint (no masked-LM head) with the tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path / "headless"
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    torch.manual_seed(1)
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(directory)
+    return directory
+
+
+def test_warm_up_trains_only_the_mlm_head_and_is_cached(headless_bert_dir: Path, small_dataset_csv: Path,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    warmup = WarmupSettings(steps=3, datasets=(str(small_dataset_csv),))
+    fresh = load_base(str(headless_bert_dir), warmup=None)
+    assert fresh.info["fresh_mlm_head"] and not fresh.warmed_up
+
+    messages: list[str] = []
+    warmed = load_base(str(headless_bert_dir), warmup=warmup, cache_dir=cache, progress=messages.append)
+    assert warmed.warmed_up and warmed.info["warmup"]["steps"] == 3
+    assert len(messages) == 1 and "warming up" in messages[0]
+    before, after = fresh.model.state_dict(), warmed.model.state_dict()
+    assert before.keys() == after.keys()
+    head = [k for k in after if k.startswith("cls.predictions.")]
+    encoder = [k for k in after if not k.startswith("cls.predictions.")]
+    assert head and encoder
+    for k in encoder:
+        assert torch.equal(before[k], after[k]), f"warm-up changed {k}"
+    changed = [k for k in head if not torch.equal(before[k], after[k])]
+    assert "cls.predictions.transform.dense.weight" in changed and "cls.predictions.bias" in changed
+    # The decoder stays tied to the (frozen) word embeddings.
+    assert "cls.predictions.decoder.weight" not in changed
+    assert warmed.model.cls.predictions.decoder.weight.data_ptr() == \
+        warmed.model.get_input_embeddings().weight.data_ptr()
+    assert warmed.fingerprint != fresh.fingerprint
+    assert list(cache.rglob("*.safetensors"))
+
+    # Second load: from the cache file, no warm-up.
+    monkeypatch.setattr(scoring, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up again"))
+    cached = load_base(str(headless_bert_dir), warmup=warmup, cache_dir=cache, progress=messages.append)
+    assert cached.warmed_up and len(messages) == 1
+    assert cached.fingerprint == warmed.fingerprint
+    for k, v in cached.model.state_dict().items():
+        assert torch.equal(v, after[k]), k
+
+
+def test_no_warm_up_for_a_checkpoint_with_an_mlm_head(tiny_bert_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scoring, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up a trained head"))
+    base = load_base(str(tiny_bert_dir), warmup=WarmupSettings(steps=3), cache_dir=tmp_path)
+    assert not base.warmed_up and not base.info["fresh_mlm_head"]
