@@ -162,3 +162,24 @@ def test_killed_run_resumes_without_recomputing(tiny_run, tmp_path: Path) -> Non
     for model in summary["chosen"]:
         for ds in ("d", "e"):
             assert resumed["generalization"][model][ds]["scores"] == summary["generalization"][model][ds]["scores"]
+
+
+def test_report_of_a_real_run(tiny_run) -> None:
+    """The report renders what the pipeline wrote: every section and figure, real numbers in it."""
+    import re
+
+    from headprune.report import write_report
+
+    root, _, summary = tiny_run
+    path = write_report(root / "run")
+    html = path.read_text()
+    for section in ("overview", "importance", "architectures", "h1", "h2", "h3", "comparison", "heads-pruned",
+                    "size", "adjust-time", "run"):
+        assert f'id="{section}"' in html, section
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,', html)
+    figures = sorted((path.parent / "figures").glob("*.png"))
+    assert {"importance_OI.png", "importance_A1.png", "h1_OI.png", "h1_A1.png"} <= {f.name for f in figures}
+    assert len(images) == len(figures)
+    cm = summary["generalization"]["CM"]["d"]["mean"]
+    assert f"{100 * cm:.2f}" in html  # the report shows F1-macro x 100
+    assert (path.parent / "tables.md").read_text().count("|") > 50
