@@ -23,6 +23,7 @@ import torch
 from .data import Dataset, preprocess
 from .errors import HeadpruneError
 from .models import count_parameters, load_model, max_length
+from .scoring import _pad, encode, resolve_device
 from .surgery import load_pruned, original_shape, prune_heads, pruned_heads, save_pruned
 
 CLASSIFIER_FILE = "headprune-classifier.json"
@@ -38,18 +39,6 @@ class Classifier:
     labels: list[str]
     meta: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise HeadpruneError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise HeadpruneError(f"--device {device}: CUDA is not available on this machine")
-    return resolved
 
 
 def _seed_everything(seed: int) -> None:
@@ -129,7 +118,7 @@ def finetune(
     model = build_classifier(mlm, labels, seed=seed).to(target)
     del mlm
     limit = max_length(tokenizer, model.config)
-    train_ids = _encode(tokenizer, train_set[0], limit)
+    train_ids = encode(tokenizer, train_set[0], limit)
     y = torch.tensor(train_set[1], dtype=torch.long)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, eps=1e-8, weight_decay=0.0)
@@ -207,20 +196,6 @@ def _split(train: Dataset, eval: Dataset | None, seed: int):
     )
 
 
-def _encode(tokenizer, texts: list[str], limit: int) -> list[list[int]]:
-    return tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
-
-
-def _pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention[row, : len(ids)] = 1
-    return input_ids, attention
-
-
 # ----------------------------------------------------------------------------- saving and loading
 
 
@@ -268,7 +243,7 @@ def _probabilities(classifier: Classifier, texts: list[str], batch_size: int) ->
         return np.zeros((0, len(classifier.labels)), dtype=np.float32)
     model, tokenizer = classifier.model, classifier.tokenizer
     limit = max_length(tokenizer, model.config)
-    ids = _encode(tokenizer, texts, limit)
+    ids = encode(tokenizer, texts, limit)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     with torch.no_grad():
