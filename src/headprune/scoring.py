@@ -301,18 +301,19 @@ def load_base(name: str, warmup: WarmupSettings | None = WarmupSettings(), data_
     info: dict = {"fresh_mlm_head": bool(getattr(model.config, "headprune_fresh_mlm_head", False))}
     warmed = False
     if info["fresh_mlm_head"] and warmup is not None and warmup.steps > 0:
-        cache_file = None
-        if cache_dir is not None:
-            tag = f"{fingerprint(model)}-{warmup.steps}-{warmup.batch_size}-{warmup.learning_rate}-{warmup.seed}"
-            cache_file = Path(cache_dir) / f"mlm-head-{tag}-{'_'.join(warmup.datasets)}.safetensors"
+        from .data import expand_datasets
+        from .store import make_key
+
+        warm_data = [load_dataset(ds, data_dir=data_dir) for ds in expand_datasets(list(warmup.datasets))]
+        # The cached head is named by everything that determines it, the warm-up texts' content included.
+        tag = make_key(model=fingerprint(model), warmup=asdict(warmup), data=[d.content_hash for d in warm_data])[:20]
+        cache_file = Path(cache_dir) / f"mlm-head-{tag}.safetensors" if cache_dir is not None else None
         if cache_file is not None and cache_file.is_file():
             state = load_file(str(cache_file))
         else:
             if progress:
                 progress(f"warming up the fresh masked-LM head ({warmup.steps} steps, encoder frozen)")
-            from .data import expand_datasets
-
-            texts = [t for ds in expand_datasets(list(warmup.datasets)) for t in load_dataset(ds, data_dir=data_dir).texts]
+            texts = [t for d in warm_data for t in d.texts]
             dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
             state = warm_up_mlm_head(model, tokenizer, texts, warmup, dev)
             if cache_file is not None:
