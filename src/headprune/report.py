@@ -30,10 +30,10 @@ body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;marg
 padding:0 24px 48px;color:#1a202c;line-height:1.45}
 h1{margin-top:24px}h2{border-bottom:2px solid #cbd5e0;padding-bottom:4px;margin-top:40px}
 h3{margin-top:28px}nav ul{columns:3;padding-left:18px}
-table{border-collapse:collapse;margin:10px 0 18px;font-size:13px}
+table{border-collapse:collapse;margin:0 0 18px;font-size:13px}
 th,td{border:1px solid #cbd5e0;padding:4px 8px;text-align:right;vertical-align:top}
 th{background:#edf2f7}td.l,th.l{text-align:left}
-caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0}
+.caption{font-weight:600;margin:18px 0 4px}
 figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #e2e8f0}
 figcaption{font-size:13px;color:#4a5568}pre{background:#f7fafc;border:1px solid #e2e8f0;padding:10px;
 overflow-x:auto;font-size:12px}.note{color:#4a5568;font-size:13px}.figs{display:flex;flex-wrap:wrap;gap:12px}
@@ -107,7 +107,7 @@ class Table:
             body.append("<tr>" + "".join(cells) + "</tr>")
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
         return (
-            f'<table id="{self.id}"><caption>{html.escape(self.title)}</caption>'
+            f'<p class="caption">{html.escape(self.title)}</p><table id="{self.id}">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
         )
 
@@ -593,9 +593,16 @@ def _model_stats(run: _Run, name: str) -> dict:
 
 
 def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -> Table | None:
+    """Per dataset, mean (std) and % vs CM of each model present, and the significant t-tests among them.
+
+    `title` may hold "{models}": the models actually shown."""
     models = [m for m in models if _model_stats(run, m)]
     if len(models) < 2:
         return None
+    note = ("F1-macro x100: mean (standard deviation) over the seeds, then the change vs CM. Best per dataset "
+            "in bold. t-test: paired by seed, p < 0.05; x > y means x is significantly better than y.")
+    if any(m.startswith("MAM") for m in models):
+        note += " MAM<strategy>: the mean of that strategy's models over the random orders."
     stats = {m: _model_stats(run, m) for m in models}
     datasets = [ds for ds in _datasets_of(stats)]
     rows = []
@@ -617,10 +624,8 @@ def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -
         ]
         row.append(Cell("\n".join(statements) or "-"))
         rows.append(row)
-    return Table(table_id, title, ["Dataset"] + [f"{m}\nmean (std), vs CM" for m in models] + ["t-test"], rows,
-                 note="F1-macro x100: mean (standard deviation) over the seeds, then the change vs CM. "
-                      "Best per dataset in bold. t-test: paired by seed, p < 0.05; x > y means x is "
-                      "significantly better than y.")
+    columns = ["Dataset"] + [f"{m}\nmean (std), vs CM" for m in models] + ["t-test"]
+    return Table(table_id, title.format(models=", ".join(models)), columns, rows, note=note)
 
 
 def _comparison_section(run: _Run) -> _Section | None:
@@ -637,13 +642,12 @@ def _comparison_section(run: _Run) -> _Section | None:
         models = [f"MAM{strategy}"] + own[strategy] + [COMPLETE]
         table = _comparison_table(
             run, f"table-comparison-{strategy.lower()}",
-            f"{strategy}: the random-order mean (MAM{strategy}), the model from the importance order, and CM "
-            f"(Table {table_no[strategy]})", models)
+            f"{strategy}: {{models}} (Table {table_no[strategy]})", models)
         if table and own[strategy]:
             _add_table(section, table)
     together = [m for s in STRATEGIES for m in [f"MAM{s}"] + own[s]] + [COMPLETE]
     table = _comparison_table(run, "table-comparison-all",
-                              "All strategies: random-order means, importance-order models and CM (Tables 10, 12)",
+                              "All strategies: {models} (Tables 10, 12)",
                               together)
     if table:
         _add_table(section, table)
