@@ -1,0 +1,748 @@
+"""The batched evaluation engine: PRUN_ADJ_EVAL for many models at once (fast on a GPU).
+
+`scoring.score_seed` is the reference: one model, batch 16, one seed at a time. Here the seeds of one
+pruned set (and, through `StackedMLM`, any models of the same shape) are trained *together*: their
+parameters are stacked into (N, ...) tensors and every linear layer becomes one batched matmul, so
+the GPU sees N x 16 rows per step while each model still computes exactly what the reference does:
+
+- each model gets its own seed's split (`data.split_halves`), its own batch order
+  (`torch.Generator().manual_seed(seed)` + `randperm` per epoch), its own masking
+  (`DataCollatorForLanguageModeling(tokenizer, mlm_probability, seed=seed)`, called in the same
+  order), batches of `settings.batch_size` rows, the same MLM loss (logits at masked positions only,
+  mean over that model's masked tokens), its own linear learning-rate schedule and its own AdamW
+  (betas 0.9/0.999, eps, no weight decay; Adam is elementwise, so one update over stacked tensors
+  with per-model step counts and learning rates is N independent AdamWs);
+- a batch with no masked token advances that model's schedule but not its optimizer (as the
+  reference); a model whose data ran out (fewer steps) is frozen: its parameters and Adam state
+  are left bit-for-bit unchanged;
+- the rows of one step are padded to a common width (attention-masked, so the outputs at real
+  tokens are the same) and missing rows are dummy rows that carry no loss.
+
+What differs from the reference, on purpose:
+
+- **dropout streams.** Every model draws its dropout masks from the one global RNG, seeded from the
+  group's seeds (`group_seed`): the masks are independent between models (per-model randomness, as
+  `vmap(..., randomness="different")` would give) and deterministic for the same group, but they are
+  not the reference loop's masks, and a seed's score depends (statistically only) on which seeds
+  shared its group. With dropout disabled the trained weights equal the reference's up to floating
+  point rounding (tests/test_engine.py); with dropout, parity is statistical (bench/engine.py runs a
+  paired t-test over seeds).
+- **precision.** On CUDA the forward/backward runs under bf16 autocast with fp32 master weights,
+  fp32 Adam state and an fp32 loss; features are computed in fp32. On CPU everything is fp32.
+- **the SVM** gets precomputed RBF Gram matrices (float64, on the device) -
+  `svm_f1_precomputed`, the same decision function as `scoring.svm_f1`.
+- **timing.** The adjusting stage of a group is timed once; every seed of the group reports that
+  shared wall time as its `adjust_seconds`.
+
+Supported families: BERT and RoBERTa-like (bert, roberta, xlm-roberta, camembert) with absolute
+positions; `supports(model)` says whether a model can run here, `BatchedExecutor` falls back to the
+reference for the others."""
+
+from __future__ import annotations
+
+import copy
+import math
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import split_halves
+from .models import count_parameters
+from .scoring import EvalContext, ScoreSettings, SeedTask, resolve_device, run_task, saved_size
+from .store import SeedScore
+from .surgery import encoder_layers, prune_heads
+
+Head = tuple[int, int]
+
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
+BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the reference uses
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs; none of these change what a score means (only rounding and speed)."""
+
+    amp: bool | None = None  # bf16 autocast for training; None: on CUDA only
+    feature_batch: int = 256  # rows per model per feature-extraction step
+    max_models: int | None = None  # train at most this many models together (None: the whole group)
+    width_multiple: int = 8  # pad each step's token axis to a multiple of this (fewer distinct shapes)
+    prefetch: int | None = None  # steps prepared ahead by a background thread (None: 4 on CUDA, 0 on CPU)
+    svm_workers: int = 4  # threads running libsvm (CPU) while the GPU goes on
+    compile: bool = False  # torch.compile the training loss (CUDA only; experimental)
+
+    def use_amp(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.amp is None else bool(self.amp and device.type == "cuda")
+
+
+def supports(model) -> bool:
+    """Whether the batched engine can run this masked-LM model."""
+    config = model.config
+    return (
+        getattr(config, "model_type", None) in SUPPORTED_FAMILIES
+        and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+        and not getattr(config, "is_decoder", False)
+        and getattr(config, "embedding_size", config.hidden_size) == config.hidden_size
+    )
+
+
+def group_seed(seeds: Sequence[int]) -> int:
+    """The global RNG seed of a group (dropout): a function of the group's seeds, in order."""
+    return zlib.crc32(",".join(str(int(s)) for s in seeds).encode()) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------- stacked models
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """N linear layers at once: x (N, T, in), weight (N, out, in), bias (N, out) -> (N, T, out)."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * weight.unsqueeze(1) + bias.unsqueeze(1)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+    """Per-model embedding lookup: table (N, V, H), index (N, T) -> (N, T, H). As nn.Embedding with
+    `padding_idx`, positions holding that index send no gradient to the table."""
+    n, v, h = table.shape
+    offsets = torch.arange(n, device=index.device).unsqueeze(1) * v
+    out = F.embedding(index + offsets, table.reshape(n * v, h))
+    if padding_idx is not None:
+        out = torch.where((index == padding_idx).unsqueeze(-1), out.detach(), out)
+    return out
+
+
+class StackedMLM:
+    """N masked-LM models of one shape (same family, same pruned layout) as stacked fp32 tensors.
+
+    `params[name]` is an (N, ...) leaf tensor for every distinct parameter of the models (names as
+    `named_parameters()` gives them; tied weights appear once). The forward pass mirrors
+    transformers' BERT/RoBERTa modules (embeddings, post-LN encoder layers, MLM head) with batched
+    matmuls; `state_of(i)` gives model i's parameters back."""
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device | str = "cpu"):
+        if not models:
+            raise ValueError("StackedMLM needs at least one model")
+        first = models[0]
+        if not supports(first):
+            raise ValueError(f"the batched engine does not support model type '{first.config.model_type}'")
+        self.device = torch.device(device)
+        self.n_models = len(models)
+        self.config = first.config
+        named = dict(first.named_parameters())
+        names_by_id = {id(p): name for name, p in named.items()}
+        shapes = {name: tuple(p.shape) for name, p in named.items()}
+        for other in models[1:]:
+            other_shapes = {name: tuple(p.shape) for name, p in other.named_parameters()}
+            if other_shapes != shapes:
+                raise ValueError("StackedMLM: the models differ in shape (pruned differently?)")
+        self.names = list(named)
+        if len(models) == 1:
+            stacked = {name: p.detach().to(self.device, torch.float32).unsqueeze(0) for name, p in named.items()}
+        else:
+            per_model = [dict(m.named_parameters()) for m in models]
+            stacked = {name: torch.stack([pm[name].detach().to(self.device, torch.float32) for pm in per_model])
+                       for name in self.names}
+        self.params: dict[str, torch.Tensor] = {n: t.contiguous().requires_grad_(True) for n, t in stacked.items()}
+
+        def name_of(module: nn.Module, attr: str = "weight") -> str | None:
+            p = getattr(module, attr, None)
+            return None if p is None else names_by_id[id(p)]
+
+        def linear(module: nn.Module) -> tuple[str, str | None]:
+            return name_of(module, "weight"), name_of(module, "bias")
+
+        def norm(module: nn.Module) -> tuple[str, str, float]:
+            return name_of(module, "weight"), name_of(module, "bias"), float(module.eps)
+
+        config = first.config
+        self.family = config.model_type
+        embeddings = first.base_model.embeddings
+        self.word = name_of(embeddings.word_embeddings)
+        self.word_padding_idx = embeddings.word_embeddings.padding_idx
+        self.position = name_of(embeddings.position_embeddings)
+        self.position_padding_idx = embeddings.position_embeddings.padding_idx
+        self.token_type = name_of(embeddings.token_type_embeddings)
+        self.embedding_norm = norm(embeddings.LayerNorm)
+        self.roberta_positions = self.family != "bert"
+        self.pad_token_id = config.pad_token_id
+        self.head_size = int(config.hidden_size) // int(config.num_attention_heads)
+        self.hidden_dropout = float(config.hidden_dropout_prob)
+        self.attention_dropout = float(config.attention_probs_dropout_prob)
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+        self.layers = []
+        for layer in encoder_layers(first):
+            attention = layer.attention
+            self.layers.append({
+                "q": linear(attention.self.query), "k": linear(attention.self.key),
+                "v": linear(attention.self.value), "o": linear(attention.output.dense),
+                "norm1": norm(attention.output.LayerNorm), "up": linear(layer.intermediate.dense),
+                "down": linear(layer.output.dense), "norm2": norm(layer.output.LayerNorm),
+            })
+        if self.family == "bert":
+            predictions = first.cls.predictions
+            self.head_dense = linear(predictions.transform.dense)
+            self.head_norm = norm(predictions.transform.LayerNorm)
+            self.head_act = self.act
+            self.decoder = linear(predictions.decoder)
+        else:
+            head = first.lm_head
+            self.head_dense = linear(head.dense)
+            self.head_norm = norm(head.layer_norm)
+            self.head_act = ACT2FN["gelu"]  # RobertaLMHead applies gelu whatever hidden_act says
+            self.decoder = linear(head.decoder)
+        self.n_layers = len(self.layers)
+
+    @classmethod
+    def replicate(cls, model: nn.Module, n: int, device: torch.device | str = "cpu") -> StackedMLM:
+        """n copies of one model (copied on the device)."""
+        stack = cls([model], device)
+        stack.n_models = n
+        stack.params = {name: t.detach().expand(n, *t.shape[1:]).contiguous().requires_grad_(True)
+                        for name, t in stack.params.items()}
+        return stack
+
+    # ------------------------------------------------------------------ parameters
+    def p(self, name: str | None) -> torch.Tensor | None:
+        return None if name is None else self.params[name]
+
+    def state_of(self, i: int) -> dict[str, torch.Tensor]:
+        """Model i's parameters (CPU, fp32), named as the source model's `named_parameters()`."""
+        return {name: t[i].detach().to("cpu") for name, t in self.params.items()}
+
+    def load_into(self, i: int, model: nn.Module) -> nn.Module:
+        """Copy model i's parameters into `model` (a module of the same shape)."""
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in self.params.items():
+                named[name].copy_(t[i].detach().to(named[name].device, named[name].dtype))
+        return model
+
+    # ------------------------------------------------------------------ forward
+    def _dropout(self, x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+        return F.dropout(x, p=p, training=True) if training and p > 0 else x
+
+    def embed(self, input_ids: torch.Tensor, training: bool) -> torch.Tensor:
+        """input_ids (N, B, L) -> (N, B*L, H)."""
+        n, b, length = input_ids.shape
+        flat = input_ids.reshape(n, b * length)
+        x = _lookup(self.params[self.word], flat, self.word_padding_idx)
+        x = x + self.params[self.token_type][:, 0].unsqueeze(1)  # token_type_ids are all 0
+        if self.roberta_positions:
+            mask = input_ids.ne(self.pad_token_id).int()
+            positions = (torch.cumsum(mask, dim=2).type_as(mask) * mask).long() + self.pad_token_id
+            x = x + _lookup(self.params[self.position], positions.reshape(n, b * length), self.position_padding_idx)
+        else:
+            table = self.params[self.position][:, :length]  # (N, L, H)
+            x = (x.view(n, b, length, -1) + table.unsqueeze(1)).view(n, b * length, -1)
+        weight, bias, eps = self.embedding_norm
+        return self._dropout(_layer_norm(x, self.params[weight], self.params[bias], eps), self.hidden_dropout, training)
+
+    def layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, shape: tuple[int, int, int],
+              training: bool) -> torch.Tensor:
+        """One post-LN encoder layer: x (N, B*L, H); mask (N*B, 1, 1, L) bool, True = attend."""
+        n, b, length = shape
+        spec = self.layers[i]
+        d = self.head_size
+
+        def heads(name: str) -> torch.Tensor:
+            weight, bias = spec[name]
+            y = _linear(x, self.params[weight], self.p(bias))
+            return y.view(n * b, length, -1, d).transpose(1, 2)
+
+        q, k, v = heads("q"), heads("k"), heads("v")
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if training else 0.0, scale=d**-0.5
+        )
+        context = context.transpose(1, 2).reshape(n, b * length, -1)
+        weight, bias = spec["o"]
+        attended = self._dropout(_linear(context, self.params[weight], self.p(bias)), self.hidden_dropout, training)
+        weight, bias, eps = spec["norm1"]
+        x = _layer_norm(attended + x, self.params[weight], self.params[bias], eps)
+        weight, bias = spec["up"]
+        up = self.act(_linear(x, self.params[weight], self.p(bias)))
+        weight, bias = spec["down"]
+        down = self._dropout(_linear(up, self.params[weight], self.p(bias)), self.hidden_dropout, training)
+        weight, bias, eps = spec["norm2"]
+        return _layer_norm(down + x, self.params[weight], self.params[bias], eps)
+
+    def encode(self, input_ids: torch.Tensor, attention: torch.Tensor, training: bool,
+               keep_last: int = 1) -> list[torch.Tensor]:
+        """The outputs of the last `keep_last` encoder layers, each (N, B*L, H)."""
+        n, b, length = input_ids.shape
+        mask = attention.reshape(n * b, 1, 1, length).bool()
+        x = self.embed(input_ids, training)
+        kept: list[torch.Tensor] = []
+        for i in range(self.n_layers):
+            x = self.layer(i, x, mask, (n, b, length), training)
+            if i >= self.n_layers - keep_last:
+                kept.append(x)
+        return kept
+
+    def mlm_loss(self, input_ids: torch.Tensor, attention: torch.Tensor, index: torch.Tensor,
+                 targets: torch.Tensor, weights: torch.Tensor, training: bool = True) -> torch.Tensor:
+        """Sum over models of each model's mean MLM loss. index (N, M): flat positions (row * L + column)
+        of the masked tokens; targets (N, M) their ids (-100 for padding); weights (N, M) 1/count
+        (0 for padding). Logits are computed at masked positions only."""
+        (hidden,) = self.encode(input_ids, attention, training)
+        n, m = index.shape
+        selected = torch.gather(hidden, 1, index.unsqueeze(-1).expand(n, m, hidden.shape[-1]))
+        weight, bias = self.head_dense
+        y = self.head_act(_linear(selected, self.params[weight], self.p(bias)))
+        weight, bias, eps = self.head_norm
+        y = _layer_norm(y, self.params[weight], self.params[bias], eps)
+        weight, bias = self.decoder
+        logits = _linear(y, self.params[weight], self.p(bias))
+        losses = F.cross_entropy(logits.float().reshape(n * m, -1), targets.reshape(-1), reduction="none",
+                                 ignore_index=-100)
+        return (losses.view(n, m) * weights).sum()
+
+
+# ----------------------------------------------------------------------------- AdamW over stacked tensors
+
+
+class StackedAdamW:
+    """N independent AdamWs (no weight decay) over stacked (N, ...) tensors: per-model step counts
+    and learning rates; a model that is not active in a step keeps its parameters and state as they
+    are (the reference never calls optimizer.step() for it). Same arithmetic as torch.optim.AdamW's
+    single-tensor path."""
+
+    def __init__(self, params: Iterable[torch.Tensor], n_models: int, eps: float, betas=BETAS):
+        self.params = list(params)
+        self.n_models = n_models
+        self.eps = float(eps)
+        self.beta1, self.beta2 = betas
+        self.steps = [0] * n_models
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+
+    def scalars(self, active: Sequence[bool], lrs: Sequence[float]) -> torch.Tensor:
+        """Advance the step counts of the active models. Returns (4, N) float32: the lerp weight of
+        exp_avg, the factor of exp_avg_sq, lr / bias correction 1, sqrt(bias correction 2); an
+        inactive model gets (0, 1, 0, 1), which leaves its parameters and state unchanged."""
+        out = np.zeros((4, self.n_models), dtype=np.float64)
+        for i, (on, lr) in enumerate(zip(active, lrs)):
+            if on:
+                self.steps[i] += 1
+                step = self.steps[i]
+                out[0, i] = 1.0 - self.beta1
+                out[1, i] = self.beta2
+                out[2, i] = lr / (1 - self.beta1**step)
+                out[3, i] = (1 - self.beta2**step) ** 0.5
+            else:
+                out[0, i], out[1, i], out[2, i], out[3, i] = 0.0, 1.0, 0.0, 1.0
+        return torch.from_numpy(out).float()
+
+    @torch.no_grad()
+    def step(self, scalars: torch.Tensor) -> None:
+        """`scalars` from `scalars()`, on the parameters' device."""
+        lerp_weight, beta2, step_size, bias2_sqrt = scalars.unbind(0)
+        for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            grad = p.grad
+            if grad is None:
+                continue
+            shape = (self.n_models,) + (1,) * (p.dim() - 1)
+            exp_avg.lerp_(grad, lerp_weight.view(shape))
+            exp_avg_sq.mul_(beta2.view(shape)).addcmul_(grad, grad, value=1 - self.beta2)
+            denom = (exp_avg_sq.sqrt() / bias2_sqrt.view(shape)).add_(self.eps)
+            update = exp_avg / denom
+            p.sub_(update.mul_(step_size.view(shape)))
+            p.grad = None
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class _Step:
+    input_ids: torch.Tensor  # (N, B, L)
+    attention: torch.Tensor  # (N, B, L)
+    index: torch.Tensor  # (N, M)
+    targets: torch.Tensor  # (N, M)
+    weights: torch.Tensor  # (N, M)
+    scalars: torch.Tensor  # (4, N) Adam scalars
+    tokens: int  # real (non-padding) tokens in the step
+
+    def to(self, device: torch.device) -> _Step:
+        if device.type == "cpu":
+            return self
+        move = {"non_blocking": True}
+        return _Step(self.input_ids.to(device, **move), self.attention.to(device, **move),
+                     self.index.to(device, **move), self.targets.to(device, **move),
+                     self.weights.to(device, **move), self.scalars.to(device, **move), self.tokens)
+
+    def pin(self) -> _Step:
+        return _Step(self.input_ids.pin_memory(), self.attention.pin_memory(), self.index.pin_memory(),
+                     self.targets.pin_memory(), self.weights.pin_memory(), self.scalars.pin_memory(), self.tokens)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+def job_batches(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSettings
+                ) -> Iterator[tuple[dict, float] | None]:
+    """One model's batches, exactly as `scoring.adjust` draws them: (collated batch, learning rate),
+    or None for a batch with no masked token (skipped: the schedule advances, the optimizer not)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=seed)
+    order = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    step = 0
+    for _ in range(settings.epochs):
+        permutation = torch.randperm(len(ids), generator=order).tolist()
+        for b in range(steps_per_epoch):
+            rows = [{"input_ids": ids[i]} for i in permutation[b * settings.batch_size: (b + 1) * settings.batch_size]]
+            batch = collator(rows)
+            lr = settings.learning_rate * max(0.0, float(total - step) / float(max(1, total)))
+            step += 1
+            yield None if not (batch["labels"] != -100).any() else (batch, lr)
+
+
+def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: ScoreSettings,
+           optimizer: StackedAdamW, width_multiple: int) -> Iterator[_Step]:
+    """The stacked steps of N jobs (ids, seed): tick t holds every job's t-th batch."""
+    pad_id = tokenizer.pad_token_id
+    streams = [job_batches(tokenizer, ids, seed, settings) for ids, seed in jobs]
+    n, rows = len(jobs), settings.batch_size
+    finished = [False] * n
+    while True:
+        items: list = []
+        for j, stream in enumerate(streams):
+            item = None
+            if not finished[j]:
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    finished[j] = True
+            items.append(item)
+        if all(finished):
+            return
+        active = [item is not None for item in items]
+        if not any(active):
+            continue  # every model skips this batch (no optimizer step anywhere)
+        width = _round_up(max(item[0]["input_ids"].shape[1] for item in items if item is not None), width_multiple)
+        input_ids = torch.full((n, rows, width), pad_id, dtype=torch.long)
+        attention = torch.zeros((n, rows, width), dtype=torch.long)
+        attention[:, :, 0] = 1  # dummy rows attend to one (padding) token: no fully masked row, no loss
+        positions, labels, lrs = [], [], []
+        tokens = 0
+        for j, item in enumerate(items):
+            if item is None:
+                positions.append(torch.zeros(0, dtype=torch.long))
+                labels.append(torch.zeros(0, dtype=torch.long))
+                lrs.append(0.0)
+                continue
+            batch, lr = item
+            b, w = batch["input_ids"].shape
+            input_ids[j, :b, :w] = batch["input_ids"]
+            attention[j, :b, :w] = batch["attention_mask"]
+            tokens += int(batch["attention_mask"].sum())
+            masked = batch["labels"] != -100
+            r, c = masked.nonzero(as_tuple=True)
+            positions.append(r * width + c)
+            labels.append(batch["labels"][r, c])
+            lrs.append(lr)
+        m = _round_up(max(len(p) for p in positions), 8)
+        index = torch.zeros((n, m), dtype=torch.long)
+        targets = torch.full((n, m), -100, dtype=torch.long)
+        weights = torch.zeros((n, m), dtype=torch.float32)
+        for j, (pos, lab) in enumerate(zip(positions, labels)):
+            if len(pos):
+                index[j, : len(pos)] = pos
+                targets[j, : len(pos)] = lab
+                weights[j, : len(pos)] = 1.0 / len(pos)
+        yield _Step(input_ids, attention, index, targets, weights, optimizer.scalars(active, lrs), tokens)
+
+
+def _prefetched(iterator: Iterator, depth: int, transform=None) -> Iterator:
+    """Run `iterator` (and `transform` on each item) in a background thread, `depth` items ahead."""
+    if depth <= 0:
+        yield from (transform(x) if transform else x for x in iterator)
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                item = transform(item) if transform else item
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=work, daemon=True, name="headprune-engine-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ----------------------------------------------------------------------------- the three stages, stacked
+
+
+def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[int]], int]],
+                   settings: ScoreSettings, options: EngineOptions = EngineOptions(),
+                   stats: dict | None = None) -> float:
+    """Continued MLM of the N stacked models together; job i = (finetuning ids, seed) of model i.
+    Returns the shared wall time in seconds. `stats`, if given, gets "tokens" (real tokens trained
+    on, summed over models) and "steps"."""
+    if len(jobs) != stack.n_models:
+        raise ValueError(f"{len(jobs)} jobs for {stack.n_models} stacked models")
+    device = stack.device
+    start = time.perf_counter()
+    torch.manual_seed(group_seed([seed for _, seed in jobs]))
+    optimizer = StackedAdamW(stack.params.values(), stack.n_models, settings.adam_epsilon)
+    amp = options.use_amp(device)
+    loss_fn = stack.mlm_loss
+    if options.compile and device.type == "cuda":
+        loss_fn = torch.compile(stack.mlm_loss, dynamic=None)
+    depth = options.prefetch if options.prefetch is not None else (4 if device.type == "cuda" else 0)
+    transform = (lambda s: s.pin()) if device.type == "cuda" else None
+    tokens = steps = 0
+    for step in _prefetched(_steps(tokenizer, jobs, settings, optimizer, options.width_multiple), depth, transform):
+        tokens += step.tokens
+        steps += 1
+        step = step.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(step.input_ids, step.attention, step.index, step.targets, step.weights)
+        loss.backward()
+        optimizer.step(step.scalars)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if stats is not None:
+        stats["tokens"] = stats.get("tokens", 0) + tokens
+        stats["steps"] = stats.get("steps", 0) + steps
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: int, settings: ScoreSettings,
+                     options: EngineOptions = EngineOptions()) -> list[np.ndarray]:
+    """`scoring.features` for each stacked model on its own rows (fp32, no dropout): the mean over
+    non-padding tokens of the concatenated last min(feature_layers, layers) layer outputs."""
+    device = stack.device
+    n = stack.n_models
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} row lists for {stack.n_models} stacked models")
+    keep = min(settings.feature_layers, stack.n_layers)
+    orders = [sorted(range(len(rows)), key=lambda i, rows=rows: len(rows[i])) for rows in ids]
+    out = [np.zeros((len(rows), keep * stack.config.hidden_size), dtype=np.float32) for rows in ids]
+    chunk = options.feature_batch
+    n_chunks = max(math.ceil(len(rows) / chunk) for rows in ids) if ids else 0
+    for c in range(n_chunks):
+        parts = [order[c * chunk: (c + 1) * chunk] for order in orders]
+        lengths = [len(ids[j][i]) for j, part in enumerate(parts) for i in part]
+        width = _round_up(max(lengths), options.width_multiple)
+        rows = max(len(part) for part in parts)
+        input_ids = torch.full((n, rows, width), pad_id, dtype=torch.long)
+        attention = torch.zeros((n, rows, width), dtype=torch.long)
+        attention[:, :, 0] = 1
+        for j, part in enumerate(parts):
+            for r, i in enumerate(part):
+                row = ids[j][i]
+                input_ids[j, r, : len(row)] = torch.tensor(row, dtype=torch.long)
+                attention[j, r, :] = 0
+                attention[j, r, : len(row)] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        hidden = stack.encode(input_ids, attention, training=False, keep_last=keep)
+        tokens = torch.cat(hidden, dim=-1).float().view(n, rows, width, -1)
+        mask = attention.unsqueeze(-1).to(tokens.dtype)
+        pooled = ((tokens * mask).sum(2) / mask.sum(2)).cpu().numpy()
+        for j, part in enumerate(parts):
+            if part:
+                out[j][part] = pooled[j, : len(part)]
+    return out
+
+
+def svm_f1_precomputed(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int,
+                       device: torch.device | str = "cpu") -> float:
+    """`scoring.svm_f1` with precomputed kernels: the same folds (StratifiedKFold(n_folds,
+    shuffle=True, random_state=seed)), per fold gamma as sklearn's 'scale' (1 / (n_features *
+    X_train.var())), RBF Gram matrices exp(-gamma * ||a - b||^2) in float64 on `device`, and
+    `SVC(kernel="precomputed", class_weight="balanced")`; mean F1-macro over the folds."""
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.svm import SVC
+
+    x64 = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.asarray(y)
+    features = torch.from_numpy(x64).to(device)
+    squares = (features * features).sum(1)
+    distances = (squares.unsqueeze(1) + squares.unsqueeze(0)) - 2.0 * (features @ features.T)
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    scores = []
+    for train, test in folds.split(x64, y):
+        variance = x64[train].var()
+        gamma = 1.0 / (x64.shape[1] * variance) if variance != 0 else 1.0
+        train_t = torch.from_numpy(train).to(features.device)
+        test_t = torch.from_numpy(test).to(features.device)
+        rows = distances.index_select(1, train_t)
+        k_train = torch.exp(-gamma * rows.index_select(0, train_t)).cpu().numpy()
+        k_test = torch.exp(-gamma * rows.index_select(0, test_t)).cpu().numpy()
+        svc = SVC(kernel="precomputed", class_weight="balanced").fit(k_train, y[train])
+        scores.append(f1_score(y[test], svc.predict(k_test), average="macro"))
+    return float(np.mean(scores))
+
+
+# ----------------------------------------------------------------------------- a group of seeds
+
+
+@dataclass
+class _Trained:
+    """What one group's GPU stage leaves for the SVM stage."""
+
+    features: list[np.ndarray]
+    labels: list[np.ndarray]
+    seeds: list[int]
+    adjust_seconds: float
+    n_params: int
+    size_bytes: int
+
+
+def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options,
+                 stats: dict | None = None) -> _Trained:
+    model = copy.deepcopy(base_model)
+    pruned = list(pruned)
+    if pruned:
+        prune_heads(model, pruned)
+    n_params, size = count_parameters(model), saved_size(model)
+    splits = [split_halves(labels, seed) for seed in seeds]
+    feats: list[np.ndarray] = []
+    seconds = 0.0
+    chunk = options.max_models or len(seeds)
+    for start in range(0, len(seeds), chunk):
+        part = list(range(start, min(start + chunk, len(seeds))))
+        stack = StackedMLM.replicate(model, len(part), device)
+        jobs = [([ids[i] for i in splits[k][0]], seeds[k]) for k in part]
+        seconds += adjust_stacked(stack, tokenizer, jobs, settings, options, stats)
+        start_features = time.perf_counter()
+        feats += features_stacked(stack, [[ids[i] for i in splits[k][1]] for k in part], tokenizer.pad_token_id,
+                                  settings, options)
+        if stats is not None:
+            stats["features_seconds"] = stats.get("features_seconds", 0.0) + time.perf_counter() - start_features
+        del stack
+    if stats is not None:
+        stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
+    return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, n_params, size)
+
+
+def _svm(trained: _Trained, k: int, settings: ScoreSettings, device: torch.device) -> SeedScore:
+    x, y, seed = trained.features[k], trained.labels[k], trained.seeds[k]
+    if device.type == "cuda":  # a side stream: copying a Gram matrix back must not wait for the training
+        with torch.cuda.stream(torch.cuda.Stream(device)):
+            f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
+    else:
+        f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
+    return SeedScore(f1=f1, adjust_seconds=trained.adjust_seconds, n_params=trained.n_params,
+                     size_bytes=trained.size_bytes, device=str(device.type))
+
+
+def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
+                        seeds: Sequence[int], settings: ScoreSettings, device: torch.device | str,
+                        options: EngineOptions = EngineOptions(), stats: dict | None = None) -> list[SeedScore]:
+    """PRUN_ADJ_EVAL of one pruned set on one dataset for several seeds, trained together.
+
+    Same splits, batch orders, masking, loss, schedules and AdamWs as `scoring.score_seed` per seed
+    (see the module docstring for what differs: dropout streams, bf16 on CUDA). Every seed's
+    `adjust_seconds` is the **shared** wall time of the group's adjusting stage (all seeds at once),
+    not a per-seed time. Returns one SeedScore per seed, in order. `base_model` is not modified.
+    `stats`, if given, accumulates "tokens" and "steps" (training), "adjust_seconds",
+    "features_seconds" and "svm_seconds" (wall times of the whole group)."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    seeds = [int(s) for s in seeds]
+    trained = _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options, stats)
+    start = time.perf_counter()
+    if options.svm_workers > 1 and len(seeds) > 1:
+        with ThreadPoolExecutor(min(options.svm_workers, len(seeds))) as pool:
+            scores = list(pool.map(lambda k: _svm(trained, k, settings, device), range(len(seeds))))
+    else:
+        scores = [_svm(trained, k, settings, device) for k in range(len(seeds))]
+    if stats is not None:
+        stats["svm_seconds"] = stats.get("svm_seconds", 0.0) + time.perf_counter() - start
+    return scores
+
+
+# ----------------------------------------------------------------------------- the executor
+
+
+class BatchedExecutor:
+    """`execute.InProcessExecutor`'s interface: `run(context, tasks)` yields (task, SeedScore).
+
+    Tasks are grouped by (pruned set, dataset) and each group's seeds are trained together
+    (`score_seeds_batched`); the SVMs of a group run in background threads while the next group
+    trains. Models the engine does not support go through the reference `scoring.run_task`."""
+
+    name = "batched"
+
+    def __init__(self, options: EngineOptions = EngineOptions()):
+        self.options = options
+
+    def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+        device = resolve_device(context.device) if not isinstance(context.device, torch.device) else context.device
+        if not supports(context.base_model):
+            for task in tasks:
+                yield task, run_task(context, task)
+            return
+        groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
+        for task in dict.fromkeys(tasks):
+            groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
+        pending: list[tuple[SeedTask, Future]] = []
+        with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
+            for (pruned, dataset), group in groups.items():
+                ids, labels = context.datasets[dataset]
+                trained = _train_group(context.base_model, context.tokenizer, ids, labels, pruned,
+                                       [t.seed for t in group], context.settings, device, self.options)
+                pending += [(task, pool.submit(_svm, trained, k, context.settings, device))
+                            for k, task in enumerate(group)]
+                while pending and pending[0][1].done():  # hand over what is ready, in order
+                    task, future = pending.pop(0)
+                    yield task, future.result()
+            for task, future in pending:
+                yield task, future.result()
+
+
+def default_executor(device: str | torch.device = "auto", options: EngineOptions = EngineOptions()):
+    """The executor for a device: `BatchedExecutor` on CUDA, the reference `InProcessExecutor` otherwise."""
+    from .execute import InProcessExecutor
+
+    resolved = device if isinstance(device, torch.device) else resolve_device(str(device))
+    return BatchedExecutor(options) if resolved.type == "cuda" else InProcessExecutor()
+
+
+__all__ = [
+    "BatchedExecutor", "EngineOptions", "StackedAdamW", "StackedMLM", "adjust_stacked", "default_executor",
+    "features_stacked", "group_seed", "job_batches", "score_seeds_batched", "supports", "svm_f1_precomputed",
+]

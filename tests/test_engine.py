@@ -1,0 +1,235 @@
+"""The batched engine (headprune.engine) against the reference loop (headprune.scoring), on CPU.
+
+Tiny random masked-LM models (hidden 32, 2 layers x 4 heads) with the embedded MiniLM tokenizer,
+a few dozen tweets of person.csv. With dropout disabled the engine must train exactly what the
+reference trains (weights equal up to float rounding); with dropout the streams differ by design."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from headprune.engine import (
+    BatchedExecutor,
+    EngineOptions,
+    StackedMLM,
+    adjust_stacked,
+    default_executor,
+    features_stacked,
+    job_batches,
+    score_seeds_batched,
+    supports,
+    svm_f1_precomputed,
+)
+from headprune.models import resolve_model_path
+from headprune.scoring import (
+    EvalContext,
+    ScoreSettings,
+    SeedTask,
+    adjust,
+    encode,
+    features,
+    score_seed,
+    svm_f1,
+)
+from headprune.surgery import prune_heads
+
+CPU = torch.device("cpu")
+PRUNED = ((0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3))  # layer 0 keeps 2 heads, layer 1 goes
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+
+
+@pytest.fixture(scope="module")
+def tweets(person_frame):
+    """70 tweets of person.csv (35 per class) and their labels."""
+    frames = [person_frame[person_frame["class"] == c].head(35) for c in ("positive", "negative")]
+    texts = [t for f in frames for t in f["tweet"].str.lower().tolist()]
+    labels = np.array([0] * 35 + [1] * 35)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def encoded(tokenizer, tweets):
+    return encode(tokenizer, tweets[0], 64), tweets[1]
+
+
+def tiny_model(tokenizer, family: str = "bert", dropout: bool = False, seed: int = 0):
+    from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
+
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+             "max_position_embeddings": 130}
+    if not dropout:
+        shape.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    if family == "bert":
+        model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **shape))
+    else:  # the BERTweet-shape set-up of the benchmark: RoBERTa positions, pad id 1, MiniLM token ids
+        model = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tokenizer), type_vocab_size=1, **shape))
+    return model.eval()
+
+
+def reference_weights(model, tokenizer, rows, settings, seed) -> dict[str, torch.Tensor]:
+    model = copy.deepcopy(model)
+    adjust(model, tokenizer, rows, settings, seed, CPU)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_same_weights(got: dict, expected: dict, what: str) -> None:
+    """Equal up to rounding: Adam divides by sqrt(v) + eps, so an element whose gradient is ~0 can
+    turn a 1e-9 rounding difference into ~lr/10; allow 1e-4 anywhere, and 1e-6 nearly everywhere."""
+    worst = max((got[n] - expected[n]).abs().max().item() for n in got)
+    off = sum(int(((got[n] - expected[n]).abs() > 1e-6).sum()) for n in got)
+    total = sum(t.numel() for t in got.values())
+    assert worst < 1e-4, f"{what}: max |engine - reference| = {worst}"
+    assert off <= total * 1e-4, f"{what}: {off} of {total} elements differ by more than 1e-6"
+
+
+# ----------------------------------------------------------------------------- SVM
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_svm_precomputed_equals_sklearn_rbf(seed):
+    rng = np.random.default_rng(seed)
+    y = np.array([0] * 40 + [1] * 25 + [2] * 20)
+    x = rng.normal(size=(len(y), 24)).astype(np.float32) + 0.6 * y[:, None]  # overlapping classes
+    expected = svm_f1(x, y, 5, seed)
+    assert svm_f1_precomputed(x, y, 5, seed, CPU) == pytest.approx(expected, abs=1e-9)
+    assert 0 < expected < 1
+
+
+def test_svm_precomputed_on_model_features(tokenizer, encoded):
+    ids, labels = encoded
+    model = tiny_model(tokenizer)
+    x = features(model, ids, tokenizer.pad_token_id, ScoreSettings(), CPU)
+    for seed in (1, 7):
+        assert svm_f1_precomputed(x, labels, 10, seed) == pytest.approx(svm_f1(x, labels, 10, seed), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- training parity
+
+
+@pytest.mark.parametrize("family,pruned,epochs", [("bert", (), 2), ("bert", PRUNED, 1), ("roberta", (), 1)])
+def test_stacked_training_equals_reference_without_dropout(tokenizer, encoded, family, pruned, epochs):
+    """Three seeds trained together, each on a different number of rows (different step counts, so
+    models finish at different ticks), with rare masking (batches with no masked token get skipped):
+    every model's weights equal the reference loop's."""
+    ids, _ = encoded
+    model = tiny_model(tokenizer, family)
+    if pruned:
+        prune_heads(model, list(pruned))
+    settings = ScoreSettings(epochs=epochs, batch_size=2, learning_rate=1e-3, mlm_probability=0.03)
+    jobs = [(ids[:12], 1), (ids[10:30], 2), (ids[30:37], 3)]
+    skipped = [[b is None for b in job_batches(tokenizer, rows, seed, settings)] for rows, seed in jobs]
+    assert [len(s) for s in skipped] == [6 * epochs, 10 * epochs, 4 * epochs]
+    assert all(any(s) for s in skipped)  # every job skips a batch (no masked token), on different ticks
+    stack = StackedMLM.replicate(model, len(jobs))
+    stats: dict = {}
+    seconds = adjust_stacked(stack, tokenizer, jobs, settings, stats=stats)
+    assert seconds > 0 and 0 < stats["steps"] <= 10 * epochs
+    start = dict(model.named_parameters())
+    for i, (rows, seed) in enumerate(jobs):
+        expected = reference_weights(model, tokenizer, rows, settings, seed)
+        got = stack.state_of(i)
+        assert set(got) == set(expected)
+        moved = max((expected[n] - start[n].detach()).abs().max().item() for n in got)
+        assert moved > 1e-3  # the models did train
+        assert_same_weights(got, expected, f"model {i}")
+
+
+def test_stacked_models_with_different_weights(tokenizer, encoded):
+    """Models of one shape but different weights (e.g. candidates) stack and train independently."""
+    ids, _ = encoded
+    models = [tiny_model(tokenizer, seed=s) for s in (0, 1)]
+    settings = ScoreSettings(epochs=1, batch_size=8, learning_rate=1e-3)
+    jobs = [(ids[:16], 5), (ids[:16], 5)]
+    stack = StackedMLM(models, CPU)
+    adjust_stacked(stack, tokenizer, jobs, settings)
+    for i, model in enumerate(models):
+        expected = reference_weights(model, tokenizer, ids[:16], settings, 5)
+        assert_same_weights(stack.state_of(i), expected, f"model {i}")
+
+
+def test_features_equal_reference(tokenizer, encoded):
+    ids, _ = encoded
+    model = tiny_model(tokenizer)
+    prune_heads(model, [(0, 0)])
+    stack = StackedMLM.replicate(model, 2)
+    rows = [ids[:25], ids[20:70]]
+    got = features_stacked(stack, rows, tokenizer.pad_token_id, ScoreSettings(), EngineOptions(feature_batch=16))
+    for x, r in zip(got, rows):
+        expected = features(model, r, tokenizer.pad_token_id, ScoreSettings(), CPU)
+        np.testing.assert_allclose(x, expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- whole scores
+
+
+SCORE_SETTINGS = ScoreSettings(epochs=1, batch_size=16, learning_rate=1e-4, n_folds=5)
+
+
+@pytest.mark.parametrize("pruned", [(), PRUNED])
+def test_scores_equal_reference_without_dropout(tokenizer, encoded, pruned):
+    ids, labels = encoded
+    model = tiny_model(tokenizer)
+    seeds = [1, 2]
+    got = score_seeds_batched(model, tokenizer, ids, labels, pruned, seeds, SCORE_SETTINGS, CPU)
+    for seed, score in zip(seeds, got):
+        expected = score_seed(model, tokenizer, ids, labels, pruned, seed, SCORE_SETTINGS, CPU)
+        assert score.f1 == pytest.approx(expected.f1, abs=1e-3)
+        assert (score.n_params, score.size_bytes, score.device) == (expected.n_params, expected.size_bytes, "cpu")
+        assert score.adjust_seconds > 0
+    assert got[0].adjust_seconds == got[1].adjust_seconds  # the shared wall time
+
+
+def test_scores_with_dropout_are_valid_and_deterministic(tokenizer, encoded):
+    ids, labels = encoded
+    model = tiny_model(tokenizer, dropout=True)
+    first = score_seeds_batched(model, tokenizer, ids, labels, (), [3, 4], SCORE_SETTINGS, CPU)
+    again = score_seeds_batched(model, tokenizer, ids, labels, (), [3, 4], SCORE_SETTINGS, CPU)
+    assert [s.f1 for s in first] == [s.f1 for s in again]
+    assert all(np.isfinite(s.f1) and 0.0 <= s.f1 <= 1.0 for s in first)
+
+
+def test_max_models_splits_a_group(tokenizer, encoded):
+    ids, labels = encoded
+    model = tiny_model(tokenizer)
+    whole = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU)
+    split = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU,
+                                EngineOptions(max_models=2, svm_workers=1))
+    assert [s.f1 for s in split] == pytest.approx([s.f1 for s in whole], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- the executor
+
+
+def test_batched_executor_groups_tasks(tokenizer, encoded):
+    ids, labels = encoded
+    model = tiny_model(tokenizer)
+    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
+    tasks = [SeedTask(p, d, s) for p in ((), ((0, 1),)) for d in ("a", "b") for s in (1, 2)]
+    results = dict(BatchedExecutor().run(context, tasks[::-1]))
+    assert set(results) == set(tasks)
+    for pruned, dataset in (((), "a"), (((0, 1),), "b")):
+        d_ids, d_labels = context.datasets[dataset]
+        expected = score_seeds_batched(model, tokenizer, d_ids, d_labels, pruned, [2, 1], SCORE_SETTINGS, CPU)
+        assert [results[SeedTask(pruned, dataset, s)].f1 for s in (2, 1)] == [e.f1 for e in expected]
+
+
+def test_default_executor_by_device():
+    from headprune.execute import InProcessExecutor
+
+    assert isinstance(default_executor("cpu"), InProcessExecutor)
+    assert BatchedExecutor.name == "batched"
+
+
+def test_supports(tokenizer):
+    assert supports(tiny_model(tokenizer)) and supports(tiny_model(tokenizer, "roberta"))
