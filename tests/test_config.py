@@ -87,3 +87,30 @@ def test_parse_seeds() -> None:
     for bad in ("", "a", "5-2", [], ["1"], True):
         with pytest.raises(HeadpruneError):
             parse_seeds(bad)
+
+
+def test_departures_name_every_shortening() -> None:
+    from headprune.config import departures
+
+    assert departures(load_config(ROOT / "configs" / "paper.toml")) == []
+    assert departures(load_config(ROOT / "configs" / "paper-minilm.toml")) == []
+    quick = departures(load_config(ROOT / "configs" / "quick.toml"))
+    text = "\n".join(quick)
+    for option in ("data.max_examples = 200", "step2.h1_k_step = 24", "step2.group_size = 24", "scoring.epochs = 1",
+                   "step2.seeds = [1, 2]"):
+        assert option in text
+
+
+def test_cap_examples_is_stratified_and_seeded() -> None:
+    import numpy as np
+
+    from headprune.data import cap_examples, load_dataset
+
+    person = load_dataset("person")
+    capped = cap_examples(person, 200)
+    assert len(capped) == 200 and cap_examples(person, 200).texts == capped.texts
+    share = np.bincount(person.labels) / len(person)
+    assert np.allclose(np.bincount(capped.labels) / 200, share, atol=0.01)
+    assert set(capped.texts) <= set(person.texts)
+    assert capped.content_hash != person.content_hash
+    assert cap_examples(person, 0) is person and cap_examples(person, 10_000) is person

@@ -48,6 +48,7 @@ class DataSection:
     data_dir: str = ""
     text_column: str = "tweet"
     label_column: str = "class"
+    max_examples: int = 0  # > 0: a stratified, seeded subsample of each dataset (a departure, for speed)
 
 
 @dataclass
@@ -197,6 +198,8 @@ def validate(config: Config, where: str = "") -> None:
         bad("scoring.feature_layers must be at least 1")
     if not 8 <= config.scoring.max_length <= 512:
         bad(f"scoring.max_length must be between 8 and 512, got {config.scoring.max_length}")
+    if config.data.max_examples < 0:
+        bad("data.max_examples must be 0 (all) or more")
     if config.model.mlm_head_warmup_steps < 0:
         bad("model.mlm_head_warmup_steps must be 0 or more")
     for s in config.step2.strategies + config.step2.random_order_strategies:
@@ -237,3 +240,30 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise HeadpruneError(f"{path}: not UTF-8 text") from None
     return from_dict(data, source=str(path))
+
+
+def departures(config: Config) -> list[str]:
+    """Every way this configuration departs from the paper's protocol (configs/paper.toml), in words."""
+    paper = Config()
+    out: list[str] = []
+    pairs = [
+        ("data.max_examples", config.data.max_examples, 0),
+        ("step1.datasets", config.step1.datasets, paper.step1.datasets),
+        ("step1.seeds", config.step1_seeds, paper.step1_seeds),
+        ("step1.epochs", config.step1.epochs, paper.step1.epochs),
+        ("scoring.epochs", config.scoring.epochs, paper.scoring.epochs),
+        ("scoring.n_folds", config.scoring.n_folds, paper.scoring.n_folds),
+        ("step2.datasets", config.step2.datasets, paper.step2.datasets),
+        ("step2.seeds", config.step2_seeds, paper.step2_seeds),
+        ("step2.orders", config.step2.orders, paper.step2.orders),
+        ("step2.random_order_strategies", config.step2.random_order_strategies, paper.step2.random_order_strategies),
+        ("step2.h1_k_step", config.step2.h1_k_step, 1),
+        ("step2.h1_k_values", config.step2.h1_k_values, []),
+        ("step2.group_size", config.step2.group_size, 1),
+        ("generalization.datasets", config.generalization.datasets, paper.generalization.datasets),
+        ("generalization.seeds", config.generalization_seeds, paper.generalization_seeds),
+    ]
+    for name, value, expected in pairs:
+        if value != expected:
+            out.append(f"{name} = {value} (paper: {expected})")
+    return out

@@ -290,3 +290,13 @@ def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
     indices = np.arange(len(labels))
     finetune, classify = train_test_split(indices, test_size=0.5, stratify=labels, random_state=seed, shuffle=True)
     return np.sort(finetune), np.sort(classify)
+
+
+def cap_examples(dataset: Dataset, max_examples: int, seed: int = 0) -> Dataset:
+    """A stratified, seeded subsample of at most `max_examples` rows (0 = all). A speed option, not the paper."""
+    if max_examples <= 0 or len(dataset) <= max_examples:
+        return dataset
+    keep, _ = train_test_split(
+        np.arange(len(dataset)), train_size=max_examples, stratify=dataset.labels, random_state=seed, shuffle=True
+    )
+    return dataset.subset(np.sort(keep))

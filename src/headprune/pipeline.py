@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config
-from .data import Dataset, check_enough_per_class, expand_datasets, load_dataset
+from .config import Config, departures
+from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
 from .errors import HeadpruneError
 from .generalize import random_means, significance, summarize, timing_summary
 from .importance import ImportanceSettings, Order, importance_order, random_order
@@ -89,9 +89,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def dataset(self, name: str) -> Dataset:
+        """A dataset by bundled name, file path, or the display name of one already loaded."""
+        name = self.sources.get(name, name)
         if name not in self._datasets:
-            self._datasets[name] = load_dataset(name, text_column=self.config.data.text_column,
-                                                label_column=self.config.data.label_column, data_dir=self.data_dir)
+            loaded = load_dataset(name, text_column=self.config.data.text_column,
+                                  label_column=self.config.data.label_column, data_dir=self.data_dir)
+            self._datasets[name] = cap_examples(loaded, self.config.data.max_examples)
         return self._datasets[name]
 
     def datasets(self, spec: list[str], check_folds: bool = True) -> list[Dataset]:
@@ -120,7 +123,8 @@ class Pipeline:
         return Scorer(base, store, self.settings, seeds=seeds, data_dir=self.data_dir,
                       text_column=self.config.data.text_column, label_column=self.config.data.label_column,
                       device=str(self.device), executor=executor,
-                      on_result=lambda task, score, cached: self.progress.advance(cached), sources=self.sources)
+                      on_result=lambda task, score, cached: self.progress.advance(cached), sources=self.sources,
+                      loader=self.dataset)
 
     def orders_for(self, base: BaseModel, store: ResultStore) -> dict[str, Order]:
         orders: dict[str, Order] = {}
@@ -248,6 +252,7 @@ class Pipeline:
             "device": device_description(self.device),
             "versions": versions(),
             "config": self.config.to_dict(),
+            "departures": departures(self.config),
             "model": {"name": base.name, "fingerprint": base.fingerprint, "n_layers": base.n_layers,
                       "n_heads": base.n_heads, "mlm_head": base.info},
             "orders": {name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind}

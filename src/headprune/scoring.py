@@ -370,7 +370,7 @@ class Scorer:
                  seeds: Sequence[int] = (1,), data_dir=None, text_column: str = "tweet",
                  label_column: str = "class", device: str = "auto", executor=None,
                  on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
-                 sources: dict[str, str] | None = None):
+                 sources: dict[str, str] | None = None, loader: Callable[[str], Dataset] | None = None):
         from .execute import InProcessExecutor
 
         self.base = base
@@ -384,6 +384,7 @@ class Scorer:
         self.executor = executor or InProcessExecutor()
         self.on_result = on_result
         self.sources = dict(sources or {})  # display name -> bundled name or file path
+        self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
         self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
@@ -391,8 +392,11 @@ class Scorer:
     # -------------------------------------------------------------- data
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            ds = load_dataset(self.sources.get(name, name), text_column=self.text_column, label_column=self.label_column,
-                              data_dir=self.data_dir)
+            if self.loader is not None:
+                ds = self.loader(name)
+            else:
+                ds = load_dataset(self.sources.get(name, name), text_column=self.text_column,
+                                  label_column=self.label_column, data_dir=self.data_dir)
             check_enough_per_class(ds, self.settings.n_folds)
             self._datasets[name] = ds
             self._encoded[name] = (encode(self.base.tokenizer, ds.texts, self.settings_key["max_length"]), ds.labels)
