@@ -1,11 +1,22 @@
-"""Where evaluations run. `InProcessExecutor` runs them one after another in this process."""
+"""Where evaluations run. `InProcessExecutor` runs them one after another in this process;
+`RayExecutor` runs them as Ray tasks (a local Ray instance or a cluster).
+
+An executor gets an `EvalContext` and a list of `SeedTask`s and yields `(task, score)` pairs as they
+complete. It never touches the results store: the caller (`Scorer.run`) writes every score the
+moment it arrives, so resuming after an interruption works the same for every executor."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
 
+from .errors import HeadpruneError
 from .scoring import EvalContext, SeedTask, run_task
 from .store import SeedScore
+
+RAY_MISSING = "the Ray executor needs the extra: pip install 'headprune[ray]'"
 
 
 class InProcessExecutor:
@@ -16,3 +27,242 @@ class InProcessExecutor:
     def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
         for task in tasks:
             yield task, run_task(context, task)
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise HeadpruneError(RAY_MISSING) from None
+    return ray
+
+
+# Worker side: what this worker process has already fetched from the object store, by object id
+# (the base model + tokenizer once, each tokenized dataset once). Bounded, least recently used out.
+_WORKER_CACHE: collections.OrderedDict = collections.OrderedDict()
+_WORKER_CACHE_SIZE = 8
+
+
+def _fetch(key: str, holder: list, prepare: Callable | None = None):
+    """The object behind `holder[0]` (an ObjectRef, wrapped in a list so Ray does not resolve it
+    for every task; `key` is its hex id), deserialized at most once per worker process."""
+    if key in _WORKER_CACHE:
+        _WORKER_CACHE.move_to_end(key)
+        return _WORKER_CACHE[key]
+    import ray
+
+    value = ray.get(holder[0])
+    if prepare is not None:
+        prepare(value)
+    _WORKER_CACHE[key] = value
+    while len(_WORKER_CACHE) > _WORKER_CACHE_SIZE:
+        _WORKER_CACHE.popitem(last=False)
+    return value
+
+
+def _register_output_capture(model) -> None:
+    """transformers (5.x) registers which outputs a model class can capture (hidden states,
+    attentions) in `PreTrainedModel.__init__`; a model unpickled in a fresh worker process skips
+    `__init__`, and `output_hidden_states=True` would silently return None. Register it here."""
+    try:
+        from transformers.modeling_utils import PreTrainedModel
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # pragma: no cover - transformers without the registry need nothing
+        return
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+
+
+def _evaluate(model_key: str, model_ref: list, data_key: str, data_ref: list, dataset: str, settings,
+              use_gpu: bool, threads: int, task: SeedTask, function: Callable = run_task) -> SeedScore:
+    """One SeedTask on a Ray worker. The device is the worker's own: CUDA when Ray gave this task a
+    GPU share, else CPU (a CPU task never touches CUDA, whatever the driver runs on)."""
+    import ray
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    device = "cpu"
+    if use_gpu and ray.get_gpu_ids():
+        if not torch.cuda.is_available():
+            import socket
+
+            raise HeadpruneError(f"Ray gave this task a GPU on {socket.gethostname()}, but torch there has no CUDA")
+        device = "cuda"  # Ray set CUDA_VISIBLE_DEVICES to this task's GPU
+    base_model, tokenizer = _fetch(model_key, model_ref, prepare=lambda value: _register_output_capture(value[0]))
+    data = _fetch(data_key, data_ref)
+    context = EvalContext(base_model, tokenizer, {dataset: data}, settings, device)
+    try:
+        return function(context, task)
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()  # give the memory back to the tasks sharing this GPU
+
+
+class RayExecutor:
+    """Runs each SeedTask as a Ray task; results are yielded as they complete.
+
+    - `address`: None starts a local Ray instance (`num_cpus` CPUs, default all) when the first
+      tasks arrive; "auto" or "HOST:PORT" joins a running cluster at once. If Ray is already
+      initialised in this process, that session is used.
+    - `num_gpus_per_task`: the GPU share of one task when the run's device is CUDA (default 0.25:
+      four evaluations share a GPU); CPU runs request no GPU.
+    - `cpus_per_task`: CPUs (and torch threads) of one task (default 1).
+    - `max_retries`: re-runs of a task whose worker process died (killed, out of memory, node
+      lost); a Python exception in the evaluation is not retried.
+    - `run_task`: the function that scores one task on a worker (tests replace it).
+
+    The base model and each tokenized dataset go into the object store once per executor and are
+    deserialized once per worker process, not once per task. `close()` shuts Ray down only if this
+    executor started it."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 num_gpus_per_task: float | None = None, max_retries: int = 3, cpus_per_task: int = 1,
+                 run_task: Callable[[EvalContext, SeedTask], SeedScore] = run_task):
+        self.ray = _import_ray()
+        if max_retries < 0:
+            raise HeadpruneError(f"Ray executor: max_retries must be >= 0, got {max_retries}")
+        if num_gpus_per_task is not None and not num_gpus_per_task > 0:
+            raise HeadpruneError(f"Ray executor: num_gpus_per_task must be > 0, got {num_gpus_per_task}")
+        self.address = address or None
+        self.num_cpus = num_cpus
+        self.num_gpus_per_task = num_gpus_per_task
+        self.max_retries = int(max_retries)
+        self.cpus_per_task = max(1, int(cpus_per_task))
+        self.run_task = run_task
+        self.started = False  # this executor called ray.init (so close() shuts Ray down)
+        self.submitted = 0  # tasks submitted to Ray so far (Ray's own retries not counted)
+        self._shared: dict[tuple, tuple[object, object]] = {}  # key -> (the object, kept alive; its ref)
+        self._remote = None
+        if self.address is not None and not self.ray.is_initialized():
+            _check_reachable(self.address)
+            self._ensure_started()  # join the cluster now: a wrong address fails before any work
+
+    # -------------------------------------------------------------- Ray session
+    def _ensure_started(self) -> None:
+        ray = self.ray
+        if not ray.is_initialized():
+            kwargs: dict = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+            if self.address is None and self.num_cpus is not None:
+                kwargs["num_cpus"] = int(self.num_cpus)
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, ValueError, RuntimeError) as error:
+                where = f"connect to the Ray cluster at {self.address}" if self.address else "start a local Ray"
+                hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token here; "
+                        "see docs/RAY.md)") if self.address and self.address != "auto" else ""
+                raise HeadpruneError(f"could not {where}: {_first_line(error)}{hint}") from None
+            self.started = True
+        if self._remote is None:
+            self._remote = ray.remote(_evaluate)
+
+    def _put(self, key: tuple, make: Callable[[], object]):
+        """The object-store ref of `key`, put once (the object is kept alive with it, so identity keys
+        stay valid)."""
+        if key not in self._shared:
+            value = make()
+            self._shared[key] = (value, self.ray.put(value))
+        return self._shared[key][1]
+
+    def _gpu_share(self, device: str) -> float:
+        """GPUs to request per task: a share when the run's device is CUDA, none for CPU."""
+        wants_gpu = device.startswith("cuda") or (
+            device == "auto" and self.ray.cluster_resources().get("GPU", 0) > 0)
+        if not wants_gpu:
+            return 0.0
+        if self.ray.cluster_resources().get("GPU", 0) <= 0:
+            raise HeadpruneError(f"device {device}: the Ray cluster has no GPUs (use --device cpu, or add GPU nodes)")
+        return 0.25 if self.num_gpus_per_task is None else float(self.num_gpus_per_task)
+
+    # -------------------------------------------------------------- running
+    def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+        tasks = list(tasks)
+        if not tasks:
+            return
+        self._ensure_started()
+        ray = self.ray
+        num_gpus = self._gpu_share(str(context.device))
+        model_key = ("model", id(context.base_model), id(context.tokenizer))
+        model_ref = self._put(model_key, lambda: (context.base_model, context.tokenizer))
+        data_refs = {}
+        for name in sorted({t.dataset for t in tasks}):
+            ids, labels = context.datasets[name]
+            key = ("data", name, id(ids), id(labels))
+            data_refs[name] = self._put(key, lambda ids=ids, labels=labels: (ids, labels))
+        remote = self._remote.options(num_cpus=self.cpus_per_task, num_gpus=num_gpus,
+                                      max_retries=self.max_retries, retry_exceptions=False)
+        # A bounded window of tasks in flight (refilled as results arrive): Ray's queue stays short,
+        # `ray.wait` stays cheap for H1's thousands of candidates, and an interrupt cancels little.
+        window = max(16, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        queue = collections.deque(tasks)
+        pending: dict = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < window:
+                    task = queue.popleft()
+                    data_ref = data_refs[task.dataset]
+                    ref = remote.remote(model_ref.hex(), [model_ref], data_ref.hex(), [data_ref], task.dataset,
+                                        context.settings, num_gpus > 0, self.cpus_per_task, task, self.run_task)
+                    pending[ref] = task
+                    self.submitted += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    task = pending.pop(ref)
+                    yield task, self._result(ref, task)
+        finally:
+            for ref in pending:  # the caller stopped early (error, interrupt): drop what is left
+                with contextlib.suppress(Exception):  # best effort; the task may just have finished
+                    ray.cancel(ref)  # not force=True: on Ray 2.60 that crashed the driver on Ctrl-C
+
+    def _result(self, ref, task: SeedTask) -> SeedScore:
+        ray = self.ray
+        exceptions = ray.exceptions
+        what = f"dataset {task.dataset}, seed {task.seed}, pruned {[list(h) for h in task.pruned]}"
+        try:
+            return ray.get(ref)
+        except exceptions.RayTaskError as error:  # a Python exception in the evaluation: not retried
+            cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else error
+            raise HeadpruneError(f"evaluation failed on Ray: {what}: {type(cause).__name__}: "
+                                 f"{_first_line(cause)}") from cause
+        except exceptions.RayError as error:  # the worker died (killed, out of memory, node lost) every try
+            raise HeadpruneError(f"evaluation failed on Ray after {self.max_retries + 1} tries: {what}: "
+                                 f"{type(error).__name__}: {_first_line(error)}") from error
+
+    def close(self) -> None:
+        """Forget the shared objects; shut Ray down if this executor started it."""
+        self._shared.clear()
+        self._remote = None
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.started = False
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once, in one line, when a HOST:PORT address does not answer (Ray itself would keep
+    retrying for minutes). "auto" and ray:// addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise HeadpruneError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as error:
+        raise HeadpruneError(f"could not connect to the Ray cluster at {address}: "
+                             f"{error.strerror or error} (is `ray start --head` running there?)") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+__all__ = ["RAY_MISSING", "InProcessExecutor", "RayExecutor"]
