@@ -58,6 +58,9 @@ def test_quick_profile_runs_every_stage() -> None:
         ({"generalization": {"alpha": 2.0}}, "generalization.alpha must be between 0 and 1"),
         ({"run": {"executor": "slurm"}}, "run.executor must be 'in-process' or 'ray'"),
         ({"run": {"report": "yes"}}, "run.report: expected true or false"),
+        ({"run": {"ray_gpus_per_task": 0}}, "run.ray_gpus_per_task must be in (0, 1]"),
+        ({"run": {"ray_max_retries": -1}}, "run.ray_max_retries must be 0 or more"),
+        ({"data": {"max_examples": -5}}, "data.max_examples must be 0 (all) or more"),
         ({"step1": {"datasets": []}}, "step1.datasets must be a non-empty list"),
     ],
 )

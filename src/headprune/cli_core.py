@@ -183,4 +183,3 @@ def run_command(
 
         path = write_report(run_dir)
         typer.echo(f"report: {path}")
-    typer.echo(f"summary: {run_dir / 'summary.json'}")

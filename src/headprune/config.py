@@ -97,6 +97,8 @@ class RunSection:
     device: str = "auto"
     executor: str = "in-process"  # or "ray"
     address: str = ""  # Ray cluster address; empty starts a local Ray
+    ray_gpus_per_task: float = 0.25  # GPU share of one evaluation on Ray (several small jobs share a GPU)
+    ray_max_retries: int = 3  # retries of an evaluation whose Ray worker died
     report: bool = True
 
 
@@ -216,6 +218,10 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"step2.group_size must be at least 1, got {config.step2.group_size}")
     if not 0 < config.generalization.alpha < 1:
         bad(f"generalization.alpha must be between 0 and 1, got {config.generalization.alpha}")
+    if not 0 < config.run.ray_gpus_per_task <= 1:
+        bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
+    if config.run.ray_max_retries < 0:
+        bad(f"run.ray_max_retries must be 0 or more, got {config.run.ray_max_retries}")
     if config.run.executor not in ("in-process", "ray"):
         bad(f"run.executor must be 'in-process' or 'ray', got '{config.run.executor}'")
     for name, spec in (("step1.seeds", config.step1.seeds), ("step2.seeds", config.step2.seeds),

@@ -578,9 +578,12 @@ def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: 
                 attention[j, r, : len(row)] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
         hidden = stack.encode(input_ids, attention, training=False, keep_last=keep)
-        tokens = torch.cat(hidden, dim=-1).float().view(n, rows, width, -1)
-        mask = attention.unsqueeze(-1).to(tokens.dtype)
-        pooled = ((tokens * mask).sum(2) / mask.sum(2)).cpu().numpy()
+        mask = attention.unsqueeze(-1).float()
+        count = mask.sum(2)
+        # The mean of the concatenation is the concatenation of the means (per feature): pool each
+        # layer on its own rather than materialise (N, rows, width, keep * H).
+        pooled = torch.cat([(h.float().view(n, rows, width, -1) * mask).sum(2) / count for h in hidden], dim=-1)
+        pooled = pooled.cpu().numpy()
         for j, part in enumerate(parts):
             if part:
                 out[j][part] = pooled[j, : len(part)]

@@ -68,7 +68,8 @@ def make_executor(config: Config):
     if config.run.executor == "ray":
         from .execute import RayExecutor  # type: ignore[attr-defined]
 
-        return RayExecutor(address=config.run.address or None)
+        return RayExecutor(address=config.run.address or None, num_gpus_per_task=config.run.ray_gpus_per_task,
+                           max_retries=config.run.ray_max_retries)
     from .execute import InProcessExecutor
 
     return InProcessExecutor()
@@ -122,7 +123,9 @@ class Pipeline:
     def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor) -> Scorer:
         return Scorer(base, store, self.settings, seeds=seeds, data_dir=self.data_dir,
                       text_column=self.config.data.text_column, label_column=self.config.data.label_column,
-                      device=str(self.device), executor=executor,
+                      # On Ray the workers choose their own device: the driver may have no GPU.
+                      device=self.config.run.device if self.config.run.executor == "ray" else str(self.device),
+                      executor=executor,
                       on_result=lambda task, score, cached: self.progress.advance(cached), sources=self.sources,
                       loader=self.dataset)
 
@@ -289,7 +292,7 @@ class Pipeline:
         seeds = self.config.generalization_seeds
         requests = [(entry["pruned_heads"], ds) for entry in chosen.values() for ds in datasets]
         tasks = scorer.tasks_for(requests)
-        self.progress.start_stage("generalization", len(tasks))
+        self.progress.start_stage("generalization", len(set(tasks)))  # chosen models may coincide
         results = scorer.run(tasks)
         self.progress.end_stage()
         f1: dict[str, dict[str, list[float]]] = {}
