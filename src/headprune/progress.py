@@ -40,7 +40,7 @@ class RunProgress:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, markup=False)
 
     def start_stage(self, name: str, total: int) -> None:
         self.end_stage()
@@ -56,7 +56,7 @@ class RunProgress:
             self._progress.start()
             self._task = self._progress.add_task("", total=total, stage=name, detail="")
         elif self.enabled:
-            self.console.print(f"[{name}] {total} evaluations", highlight=False)
+            self.console.print(f"[{name}] {total} evaluations", highlight=False, markup=False)
 
     def set_total(self, total: int) -> None:
         self.total = total
@@ -82,7 +82,7 @@ class RunProgress:
             self._progress.update(self._task, completed=self.done, detail=detail)
         elif self.enabled and now - self._last_print >= self.every:
             self._last_print = now
-            self.console.print(f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}", highlight=False)
+            self.console.print(f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}", highlight=False, markup=False)
 
     def end_stage(self) -> None:
         if self._progress is not None:
@@ -90,7 +90,7 @@ class RunProgress:
             self._progress = None
         elif self.enabled and self.stage_name:
             self.console.print(f"[{self.stage_name}] done: {self.done} evaluations, {self.cached} from store",
-                               highlight=False)
+                               highlight=False, markup=False)
         self.stage_name = ""
 
     def __enter__(self) -> "RunProgress":
