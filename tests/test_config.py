@@ -117,3 +117,18 @@ def test_cap_examples_is_stratified_and_seeded() -> None:
     assert set(capped.texts) <= set(person.texts)
     assert capped.content_hash != person.content_hash
     assert cap_examples(person, 0) is person and cap_examples(person, 10_000) is person
+
+
+def test_engine_is_chosen_by_device_unless_configured() -> None:
+    from headprune.config import Config
+    from headprune.engine import BatchedExecutor
+    from headprune.execute import InProcessExecutor
+    from headprune.pipeline import make_executor
+
+    config = Config()
+    config.run.device = "cpu"
+    assert isinstance(make_executor(config), InProcessExecutor)  # CPU: the reference loop
+    config.run.engine = "batched"
+    assert isinstance(make_executor(config), BatchedExecutor)
+    with pytest.raises(HeadpruneError, match="run.engine must be"):
+        from_dict({"run": {"engine": "turbo"}})

@@ -138,7 +138,9 @@ def score_command(
     if len(set(heads)) >= base.n_total_heads:
         raise HeadpruneError("--prune: cannot prune every head of the model: at least one head must remain")
     store = ResultStore(run_dir / "store.sqlite")
-    scorer = pipeline.scorer(base, store, seed_list, executor=None)
+    from .pipeline import make_executor
+
+    scorer = pipeline.scorer(base, store, seed_list, executor=make_executor(pipeline.config))
     spec_text = format_head_spec({l: [h for ll, h in heads if ll == l] for l, _ in heads}, base.n_heads) or "none"
     typer.echo(f"model {base.name} ({base.fingerprint}), pruning {len(set(heads))} heads: {spec_text}")
     for name in names:

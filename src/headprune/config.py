@@ -96,6 +96,7 @@ class GeneralizationSection:
 class RunSection:
     device: str = "auto"
     executor: str = "in-process"  # or "ray"
+    engine: str = "auto"  # auto: batched engine on CUDA, reference loop on CPU; or "reference", "batched"
     address: str = ""  # Ray cluster address; empty starts a local Ray
     ray_gpus_per_task: float = 0.25  # GPU share of one evaluation on Ray (several small jobs share a GPU)
     ray_max_retries: int = 3  # retries of an evaluation whose Ray worker died
@@ -222,6 +223,8 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
     if config.run.ray_max_retries < 0:
         bad(f"run.ray_max_retries must be 0 or more, got {config.run.ray_max_retries}")
+    if config.run.engine not in ("auto", "reference", "batched"):
+        bad(f"run.engine must be 'auto', 'reference' or 'batched', got '{config.run.engine}'")
     if config.run.executor not in ("in-process", "ray"):
         bad(f"run.executor must be 'in-process' or 'ray', got '{config.run.executor}'")
     for name, spec in (("step1.seeds", config.step1.seeds), ("step2.seeds", config.step2.seeds),

@@ -70,9 +70,14 @@ def make_executor(config: Config):
 
         return RayExecutor(address=config.run.address or None, num_gpus_per_task=config.run.ray_gpus_per_task,
                            max_retries=config.run.ray_max_retries)
+    from .engine import BatchedExecutor, default_executor
     from .execute import InProcessExecutor
 
-    return InProcessExecutor()
+    if config.run.engine == "batched":
+        return BatchedExecutor()
+    if config.run.engine == "reference":
+        return InProcessExecutor()
+    return default_executor(config.run.device)
 
 
 class Pipeline:
