@@ -220,13 +220,15 @@ def load_classifier(directory: str | os.PathLike, device: str = "cpu") -> Classi
     directory = Path(directory)
     meta_path = directory / CLASSIFIER_FILE
     if not meta_path.is_file():
-        raise HeadpruneError(f"{directory}: not a classifier directory (no {CLASSIFIER_FILE}; make one with "
-                             "`headprune finetune`)")
+        raise HeadpruneError(
+            f"{directory}: not a classifier directory (no {CLASSIFIER_FILE}; make one with `headprune finetune`)"
+        )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     model, tokenizer = load_pruned(directory)
     target = resolve_device(device)
-    return Classifier(model=model.to(target).eval(), tokenizer=tokenizer, labels=list(meta["labels"]), meta=meta,
-                      device=target)
+    return Classifier(
+        model=model.to(target).eval(), tokenizer=tokenizer, labels=list(meta["labels"]), meta=meta, device=target
+    )
 
 
 # ----------------------------------------------------------------------------- predicting
@@ -249,7 +251,9 @@ def _probabilities(classifier: Classifier, texts: list[str], batch_size: int) ->
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
             input_ids, attention = _pad(ids[start : start + batch_size], pad_id)
-            logits = model(input_ids=input_ids.to(classifier.device), attention_mask=attention.to(classifier.device)).logits
+            logits = model(
+                input_ids=input_ids.to(classifier.device), attention_mask=attention.to(classifier.device)
+            ).logits
             out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out)
 
@@ -274,7 +278,9 @@ def read_texts(source: str, text_column: str = "tweet", fmt: str = "auto") -> li
             raise HeadpruneError(f"{source}: file not found")
         raw = path.read_bytes()
         if fmt == "auto":
-            fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(path.suffix.lower(), "lines")
+            fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+                path.suffix.lower(), "lines"
+            )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -295,8 +301,9 @@ def read_texts(source: str, text_column: str = "tweet", fmt: str = "auto") -> li
                     raise HeadpruneError(f"{name}: line {i} is not valid JSON ({err.msg})") from None
                 if not isinstance(row, dict) or text_column not in row:
                     keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                    raise HeadpruneError(f"{name}: line {i} has no field '{text_column}' (--text-column); "
-                                         f"it has: {keys}")
+                    raise HeadpruneError(
+                        f"{name}: line {i} has no field '{text_column}' (--text-column); it has: {keys}"
+                    )
                 rows.append(str(row[text_column]))
         return rows
     import pandas as pd
@@ -306,8 +313,9 @@ def read_texts(source: str, text_column: str = "tweet", fmt: str = "auto") -> li
     except pd.errors.ParserError as err:
         raise HeadpruneError(f"{name}: cannot parse as {fmt.upper()} ({str(err).splitlines()[0]})") from None
     if text_column not in frame.columns:
-        raise HeadpruneError(f"{name}: no column '{text_column}' (--text-column); the columns are: "
-                             f"{', '.join(map(str, frame.columns))}")
+        raise HeadpruneError(
+            f"{name}: no column '{text_column}' (--text-column); the columns are: {', '.join(map(str, frame.columns))}"
+        )
     return frame[text_column].astype(str).tolist()
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+
 import typer
 
 from .errors import HeadpruneError
@@ -56,7 +57,6 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted: every finished evaluation is in the store; rerun the same command to resume", err=True)
         sys.exit(130)
-
 
 
 @app.callback()

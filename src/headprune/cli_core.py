@@ -35,8 +35,16 @@ def _seeds(spec: str, option: str) -> list[int]:
     return parse_seeds(spec, option)
 
 
-def _pipeline_for(model: str, run_dir: Path, data_dir, text_column: str, label_column: str, device: str,
-                  warmup_steps: int, epochs: int):
+def _pipeline_for(
+    model: str,
+    run_dir: Path,
+    data_dir,
+    text_column: str,
+    label_column: str,
+    device: str,
+    warmup_steps: int,
+    epochs: int,
+):
     from .config import Config
     from .pipeline import Pipeline
 
@@ -78,14 +86,26 @@ def importance_command(
     names = pipeline.datasets([datasets], check_folds=False) if random == 0 else []
     base = pipeline.load_base()
     if random:
-        order = random_order(base.n_layers, base.n_heads, seed=random, name=f"A{random}", model=base.name,
-                             model_fingerprint=base.fingerprint)
+        order = random_order(
+            base.n_layers,
+            base.n_heads,
+            seed=random,
+            name=f"A{random}",
+            model=base.name,
+            model_fingerprint=base.fingerprint,
+        )
     else:
         store = ResultStore(run_dir / "store.sqlite")
         pipeline.progress.start_stage("Step 1: importance", len(names) * len(seed_list))
-        order = importance_order(base, names, seed_list, importance_settings(pipeline.config), store=store,
-                                 device=pipeline.device,
-                                 on_result=lambda ds, seed, cached: pipeline.progress.advance(cached))
+        order = importance_order(
+            base,
+            names,
+            seed_list,
+            importance_settings(pipeline.config),
+            store=store,
+            device=pipeline.device,
+            on_result=lambda ds, seed, cached: pipeline.progress.advance(cached),
+        )
         pipeline.progress.end_stage()
     order.save(out)
     least = ", ".join(f"{l}:{h}" for l, h in order.ranked[-5:][::-1])
@@ -127,8 +147,10 @@ def score_command(
             raise HeadpruneError("--order needs --k (how many of the least important heads to prune)")
         loaded = Order.load(order)
         if (loaded.n_layers, loaded.n_heads) != (base.n_layers, base.n_heads):
-            raise HeadpruneError(f"--order {order}: made for {loaded.n_layers}x{loaded.n_heads} heads, "
-                                 f"the model has {base.n_layers}x{base.n_heads}")
+            raise HeadpruneError(
+                f"--order {order}: made for {loaded.n_layers}x{loaded.n_heads} heads, "
+                f"the model has {base.n_layers}x{base.n_heads}"
+            )
         if not 0 <= k < base.n_total_heads:
             raise HeadpruneError(f"--k must be between 0 and {base.n_total_heads - 1}, got {k}")
         heads = loaded.least_important(k)
@@ -148,9 +170,11 @@ def score_command(
         result = scorer.score(heads, name)
         pipeline.progress.end_stage()
         per_seed = ", ".join(f"{s}: {f:.4f}" for s, f in zip(result.seeds, result.scores))
-        typer.echo(f"{name}: F1-macro {result.mean:.4f} (std {result.std:.4f}) over seeds [{per_seed}]; "
-                   f"adjusting {np.mean(result.adjust_seconds):.1f} s; {result.n_params:,} parameters; "
-                   f"{result.size_bytes / 2**20:.1f} MiB")
+        typer.echo(
+            f"{name}: F1-macro {result.mean:.4f} (std {result.std:.4f}) over seeds [{per_seed}]; "
+            f"adjusting {np.mean(result.adjust_seconds):.1f} s; {result.n_params:,} parameters; "
+            f"{result.size_bytes / 2**20:.1f} MiB"
+        )
 
 
 @app.command("run")

@@ -86,11 +86,13 @@ def finetune_command(
     eval_set = None
     if eval_file is not None:
         eval_set = load_dataset(eval_file, text_column=text_column, label_column=label_column)
-    result = finetune(model, train_set, eval_set, out, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                      device=device)
+    result = finetune(
+        model, train_set, eval_set, out, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device
+    )
     typer.echo(f"F1-macro: {result['f1_macro']:.4f} ({result['eval']})")
-    typer.echo(f"time: {result['seconds']:.1f} s training ({result['n_train']} rows, {epochs} epochs, "
-               f"{result['device']})")
+    typer.echo(
+        f"time: {result['seconds']:.1f} s training ({result['n_train']} rows, {epochs} epochs, {result['device']})"
+    )
     typer.echo(f"saved: {out}")
 
 

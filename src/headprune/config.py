@@ -6,10 +6,11 @@ H2/H3, epochs, seeds, datasets, warm-up steps), never a code path of its own."""
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import HeadpruneError
 
@@ -32,7 +33,7 @@ def parse_seeds(spec: Any, option: str = "seeds") -> list[int]:
             out += list(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
         if out:
             return list(dict.fromkeys(out))
-    raise HeadpruneError(f"{option}: cannot read {spec!r} (write e.g. \"1-10\", \"1,2,3\" or a list of integers)")
+    raise HeadpruneError(f'{option}: cannot read {spec!r} (write e.g. "1-10", "1,2,3" or a list of integers)')
 
 
 @dataclass
@@ -135,8 +136,13 @@ class Config:
 
 _SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "source"}
 _SECTION_CLASSES = {
-    "model": ModelSection, "data": DataSection, "step1": Step1Section, "scoring": ScoringSection,
-    "step2": Step2Section, "generalization": GeneralizationSection, "run": RunSection,
+    "model": ModelSection,
+    "data": DataSection,
+    "step1": Step1Section,
+    "scoring": ScoringSection,
+    "step2": Step2Section,
+    "generalization": GeneralizationSection,
+    "run": RunSection,
 }
 
 
@@ -227,8 +233,11 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"run.engine must be 'auto', 'reference' or 'batched', got '{config.run.engine}'")
     if config.run.executor not in ("in-process", "ray"):
         bad(f"run.executor must be 'in-process' or 'ray', got '{config.run.executor}'")
-    for name, spec in (("step1.seeds", config.step1.seeds), ("step2.seeds", config.step2.seeds),
-                       ("generalization.seeds", config.generalization.seeds)):
+    for name, spec in (
+        ("step1.seeds", config.step1.seeds),
+        ("step2.seeds", config.step2.seeds),
+        ("generalization.seeds", config.generalization.seeds),
+    ):
         parse_seeds(spec, f"{where}{name}")
     for name in ("step1", "step2", "generalization"):
         datasets = getattr(config, name).datasets

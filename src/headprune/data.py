@@ -74,7 +74,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: np.ndarray) -> "Dataset":
+    def subset(self, indices: np.ndarray) -> Dataset:
         idx = np.asarray(indices)
         return Dataset(
             name=self.name,
@@ -174,9 +174,7 @@ def load_dataset(
         name = path.stem
         if not path.exists():
             if path.suffix.lower() not in _SUFFIXES:
-                raise HeadpruneError(
-                    f"unknown dataset '{name_or_path}': not a bundled dataset name and no such file"
-                )
+                raise HeadpruneError(f"unknown dataset '{name_or_path}': not a bundled dataset name and no such file")
             raise HeadpruneError(f"{path}: file not found")
     frame = _read_table(path, text_column, label_column)
     texts = frame[text_column].tolist()
@@ -241,9 +239,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> pd.DataFrame
     columns = [str(c) for c in frame.columns]
     for option, column in (("--text-column", text_column), ("--label-column", label_column)):
         if column not in columns:
-            raise HeadpruneError(
-                f"{path}: no column '{column}' ({option}); the columns are: {', '.join(columns)}"
-            )
+            raise HeadpruneError(f"{path}: no column '{column}' ({option}); the columns are: {', '.join(columns)}")
     frame = frame[[text_column, label_column]].fillna("").astype(str)
     offset = 1 if suffix in (".jsonl", ".ndjson") else 2  # 1-based line number in the file
     for column in (text_column, label_column):

@@ -77,8 +77,18 @@ def _register_output_capture(model) -> None:
             _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
 
-def _evaluate(model_key: str, model_ref: list, data_key: str, data_ref: list, dataset: str, settings,
-              use_gpu: bool, threads: int, task: SeedTask, function: Callable = run_task) -> SeedScore:
+def _evaluate(
+    model_key: str,
+    model_ref: list,
+    data_key: str,
+    data_ref: list,
+    dataset: str,
+    settings,
+    use_gpu: bool,
+    threads: int,
+    task: SeedTask,
+    function: Callable = run_task,
+) -> SeedScore:
     """One SeedTask on a Ray worker. The device is the worker's own: CUDA when Ray gave this task a
     GPU share, else CPU (a CPU task never touches CUDA, whatever the driver runs on)."""
     import ray
@@ -122,9 +132,15 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 num_gpus_per_task: float | None = None, max_retries: int = 3, cpus_per_task: int = 1,
-                 run_task: Callable[[EvalContext, SeedTask], SeedScore] = run_task):
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        num_gpus_per_task: float | None = None,
+        max_retries: int = 3,
+        cpus_per_task: int = 1,
+        run_task: Callable[[EvalContext, SeedTask], SeedScore] = run_task,
+    ):
         self.ray = _import_ray()
         if max_retries < 0:
             raise HeadpruneError(f"Ray executor: max_retries must be >= 0, got {max_retries}")
@@ -155,8 +171,14 @@ class RayExecutor:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as error:
                 where = f"connect to the Ray cluster at {self.address}" if self.address else "start a local Ray"
-                hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token here; "
-                        "see docs/RAY.md)") if self.address and self.address != "auto" else ""
+                hint = (
+                    (
+                        " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token here; "
+                        "see docs/RAY.md)"
+                    )
+                    if self.address and self.address != "auto"
+                    else ""
+                )
                 raise HeadpruneError(f"could not {where}: {_first_line(error)}{hint}") from None
             self.started = True
         if self._remote is None:
@@ -172,8 +194,7 @@ class RayExecutor:
 
     def _gpu_share(self, device: str) -> float:
         """GPUs to request per task: a share when the run's device is CUDA, none for CPU."""
-        wants_gpu = device.startswith("cuda") or (
-            device == "auto" and self.ray.cluster_resources().get("GPU", 0) > 0)
+        wants_gpu = device.startswith("cuda") or (device == "auto" and self.ray.cluster_resources().get("GPU", 0) > 0)
         if not wants_gpu:
             return 0.0
         if self.ray.cluster_resources().get("GPU", 0) <= 0:
@@ -195,8 +216,9 @@ class RayExecutor:
             ids, labels = context.datasets[name]
             key = ("data", name, id(ids), id(labels))
             data_refs[name] = self._put(key, lambda ids=ids, labels=labels: (ids, labels))
-        remote = self._remote.options(num_cpus=self.cpus_per_task, num_gpus=num_gpus,
-                                      max_retries=self.max_retries, retry_exceptions=False)
+        remote = self._remote.options(
+            num_cpus=self.cpus_per_task, num_gpus=num_gpus, max_retries=self.max_retries, retry_exceptions=False
+        )
         # A bounded window of tasks in flight (refilled as results arrive): Ray's queue stays short,
         # `ray.wait` stays cheap for H1's thousands of candidates, and an interrupt cancels little.
         window = max(16, 2 * int(ray.cluster_resources().get("CPU", 1)))
@@ -207,8 +229,18 @@ class RayExecutor:
                 while queue and len(pending) < window:
                     task = queue.popleft()
                     data_ref = data_refs[task.dataset]
-                    ref = remote.remote(model_ref.hex(), [model_ref], data_ref.hex(), [data_ref], task.dataset,
-                                        context.settings, num_gpus > 0, self.cpus_per_task, task, self.run_task)
+                    ref = remote.remote(
+                        model_ref.hex(),
+                        [model_ref],
+                        data_ref.hex(),
+                        [data_ref],
+                        task.dataset,
+                        context.settings,
+                        num_gpus > 0,
+                        self.cpus_per_task,
+                        task,
+                        self.run_task,
+                    )
                     pending[ref] = task
                     self.submitted += 1
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -228,11 +260,14 @@ class RayExecutor:
             return ray.get(ref)
         except exceptions.RayTaskError as error:  # a Python exception in the evaluation: not retried
             cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else error
-            raise HeadpruneError(f"evaluation failed on Ray: {what}: {type(cause).__name__}: "
-                                 f"{_first_line(cause)}") from cause
+            raise HeadpruneError(
+                f"evaluation failed on Ray: {what}: {type(cause).__name__}: {_first_line(cause)}"
+            ) from cause
         except exceptions.RayError as error:  # the worker died (killed, out of memory, node lost) every try
-            raise HeadpruneError(f"evaluation failed on Ray after {self.max_retries + 1} tries: {what}: "
-                                 f"{type(error).__name__}: {_first_line(error)}") from error
+            raise HeadpruneError(
+                f"evaluation failed on Ray after {self.max_retries + 1} tries: {what}: "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from error
 
     def close(self) -> None:
         """Forget the shared objects; shut Ray down if this executor started it."""
@@ -256,8 +291,10 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except OSError as error:
-        raise HeadpruneError(f"could not connect to the Ray cluster at {address}: "
-                             f"{error.strerror or error} (is `ray start --head` running there?)") from None
+        raise HeadpruneError(
+            f"could not connect to the Ray cluster at {address}: "
+            f"{error.strerror or error} (is `ray start --head` running there?)"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -112,11 +112,15 @@ def model_card(model, base: str, numbers: dict, complete: dict, context: dict | 
     if context is not None:
         info = context["info"]
         strategy = info.get("strategy")
-        lines.append(f"- From run: `{context['summary']['_path']}`, model `{context['name']}`"
-                     + (f" (strategy {strategy}, order {info.get('order')})" if strategy else " (complete model)"))
+        lines.append(
+            f"- From run: `{context['summary']['_path']}`, model `{context['name']}`"
+            + (f" (strategy {strategy}, order {info.get('order')})" if strategy else " (complete model)")
+        )
         if context["fingerprint_matches"] is False:
-            lines.append("- Note: the base model loaded now differs from the run's model (fingerprint mismatch); "
-                         "the run's numbers below were measured on the run's model.")
+            lines.append(
+                "- Note: the base model loaded now differs from the run's model (fingerprint mismatch); "
+                "the run's numbers below were measured on the run's model."
+            )
     lines += ["", "## Heads kept per layer", "", "| Layer | Heads kept | Count |", "|---:|:---|---:|"]
     for layer in range(n_layers):
         hs = kept.get(layer)
@@ -158,14 +162,23 @@ def _run_numbers(context: dict) -> list[str]:
     if not datasets:
         return []
     significance = generalization.get("significance") or []
-    lines = ["", "## Results of the run (generalization check, F1-macro x100, mean (std) over seeds)", "",
-             f"| Dataset | {name} | CM | vs CM | t-test (p < 0.05) |", "|:---|---:|---:|---:|:---|"]
+    lines = [
+        "",
+        "## Results of the run (generalization check, F1-macro x100, mean (std) over seeds)",
+        "",
+        f"| Dataset | {name} | CM | vs CM | t-test (p < 0.05) |",
+        "|:---|---:|---:|---:|:---|",
+    ]
     for ds in datasets:
         v, ref = own[ds], cm.get(ds) or {}
         pct = v.get("pct_vs_cm")
-        tests = [f"{s['better']} > {s['worse']}" for s in significance
-                 if s.get("dataset") == ds and name in (s.get("better"), s.get("worse"))
-                 and COMPLETE in (s.get("better"), s.get("worse"))]
+        tests = [
+            f"{s['better']} > {s['worse']}"
+            for s in significance
+            if s.get("dataset") == ds
+            and name in (s.get("better"), s.get("worse"))
+            and COMPLETE in (s.get("better"), s.get("worse"))
+        ]
         lines.append(
             f"| {ds} | {_mean_std(v)} | {_mean_std(ref) if ref else 'n/a'} | "
             f"{'n/a' if pct is None or name == COMPLETE else f'{float(pct):+.2f}%'} | {'; '.join(tests) or '-'} |"

@@ -29,9 +29,7 @@ def timing_summary(seconds: PerSeed, reference: str = "CM") -> dict[str, dict[st
 
     Same rules as `summarize`, for the per-seed wall time of the adjusting step (Table 14).
     """
-    return _summary_table(
-        seconds, reference, ("adjust_seconds", "adjust_mean", "adjust_std", "adjust_pct_vs_cm")
-    )
+    return _summary_table(seconds, reference, ("adjust_seconds", "adjust_mean", "adjust_std", "adjust_pct_vs_cm"))
 
 
 def significance(scores: PerSeed, alpha: float = 0.05) -> list[dict]:
@@ -48,9 +46,7 @@ def significance(scores: PerSeed, alpha: float = 0.05) -> list[dict]:
         for a, b in itertools.combinations(models, 2):
             x, y = _floats(scores[a][ds]), _floats(scores[b][ds])
             if len(x) != len(y):
-                raise ValueError(
-                    f"{ds}: {a} has {len(x)} seeds and {b} has {len(y)}; a paired test needs equal"
-                )
+                raise ValueError(f"{ds}: {a} has {len(x)} seeds and {b} has {len(y)}; a paired test needs equal")
             p_value = _paired_p(x, y)
             if math.isnan(p_value) or p_value >= alpha:
                 continue
@@ -92,9 +88,7 @@ def random_means(
     return result
 
 
-def _summary_table(
-    values: PerSeed, reference: str, keys: tuple[str, str, str, str]
-) -> dict[str, dict[str, dict]]:
+def _summary_table(values: PerSeed, reference: str, keys: tuple[str, str, str, str]) -> dict[str, dict[str, dict]]:
     """{model: {dataset: {keys[0]: per-seed values, keys[1]: mean, keys[2]: std, keys[3]: % vs reference}}}."""
     if reference not in values:
         raise ValueError(f"no reference model {reference!r} among {list(values)}")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,12 @@ class ImportanceSettings:
     adam_epsilon: float = 1e-8
 
     def as_dict(self) -> dict:
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "adam_epsilon": self.adam_epsilon}
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "adam_epsilon": self.adam_epsilon,
+        }
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Order:
 
     def least_important(self, k: int) -> list[Head]:
         """The k heads pruned first."""
-        return sorted(self.ranked[len(self.ranked) - k:]) if k > 0 else []
+        return sorted(self.ranked[len(self.ranked) - k :]) if k > 0 else []
 
     def ranks(self) -> np.ndarray:
         """(layers, heads) array: each head's rank, 0 = most important."""
@@ -65,9 +69,16 @@ class Order:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "kind": self.kind, "model": self.model, "model_fingerprint": self.model_fingerprint,
-            "datasets": self.datasets, "seeds": self.seeds, "n_layers": self.n_layers, "n_heads": self.n_heads,
-            "matrix": self.matrix, "ranked": [list(h) for h in self.ranked],
+            "name": self.name,
+            "kind": self.kind,
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "datasets": self.datasets,
+            "seeds": self.seeds,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "matrix": self.matrix,
+            "ranked": [list(h) for h in self.ranked],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -77,16 +88,22 @@ class Order:
         return path
 
     @classmethod
-    def from_json(cls, data: dict) -> "Order":
+    def from_json(cls, data: dict) -> Order:
         return cls(
-            name=data["name"], ranked=[(int(l), int(h)) for l, h in data["ranked"]], n_layers=int(data["n_layers"]),
-            n_heads=int(data["n_heads"]), kind=data.get("kind", "importance"), matrix=data.get("matrix"),
-            model=data.get("model", ""), model_fingerprint=data.get("model_fingerprint", ""),
-            datasets=list(data.get("datasets", [])), seeds=list(data.get("seeds", [])),
+            name=data["name"],
+            ranked=[(int(l), int(h)) for l, h in data["ranked"]],
+            n_layers=int(data["n_layers"]),
+            n_heads=int(data["n_heads"]),
+            kind=data.get("kind", "importance"),
+            matrix=data.get("matrix"),
+            model=data.get("model", ""),
+            model_fingerprint=data.get("model_fingerprint", ""),
+            datasets=list(data.get("datasets", [])),
+            seeds=list(data.get("seeds", [])),
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Order":
+    def load(cls, path: str | Path) -> Order:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -127,8 +144,9 @@ class ImportanceAccumulator:
         self.epochs.append(self.importance.clone())
 
 
-def importance_matrices(base: BaseModel, dataset: Dataset, seed: int, settings: ImportanceSettings,
-                        device: torch.device) -> list[list[list[float]]]:
+def importance_matrices(
+    base: BaseModel, dataset: Dataset, seed: int, settings: ImportanceSettings, device: torch.device
+) -> list[list[list[float]]]:
     """Algorithm 1 on one dataset and seed: finetune with a fresh classification head and read the
     gradient of all-ones head gates. Returns the per-epoch (layers x heads) matrices."""
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
@@ -155,10 +173,11 @@ def importance_matrices(base: BaseModel, dataset: Dataset, seed: int, settings: 
         for _ in range(settings.epochs):
             permutation = torch.randperm(len(ids), generator=generator).tolist()
             for b in range(steps_per_epoch):
-                rows = permutation[b * settings.batch_size:(b + 1) * settings.batch_size]
+                rows = permutation[b * settings.batch_size : (b + 1) * settings.batch_size]
                 input_ids, attention = _pad([ids[i] for i in rows], base.tokenizer.pad_token_id)
-                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                            labels=labels[rows].to(device))
+                out = model(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels[rows].to(device)
+                )
                 out.loss.backward()
                 accumulator.add_batch(gates.gates.grad)
                 gates.gates.grad = None
@@ -169,10 +188,16 @@ def importance_matrices(base: BaseModel, dataset: Dataset, seed: int, settings: 
     return [m.tolist() for m in accumulator.epochs]
 
 
-def importance_order(base: BaseModel, datasets: Sequence[Dataset], seeds: Sequence[int],
-                     settings: ImportanceSettings = ImportanceSettings(), store: ResultStore | None = None,
-                     device: torch.device = torch.device("cpu"), name: str = "OI",
-                     on_result: Callable[[str, int, bool], None] | None = None) -> Order:
+def importance_order(
+    base: BaseModel,
+    datasets: Sequence[Dataset],
+    seeds: Sequence[int],
+    settings: ImportanceSettings = ImportanceSettings(),
+    store: ResultStore | None = None,
+    device: torch.device = torch.device("cpu"),
+    name: str = "OI",
+    on_result: Callable[[str, int, bool], None] | None = None,
+) -> Order:
     """Step 1: mean of the per-epoch matrices over datasets, seeds and epochs; most important first.
 
     Each (dataset, seed) result goes through `store` (if given), so an interrupted Step 1 resumes."""
@@ -186,18 +211,34 @@ def importance_order(base: BaseModel, datasets: Sequence[Dataset], seeds: Sequen
             if stored is None:
                 stored = importance_matrices(base, dataset, seed, settings, device)
                 if store is not None:
-                    store.put_importance(key, model=base.fingerprint, dataset=dataset.name,
-                                         dataset_hash=dataset.content_hash, seed=seed, settings=settings.as_dict(),
-                                         matrices=stored, device=device.type)
+                    store.put_importance(
+                        key,
+                        model=base.fingerprint,
+                        dataset=dataset.name,
+                        dataset_hash=dataset.content_hash,
+                        seed=seed,
+                        settings=settings.as_dict(),
+                        matrices=stored,
+                        device=device.type,
+                    )
                 if on_result:
                     on_result(dataset.name, seed, False)
             elif on_result:
                 on_result(dataset.name, seed, True)
             matrices += stored
     mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
-    return Order(name=name, ranked=rank_heads(mean), n_layers=base.n_layers, n_heads=base.n_heads,
-                 kind="importance", matrix=mean.tolist(), model=base.name, model_fingerprint=base.fingerprint,
-                 datasets=[d.name for d in datasets], seeds=list(seeds))
+    return Order(
+        name=name,
+        ranked=rank_heads(mean),
+        n_layers=base.n_layers,
+        n_heads=base.n_heads,
+        kind="importance",
+        matrix=mean.tolist(),
+        model=base.name,
+        model_fingerprint=base.fingerprint,
+        datasets=[d.name for d in datasets],
+        seeds=list(seeds),
+    )
 
 
 def rank_heads(matrix: np.ndarray) -> list[Head]:
@@ -209,10 +250,19 @@ def rank_heads(matrix: np.ndarray) -> list[Head]:
     return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
-def random_order(n_layers: int, n_heads: int, seed: int, name: str = "A1", model: str = "",
-                 model_fingerprint: str = "") -> Order:
+def random_order(
+    n_layers: int, n_heads: int, seed: int, name: str = "A1", model: str = "", model_fingerprint: str = ""
+) -> Order:
     """A seeded random permutation of the heads (the dissertation's baseline A1, A2, A3)."""
     permutation = np.random.default_rng(seed).permutation(n_layers * n_heads)
     ranked = [(int(i) // n_heads, int(i) % n_heads) for i in permutation]
-    return Order(name=name, ranked=ranked, n_layers=n_layers, n_heads=n_heads, kind="random", model=model,
-                 model_fingerprint=model_fingerprint, seeds=[seed])
+    return Order(
+        name=name,
+        ranked=ranked,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        kind="random",
+        model=model,
+        model_fingerprint=model_fingerprint,
+        seeds=[seed],
+    )

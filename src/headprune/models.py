@@ -122,7 +122,9 @@ def load_model(
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     torch.manual_seed(seed)  # the fresh MLM head (if any) is initialised deterministically
     # transformers logs every newly initialised weight; we report the fresh head ourselves.
-    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    loggers = [
+        logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

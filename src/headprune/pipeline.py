@@ -22,7 +22,7 @@ from .errors import HeadpruneError
 from .generalize import random_means, significance, summarize, timing_summary
 from .importance import ImportanceSettings, Order, importance_order, random_order
 from .progress import RunProgress, format_seconds
-from .scoring import BaseModel, ScoreSettings, Scorer, WarmupSettings, encode, load_base, resolve_device
+from .scoring import BaseModel, Scorer, ScoreSettings, WarmupSettings, encode, load_base, resolve_device
 from .search import h1_search, h2_search, h3_search, k_values_from
 from .store import ResultStore
 
@@ -41,8 +41,14 @@ def versions() -> dict:
     import sklearn
     import transformers
 
-    return {"headprune": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__}
+    return {
+        "headprune": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "scikit-learn": sklearn.__version__,
+        "scipy": scipy.__version__,
+    }
 
 
 def device_description(device: torch.device) -> str:
@@ -53,23 +59,34 @@ def device_description(device: torch.device) -> str:
 
 def score_settings(config: Config) -> ScoreSettings:
     s = config.scoring
-    return ScoreSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
-                         adam_epsilon=s.adam_epsilon, mlm_probability=s.mlm_probability, n_folds=s.n_folds,
-                         feature_layers=s.feature_layers, max_length=s.max_length)
+    return ScoreSettings(
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        adam_epsilon=s.adam_epsilon,
+        mlm_probability=s.mlm_probability,
+        n_folds=s.n_folds,
+        feature_layers=s.feature_layers,
+        max_length=s.max_length,
+    )
 
 
 def importance_settings(config: Config) -> ImportanceSettings:
     s = config.step1
-    return ImportanceSettings(epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
-                              adam_epsilon=s.adam_epsilon)
+    return ImportanceSettings(
+        epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, adam_epsilon=s.adam_epsilon
+    )
 
 
 def make_executor(config: Config):
     if config.run.executor == "ray":
         from .execute import RayExecutor  # type: ignore[attr-defined]
 
-        return RayExecutor(address=config.run.address or None, num_gpus_per_task=config.run.ray_gpus_per_task,
-                           max_retries=config.run.ray_max_retries)
+        return RayExecutor(
+            address=config.run.address or None,
+            num_gpus_per_task=config.run.ray_gpus_per_task,
+            max_retries=config.run.ray_max_retries,
+        )
     from .engine import BatchedExecutor, default_executor
     from .execute import InProcessExecutor
 
@@ -98,8 +115,12 @@ class Pipeline:
         """A dataset by bundled name, file path, or the display name of one already loaded."""
         name = self.sources.get(name, name)
         if name not in self._datasets:
-            loaded = load_dataset(name, text_column=self.config.data.text_column,
-                                  label_column=self.config.data.label_column, data_dir=self.data_dir)
+            loaded = load_dataset(
+                name,
+                text_column=self.config.data.text_column,
+                label_column=self.config.data.label_column,
+                data_dir=self.data_dir,
+            )
             self._datasets[name] = cap_examples(loaded, self.config.data.max_examples)
         return self._datasets[name]
 
@@ -108,8 +129,9 @@ class Pipeline:
         for item in expand_datasets(spec):
             ds = self.dataset(item)
             if self.sources.setdefault(ds.name, item) != item:
-                raise HeadpruneError(f"two datasets are both named '{ds.name}' ({self.sources[ds.name]} and {item}); "
-                                     "rename one file")
+                raise HeadpruneError(
+                    f"two datasets are both named '{ds.name}' ({self.sources[ds.name]} and {item}); rename one file"
+                )
             out.append(ds)
         if check_folds:
             for ds in out:
@@ -122,17 +144,31 @@ class Pipeline:
 
     def load_base(self) -> BaseModel:
         cache = Path(self.config.model.cache_dir) if self.config.model.cache_dir else default_cache_dir()
-        return load_base(self.config.model.name, self.warmup(), data_dir=self.data_dir, cache_dir=cache,
-                         device=self.device, progress=self.progress.log)
+        return load_base(
+            self.config.model.name,
+            self.warmup(),
+            data_dir=self.data_dir,
+            cache_dir=cache,
+            device=self.device,
+            progress=self.progress.log,
+        )
 
     def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor) -> Scorer:
-        return Scorer(base, store, self.settings, seeds=seeds, data_dir=self.data_dir,
-                      text_column=self.config.data.text_column, label_column=self.config.data.label_column,
-                      # On Ray the workers choose their own device: the driver may have no GPU.
-                      device=self.config.run.device if self.config.run.executor == "ray" else str(self.device),
-                      executor=executor,
-                      on_result=lambda task, score, cached: self.progress.advance(cached), sources=self.sources,
-                      loader=self.dataset)
+        return Scorer(
+            base,
+            store,
+            self.settings,
+            seeds=seeds,
+            data_dir=self.data_dir,
+            text_column=self.config.data.text_column,
+            label_column=self.config.data.label_column,
+            # On Ray the workers choose their own device: the driver may have no GPU.
+            device=self.config.run.device if self.config.run.executor == "ray" else str(self.device),
+            executor=executor,
+            on_result=lambda task, score, cached: self.progress.advance(cached),
+            sources=self.sources,
+            loader=self.dataset,
+        )
 
     def orders_for(self, base: BaseModel, store: ResultStore) -> dict[str, Order]:
         orders: dict[str, Order] = {}
@@ -143,13 +179,24 @@ class Pipeline:
                 seeds = self.config.step1_seeds
                 self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds))
                 orders[name] = importance_order(
-                    base, datasets, seeds, importance_settings(self.config), store=store, device=self.device,
+                    base,
+                    datasets,
+                    seeds,
+                    importance_settings(self.config),
+                    store=store,
+                    device=self.device,
                     on_result=lambda ds, seed, cached: self.progress.advance(cached),
                 )
                 self.progress.end_stage()
             else:
-                orders[name] = random_order(base.n_layers, base.n_heads, seed=int(name[1:]), name=name,
-                                            model=base.name, model_fingerprint=base.fingerprint)
+                orders[name] = random_order(
+                    base.n_layers,
+                    base.n_heads,
+                    seed=int(name[1:]),
+                    name=name,
+                    model=base.name,
+                    model_fingerprint=base.fingerprint,
+                )
             orders[name].save(orders_dir / f"{name}.json")
         return orders
 
@@ -164,8 +211,13 @@ class Pipeline:
         n_models = 1
         for order in self.config.step2.orders:
             if order == "OI":
-                stages.append({"stage": "Step 1: importance", "finetunings": len(expand_datasets(
-                    self.config.step1.datasets)) * len(s1), "evaluations": 0})
+                stages.append(
+                    {
+                        "stage": "Step 1: importance",
+                        "finetunings": len(expand_datasets(self.config.step1.datasets)) * len(s1),
+                        "evaluations": 0,
+                    }
+                )
             strategies = self.config.step2.strategies if order == "OI" else self.config.step2.random_order_strategies
             for strategy in strategies:
                 n_models += 1
@@ -175,7 +227,7 @@ class Pipeline:
                     stages.append({"stage": f"H1 {order}", "evaluations": n})
                 else:
                     steps = math.ceil((n_heads - 1) / self.config.step2.group_size)
-                    n = (steps * len(step2) + len(step2) * len(step2) + (len(step2) if strategy == "H3" else 0))
+                    n = steps * len(step2) + len(step2) * len(step2) + (len(step2) if strategy == "H3" else 0)
                     stages.append({"stage": f"{strategy} {order}", "evaluations": n * len(s2), "at_most": True})
         stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(s3)})
         return stages
@@ -230,8 +282,10 @@ class Pipeline:
         executor = make_executor(self.config)
         try:
             base = self.load_base()
-            self.progress.log(f"model {base.name}: {base.n_layers} layers x {base.n_heads} heads, "
-                              f"fingerprint {base.fingerprint}, device {self.device}")
+            self.progress.log(
+                f"model {base.name}: {base.n_layers} layers x {base.n_heads} heads, "
+                f"fingerprint {base.fingerprint}, device {self.device}"
+            )
             orders = self.orders_for(base, store)
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
@@ -261,10 +315,17 @@ class Pipeline:
             "versions": versions(),
             "config": self.config.to_dict(),
             "departures": departures(self.config),
-            "model": {"name": base.name, "fingerprint": base.fingerprint, "n_layers": base.n_layers,
-                      "n_heads": base.n_heads, "mlm_head": base.info},
-            "orders": {name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind}
-                       for name, o in orders.items()},
+            "model": {
+                "name": base.name,
+                "fingerprint": base.fingerprint,
+                "n_layers": base.n_layers,
+                "n_heads": base.n_heads,
+                "mlm_head": base.info,
+            },
+            "orders": {
+                name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind}
+                for name, o in orders.items()
+            },
         }
 
     def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer, summary: dict) -> dict:
@@ -279,17 +340,23 @@ class Pipeline:
                 if strategy == "H1":
                     result = h1_search(order.ranked, datasets, scorer.evaluate, k_values=self._k_values(n_heads))
                 else:
-                    result = SEARCHES[strategy](order.ranked, datasets, scorer.evaluate,
-                                                group_size=self.config.step2.group_size)
+                    result = SEARCHES[strategy](
+                        order.ranked, datasets, scorer.evaluate, group_size=self.config.step2.group_size
+                    )
                     if self.config.step2.group_size > 1:
-                        result["departure"] = (f"{strategy} added heads in groups of {self.config.step2.group_size} "
-                                               "(paper: one at a time)")
+                        result["departure"] = (
+                            f"{strategy} added heads in groups of {self.config.step2.group_size} (paper: one at a time)"
+                        )
                 self.progress.set_total(self.progress.done)
                 self.progress.end_stage()
                 summary.setdefault(strategy.lower(), {})[name] = result
                 pruned = [list(h) for h in result["pruned_heads"]]
-                chosen[f"M{name}{strategy}"] = {"pruned_heads": pruned, "n_pruned": len(pruned),
-                                                "strategy": strategy, "order": name}
+                chosen[f"M{name}{strategy}"] = {
+                    "pruned_heads": pruned,
+                    "n_pruned": len(pruned),
+                    "strategy": strategy,
+                    "order": name,
+                }
         summary["chosen"] = chosen
         return chosen
 
@@ -305,7 +372,7 @@ class Pipeline:
         n = len(seeds)
         for i, (name, entry) in enumerate(chosen.items()):
             for j, ds in enumerate(datasets):
-                block = tasks[(i * len(datasets) + j) * n:(i * len(datasets) + j + 1) * n]
+                block = tasks[(i * len(datasets) + j) * n : (i * len(datasets) + j + 1) * n]
                 per_seed = [results[t] for t in block]
                 f1.setdefault(name, {})[ds] = [s.f1 for s in per_seed]
                 seconds.setdefault(name, {})[ds] = [s.adjust_seconds for s in per_seed]
@@ -328,7 +395,8 @@ class Pipeline:
             models = [f"M{o}{strategy}" for o in random_names if f"M{o}{strategy}" in chosen]
             if models:
                 means[f"MAM{strategy}"] = random_means(
-                    {m: {ds: table[m][ds]["mean"] for ds in datasets} for m in models}, reference,
+                    {m: {ds: table[m][ds]["mean"] for ds in datasets} for m in models},
+                    reference,
                     n_pruned={m: chosen[m]["n_pruned"] for m in models},
                 )
         summary["random_means"] = means
@@ -342,30 +410,38 @@ def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, st
 
     model = copy.deepcopy(base.model).to(device)
     texts = ["someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"] * (
-        settings.batch_size * (steps + 1))
+        settings.batch_size * (steps + 1)
+    )
     ids = encode(base.tokenizer, texts, base.max_length)
     one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
     adjust(model, base.tokenizer, ids[: settings.batch_size], one, 0, device)  # warm-up of the kernels
-    seconds = adjust(model, base.tokenizer, ids[settings.batch_size:], one, 0, device)
+    seconds = adjust(model, base.tokenizer, ids[settings.batch_size :], one, 0, device)
     return seconds / steps
 
 
 def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
     stages = pipeline.plan()
-    lines = [f"plan for {pipeline.config.source or 'configuration'} (model {pipeline.config.model.name}, "
-             f"device {pipeline.device}):"]
+    lines = [
+        f"plan for {pipeline.config.source or 'configuration'} (model {pipeline.config.model.name}, "
+        f"device {pipeline.device}):"
+    ]
     estimate = pipeline.estimate(stages) if with_estimate else None
     total = 0
     for stage in stages:
-        count = (f"{stage['finetunings']} finetunings" if "finetunings" in stage
-                 else f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations")
+        count = (
+            f"{stage['finetunings']} finetunings"
+            if "finetunings" in stage
+            else f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations"
+        )
         total += stage.get("evaluations", 0)
         eta = f"  ~{format_seconds(stage['seconds'])}" if estimate else ""
         lines.append(f"  {stage['stage']:<22s} {count}{eta}")
     lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
     if estimate:
-        lines.append(f"  estimate on this device: ~{format_seconds(estimate['total_seconds'])} "
-                     f"(one adjusting step = {estimate['step_seconds']:.3f} s; stored evaluations are skipped)")
+        lines.append(
+            f"  estimate on this device: ~{format_seconds(estimate['total_seconds'])} "
+            f"(one adjusting step = {estimate['step_seconds']:.3f} s; stored evaluations are skipped)"
+        )
     return "\n".join(lines)
 
 

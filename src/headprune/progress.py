@@ -50,8 +50,13 @@ class RunProgress:
         self._last_print = time.perf_counter()
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self.console, transient=False,
+                TextColumn("[bold]{task.fields[stage]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task("", total=total, stage=name, detail="")
@@ -82,18 +87,23 @@ class RunProgress:
             self._progress.update(self._task, completed=self.done, detail=detail)
         elif self.enabled and now - self._last_print >= self.every:
             self._last_print = now
-            self.console.print(f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}", highlight=False, markup=False)
+            self.console.print(
+                f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}", highlight=False, markup=False
+            )
 
     def end_stage(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
         elif self.enabled and self.stage_name:
-            self.console.print(f"[{self.stage_name}] done: {self.done} evaluations, {self.cached} from store",
-                               highlight=False, markup=False)
+            self.console.print(
+                f"[{self.stage_name}] done: {self.done} evaluations, {self.cached} from store",
+                highlight=False,
+                markup=False,
+            )
         self.stage_name = ""
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> RunProgress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -92,8 +92,10 @@ class Table:
 
     def numeric_columns(self) -> list[bool]:
         """Columns after the first whose every cell starts with a number: right-aligned."""
-        return [i > 0 and all(_NUMERIC.match(row[i].text) for row in self.rows if i < len(row))
-                for i in range(len(self.columns))]
+        return [
+            i > 0 and all(_NUMERIC.match(row[i].text) for row in self.rows if i < len(row))
+            for i in range(len(self.columns))
+        ]
 
     def html(self) -> str:
         align = ["" if n else ' class="l"' for n in self.numeric_columns()]
@@ -230,8 +232,11 @@ def _strategy_of_name(name: str) -> str | None:
 def _facts(summary: dict) -> _Run:
     orders = summary.get("orders") or {}
     # "kind" is written by the pipeline; DESIGN.md's schema marks a random order by a null matrix.
-    random_orders = {name for name, o in orders.items()
-                     if isinstance(o, dict) and (o.get("kind") == "random" or o.get("matrix") is None)}
+    random_orders = {
+        name
+        for name, o in orders.items()
+        if isinstance(o, dict) and (o.get("kind") == "random" or o.get("matrix") is None)
+    }
     generalization = dict(summary.get("generalization") or {})
     significance = generalization.pop("significance", None) or []
     return _Run(
@@ -289,8 +294,9 @@ def _importance_figure(run: _Run, name: str, ranked: list, directory: Path) -> s
             rank = ranks[layer][head]
             if rank is not None:
                 dark = rank < 0.45 * run.total_heads
-                ax.text(head, layer, str(rank), ha="center", va="center", fontsize=size,
-                        color="white" if dark else "black")
+                ax.text(
+                    head, layer, str(rank), ha="center", va="center", fontsize=size, color="white" if dark else "black"
+                )
     _head_axes(ax, run)
     kind = "random order" if name in run.random_orders else "importance order"
     ax.set_title(f"{name}: {kind}\n(0 = most important, pruned last)", fontsize=10)
@@ -320,18 +326,32 @@ def _draw_head_map(ax, run: _Run, pruned: set[tuple[int, int]], title: str, high
         grid[layer, :] = 2
     ax.imshow(grid, cmap=ListedColormap([_PRUNED, _KEPT, _REMOVED]), vmin=0, vmax=2, aspect="auto")
     for layer in removed:
-        ax.add_patch(_rectangle((-0.5, layer - 0.5), run.n_heads, 1, hatch="///", fill=False,
-                                edgecolor="#c53030", linewidth=0))
-        ax.text((run.n_heads - 1) / 2, layer, "layer removed", ha="center", va="center", fontsize=8,
-                color="#9b2c2c", fontweight="bold", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+        ax.add_patch(
+            _rectangle((-0.5, layer - 0.5), run.n_heads, 1, hatch="///", fill=False, edgecolor="#c53030", linewidth=0)
+        )
+        ax.text(
+            (run.n_heads - 1) / 2,
+            layer,
+            "layer removed",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="#9b2c2c",
+            fontweight="bold",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+        )
     ax.set_xticks(np.arange(-0.5, run.n_heads, 1), minor=True)
     ax.set_yticks(np.arange(-0.5, run.n_layers, 1), minor=True)
     ax.grid(which="minor", color="white", linewidth=1)
     ax.tick_params(which="minor", length=0)
     _head_axes(ax, run)
     n = len(pruned)
-    ax.set_title(f"{title}\n{n} of {run.total_heads} heads pruned", fontsize=10,
-                 color=_HIGHLIGHT if highlight else "black", fontweight="bold" if highlight else "normal")
+    ax.set_title(
+        f"{title}\n{n} of {run.total_heads} heads pruned",
+        fontsize=10,
+        color=_HIGHLIGHT if highlight else "black",
+        fontweight="bold" if highlight else "normal",
+    )
     if highlight:
         for spine in ax.spines.values():
             spine.set_edgecolor(_HIGHLIGHT)
@@ -354,7 +374,7 @@ def _head_maps_figure(run: _Run, panels: list[tuple[str, set, bool]], name: str,
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, (title, pruned, highlight) in zip(axes.flat, panels):
         _draw_head_map(ax, run, pruned, title, highlight)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     return _save(run, fig, directory, name)
@@ -376,8 +396,13 @@ def _h1_figure(run: _Run, order: str, entry: dict, directory: Path) -> str:
     for ds, by_k in (entry.get("scores") or {}).items():
         points = sorted((int(k), 100 * float(v)) for k, v in by_k.items() if v is not None)
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None,
-                    linewidth=1.3, label=ds)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="." if len(points) < 40 else None,
+                linewidth=1.3,
+                label=ds,
+            )
     chosen = entry.get("chosen_k")
     if chosen is not None:
         ax.axvline(int(chosen), color=_HIGHLIGHT, linestyle="--", linewidth=1.5, label=f"chosen k = {chosen}")
@@ -439,13 +464,28 @@ def _overview_section(run: _Run) -> _Section | None:
             wins_text = "" if name == COMPLETE else f"{wins} of {len(common)}"
         else:
             f1_text, wins_text = "n/a", ""
-        rows.append(_cells([name, info.get("strategy") or "-", info.get("order") or "-",
-                            f"{n} ({100 * n / run.total_heads:.2f}%)", params_text, f1_text, wins_text]))
-    _add_table(section, Table(
-        "table-overview", "Chosen models: heads pruned, parameters and mean F1-macro over the generalization datasets",
-        ["Model", "Strategy", "Order", "Heads pruned", "Parameters", "Mean F1 (vs CM)", "Datasets better than CM"],
-        rows,
-    ))
+        rows.append(
+            _cells(
+                [
+                    name,
+                    info.get("strategy") or "-",
+                    info.get("order") or "-",
+                    f"{n} ({100 * n / run.total_heads:.2f}%)",
+                    params_text,
+                    f1_text,
+                    wins_text,
+                ]
+            )
+        )
+    _add_table(
+        section,
+        Table(
+            "table-overview",
+            "Chosen models: heads pruned, parameters and mean F1-macro over the generalization datasets",
+            ["Model", "Strategy", "Order", "Heads pruned", "Parameters", "Mean F1 (vs CM)", "Datasets better than CM"],
+            rows,
+        ),
+    )
     return section
 
 
@@ -502,20 +542,31 @@ def _h1_section(run: _Run, directory: Path) -> _Section | None:
             for row in rows:
                 for i, r in enumerate(top):
                     row[i + 1].bold = r.get("k", r.get("n_pruned")) == chosen
-            _add_table(section, Table(
-                f"table-h1-top5-{_slug(order)}",
-                f"Top {len(top)} models pruned according to H1, using {order} (columns: heads pruned; "
-                "F1-macro x100; the lower the rank sum, the better)",
-                columns, rows, note=entry.get("departure") or "",
-            ))
+            _add_table(
+                section,
+                Table(
+                    f"table-h1-top5-{_slug(order)}",
+                    f"Top {len(top)} models pruned according to H1, using {order} (columns: heads pruned; "
+                    "F1-macro x100; the lower the rank sum, the better)",
+                    columns,
+                    rows,
+                    note=entry.get("departure") or "",
+                ),
+            )
         if entry.get("chosen_k") is not None:
-            best_rows.append(_cells([order, str(entry["chosen_k"]),
-                                     f"{100 * int(entry['chosen_k']) / run.total_heads:.2f}%"]))
+            best_rows.append(
+                _cells([order, str(entry["chosen_k"]), f"{100 * int(entry['chosen_k']) / run.total_heads:.2f}%"])
+            )
     if best_rows:
-        _add_table(section, Table(
-            "table-h1-best-k", "Best amount of pruned heads per order of importance according to H1 (Table 6)",
-            ["Order of importance", "Best amount of pruning", "Share of heads"], best_rows,
-        ))
+        _add_table(
+            section,
+            Table(
+                "table-h1-best-k",
+                "Best amount of pruned heads per order of importance according to H1 (Table 6)",
+                ["Order of importance", "Best amount of pruning", "Share of heads"],
+                best_rows,
+            ),
+        )
     return section
 
 
@@ -548,8 +599,13 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
                 for ds, info in per_dataset.items()
             ]
             filename = _head_maps_figure(run, panels, f"{key}_models_{order}", directory)
-            section.blocks.append(_img(run, filename, f"{strategy} with {order}: the model found on each dataset "
-                                                      f"(orange frame: ranked best, {chosen})"))
+            section.blocks.append(
+                _img(
+                    run,
+                    filename,
+                    f"{strategy} with {order}: the model found on each dataset (orange frame: ranked best, {chosen})",
+                )
+            )
         cross = entry.get("cross") or {}
         if cross:
             eval_datasets = list(dict.fromkeys(ds for row in cross.values() for ds in row))
@@ -558,30 +614,47 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
                 n = (per_dataset.get(source) or {}).get("n_pruned")
                 label = f"model of {source}" + (" (chosen)" if source == chosen else "")
                 best = {ds: max(r.get(ds, -1) for r in cross.values()) for ds in eval_datasets}
-                rows.append([Cell(label, source == chosen), Cell("n/a" if n is None else str(n))]
-                            + [Cell(_f1(scores.get(ds)), scores.get(ds) == best[ds]) for ds in eval_datasets])
+                rows.append(
+                    [Cell(label, source == chosen), Cell("n/a" if n is None else str(n))]
+                    + [Cell(_f1(scores.get(ds)), scores.get(ds) == best[ds]) for ds in eval_datasets]
+                )
             if entry.get("complete"):
-                rows.append([Cell("complete model (CM)"), Cell("0")]
-                            + [Cell(_f1(entry["complete"].get(ds))) for ds in eval_datasets])
-            _add_table(section, Table(
-                f"table-{key}-cross-{_slug(order)}",
-                f"{strategy} with {order}: F1-macro x100 of each dataset's model (rows) on every dataset (columns)",
-                ["Model", "Heads pruned"] + eval_datasets, rows, note=entry.get("departure") or "",
-            ))
+                rows.append(
+                    [Cell("complete model (CM)"), Cell("0")]
+                    + [Cell(_f1(entry["complete"].get(ds))) for ds in eval_datasets]
+                )
+            _add_table(
+                section,
+                Table(
+                    f"table-{key}-cross-{_slug(order)}",
+                    f"{strategy} with {order}: F1-macro x100 of each dataset's model (rows) on every dataset (columns)",
+                    ["Model", "Heads pruned"] + eval_datasets,
+                    rows,
+                    note=entry.get("departure") or "",
+                ),
+            )
         ranking = entry.get("ranking") or []
         if ranking:
             datasets = list(ranking[0].get("ranks") or {})
             rows = [
-                [Cell(str(i + 1)), Cell(f"model of {row['model']}", row["model"] == chosen),
-                 Cell(str(row.get("n_pruned", ""))), Cell(f"{float(row['rank_sum']):.1f}")]
+                [
+                    Cell(str(i + 1)),
+                    Cell(f"model of {row['model']}", row["model"] == chosen),
+                    Cell(str(row.get("n_pruned", ""))),
+                    Cell(f"{float(row['rank_sum']):.1f}"),
+                ]
                 + [Cell(f"{float(row['ranks'][ds]):g}") for ds in datasets]
                 for i, row in enumerate(ranking)
             ]
-            _add_table(section, Table(
-                f"table-{key}-ranking-{_slug(order)}",
-                f"{strategy} with {order}: ranking of the models (rank per dataset, lowest rank sum wins)",
-                ["Pos.", "Model", "Heads pruned", "Rank sum"] + datasets, rows,
-            ))
+            _add_table(
+                section,
+                Table(
+                    f"table-{key}-ranking-{_slug(order)}",
+                    f"{strategy} with {order}: ranking of the models (rank per dataset, lowest rank sum wins)",
+                    ["Pos.", "Model", "Heads pruned", "Rank sum"] + datasets,
+                    rows,
+                ),
+            )
     return section
 
 
@@ -599,8 +672,10 @@ def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -
     models = [m for m in models if _model_stats(run, m)]
     if len(models) < 2:
         return None
-    note = ("F1-macro x100: mean (standard deviation) over the seeds, then the change vs CM. Best per dataset "
-            "in bold. t-test: paired by seed, p < 0.05; x > y means x is significantly better than y.")
+    note = (
+        "F1-macro x100: mean (standard deviation) over the seeds, then the change vs CM. Best per dataset "
+        "in bold. t-test: paired by seed, p < 0.05; x > y means x is significantly better than y."
+    )
     if any(m.startswith("MAM") for m in models):
         note += " MAM<strategy>: the mean of that strategy's models over the random orders."
     stats = {m: _model_stats(run, m) for m in models}
@@ -635,25 +710,33 @@ def _comparison_section(run: _Run) -> _Section | None:
     seeds = run.summary.get("generalization_seeds")
     if seeds:
         section.blocks.append(f'<p class="note">Seeds: {html.escape(", ".join(map(str, seeds)))}.</p>')
-    own = {s: [n for n in run.sort(run.chosen) if run.chosen[n].get("strategy") == s
-               and run.chosen[n].get("order") not in run.random_orders] for s in STRATEGIES}
+    own = {
+        s: [
+            n
+            for n in run.sort(run.chosen)
+            if run.chosen[n].get("strategy") == s and run.chosen[n].get("order") not in run.random_orders
+        ]
+        for s in STRATEGIES
+    }
     table_no = {"H1": 7, "H2": 8, "H3": 9}
     for strategy in STRATEGIES:
         models = [f"MAM{strategy}"] + own[strategy] + [COMPLETE]
         table = _comparison_table(
-            run, f"table-comparison-{strategy.lower()}",
-            f"{strategy}: {{models}} (Table {table_no[strategy]})", models)
+            run, f"table-comparison-{strategy.lower()}", f"{strategy}: {{models}} (Table {table_no[strategy]})", models
+        )
         if table and own[strategy]:
             _add_table(section, table)
     together = [m for s in STRATEGIES for m in [f"MAM{s}"] + own[s]] + [COMPLETE]
-    table = _comparison_table(run, "table-comparison-all",
-                              "All strategies: {models} (Tables 10, 12)",
-                              together)
+    table = _comparison_table(run, "table-comparison-all", "All strategies: {models} (Tables 10, 12)", together)
     if table:
         _add_table(section, table)
     individual = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
-    table = _comparison_table(run, "table-comparison-individual",
-                              "Every chosen model individually, random orders included (Table 15)", individual)
+    table = _comparison_table(
+        run,
+        "table-comparison-individual",
+        "Every chosen model individually, random orders included (Table 15)",
+        individual,
+    )
     if table:
         _add_table(section, table)
     return section if section.tables else None
@@ -665,16 +748,25 @@ def _heads_pruned_section(run: _Run) -> _Section | None:
         return None
     section = _Section("heads-pruned", "Number of heads pruned per model (Table 11)")
     count = {n: int(info.get("n_pruned", len(info.get("pruned_heads") or []))) for n, info in pruned.items()}
-    rows = [_cells([n, f"{count[n]} ({100 * count[n] / run.total_heads:.2f}%)", _removed_layers_text(run, n)])
-            for n in sorted(count, key=lambda n: (-count[n], run.model_key(n)))]
+    rows = [
+        _cells([n, f"{count[n]} ({100 * count[n] / run.total_heads:.2f}%)", _removed_layers_text(run, n)])
+        for n in sorted(count, key=lambda n: (-count[n], run.model_key(n)))
+    ]
     for name, value in run.random_means.items():
         if isinstance(value, dict) and value.get("n_pruned") is not None:
             n = float(value["n_pruned"])
-            rows.append(_cells([f"{name} (mean over random orders)", f"{n:.1f} ({100 * n / run.total_heads:.2f}%)",
-                                ""]))
-    _add_table(section, Table("table-heads-pruned",
-                              f"Number of heads pruned per model, of {run.total_heads} (Table 11)",
-                              ["Model", "Number of pruned heads", "Layers removed"], rows))
+            rows.append(
+                _cells([f"{name} (mean over random orders)", f"{n:.1f} ({100 * n / run.total_heads:.2f}%)", ""])
+            )
+    _add_table(
+        section,
+        Table(
+            "table-heads-pruned",
+            f"Number of heads pruned per model, of {run.total_heads} (Table 11)",
+            ["Model", "Number of pruned heads", "Layers removed"],
+            rows,
+        ),
+    )
     return section
 
 
@@ -697,7 +789,10 @@ def _size_section(run: _Run) -> _Section | None:
     for name in order:
         info = run.chosen[name]
         cells = [name]
-        for value, ref, fmt in ((info.get("size_bytes"), ref_size, _megabytes), (info.get("n_params"), ref_params, _int)):
+        for value, ref, fmt in (
+            (info.get("size_bytes"), ref_size, _megabytes),
+            (info.get("n_params"), ref_params, _int),
+        ):
             if value is None:
                 cells.append("n/a")
             elif name == COMPLETE or not ref:
@@ -705,15 +800,27 @@ def _size_section(run: _Run) -> _Section | None:
             else:
                 cells.append(f"{fmt(value)} ({_pct(_pct_of(value, ref))})")
         rows.append(_cells(cells))
-    _add_table(section, Table("table-size", "Saved size (safetensors) and number of parameters, vs the complete model (Table 13)",
-                              ["Model", "Saved size", "Number of parameters"], rows))
+    _add_table(
+        section,
+        Table(
+            "table-size",
+            "Saved size (safetensors) and number of parameters, vs the complete model (Table 13)",
+            ["Model", "Saved size", "Number of parameters"],
+            rows,
+        ),
+    )
     return section
 
 
 def _adjust_time_section(run: _Run) -> _Section | None:
     models = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
-    models = [m for m in models if any(isinstance(v, dict) and v.get("adjust_mean") is not None
-                                       for v in (run.generalization.get(m) or {}).values())]
+    models = [
+        m
+        for m in models
+        if any(
+            isinstance(v, dict) and v.get("adjust_mean") is not None for v in (run.generalization.get(m) or {}).values()
+        )
+    ]
     if not models:
         return None
     section = _Section("adjust-time", "Time of the adjusting step per dataset (Table 14)")
@@ -728,12 +835,22 @@ def _adjust_time_section(run: _Run) -> _Section | None:
             else:
                 std = value.get("adjust_std")
                 std_text = "n/a" if std is None else f"{float(std):.2f}"
-                row.append(Cell(f"{float(value['adjust_mean']):.2f} ({std_text})\n"
-                                f"{_pct(value.get('adjust_pct_vs_cm'), m == COMPLETE)}"))
+                row.append(
+                    Cell(
+                        f"{float(value['adjust_mean']):.2f} ({std_text})\n"
+                        f"{_pct(value.get('adjust_pct_vs_cm'), m == COMPLETE)}"
+                    )
+                )
         rows.append(row)
-    _add_table(section, Table("table-adjust-time",
-                              "Mean (std) seconds of the adjusting step (continued MLM) over the seeds, and the "
-                              "change vs CM (Table 14)", ["Dataset"] + models, rows))
+    _add_table(
+        section,
+        Table(
+            "table-adjust-time",
+            "Mean (std) seconds of the adjusting step (continued MLM) over the seeds, and the change vs CM (Table 14)",
+            ["Dataset"] + models,
+            rows,
+        ),
+    )
     return section
 
 
@@ -758,8 +875,11 @@ def _run_section(run: _Run) -> _Section:
     _add_table(section, Table("table-run", "Run facts and library versions", ["Item", "Value"], rows))
     config = s.get("config")
     if config:
-        section.blocks.append("<h3>Configuration</h3><pre>"
-                              + html.escape(json.dumps(config, indent=2, sort_keys=True, default=str)) + "</pre>")
+        section.blocks.append(
+            "<h3>Configuration</h3><pre>"
+            + html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))
+            + "</pre>"
+        )
     return section
 
 
@@ -806,8 +926,9 @@ def _html_page(title: str, summary: dict, sections: list[_Section]) -> str:
         f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>{"".join(s.blocks)}</section>' for s in sections
     )
     model = summary["model"]
-    subtitle = (f"{html.escape(str(model.get('name', '')))}: {model['n_layers']} layers x {model['n_heads']} heads"
-                + (f" &middot; {html.escape(str(summary['date']))}" if summary.get("date") else ""))
+    subtitle = f"{html.escape(str(model.get('name', '')))}: {model['n_layers']} layers x {model['n_heads']} heads" + (
+        f" &middot; {html.escape(str(summary['date']))}" if summary.get("date") else ""
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -9,9 +9,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -138,7 +138,6 @@ def adamw(params, lr: float, eps: float = 1e-8) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=0.0, fused=True)
 
 
-
 def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed: int, device: torch.device) -> float:
     """Continued MLM pre-training (15% masking, 80/10/10; AdamW, linear decay, no warm-up, no weight
     decay). Returns the seconds it took. Batch order, masking and dropout all take `seed`."""
@@ -175,8 +174,9 @@ def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed
 
 
 @torch.no_grad()
-def features(model, ids: list[list[int]], pad_id: int, settings: ScoreSettings, device: torch.device,
-             batch_size: int = 64) -> np.ndarray:
+def features(
+    model, ids: list[list[int]], pad_id: int, settings: ScoreSettings, device: torch.device, batch_size: int = 64
+) -> np.ndarray:
     """Tweet vectors: concatenate the last min(4, layers) layers' outputs per token, then average
     over the non-padding tokens (special tokens included)."""
     model.eval()
@@ -186,7 +186,9 @@ def features(model, ids: list[list[int]], pad_id: int, settings: ScoreSettings, 
         rows = order[b : b + batch_size]
         input_ids, attention = _pad([ids[i] for i in rows], pad_id)
         input_ids, attention = input_ids.to(device), attention.to(device)
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True).hidden_states
+        hidden = model.base_model(
+            input_ids=input_ids, attention_mask=attention, output_hidden_states=True
+        ).hidden_states
         n = min(settings.feature_layers, len(hidden) - 1)
         tokens = torch.cat(hidden[-n:], dim=-1).float()
         mask = attention.unsqueeze(-1).to(tokens.dtype)
@@ -216,8 +218,16 @@ def saved_size(model) -> int:
     return len(save(tensors, metadata={"format": "pt"}))
 
 
-def score_seed(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head], seed: int,
-               settings: ScoreSettings, device: torch.device) -> SeedScore:
+def score_seed(
+    base_model,
+    tokenizer,
+    ids: list[list[int]],
+    labels: np.ndarray,
+    pruned: Iterable[Head],
+    seed: int,
+    settings: ScoreSettings,
+    device: torch.device,
+) -> SeedScore:
     """One seed of PRUN_ADJ_EVAL: split, prune, adjust, features, SVM. `base_model` is not modified."""
     finetune_idx, classify_idx = split_halves(labels, seed)
     model = copy.deepcopy(base_model)
@@ -257,16 +267,18 @@ def warm_up_mlm_head(model, tokenizer, texts: Sequence[str], warmup: WarmupSetti
         batch = collator([{"input_ids": ids[i]} for i in rows])
         if not (batch["labels"] != -100).any():
             continue
-        loss = masked_lm_loss(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                              batch["labels"].to(device))
+        loss = masked_lm_loss(
+            model, batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["labels"].to(device)
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval().to("cpu")
-    return {name: t.detach().clone() for name, t in model.state_dict().items()
-            if name.startswith(family.mlm_head_prefixes)}
+    return {
+        name: t.detach().clone() for name, t in model.state_dict().items() if name.startswith(family.mlm_head_prefixes)
+    }
 
 
 # ----------------------------------------------------------------------------- the base model
@@ -291,9 +303,14 @@ class BaseModel:
         return self.n_layers * self.n_heads
 
 
-def load_base(name: str, warmup: WarmupSettings | None = WarmupSettings(), data_dir=None,
-              cache_dir: str | Path | None = None, device: str | torch.device = "cpu",
-              progress: Callable[[str], None] | None = None) -> BaseModel:
+def load_base(
+    name: str,
+    warmup: WarmupSettings | None = WarmupSettings(),
+    data_dir=None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> BaseModel:
     """Load the base model; a fresh masked-LM head is warmed up once and cached in `cache_dir`."""
     from safetensors.torch import load_file, save_file
 
@@ -326,8 +343,15 @@ def load_base(name: str, warmup: WarmupSettings | None = WarmupSettings(), data_
     model.eval()
     n_layers, n_heads = original_shape(model.config)
     return BaseModel(
-        name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint(model), n_layers=n_layers,
-        n_heads=n_heads, max_length=max_length(tokenizer, model.config), warmed_up=warmed, info=info,
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint(model),
+        n_layers=n_layers,
+        n_heads=n_heads,
+        max_length=max_length(tokenizer, model.config),
+        warmed_up=warmed,
+        info=info,
     )
 
 
@@ -356,8 +380,16 @@ class EvalContext:
 
 def run_task(context: EvalContext, task: SeedTask) -> SeedScore:
     ids, labels = context.datasets[task.dataset]
-    return score_seed(context.base_model, context.tokenizer, ids, labels, task.pruned, task.seed, context.settings,
-                      resolve_device(context.device))
+    return score_seed(
+        context.base_model,
+        context.tokenizer,
+        ids,
+        labels,
+        task.pruned,
+        task.seed,
+        context.settings,
+        resolve_device(context.device),
+    )
 
 
 class Scorer:
@@ -366,11 +398,21 @@ class Scorer:
     `evaluate(requests)` is the batch evaluator of the search layer: [(pruned set, dataset)] ->
     mean F1 over `seeds`."""
 
-    def __init__(self, base: BaseModel, store: ResultStore, settings: ScoreSettings = ScoreSettings(),
-                 seeds: Sequence[int] = (1,), data_dir=None, text_column: str = "tweet",
-                 label_column: str = "class", device: str = "auto", executor=None,
-                 on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
-                 sources: dict[str, str] | None = None, loader: Callable[[str], Dataset] | None = None):
+    def __init__(
+        self,
+        base: BaseModel,
+        store: ResultStore,
+        settings: ScoreSettings = ScoreSettings(),
+        seeds: Sequence[int] = (1,),
+        data_dir=None,
+        text_column: str = "tweet",
+        label_column: str = "class",
+        device: str = "auto",
+        executor=None,
+        on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
+        sources: dict[str, str] | None = None,
+        loader: Callable[[str], Dataset] | None = None,
+    ):
         from .execute import InProcessExecutor
 
         self.base = base
@@ -395,8 +437,12 @@ class Scorer:
             if self.loader is not None:
                 ds = self.loader(name)
             else:
-                ds = load_dataset(self.sources.get(name, name), text_column=self.text_column,
-                                  label_column=self.label_column, data_dir=self.data_dir)
+                ds = load_dataset(
+                    self.sources.get(name, name),
+                    text_column=self.text_column,
+                    label_column=self.label_column,
+                    data_dir=self.data_dir,
+                )
             check_enough_per_class(ds, self.settings.n_folds)
             self._datasets[name] = ds
             self._encoded[name] = (encode(self.base.tokenizer, ds.texts, self.settings_key["max_length"]), ds.labels)
@@ -405,19 +451,22 @@ class Scorer:
     def context(self, names: Iterable[str]) -> EvalContext:
         for name in names:
             self.dataset(name)
-        return EvalContext(self.base.model, self.base.tokenizer, {n: self._encoded[n] for n in names},
-                           self.settings, self.device)
+        return EvalContext(
+            self.base.model, self.base.tokenizer, {n: self._encoded[n] for n in names}, self.settings, self.device
+        )
 
     # -------------------------------------------------------------- store
     def key(self, task: SeedTask) -> str:
-        return self.store.score_key(self.base.fingerprint, task.pruned, self.dataset(task.dataset).content_hash,
-                                    task.seed, self.settings_key)
+        return self.store.score_key(
+            self.base.fingerprint, task.pruned, self.dataset(task.dataset).content_hash, task.seed, self.settings_key
+        )
 
     def lookup(self, task: SeedTask) -> SeedScore | None:
         return self.store.get_score(self.key(task))
 
-    def tasks_for(self, requests: Sequence[tuple[Iterable[Head], str]], seeds: Sequence[int] | None = None
-                  ) -> list[SeedTask]:
+    def tasks_for(
+        self, requests: Sequence[tuple[Iterable[Head], str]], seeds: Sequence[int] | None = None
+    ) -> list[SeedTask]:
         seeds = self.seeds if seeds is None else list(seeds)
         out: list[SeedTask] = []
         for pruned, name in requests:
@@ -441,9 +490,14 @@ class Scorer:
             context = self.context(sorted({t.dataset for t in missing}))
             for task, score in self.executor.run(context, missing):
                 self.store.put_score(
-                    self.key(task), model=self.base.fingerprint, pruned=task.pruned, dataset=task.dataset,
-                    dataset_hash=self.dataset(task.dataset).content_hash, seed=task.seed,
-                    settings=self.settings_key, score=score,
+                    self.key(task),
+                    model=self.base.fingerprint,
+                    pruned=task.pruned,
+                    dataset=task.dataset,
+                    dataset_hash=self.dataset(task.dataset).content_hash,
+                    seed=task.seed,
+                    settings=self.settings_key,
+                    score=score,
                 )
                 results[task] = score
                 if self.on_result:
@@ -455,9 +509,13 @@ class Scorer:
         results = self.run(tasks)
         scores = [results[t] for t in tasks]
         return ScoreResult(
-            dataset=dataset, pruned=list(tasks[0].pruned), seeds=[t.seed for t in tasks],
-            scores=[s.f1 for s in scores], adjust_seconds=[s.adjust_seconds for s in scores],
-            n_params=scores[0].n_params, size_bytes=scores[0].size_bytes,
+            dataset=dataset,
+            pruned=list(tasks[0].pruned),
+            seeds=[t.seed for t in tasks],
+            scores=[s.f1 for s in scores],
+            adjust_seconds=[s.adjust_seconds for s in scores],
+            n_params=scores[0].n_params,
+            size_bytes=scores[0].size_bytes,
         )
 
     def evaluate(self, requests: Sequence[tuple[Iterable[Head], str]]) -> list[float]:
@@ -468,6 +526,20 @@ class Scorer:
 
 
 __all__ = [
-    "BaseModel", "EvalContext", "ScoreResult", "ScoreSettings", "Scorer", "SeedTask", "WarmupSettings", "adjust",
-    "features", "load_base", "masked_lm_loss", "pruned_key", "resolve_device", "run_task", "score_seed", "svm_f1",
+    "BaseModel",
+    "EvalContext",
+    "ScoreResult",
+    "ScoreSettings",
+    "Scorer",
+    "SeedTask",
+    "WarmupSettings",
+    "adjust",
+    "features",
+    "load_base",
+    "masked_lm_loss",
+    "pruned_key",
+    "resolve_device",
+    "run_task",
+    "score_seed",
+    "svm_f1",
 ]

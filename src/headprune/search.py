@@ -36,9 +36,7 @@ def rank_models(scores: Mapping[str, Mapping[str, float]], n_pruned: Mapping[str
     datasets = list(scores[models[0]])
     for model in models:
         if set(scores[model]) != set(datasets):
-            raise ValueError(
-                f"model {model!r} is scored on {sorted(scores[model])}, expected {sorted(datasets)}"
-            )
+            raise ValueError(f"model {model!r} is scored on {sorted(scores[model])}, expected {sorted(datasets)}")
         if model not in n_pruned:
             raise ValueError(f"n_pruned has no entry for model {model!r}")
     ranks: dict[str, dict[str, float]] = {model: {} for model in models}
@@ -61,9 +59,7 @@ def rank_models(scores: Mapping[str, Mapping[str, float]], n_pruned: Mapping[str
     return sorted(rows, key=lambda row: (row["rank_sum"], -row["n_pruned"], row["model"]))
 
 
-def k_values_from(
-    n_heads: int, k_step: int | None = None, k_values: Sequence[int] | None = None
-) -> list[int]:
+def k_values_from(n_heads: int, k_step: int | None = None, k_values: Sequence[int] | None = None) -> list[int]:
     """The H1 grid: every k in [0, n_heads) (paper), every `k_step`-th k from 0, or an explicit list."""
     if k_step is not None and k_values is not None:
         raise HeadpruneError("give either k_step or k_values for H1, not both")
@@ -110,9 +106,7 @@ def h1_search(
     }
 
 
-def h2_search(
-    order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1
-) -> dict:
+def h2_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> dict:
     """H2 (Algorithm 6): per dataset keep a head when the score >= the best score so far (starting at 0).
 
     `group_size` > 1 tries that many heads per step (a speed option; the paper uses 1).
@@ -126,9 +120,7 @@ def h2_search(
     return _greedy_search(order, datasets, evaluate, keep, group_size, "H2", complete=None)
 
 
-def h3_search(
-    order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1
-) -> dict:
+def h3_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> dict:
     """H3 (Algorithm 7): per dataset keep a head when the score >= the complete model's score there.
 
     The complete model's score is requested once per dataset (empty pruned set). Returns the
@@ -265,9 +257,7 @@ def _validated_k_values(k_values: Sequence[int], n_heads: int) -> list[int]:
         raise HeadpruneError("k_values is empty: give at least one k in [0, n_heads)")
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_heads:
-            raise HeadpruneError(
-                f"k_values must be integers with 0 <= k < {n_heads} (never every head), got {k!r}"
-            )
+            raise HeadpruneError(f"k_values must be integers with 0 <= k < {n_heads} (never every head), got {k!r}")
     return sorted({int(k) for k in ks})
 
 

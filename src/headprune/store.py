@@ -12,9 +12,9 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
@@ -91,12 +91,30 @@ class ResultStore:
         return SeedScore(*row) if row else None
 
     def put_score(
-        self, key: str, *, model: str, pruned, dataset: str, dataset_hash: str, seed: int, settings: dict,
+        self,
+        key: str,
+        *,
+        model: str,
+        pruned,
+        dataset: str,
+        dataset_hash: str,
+        seed: int,
+        settings: dict,
         score: SeedScore,
     ) -> None:
         values = (
-            key, model, pruned_key(pruned), dataset, dataset_hash, int(seed), json.dumps(settings, sort_keys=True),
-            float(score.f1), float(score.adjust_seconds), int(score.n_params), int(score.size_bytes), score.device,
+            key,
+            model,
+            pruned_key(pruned),
+            dataset,
+            dataset_hash,
+            int(seed),
+            json.dumps(settings, sort_keys=True),
+            float(score.f1),
+            float(score.adjust_seconds),
+            int(score.n_params),
+            int(score.size_bytes),
+            score.device,
             time.time(),
         )
         with self._lock:
@@ -123,12 +141,27 @@ class ResultStore:
         return json.loads(row[0]) if row else None
 
     def put_importance(
-        self, key: str, *, model: str, dataset: str, dataset_hash: str, seed: int, settings: dict, matrices: list,
+        self,
+        key: str,
+        *,
+        model: str,
+        dataset: str,
+        dataset_hash: str,
+        seed: int,
+        settings: dict,
+        matrices: list,
         device: str,
     ) -> None:
         values = (
-            key, model, dataset, dataset_hash, int(seed), json.dumps(settings, sort_keys=True), json.dumps(matrices),
-            device, time.time(),
+            key,
+            model,
+            dataset,
+            dataset_hash,
+            int(seed),
+            json.dumps(settings, sort_keys=True),
+            json.dumps(matrices),
+            device,
+            time.time(),
         )
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO importance VALUES (?,?,?,?,?,?,?,?,?)", values)

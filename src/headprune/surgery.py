@@ -102,7 +102,9 @@ def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> HeadSet:
                 heads += list(range(int(lo), int(hi or lo) + 1))
         for h in heads:
             if h >= n_heads:
-                raise HeadpruneError(f"--prune: head {h} of layer {layer} does not exist ({n_heads} per layer: 0-{n_heads - 1})")
+                raise HeadpruneError(
+                    f"--prune: head {h} of layer {layer} does not exist ({n_heads} per layer: 0-{n_heads - 1})"
+                )
         out[layer] = sorted(set(out.get(layer, []) + heads))
     return out
 
@@ -233,7 +235,7 @@ class HeadGates:
             handle.remove()
         self._handles = []
 
-    def __enter__(self) -> "HeadGates":
+    def __enter__(self) -> HeadGates:
         return self
 
     def __exit__(self, *exc) -> None:
