@@ -152,7 +152,8 @@ def throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, setti
             log(f"{key} naive {name}: {t.total:.1f} s (adjust {t.adjust:.1f}, features {t.features:.1f}, "
                 f"svm {t.svm:.1f}; {t.tokens / max(t.adjust, 1e-9):,.0f} tokens/s) F1 {f1:.4f}")
         entry["naive"] = naive
-        entry["naive_tokens_per_s"] = sum(v["tokens"] for v in naive.values()) / sum(v["adjust"] for v in naive.values())
+        entry["naive_tokens_per_s"] = (sum(v["tokens"] for v in naive.values())
+                                       / sum(v["adjust"] for v in naive.values()))
         entry["naive_seconds_per_call"] = {n: v["seconds"] for n, v in naive.items()}
         entry.setdefault("svm_seconds", {})["naive"] = {n: v["svm"] for n, v in naive.items()}
         entry.setdefault("peak_gpu_memory_bytes", {})["naive"] = peak(device)
@@ -230,7 +231,8 @@ def parity(model, tokenizer, data: dict, args, settings: ScoreSettings, device: 
     for name in args.parity_datasets:
         have = {int(s): f for s, f in engine.get(name, {}).get("f1", {}).items()}
         if not set(args.parity_seeds) <= set(have):
-            scores = score_seeds_batched(model, tokenizer, *data[name], (), args.parity_seeds, settings, device, options)
+            scores = score_seeds_batched(model, tokenizer, *data[name], (), args.parity_seeds, settings, device,
+                                         options)
             have.update({s: sc.f1 for s, sc in zip(args.parity_seeds, scores)})
         engine_f1[name] = {s: have[s] for s in args.parity_seeds}
     log(f"parity: engine scores ready; reference ({len(args.parity_datasets)} datasets x {len(args.parity_seeds)} "
@@ -272,12 +274,26 @@ def parity(model, tokenizer, data: dict, args, settings: ScoreSettings, device: 
 # ----------------------------------------------------------------------------- main
 
 
+def deep_merge(into: dict, other: dict) -> dict:
+    """Merge `other` into `into`: dictionaries recursively, "runs" lists concatenated, the rest replaced."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        elif key == "runs" and isinstance(value, list) and isinstance(into.get(key), list):
+            into[key] = into[key] + value
+        else:
+            into[key] = value
+    return into
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm", help="MiniLM: 'minilm' (embedded) or a directory (.carry/minilm)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None, help="default: bench/results/<date>-<device>.json")
     parser.add_argument("--merge", default=None, help="start from this earlier result JSON")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="only merge these result files (in order) into --out; runs nothing")
     parser.add_argument("--quick", action="store_true", help="CPU smoke run: 2 datasets, 2 seeds, 80 rows, 1 epoch")
     parser.add_argument("--models", default="minilm,bertweet-shape")
     parser.add_argument("--parts", default="throughput,parity")
@@ -294,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-models", type=int, default=None, help="engine: models trained together at most")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+
+    if args.combine:
+        if not args.out:
+            parser.error("--combine needs --out")
+        combined: dict = {}
+        for path in args.combine:
+            deep_merge(combined, json.loads(Path(path).read_text()))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(combined, indent=2) + "\n")
+        log(f"wrote {args.out} from {len(args.combine)} files")
+        return 0
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -326,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": today, "versions": versions(),
     })
     result.setdefault("models", {})
+    if args.quick or args.max_rows or device.type == "cpu":
+        result["note"] = ("smoke run" + (" (--quick)" if args.quick else "") + f" on {result['device']}: "
+                          + (f"datasets subsampled to {args.max_rows} rows, " if args.max_rows else "")
+                          + f"{settings.epochs} epoch(s); timings and projections are not GPU benchmarks")
     result.setdefault("runs", []).append({
         "argv": sys.argv[1:], "quick": args.quick, "max_rows": args.max_rows, "datasets": args.datasets,
         "seeds": args.seeds, "settings": settings.as_dict(), "warmup_steps": args.warmup_steps,

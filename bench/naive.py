@@ -88,7 +88,8 @@ def naive_features(model, ids, pad_id: int, device: torch.device, times: NaiveTi
             input_ids[i, : len(r)] = torch.tensor(r)
             attention[i, : len(r)] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True).hidden_states
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention,
+                                  output_hidden_states=True).hidden_states
         n = min(layers, len(hidden) - 1)
         tokens = torch.cat(hidden[-n:], dim=-1).float()
         mask = attention.unsqueeze(-1).float()
