@@ -158,6 +158,21 @@ def test_stacked_models_with_different_weights(tokenizer, encoded):
         assert_same_weights(stack.state_of(i), expected, f"model {i}")
 
 
+def test_prefetch_thread_gives_the_same_training(tokenizer, encoded):
+    """The batches prepared ahead in a background thread (the CUDA default) train the same models."""
+    ids, _ = encoded
+    model = tiny_model(tokenizer)
+    settings = ScoreSettings(epochs=1, batch_size=8, learning_rate=1e-3)
+    jobs = [(ids[:24], 1), (ids[24:40], 2)]
+    states = []
+    for prefetch in (0, 3):
+        stack = StackedMLM.replicate(model, 2)
+        adjust_stacked(stack, tokenizer, jobs, settings, EngineOptions(prefetch=prefetch))
+        states.append([stack.state_of(i) for i in range(2)])
+    for plain, ahead in zip(*states):
+        assert all(torch.equal(plain[n], ahead[n]) for n in plain)
+
+
 def test_features_equal_reference(tokenizer, encoded):
     ids, _ = encoded
     model = tiny_model(tokenizer)
