@@ -205,7 +205,16 @@ _WORKER: dict = {}
 
 
 def _init_worker(model, tokenizer, data, settings, device, threads):
+    import multiprocessing
+
+    # DataCollatorForLanguageModeling(seed=...) refuses to run in a process not named MainProcess
+    # (it expects DataLoader workers); each pool worker is a plain process running whole seeds.
+    multiprocessing.current_process().name = "MainProcess"
     torch.set_num_threads(threads)
+    if isinstance(model, str):  # a save_pretrained directory: nothing big is pickled (/dev/shm is small in
+        from transformers import AutoModelForMaskedLM  # containers), and the model is built the normal way
+
+        model = AutoModelForMaskedLM.from_pretrained(model, dtype=torch.float32).eval()
     _WORKER.update(model=model, tokenizer=tokenizer, data=data, settings=settings, device=torch.device(device))
 
 
@@ -241,13 +250,17 @@ def parity(model, tokenizer, data: dict, args, settings: ScoreSettings, device: 
     reference: dict[str, dict[int, float]] = {name: {} for name in args.parity_datasets}
     start = time.perf_counter()
     if args.parity_workers > 1:
+        import tempfile
+
         import torch.multiprocessing as mp
 
         threads = max(1, (os.cpu_count() or 2) // args.parity_workers)
         context = mp.get_context("spawn")
-        with context.Pool(args.parity_workers, initializer=_init_worker,
-                          initargs=(model, tokenizer, {n: data[n] for n in args.parity_datasets}, settings,
-                                    str(device), threads)) as pool:
+        saved = tempfile.TemporaryDirectory(prefix="headprune-bench-")
+        model.save_pretrained(saved.name)
+        with saved, context.Pool(args.parity_workers, initializer=_init_worker,
+                                 initargs=(saved.name, tokenizer, {n: data[n] for n in args.parity_datasets},
+                                           settings, str(device), threads)) as pool:
             for name, seed, f1 in pool.imap_unordered(_reference_task, tasks):
                 reference[name][seed] = f1
     else:
