@@ -248,3 +248,28 @@ def test_default_executor_by_device():
 
 def test_supports(tokenizer):
     assert supports(tiny_model(tokenizer)) and supports(tiny_model(tokenizer, "roberta"))
+
+
+def test_batched_scores_are_stored_apart_from_reference_scores(tmp_path) -> None:
+    """Scores of the batched engine never answer a request for the reference loop's, nor the reverse."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from headprune.engine import BatchedExecutor
+    from headprune.models import resolve_model_path
+    from headprune.scoring import Scorer, load_base
+    from headprune.store import ResultStore
+
+    model_dir = tmp_path / "m"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=130)).save_pretrained(model_dir)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(model_dir)
+    base = load_base(str(model_dir), warmup=None)
+    store = ResultStore(tmp_path / "store.sqlite")
+    reference = Scorer(base, store)
+    batched = Scorer(base, store, executor=BatchedExecutor())
+    task = reference.tasks_for([([], "person")])[0]
+    assert reference.key(task) != batched.key(task)

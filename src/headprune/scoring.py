@@ -430,6 +430,10 @@ class Scorer:
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
         self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
+        if getattr(self.executor, "name", "") == "batched":
+            # The batched engine draws other dropout masks (equal only statistically): its scores are
+            # kept apart from the reference loop's, whose keys stay as they were.
+            self.settings_key["engine"] = "batched"
 
     # -------------------------------------------------------------- data
     def dataset(self, name: str) -> Dataset:
