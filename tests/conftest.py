@@ -157,3 +157,13 @@ def sample_texts() -> list[str]:
         "colin firth better win the oscar. ffffffffascinating!",
         "i hate mondays someurl",
     ]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a shared, busy 2-core machine two threads spin against
+    each other (a tiny-model score takes ~7 s instead of ~0.3 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

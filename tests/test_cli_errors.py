@@ -12,19 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from headprune.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `headprune ARGS` through `main()`; any other exception fails the test."""
-    monkeypatch.setattr(sys, "argv", ["headprune", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
+from _cli import run_cli
 
 
 def assert_one_error_line(code: int, out: str, err: str, *fragments: str) -> str:

@@ -25,15 +25,7 @@ from headprune.importance import (
 from headprune.scoring import load_base
 from headprune.store import ResultStore
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared, busy 2-core machine two threads spin against each other
-    (a tiny-model score takes ~7 s instead of ~0.3 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def t(rows) -> torch.Tensor:

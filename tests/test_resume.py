@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from headprune.cli import main
+from _cli import run_cli
 from headprune.importance import random_order
 from headprune.models import count_parameters, load_model
 from headprune.surgery import format_head_spec
@@ -28,13 +27,7 @@ RESULT_LINE = re.compile(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread here and in the subprocesses (two spin against each other on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -48,16 +41,6 @@ def env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `headprune ARGS` through `main()` in this process."""
-    monkeypatch.setattr(sys, "argv", ["headprune", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def stored_rows(path: Path) -> dict[str, tuple[float, float]]:
@@ -196,3 +179,33 @@ def test_score_bad_inputs(extra: list[str], fragment: str, tiny_bert_dir: Path, 
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
     assert not (tmp_path / "run" / "store.sqlite").exists()  # refused before any scoring
+
+
+def test_importance_command_writes_a_loadable_order_and_resumes(tiny_bert_dir: Path, csv80: Path, tmp_path: Path,
+                                                                monkeypatch, capsys) -> None:
+    from headprune.importance import Order
+
+    out = tmp_path / "order.json"
+    args = ["importance", "--model", tiny_bert_dir, "--datasets", csv80, "--seeds", "1-2", "--epochs", "1",
+            "--warmup-steps", "0", "--run-dir", tmp_path / "run", "--out", out]
+    code, stdout, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    order = Order.load(out)
+    assert (order.n_layers, order.n_heads, order.kind) == (3, 4, "importance")
+    assert order.seeds == [1, 2] and len(order.ranked) == 12
+    assert "12 heads ranked" in stdout
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM importance").fetchone()[0] == 2
+    code, _, err = run_cli(monkeypatch, capsys, *args)  # answered by the store: same order
+    assert code == 0 and "2 from store" in err
+    assert Order.load(out).ranked == order.ranked
+
+    code, _, err = run_cli(monkeypatch, capsys, "importance", "--model", tiny_bert_dir, "--random", "3",
+                           "--warmup-steps", "0", "--run-dir", tmp_path / "run", "--out", tmp_path / "a3.json")
+    assert code == 0, err
+    a3 = Order.load(tmp_path / "a3.json")
+    assert a3.kind == "random" and a3.name == "A3" and a3.ranked == random_order(3, 4, seed=3).ranked
+
+    code, _, err = run_cli(monkeypatch, capsys, "importance", "--model", tiny_bert_dir, "--datasets", "nope",
+                           "--run-dir", tmp_path / "run", "--out", out)
+    assert code == 2 and err.count("\n") == 1 and "unknown dataset or group 'nope'" in err

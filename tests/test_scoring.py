@@ -35,14 +35,7 @@ SETTINGS = ScoreSettings(epochs=1, n_folds=5)
 PRUNED = [(0, 1), (2, 0), (2, 1), (2, 2), (2, 3)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared, busy 2-core machine two threads spin against each other
-    (a tiny-model score takes ~7 s instead of ~0.3 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -75,38 +75,17 @@ def importance_command(
     warmup_steps: int = WARMUP,
 ) -> None:
     """Step 1: the importance order of the heads (or a seeded random order with --random N)."""
-    from .importance import importance_order, random_order
-    from .pipeline import importance_settings
     from .store import ResultStore
 
     pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
     if epochs < 1:
         raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
-    seed_list = _seeds(seeds, "--seeds")
-    names = pipeline.datasets([datasets], check_folds=False) if random == 0 else []
+    pipeline.config.step1.datasets = [datasets]
+    pipeline.config.step1.seeds = _seeds(seeds, "--seeds")
+    if not random:
+        pipeline.datasets([datasets], check_folds=False)  # bad names and files fail before any model work
     base = pipeline.load_base()
-    if random:
-        order = random_order(
-            base.n_layers,
-            base.n_heads,
-            seed=random,
-            name=f"A{random}",
-            model=base.name,
-            model_fingerprint=base.fingerprint,
-        )
-    else:
-        store = ResultStore(run_dir / "store.sqlite")
-        pipeline.progress.start_stage("Step 1: importance", len(names) * len(seed_list))
-        order = importance_order(
-            base,
-            names,
-            seed_list,
-            importance_settings(pipeline.config),
-            store=store,
-            device=pipeline.device,
-            on_result=lambda ds, seed, cached: pipeline.progress.advance(cached),
-        )
-        pipeline.progress.end_stage()
+    order = pipeline.order(f"A{random}" if random else "OI", base, ResultStore(run_dir / "store.sqlite"))
     order.save(out)
     least = ", ".join(f"{l}:{h}" for l, h in order.ranked[-5:][::-1])
     typer.echo(f"wrote {out}: {len(order.ranked)} heads ranked; least important first: {least}")

@@ -9,6 +9,7 @@ import json
 import math
 import platform
 import time
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,24 +59,13 @@ def device_description(device: torch.device) -> str:
 
 
 def score_settings(config: Config) -> ScoreSettings:
-    s = config.scoring
-    return ScoreSettings(
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
-        adam_epsilon=s.adam_epsilon,
-        mlm_probability=s.mlm_probability,
-        n_folds=s.n_folds,
-        feature_layers=s.feature_layers,
-        max_length=s.max_length,
-    )
+    return ScoreSettings(**asdict(config.scoring))
 
 
 def importance_settings(config: Config) -> ImportanceSettings:
-    s = config.step1
-    return ImportanceSettings(
-        epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate, adam_epsilon=s.adam_epsilon
-    )
+    """Step 1's finetuning settings (the [step1] section less its datasets and seeds)."""
+    names = {f.name for f in fields(ImportanceSettings)}
+    return ImportanceSettings(**{k: v for k, v in asdict(config.step1).items() if k in names})
 
 
 def make_executor(config: Config):
@@ -170,34 +160,37 @@ class Pipeline:
             loader=self.dataset,
         )
 
+    def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
+        """'OI': Step 1 on [step1] datasets and seeds (through the store); 'A<n>': the random order of seed n."""
+        if name != "OI":
+            return random_order(
+                base.n_layers,
+                base.n_heads,
+                seed=int(name[1:]),
+                name=name,
+                model=base.name,
+                model_fingerprint=base.fingerprint,
+            )
+        datasets = self.datasets(self.config.step1.datasets, check_folds=False)
+        seeds = self.config.step1_seeds
+        self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds))
+        order = importance_order(
+            base,
+            datasets,
+            seeds,
+            importance_settings(self.config),
+            store=store,
+            device=self.device,
+            on_result=lambda ds, seed, cached: self.progress.advance(cached),
+        )
+        self.progress.end_stage()
+        return order
+
     def orders_for(self, base: BaseModel, store: ResultStore) -> dict[str, Order]:
         orders: dict[str, Order] = {}
-        orders_dir = self.run_dir / "orders"
         for name in self.config.step2.orders:
-            if name == "OI":
-                datasets = self.datasets(self.config.step1.datasets, check_folds=False)
-                seeds = self.config.step1_seeds
-                self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds))
-                orders[name] = importance_order(
-                    base,
-                    datasets,
-                    seeds,
-                    importance_settings(self.config),
-                    store=store,
-                    device=self.device,
-                    on_result=lambda ds, seed, cached: self.progress.advance(cached),
-                )
-                self.progress.end_stage()
-            else:
-                orders[name] = random_order(
-                    base.n_layers,
-                    base.n_heads,
-                    seed=int(name[1:]),
-                    name=name,
-                    model=base.name,
-                    model_fingerprint=base.fingerprint,
-                )
-            orders[name].save(orders_dir / f"{name}.json")
+            orders[name] = self.order(name, base, store)
+            orders[name].save(self.run_dir / "orders" / f"{name}.json")
         return orders
 
     # ------------------------------------------------------------------ plan
