@@ -15,11 +15,15 @@ import torch
 from headprune.engine import (
     BatchedExecutor,
     EngineOptions,
+    SizeCache,
     StackedMLM,
     adjust_stacked,
     default_executor,
     features_stacked,
+    finetune_steps,
     job_batches,
+    plan_packs,
+    score_pack,
     score_seeds_batched,
     supports,
     svm_f1_precomputed,
@@ -62,10 +66,10 @@ def encoded(tokenizer, tweets):
     return encode(tokenizer, tweets[0], 64), tweets[1]
 
 
-def tiny_model(tokenizer, family: str = "bert", dropout: bool = False, seed: int = 0):
+def tiny_model(tokenizer, family: str = "bert", dropout: bool = False, seed: int = 0, layers: int = 2):
     from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
-    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+    shape = {"hidden_size": 32, "num_hidden_layers": layers, "num_attention_heads": 4, "intermediate_size": 64,
              "max_position_embeddings": 130}
     if not dropout:
         shape.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -273,3 +277,104 @@ def test_batched_scores_are_stored_apart_from_reference_scores(tmp_path) -> None
     batched = Scorer(base, store, executor=BatchedExecutor())
     task = reference.tasks_for([([], "person")])[0]
     assert reference.key(task) != batched.key(task)
+
+
+# ----------------------------------------------------------------------------- masked stacks and packs
+
+# 3 layers x 4 heads: the complete model, a middle layer removed, the last layer removed plus a head,
+# and scattered heads.
+MIXED = ((), ((1, 0), (1, 1), (1, 2), (1, 3)), ((0, 3), (2, 0), (2, 1), (2, 2), (2, 3)), ((0, 0), (1, 2), (2, 1)))
+
+
+def pruned_copy(model, pruned):
+    out = copy.deepcopy(model)
+    if pruned:
+        prune_heads(out, list(pruned))
+    return out
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_masked_stack_trains_each_pruned_set_as_surgery(tokenizer, encoded, family):
+    """Models of different pruned sets in one masked stack: each trains exactly what the reference
+    loop trains on the physically pruned model, and the pruned parts stay as they were."""
+    ids, _ = encoded
+    model = tiny_model(tokenizer, family, layers=3)
+    settings = ScoreSettings(epochs=1, batch_size=4, learning_rate=1e-3)
+    jobs = [(ids[:16], 1), (ids[10:30], 2), (ids[30:42], 3), (ids[40:60], 4)]
+    stack = StackedMLM.masked(model, MIXED)
+    assert stack.kept_layers(0) == [0, 1, 2] and stack.kept_layers(1) == [0, 2] and stack.kept_layers(2) == [0, 1]
+    adjust_stacked(stack, tokenizer, jobs, settings)
+    start = dict(model.named_parameters())
+    for i, ((rows, seed), pruned) in enumerate(zip(jobs, MIXED)):
+        pruned_model = pruned_copy(model, pruned)
+        expected = reference_weights(pruned_model, tokenizer, rows, settings, seed)
+        trained = stack.load_into(i, copy.deepcopy(model))
+        got = {n: p.detach() for n, p in pruned_copy(trained, pruned).named_parameters()}
+        assert set(got) == set(expected)
+        assert_same_weights(got, expected, f"model {i} (pruned {pruned})")
+        if pruned:  # what surgery removes was not touched
+            state = stack.state_of(i)
+            layer = pruned[0][0]
+            for part in ("query", "key", "value"):
+                name = next(n for n in state if f"layer.{layer}.attention.self.{part}.weight" in n)
+                h = pruned[0][1]
+                assert torch.equal(state[name][h * 8:(h + 1) * 8], start[name].detach()[h * 8:(h + 1) * 8])
+
+
+def test_masked_features_equal_pruned_models(tokenizer, encoded):
+    """Features of a masked stack: each model pools its own last layers (a removed layer is not one)."""
+    ids, _ = encoded
+    model = tiny_model(tokenizer, layers=3)
+    settings = ScoreSettings(feature_layers=2)
+    stack = StackedMLM.masked(model, MIXED)
+    rows = [ids[:25], ids[20:70], ids[5:9], ids[30:60]]
+    got = features_stacked(stack, rows, tokenizer.pad_token_id, settings, EngineOptions(feature_batch=16))
+    for x, r, pruned in zip(got, rows, MIXED):
+        expected = features(pruned_copy(model, pruned), r, tokenizer.pad_token_id, settings, CPU)
+        assert x.shape == expected.shape == (len(r), 64)
+        np.testing.assert_allclose(x, expected, atol=1e-5)
+
+
+def test_pack_scores_equal_reference_without_dropout(tokenizer, encoded):
+    ids, labels = encoded
+    model = tiny_model(tokenizer, layers=3)
+    datasets = {"a": (ids, labels), "b": (ids[:60], labels[:60])}
+    tasks = [SeedTask(tuple(sorted(p)), d, s) for p, d, s in
+             ((MIXED[1], "a", 1), (MIXED[2], "b", 2), ((), "a", 2), (MIXED[3], "b", 1))]
+    sizes = SizeCache(model)
+    got = score_pack(model, tokenizer, datasets, tasks, SCORE_SETTINGS, CPU, sizes=sizes)
+    for task, score in zip(tasks, got):
+        d_ids, d_labels = datasets[task.dataset]
+        expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
+        assert score.f1 == pytest.approx(expected.f1, abs=1e-3)
+        assert (score.n_params, score.size_bytes) == (expected.n_params, expected.size_bytes)
+    assert len({s.adjust_seconds for s in got}) == 1  # the pack's shared time
+    assert len(sizes._sizes) == 4
+
+
+def test_plan_packs_groups_similar_lengths():
+    tasks = [SeedTask((), d, s) for d in ("short", "mid", "long") for s in (1, 2, 3)]
+    steps = {t: {"short": 10, "mid": 12, "long": 40}[t.dataset] for t in tasks}
+    packs = plan_packs(tasks[::-1], steps, size=4)
+    assert [[(t.dataset, t.seed) for t in p] for p in packs] == [
+        [("short", 1), ("short", 2), ("short", 3), ("mid", 1)], [("mid", 2), ("mid", 3)],
+        [("long", 1), ("long", 2), ("long", 3)]]
+    assert plan_packs(tasks, steps, size=4) == packs  # the input order does not matter
+    assert [len(p) for p in plan_packs(tasks, steps, size=100, ratio=5.0)] == [9]
+    assert finetune_steps(33, ScoreSettings(batch_size=16, epochs=4)) == 12
+
+
+def test_batched_executor_packs(tokenizer, encoded):
+    ids, labels = encoded
+    model = tiny_model(tokenizer, layers=3)
+    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
+    tasks = [SeedTask(tuple(sorted(p)), d, s) for p in MIXED[:3] for d in ("a", "b") for s in (1, 2)]
+    executor = BatchedExecutor(EngineOptions(pack=True, pack_models=5, svm_workers=2))
+    assert executor.store_tag == "batched-packed" and BatchedExecutor().store_tag == "batched"
+    results = dict(executor.run(context, tasks))
+    assert set(results) == set(tasks)
+    for task in (tasks[0], tasks[7], tasks[11]):
+        d_ids, d_labels = context.datasets[task.dataset]
+        expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
+        assert results[task].f1 == pytest.approx(expected.f1, abs=1e-3)
+        assert results[task].n_params == expected.n_params

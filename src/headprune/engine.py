@@ -78,6 +78,9 @@ class EngineOptions:
     prefetch: int | None = None  # steps prepared ahead by a background thread (None: 4 on CUDA, 0 on CPU)
     svm_workers: int = 4  # threads running libsvm (CPU) while the GPU goes on
     compile: bool = False  # torch.compile the training loss (CUDA only; experimental)
+    pack: bool = False  # train tasks of different pruned sets together (masked stacks); see BatchedExecutor
+    pack_models: int | None = None  # models per pack (None: what fits, `auto_pack_size`)
+    pack_step_ratio: float = 1.25  # a pack's longest model has at most this many times the shortest's steps
 
     def use_amp(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.amp is None else bool(self.amp and device.type == "cuda")
@@ -206,6 +209,8 @@ class StackedMLM:
             self.head_act = ACT2FN["gelu"]  # RobertaLMHead applies gelu whatever hidden_act says
             self.decoder = linear(head.decoder)
         self.n_layers = len(self.layers)
+        self.head_masks: list[torch.Tensor | None] = [None] * self.n_layers  # per layer (N, heads): 1 = kept
+        self.layer_on: list[torch.Tensor | None] = [None] * self.n_layers  # per layer (N,) bool: False = removed
 
     @classmethod
     def replicate(cls, model: nn.Module, n: int, device: torch.device | str = "cpu") -> StackedMLM:
@@ -215,6 +220,38 @@ class StackedMLM:
         stack.params = {name: t.detach().expand(n, *t.shape[1:]).contiguous().requires_grad_(True)
                         for name, t in stack.params.items()}
         return stack
+
+    @classmethod
+    def masked(cls, model: nn.Module, pruned_sets: Sequence[Iterable[Head]],
+               device: torch.device | str = "cpu") -> StackedMLM:
+        """One full-shape copy of `model` per pruned set, each pruned by masks instead of surgery.
+
+        A pruned head's context is multiplied by 0 before the attention output projection, and a
+        layer whose heads are all pruned passes its input through unchanged (surgery removes that
+        layer). Forward outputs equal the physically pruned model's; the pruned parts get gradients
+        of exactly 0, so Adam (no weight decay) leaves them unchanged and every other parameter
+        trains as in the pruned model. Models with different pruned sets can so be trained in one
+        stack. Heads are named in the original model's coordinates (`surgery.kept_heads`)."""
+        from .surgery import kept_heads
+
+        sets = [{(int(l), int(h)) for l, h in pruned} for pruned in pruned_sets]
+        stack = cls.replicate(model, len(sets), device)
+        layout = list(kept_heads(model).items())  # position -> (original layer, [original heads])
+        stack.head_masks = [None] * stack.n_layers
+        stack.layer_on = [None] * stack.n_layers
+        for position, (layer, heads) in enumerate(layout):
+            keep = torch.tensor([[0.0 if (layer, h) in s else 1.0 for h in heads] for s in sets])
+            if bool((keep == 0).any()):
+                stack.head_masks[position] = keep.to(stack.device)
+            on = keep.sum(1) > 0
+            if not bool(on.all()):
+                stack.layer_on[position] = on.to(stack.device)
+        return stack
+
+    def kept_layers(self, i: int) -> list[int]:
+        """Layer positions model i really has (all, unless masks switched some off)."""
+        return [layer for layer in range(self.n_layers)
+                if self.layer_on[layer] is None or bool(self.layer_on[layer][i])]
 
     # ------------------------------------------------------------------ parameters
     def p(self, name: str | None) -> torch.Tensor | None:
@@ -258,6 +295,7 @@ class StackedMLM:
         n, b, length = shape
         spec = self.layers[i]
         d = self.head_size
+        inputs = x
 
         def heads(name: str) -> torch.Tensor:
             weight, bias = spec[name]
@@ -268,6 +306,11 @@ class StackedMLM:
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if training else 0.0, scale=d**-0.5
         )
+        mask = self.head_masks[i]
+        if mask is not None:  # pruned heads contribute nothing (and get no gradient)
+            heads_n = context.shape[1]
+            context = (context.view(n, b, heads_n, length, d)
+                       * mask.to(context.dtype).view(n, 1, heads_n, 1, 1)).view(n * b, heads_n, length, d)
         context = context.transpose(1, 2).reshape(n, b * length, -1)
         weight, bias = spec["o"]
         attended = self._dropout(_linear(context, self.params[weight], self.p(bias)), self.hidden_dropout, training)
@@ -278,17 +321,24 @@ class StackedMLM:
         weight, bias = spec["down"]
         down = self._dropout(_linear(up, self.params[weight], self.p(bias)), self.hidden_dropout, training)
         weight, bias, eps = spec["norm2"]
-        return _layer_norm(down + x, self.params[weight], self.params[bias], eps)
+        out = _layer_norm(down + x, self.params[weight], self.params[bias], eps)
+        on = self.layer_on[i]
+        if on is not None:  # a removed layer: its models get their input back
+            out = torch.where(on.view(n, 1, 1), out, inputs)
+        return out
 
     def encode(self, input_ids: torch.Tensor, attention: torch.Tensor, training: bool,
-               keep_last: int = 1) -> list[torch.Tensor]:
-        """The outputs of the last `keep_last` encoder layers, each (N, B*L, H)."""
+               keep_last: int = 1, on_layer=None) -> list[torch.Tensor]:
+        """The outputs of the last `keep_last` encoder layers, each (N, B*L, H); `on_layer(i, x)`,
+        if given, sees every layer's output as it is computed."""
         n, b, length = input_ids.shape
         mask = attention.reshape(n * b, 1, 1, length).bool()
         x = self.embed(input_ids, training)
         kept: list[torch.Tensor] = []
         for i in range(self.n_layers):
             x = self.layer(i, x, mask, (n, b, length), training)
+            if on_layer is not None:
+                on_layer(i, x)
             if i >= self.n_layers - keep_last:
                 kept.append(x)
         return kept
@@ -557,9 +607,16 @@ def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: 
     n = stack.n_models
     if len(ids) != n:
         raise ValueError(f"{len(ids)} row lists for {stack.n_models} stacked models")
-    keep = min(settings.feature_layers, stack.n_layers)
+    # Model j's features: its last min(feature_layers, its layers) layers (models of a masked stack
+    # may have removed layers).
+    wanted = []
+    for j in range(n):
+        layers = stack.kept_layers(j)
+        wanted.append(layers[-min(settings.feature_layers, len(layers)):])
+    needed = sorted({layer for w in wanted for layer in w})
     orders = [sorted(range(len(rows)), key=lambda i, rows=rows: len(rows[i])) for rows in ids]
-    out = [np.zeros((len(rows), keep * stack.config.hidden_size), dtype=np.float32) for rows in ids]
+    out = [np.zeros((len(rows), len(wanted[j]) * stack.config.hidden_size), dtype=np.float32)
+           for j, rows in enumerate(ids)]
     chunk = options.feature_batch
     n_chunks = max(math.ceil(len(rows) / chunk) for rows in ids) if ids else 0
     for c in range(n_chunks):
@@ -577,16 +634,21 @@ def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: 
                 attention[j, r, :] = 0
                 attention[j, r, : len(row)] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
-        hidden = stack.encode(input_ids, attention, training=False, keep_last=keep)
         mask = attention.unsqueeze(-1).float()
         count = mask.sum(2)
         # The mean of the concatenation is the concatenation of the means (per feature): pool each
-        # layer on its own rather than materialise (N, rows, width, keep * H).
-        pooled = torch.cat([(h.float().view(n, rows, width, -1) * mask).sum(2) / count for h in hidden], dim=-1)
-        pooled = pooled.cpu().numpy()
+        # layer on its own as it is computed rather than materialise (N, rows, width, layers * H).
+        pooled: dict[int, torch.Tensor] = {}
+
+        def pool(i: int, h: torch.Tensor) -> None:
+            if i in needed:
+                pooled[i] = (h.float().view(n, rows, width, -1) * mask).sum(2) / count
+
+        stack.encode(input_ids, attention, training=False, keep_last=0, on_layer=pool)
+        host = {i: t.cpu().numpy() for i, t in pooled.items()}
         for j, part in enumerate(parts):
             if part:
-                out[j][part] = pooled[j, : len(part)]
+                out[j][part] = np.concatenate([host[i][j, : len(part)] for i in wanted[j]], axis=-1)
     return out
 
 
@@ -625,23 +687,42 @@ def svm_f1_precomputed(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int,
 
 @dataclass
 class _Trained:
-    """What one group's GPU stage leaves for the SVM stage."""
+    """What one stack's GPU stage leaves for the SVM stage (one entry per model)."""
 
     features: list[np.ndarray]
     labels: list[np.ndarray]
     seeds: list[int]
     adjust_seconds: float
-    n_params: int
-    size_bytes: int
+    n_params: list[int]
+    size_bytes: list[int]
+
+
+class SizeCache:
+    """Parameter count and safetensors size of the base model pruned by a set of heads (computed
+    once per pruned set: physically pruning a copy and serialising it in memory)."""
+
+    def __init__(self, base_model):
+        self.base_model = base_model
+        self._sizes: dict[tuple[Head, ...], tuple[int, int]] = {}
+
+    def __call__(self, pruned: Iterable[Head], model=None) -> tuple[int, int]:
+        key = tuple(sorted((int(l), int(h)) for l, h in pruned))
+        if key not in self._sizes:
+            if model is None:
+                model = copy.deepcopy(self.base_model)
+                if key:
+                    prune_heads(model, list(key))
+            self._sizes[key] = (count_parameters(model), saved_size(model))
+        return self._sizes[key]
 
 
 def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options,
-                 stats: dict | None = None) -> _Trained:
+                 stats: dict | None = None, sizes: SizeCache | None = None) -> _Trained:
     model = copy.deepcopy(base_model)
     pruned = list(pruned)
     if pruned:
         prune_heads(model, pruned)
-    n_params, size = count_parameters(model), saved_size(model)
+    n_params, size = (sizes or SizeCache(base_model))(pruned, model)
     splits = [split_halves(labels, seed) for seed in seeds]
     feats: list[np.ndarray] = []
     seconds = 0.0
@@ -659,7 +740,28 @@ def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, de
         del stack
     if stats is not None:
         stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
-    return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, n_params, size)
+    n = len(seeds)
+    return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, [n_params] * n, [size] * n)
+
+
+def _train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask], settings: ScoreSettings,
+                device: torch.device, options: EngineOptions, sizes: SizeCache,
+                stats: dict | None = None) -> _Trained:
+    """Models of different pruned sets (and datasets) trained together in one masked stack."""
+    splits = [split_halves(datasets[t.dataset][1], t.seed) for t in tasks]
+    stack = StackedMLM.masked(base_model, [t.pruned for t in tasks], device)
+    jobs = [([datasets[t.dataset][0][i] for i in split[0]], t.seed) for t, split in zip(tasks, splits)]
+    seconds = adjust_stacked(stack, tokenizer, jobs, settings, options, stats)
+    start_features = time.perf_counter()
+    feats = features_stacked(stack, [[datasets[t.dataset][0][i] for i in split[1]] for t, split in zip(tasks, splits)],
+                             tokenizer.pad_token_id, settings, options)
+    del stack
+    if stats is not None:
+        stats["features_seconds"] = stats.get("features_seconds", 0.0) + time.perf_counter() - start_features
+        stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
+    measures = [sizes(t.pruned) for t in tasks]
+    return _Trained(feats, [datasets[t.dataset][1][split[1]] for t, split in zip(tasks, splits)],
+                    [t.seed for t in tasks], seconds, [m[0] for m in measures], [m[1] for m in measures])
 
 
 def _svm(trained: _Trained, k: int, settings: ScoreSettings, device: torch.device) -> SeedScore:
@@ -669,8 +771,8 @@ def _svm(trained: _Trained, k: int, settings: ScoreSettings, device: torch.devic
             f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
     else:
         f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
-    return SeedScore(f1=f1, adjust_seconds=trained.adjust_seconds, n_params=trained.n_params,
-                     size_bytes=trained.size_bytes, device=str(device.type))
+    return SeedScore(f1=f1, adjust_seconds=trained.adjust_seconds, n_params=trained.n_params[k],
+                     size_bytes=trained.size_bytes[k], device=str(device.type))
 
 
 def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
@@ -687,15 +789,73 @@ def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.
     device = torch.device(device) if not isinstance(device, torch.device) else device
     seeds = [int(s) for s in seeds]
     trained = _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options, stats)
+    return _svms(trained, settings, device, options, stats)
+
+
+def score_pack(base_model, tokenizer, datasets: dict[str, tuple[list[list[int]], np.ndarray]],
+               tasks: Sequence[SeedTask], settings: ScoreSettings, device: torch.device | str,
+               options: EngineOptions = EngineOptions(), stats: dict | None = None,
+               sizes: SizeCache | None = None) -> list[SeedScore]:
+    """PRUN_ADJ_EVAL of several (pruned set, dataset, seed) tasks trained together in one masked
+    stack (`StackedMLM.masked`). Each model computes what `score_seeds_batched` computes for its
+    task; every `adjust_seconds` is the pack's shared wall time. `datasets`: name -> (ids, labels)."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    trained = _train_pack(base_model, tokenizer, datasets, list(tasks), settings, device, options,
+                          sizes or SizeCache(base_model), stats)
+    return _svms(trained, settings, device, options, stats)
+
+
+def _svms(trained: _Trained, settings: ScoreSettings, device: torch.device, options: EngineOptions,
+          stats: dict | None) -> list[SeedScore]:
     start = time.perf_counter()
-    if options.svm_workers > 1 and len(seeds) > 1:
-        with ThreadPoolExecutor(min(options.svm_workers, len(seeds))) as pool:
-            scores = list(pool.map(lambda k: _svm(trained, k, settings, device), range(len(seeds))))
+    n = len(trained.seeds)
+    if options.svm_workers > 1 and n > 1:
+        with ThreadPoolExecutor(min(options.svm_workers, n)) as pool:
+            scores = list(pool.map(lambda k: _svm(trained, k, settings, device), range(n)))
     else:
-        scores = [_svm(trained, k, settings, device) for k in range(len(seeds))]
+        scores = [_svm(trained, k, settings, device) for k in range(n)]
     if stats is not None:
         stats["svm_seconds"] = stats.get("svm_seconds", 0.0) + time.perf_counter() - start
     return scores
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def finetune_steps(n_rows: int, settings: ScoreSettings) -> int:
+    """Optimizer ticks of one model finetuned on `n_rows` rows."""
+    return math.ceil(n_rows / settings.batch_size) * settings.epochs
+
+
+def auto_pack_size(model, device: torch.device, ceiling: int = 128) -> int:
+    """How many full-shape copies of `model` to train together: on CUDA, what fits in 80% of the
+    free memory at ~16 bytes per parameter (weights, gradient, two Adam moments) plus activations of
+    a batch of 16 rows of up to 64 tokens; on CPU 16 (a CPU gains little from larger stacks)."""
+    if device.type != "cuda":
+        return 16
+    config = model.config
+    n_params = count_parameters(model)
+    hidden, inter = int(config.hidden_size), int(getattr(config, "intermediate_size", 4 * config.hidden_size))
+    layers = len(encoder_layers(model))
+    activations = 16 * 64 * layers * (10 * hidden + 2 * inter) * 4
+    per_model = 16 * n_params + activations
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(ceiling, (0.8 * free) // per_model)))
+
+
+def plan_packs(tasks: Sequence[SeedTask], steps: dict[SeedTask, int], size: int, ratio: float = 1.25
+               ) -> list[list[SeedTask]]:
+    """Tasks in packs of at most `size` models whose step counts are within `ratio` of each other
+    (a model whose data runs out waits for the others: similar lengths waste little). Deterministic:
+    tasks are ordered by (steps, dataset, pruned set, seed) and packed greedily."""
+    ordered = sorted(dict.fromkeys(tasks), key=lambda t: (steps[t], t.dataset, t.pruned, t.seed))
+    packs: list[list[SeedTask]] = []
+    for task in ordered:
+        if packs and len(packs[-1]) < size and steps[task] <= ratio * steps[packs[-1][0]]:
+            packs[-1].append(task)
+        else:
+            packs.append([task])
+    return packs
 
 
 # ----------------------------------------------------------------------------- the executor
@@ -704,14 +864,30 @@ def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.
 class BatchedExecutor:
     """`execute.InProcessExecutor`'s interface: `run(context, tasks)` yields (task, SeedScore).
 
-    Tasks are grouped by (pruned set, dataset) and each group's seeds are trained together
-    (`score_seeds_batched`); the SVMs of a group run in background threads while the next group
-    trains. Models the engine does not support go through the reference `scoring.run_task`."""
+    Without packing, tasks are grouped by (pruned set, dataset) and each group's seeds are trained
+    together (`score_seeds_batched`), physically pruned: each `adjust_seconds` is the wall time of
+    one candidate's seeds, comparable between candidates. With `options.pack`, tasks of different
+    pruned sets and datasets of similar length are trained together in masked stacks of up to
+    `options.pack_models` models (`score_pack`): far larger batches for the GPU, the same scores
+    (statistically: dropout streams depend on the pack), but `adjust_seconds` is then a pack's
+    shared time. The SVMs run in background threads while the next stack trains. Models the engine
+    does not support go through the reference `scoring.run_task`."""
 
     name = "batched"
 
     def __init__(self, options: EngineOptions = EngineOptions()):
         self.options = options
+        self._sizes: SizeCache | None = None
+
+    @property
+    def store_tag(self) -> str:
+        """The `engine` entry of store keys: scores of differently drawn dropout streams stay apart."""
+        return "batched-packed" if self.options.pack else "batched"
+
+    def sizes(self, base_model) -> SizeCache:
+        if self._sizes is None or self._sizes.base_model is not base_model:
+            self._sizes = SizeCache(base_model)
+        return self._sizes
 
     def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
         device = resolve_device(context.device) if not isinstance(context.device, torch.device) else context.device
@@ -719,15 +895,10 @@ class BatchedExecutor:
             for task in tasks:
                 yield task, run_task(context, task)
             return
-        groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
-        for task in dict.fromkeys(tasks):
-            groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
+        sizes = self.sizes(context.base_model)
         pending: list[tuple[SeedTask, Future]] = []
         with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
-            for (pruned, dataset), group in groups.items():
-                ids, labels = context.datasets[dataset]
-                trained = _train_group(context.base_model, context.tokenizer, ids, labels, pruned,
-                                       [t.seed for t in group], context.settings, device, self.options)
+            for group, trained in self._trained(context, tasks, device, sizes):
                 pending += [(task, pool.submit(_svm, trained, k, context.settings, device))
                             for k, task in enumerate(group)]
                 while pending and pending[0][1].done():  # hand over what is ready, in order
@@ -735,6 +906,25 @@ class BatchedExecutor:
                     yield task, future.result()
             for task, future in pending:
                 yield task, future.result()
+
+    def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], device: torch.device,
+                 sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+        unique = list(dict.fromkeys(tasks))
+        if self.options.pack:
+            steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), context.settings)
+                     for t in unique}
+            size = self.options.pack_models or auto_pack_size(context.base_model, device)
+            for pack in plan_packs(unique, steps, size, self.options.pack_step_ratio):
+                yield pack, _train_pack(context.base_model, context.tokenizer, context.datasets, pack,
+                                        context.settings, device, self.options, sizes)
+            return
+        groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
+        for task in unique:
+            groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
+        for (pruned, dataset), group in groups.items():
+            ids, labels = context.datasets[dataset]
+            yield group, _train_group(context.base_model, context.tokenizer, ids, labels, pruned,
+                                      [t.seed for t in group], context.settings, device, self.options, sizes=sizes)
 
 
 def default_executor(device: str | torch.device = "auto", options: EngineOptions = EngineOptions()):
@@ -746,6 +936,7 @@ def default_executor(device: str | torch.device = "auto", options: EngineOptions
 
 
 __all__ = [
-    "BatchedExecutor", "EngineOptions", "StackedAdamW", "StackedMLM", "adjust_stacked", "default_executor",
-    "features_stacked", "group_seed", "job_batches", "score_seeds_batched", "supports", "svm_f1_precomputed",
+    "BatchedExecutor", "EngineOptions", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked",
+    "auto_pack_size", "default_executor", "features_stacked", "finetune_steps", "group_seed", "job_batches",
+    "plan_packs", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
 ]

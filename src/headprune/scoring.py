@@ -430,10 +430,11 @@ class Scorer:
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
         self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
-        if getattr(self.executor, "name", "") == "batched":
+        tag = getattr(self.executor, "store_tag", None)
+        if tag:
             # The batched engine draws other dropout masks (equal only statistically): its scores are
             # kept apart from the reference loop's, whose keys stay as they were.
-            self.settings_key["engine"] = "batched"
+            self.settings_key["engine"] = tag
 
     # -------------------------------------------------------------- data
     def dataset(self, name: str) -> Dataset:
