@@ -183,3 +183,70 @@ def test_report_of_a_real_run(tiny_run) -> None:
     cm = summary["generalization"]["CM"]["d"]["mean"]
     assert f"{100 * cm:.2f}" in html  # the report shows F1-macro x 100
     assert (path.parent / "tables.md").read_text().count("|") > 50
+
+
+def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_path: Path, monkeypatch) -> None:
+    """`run.engine = "batched"` (what a GPU gets): Step 2 candidates train together in masked packs,
+    the generalization check trains each chosen model on its own (its adjusting time is its own);
+    both kinds of score are stored under their own engine tag, and a rerun recomputes nothing."""
+    root, csvs, summary = tiny_run
+    raw = _config(Path(summary["model"]["name"]), csvs)
+    raw["run"].update(engine="batched", pack_models=8)
+    run_dir = tmp_path / "batched"
+    batched = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=RunProgress(enabled=False)).run()
+    assert set(batched["chosen"]) == set(summary["chosen"])
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        rows = db.execute("SELECT dataset, settings FROM scores").fetchall()
+    tags = {(ds, json.loads(settings)["engine"]) for ds, settings in rows}
+    assert tags == {("b", "batched-packed"), ("c", "batched-packed"), ("d", "batched"), ("e", "batched")}
+    for model in batched["chosen"]:
+        assert all(0.0 <= f <= 1.0 for f in batched["generalization"][model]["d"]["scores"])
+
+    import headprune.engine as engine
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a stored evaluation was recomputed")
+
+    monkeypatch.setattr(engine, "_train_pack", boom)
+    monkeypatch.setattr(engine, "_train_group", boom)
+    again = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=RunProgress(enabled=False)).run()
+    assert again["generalization"] == batched["generalization"]
+
+
+def _toml(config: dict) -> str:
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_time_limit_and_overrides_of_run(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--time-limit 0` on a new run: nothing starts, exit 3 with one line saying how to go on; on a
+    finished run's store it completes (nothing is left to start). `--model`/`--data-dir` override the
+    configuration."""
+    import shutil
+
+    from _cli import run_cli
+
+    root, csvs, summary = tiny_run
+    raw = _config(Path("not-a-model"), csvs)
+    raw["data"] = {"data_dir": "nowhere"}
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(_toml(raw))
+    model = summary["model"]["name"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--config", config_path, "--run-dir", tmp_path / "new",
+                           "--model", model, "--data-dir", tmp_path, "--time-limit", "0")
+    assert code == 3, err
+    assert err.strip().splitlines()[-1] == (
+        "stopped: time limit reached during Step 1; finished finetunings are in the store; "
+        "run the same command again to go on")
+    assert not (tmp_path / "new" / "summary.json").exists()
+
+    shutil.copytree(root / "run", tmp_path / "done", ignore=shutil.ignore_patterns("summary.json", "report"))
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--config", config_path, "--run-dir", tmp_path / "done",
+                           "--model", model, "--data-dir", tmp_path, "--time-limit", "0")
+    assert code == 0, err
+    done = json.loads((tmp_path / "done" / "summary.json").read_text())
+    assert done["generalization"] == summary["generalization"]
+    assert done["config"]["model"]["name"] == model and done["config"]["data"]["data_dir"] == str(tmp_path)

@@ -266,3 +266,34 @@ def test_no_warm_up_for_a_checkpoint_with_an_mlm_head(tiny_bert_dir: Path, tmp_p
     monkeypatch.setattr(scoring, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up a trained head"))
     base = load_base(str(tiny_bert_dir), warmup=WarmupSettings(steps=3), cache_dir=tmp_path)
     assert not base.warmed_up and not base.info["fresh_mlm_head"]
+
+
+def test_time_limit_finishes_the_evaluation_in_flight_then_stops(bert, small_dataset_csv: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the deadline the scorer starts nothing new: what finished is stored, `Stopped` is raised,
+    and the next call computes only what is missing."""
+    from headprune.errors import Stopped
+
+    store = ResultStore(tmp_path / "store.sqlite")
+    name = str(small_dataset_csv)
+    checks = []
+
+    def past(deadline):  # the deadline passes once the first score is in
+        checks.append(deadline)
+        return deadline is not None and store.count_scores() >= 1
+
+    monkeypatch.setattr(scoring, "past", past)
+    limited = Scorer(bert, store, SETTINGS, seeds=[1, 2, 3], device="cpu", deadline=123.0)
+    with pytest.raises(Stopped, match="time limit reached; 1 of 3 scores"):
+        limited.score([], name)
+    assert store.count_scores() == 1 and checks == [123.0] * len(checks)
+    with pytest.raises(Stopped, match="0 of 3"):  # a new request past the deadline starts nothing
+        limited.score([(0, 1)], name)
+    assert store.count_scores() == 1
+
+    computed = []
+    real = scoring.score_seed
+    monkeypatch.setattr(scoring, "score_seed", lambda *a, **k: computed.append(a[5]) or real(*a, **k))
+    result = Scorer(bert, store, SETTINGS, seeds=[1, 2, 3], device="cpu").score([], name)
+    assert computed == [2, 3] and len(result.scores) == 3
+    store.close()

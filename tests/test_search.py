@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headprune.errors import HeadpruneError
-from headprune.search import h1_search, h2_search, h3_search, k_values_from, rank_models
+from headprune.search import h1_search, h2_search, h3_search, k_values_from, rank_models, run_searches
 
 
 def heads(*indices: int) -> frozenset[tuple[int, int]]:
@@ -247,3 +247,59 @@ def test_bad_group_size_and_bad_evaluator_are_reported():
         h2_search(ORDER4, ["X"], lambda requests: [])
     with pytest.raises(HeadpruneError, match="more than once"):
         h3_search(ORDER4, ["X", "X"], Stub({}))
+
+
+# ----------------------------------------------------------------------------- searches at once
+
+
+def test_run_searches_merges_rounds_and_gives_the_sequential_results():
+    """H1, H2 and H3 run together: every round is one evaluator call holding each waiting search's
+    requests, and each search returns what it returns alone."""
+
+    class Scores(Stub):  # any request: a deterministic made-up score
+        def __init__(self):
+            super().__init__({})
+
+        def __call__(self, requests):
+            self.calls.append(list(requests))
+            return [0.5 + (sum(7 * (h + 1) for _, h in pruned) + 3 * (ds == "Y")) % 10 / 50 for pruned, ds in requests]
+
+    searches = {
+        "H1": lambda ev: h1_search(ORDER4, ["X", "Y"], ev),
+        "H2": lambda ev: h2_search(ORDER4, ["X", "Y"], ev),
+        "H3": lambda ev: h3_search(ORDER4, ["X", "Y"], ev),
+    }
+    single = {}
+    alone = {}
+    for name, search in searches.items():
+        stub = Scores()
+        alone[name] = search(stub)
+        single[name] = stub.calls
+    merged = Scores()
+    together = run_searches(searches, merged)
+    assert together == alone
+    assert list(together) == ["H1", "H2", "H3"]
+    assert len(merged.calls) == max(len(c) for c in single.values())  # searches advance in lockstep
+    assert merged.calls[0] == single["H1"][0] + single["H2"][0] + single["H3"][0]
+    assert merged.calls[1] == single["H2"][1] + single["H3"][1]  # H1 is done after one round
+    assert sum(len(c) for c in merged.calls) == sum(len(r) for c in single.values() for r in c)
+
+
+def test_run_searches_raises_an_evaluator_error_and_stops_every_search():
+    def failing(requests):
+        raise HeadpruneError("the store is full")
+
+    searches = {n: (lambda ev: h2_search(ORDER4, ["X", "Y"], ev)) for n in ("a", "b", "c")}
+    with pytest.raises(HeadpruneError, match="store is full"):
+        run_searches(searches, failing)
+
+
+def test_run_searches_raises_a_search_error():
+    stub = Stub(h2_table())
+
+    def broken(ev):
+        ev([(heads(3), "X")])
+        raise ValueError("bad search")
+
+    with pytest.raises(ValueError, match="bad search"):
+        run_searches({"ok": lambda ev: h2_search(ORDER4, ["X", "Y"], ev), "broken": broken}, stub)

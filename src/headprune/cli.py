@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import HeadpruneError
+from .errors import HeadpruneError, Stopped
 
 app = typer.Typer(
     add_completion=False,
@@ -54,6 +54,9 @@ def main() -> None:
     except HeadpruneError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+    except Stopped as stop:
+        typer.echo(f"stopped: {stop}; run the same command again to go on", err=True)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted: every finished evaluation is in the store; rerun the same command to resume", err=True)
         sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,12 @@ def run_command(
     executor: str = typer.Option(None, "--executor", help="in-process or ray (overrides the configuration)."),
     address: str = typer.Option(None, "--address", help="Ray address: auto or HOST:PORT (with --executor ray)."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (overrides the configuration)."),
+    model: str = typer.Option(None, "--model", help="Model name, directory or hub id (overrides [model] name)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder of the bundled datasets (overrides [data] data_dir)."),
+    time_limit: float = typer.Option(
+        None, "--time-limit", min=0.0,
+        help="Minutes: then finish the evaluations in flight, start no new one, and exit 3 (rerun to go on).",
+    ),
 ) -> None:
     """The whole method: Step 1 -> Step 2 -> generalization check -> summary.json and report."""
     from .config import load_config, validate
@@ -176,9 +183,14 @@ def run_command(
         cfg.run.address = address
     if device is not None:
         cfg.run.device = device
+    if model is not None:
+        cfg.model.name = model
+    if data_dir is not None:
+        cfg.data.data_dir = str(data_dir)
     validate(cfg, "")
     run_dir = run_dir or Path("runs") / config.stem
-    pipeline = Pipeline(cfg, run_dir)
+    deadline = time.monotonic() + 60 * time_limit if time_limit is not None else None
+    pipeline = Pipeline(cfg, run_dir, deadline=deadline)
     if dry_run:
         typer.echo(dry_run_text(pipeline))
         return

@@ -98,6 +98,8 @@ class RunSection:
     device: str = "auto"
     executor: str = "in-process"  # or "ray"
     engine: str = "auto"  # auto: batched engine on CUDA, reference loop on CPU; or "reference", "batched"
+    pack: bool = True  # batched engine, Step 2: train different candidates together (masked stacks)
+    pack_models: int = 0  # models per pack; 0: as many as fit in the GPU's memory
     address: str = ""  # Ray cluster address; empty starts a local Ray
     ray_gpus_per_task: float = 0.25  # GPU share of one evaluation on Ray (several small jobs share a GPU)
     ray_max_retries: int = 3  # retries of an evaluation whose Ray worker died
@@ -227,6 +229,8 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"generalization.alpha must be between 0 and 1, got {config.generalization.alpha}")
     if not 0 < config.run.ray_gpus_per_task <= 1:
         bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
+    if config.run.pack_models < 0:
+        bad(f"run.pack_models must be 0 (as many as fit) or more, got {config.run.pack_models}")
     if config.run.ray_max_retries < 0:
         bad(f"run.ray_max_retries must be 0 or more, got {config.run.ray_max_retries}")
     if config.run.engine not in ("auto", "reference", "batched"):

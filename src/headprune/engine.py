@@ -56,6 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import split_halves
+from .execute import StopRequests
 from .models import count_parameters
 from .scoring import EvalContext, ScoreSettings, SeedTask, resolve_device, run_task, saved_size
 from .store import SeedScore
@@ -861,7 +862,7 @@ def plan_packs(tasks: Sequence[SeedTask], steps: dict[SeedTask, int], size: int,
 # ----------------------------------------------------------------------------- the executor
 
 
-class BatchedExecutor:
+class BatchedExecutor(StopRequests):
     """`execute.InProcessExecutor`'s interface: `run(context, tasks)` yields (task, SeedScore).
 
     Without packing, tasks are grouped by (pruned set, dataset) and each group's seeds are trained
@@ -915,6 +916,8 @@ class BatchedExecutor:
                      for t in unique}
             size = self.options.pack_models or auto_pack_size(context.base_model, device)
             for pack in plan_packs(unique, steps, size, self.options.pack_step_ratio):
+                if self.stop_requested:
+                    return
                 yield pack, _train_pack(context.base_model, context.tokenizer, context.datasets, pack,
                                         context.settings, device, self.options, sizes)
             return
@@ -922,6 +925,8 @@ class BatchedExecutor:
         for task in unique:
             groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
         for (pruned, dataset), group in groups.items():
+            if self.stop_requested:
+                return
             ids, labels = context.datasets[dataset]
             yield group, _train_group(context.base_model, context.tokenizer, ids, labels, pruned,
                                       [t.seed for t in group], context.settings, device, self.options, sizes=sizes)

@@ -19,13 +19,24 @@ from .store import SeedScore
 RAY_MISSING = "the Ray executor needs the extra: pip install 'headprune[ray]'"
 
 
-class InProcessExecutor:
+class StopRequests:
+    """`request_stop()`: finish what is in flight, start nothing new (the caller's time limit)."""
+
+    stop_requested = False
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+
+class InProcessExecutor(StopRequests):
     """Runs each task here, in order; results are yielded (and stored by the caller) one by one."""
 
     name = "in-process"
 
     def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
         for task in tasks:
+            if self.stop_requested:
+                return
             yield task, run_task(context, task)
 
 
@@ -113,7 +124,7 @@ def _evaluate(
             torch.cuda.empty_cache()  # give the memory back to the tasks sharing this GPU
 
 
-class RayExecutor:
+class RayExecutor(StopRequests):
     """Runs each SeedTask as a Ray task; results are yielded as they complete.
 
     - `address`: None starts a local Ray instance (`num_cpus` CPUs, default all) when the first
@@ -225,8 +236,8 @@ class RayExecutor:
         queue = collections.deque(tasks)
         pending: dict = {}
         try:
-            while queue or pending:
-                while queue and len(pending) < window:
+            while (queue and not self.stop_requested) or pending:
+                while queue and len(pending) < window and not self.stop_requested:
                     task = queue.popleft()
                     data_ref = data_refs[task.dataset]
                     ref = remote.remote(

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .data import Dataset
-from .errors import HeadpruneError
+from .errors import HeadpruneError, Stopped, past
 from .scoring import BaseModel, _pad, adamw, encode
 from .store import ResultStore
 from .surgery import HeadGates
@@ -197,10 +197,12 @@ def importance_order(
     device: torch.device = torch.device("cpu"),
     name: str = "OI",
     on_result: Callable[[str, int, bool], None] | None = None,
+    deadline: float | None = None,
 ) -> Order:
     """Step 1: mean of the per-epoch matrices over datasets, seeds and epochs; most important first.
 
-    Each (dataset, seed) result goes through `store` (if given), so an interrupted Step 1 resumes."""
+    Each (dataset, seed) result goes through `store` (if given), so an interrupted Step 1 resumes.
+    Past `deadline` (`time.monotonic()`), no new finetuning starts: `errors.Stopped` is raised."""
     matrices: list[list[list[float]]] = []
     for dataset in datasets:
         for seed in seeds:
@@ -209,6 +211,8 @@ def importance_order(
                 key = store.importance_key(base.fingerprint, dataset.content_hash, seed, settings.as_dict())
                 stored = store.get_importance(key)
             if stored is None:
+                if past(deadline):
+                    raise Stopped("time limit reached during Step 1; finished finetunings are in the store")
                 stored = importance_matrices(base, dataset, seed, settings, device)
                 if store is not None:
                     store.put_importance(

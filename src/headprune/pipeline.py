@@ -24,7 +24,7 @@ from .generalize import random_means, significance, summarize, timing_summary
 from .importance import ImportanceSettings, Order, importance_order, random_order
 from .progress import RunProgress, format_seconds
 from .scoring import BaseModel, Scorer, ScoreSettings, WarmupSettings, encode, load_base, resolve_device
-from .search import h1_search, h2_search, h3_search, k_values_from
+from .search import h1_search, h2_search, h3_search, k_values_from, run_searches
 from .store import ResultStore
 
 SEARCHES = {"H2": h2_search, "H3": h3_search}
@@ -68,7 +68,10 @@ def importance_settings(config: Config) -> ImportanceSettings:
     return ImportanceSettings(**{k: v for k, v in asdict(config.step1).items() if k in names})
 
 
-def make_executor(config: Config):
+def make_executor(config: Config, stage: str = "step2"):
+    """The executor of a stage. With the batched engine, Step 2 packs different candidates into one
+    masked stack (`run.pack`); the generalization check never does, so that each chosen model's
+    adjusting time is its own (Table 14)."""
     if config.run.executor == "ray":
         from .execute import RayExecutor  # type: ignore[attr-defined]
 
@@ -77,21 +80,24 @@ def make_executor(config: Config):
             num_gpus_per_task=config.run.ray_gpus_per_task,
             max_retries=config.run.ray_max_retries,
         )
-    from .engine import BatchedExecutor, default_executor
+    from .engine import BatchedExecutor, EngineOptions, default_executor
     from .execute import InProcessExecutor
 
+    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
     if config.run.engine == "batched":
-        return BatchedExecutor()
+        return BatchedExecutor(options)
     if config.run.engine == "reference":
         return InProcessExecutor()
-    return default_executor(config.run.device)
+    return default_executor(config.run.device, options)
 
 
 class Pipeline:
     """The whole method for one configuration and run directory."""
 
-    def __init__(self, config: Config, run_dir: str | Path, progress: RunProgress | None = None):
+    def __init__(self, config: Config, run_dir: str | Path, progress: RunProgress | None = None,
+                 deadline: float | None = None):
         self.config = config
+        self.deadline = deadline  # time.monotonic(): past it no new evaluation starts (errors.Stopped)
         self.run_dir = Path(run_dir)
         self.progress = progress or RunProgress()
         self.data_dir = config.data.data_dir or None
@@ -158,6 +164,7 @@ class Pipeline:
             on_result=lambda task, score, cached: self.progress.advance(cached),
             sources=self.sources,
             loader=self.dataset,
+            deadline=self.deadline,
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
@@ -173,7 +180,8 @@ class Pipeline:
             )
         datasets = self.datasets(self.config.step1.datasets, check_folds=False)
         seeds = self.config.step1_seeds
-        self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds))
+        rows = {d.name: len(d) for d in datasets}  # the time left weighs each finetuning by its rows
+        self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds), sum(rows.values()) * len(seeds))
         order = importance_order(
             base,
             datasets,
@@ -181,7 +189,8 @@ class Pipeline:
             importance_settings(self.config),
             store=store,
             device=self.device,
-            on_result=lambda ds, seed, cached: self.progress.advance(cached),
+            on_result=lambda ds, seed, cached: self.progress.advance(cached, work=rows[ds]),
+            deadline=self.deadline,
         )
         self.progress.end_stage()
         return order
@@ -272,7 +281,8 @@ class Pipeline:
         step2_names = [d.name for d in self.datasets(self.config.step2.datasets)]
         g3_names = [d.name for d in self.datasets(self.config.generalization.datasets)]
         store = ResultStore(self.run_dir / "store.sqlite")
-        executor = make_executor(self.config)
+        executor = make_executor(self.config, "step2")
+        gen_executor = None
         try:
             base = self.load_base()
             self.progress.log(
@@ -283,12 +293,16 @@ class Pipeline:
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
-            gen_scorer = self.scorer(base, store, self.config.generalization_seeds, executor)
+            # The batched engine without packing; any other executor (e.g. a Ray connection) goes on.
+            gen_executor = (make_executor(self.config, "generalization")
+                            if getattr(executor, "name", "") == "batched" else executor)
+            gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary)
         finally:
-            close = getattr(executor, "close", None)
-            if close:
-                close()
+            for used in {id(e): e for e in (executor, gen_executor) if e is not None}.values():
+                close = getattr(used, "close", None)
+                if close:
+                    close()
             store.close()
         summary["elapsed_seconds"] = time.time() - started
         path = self.run_dir / "summary.json"
@@ -322,34 +336,42 @@ class Pipeline:
         }
 
     def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer, summary: dict) -> dict:
+        """Every (order, strategy) search at once (`search.run_searches`): one executor call per
+        round holds all their candidates."""
         chosen: dict[str, dict] = {"CM": {"pruned_heads": [], "n_pruned": 0, "strategy": None, "order": None}}
         n_heads = len(next(iter(orders.values())).ranked) if orders else 0
         stages = {s["stage"]: s for s in self.plan()}
+        group_size = self.config.step2.group_size
+        searches = {}
         for name, order in orders.items():
             strategies = self.config.step2.strategies if name == "OI" else self.config.step2.random_order_strategies
             for strategy in strategies:
-                stage = f"{strategy} {name}"
-                self.progress.start_stage(stage, stages[stage]["evaluations"])
                 if strategy == "H1":
-                    result = h1_search(order.ranked, datasets, scorer.evaluate, k_values=self._k_values(n_heads))
+                    ks = self._k_values(n_heads)
+                    searches[(name, strategy)] = lambda ev, o=order, ks=ks: h1_search(o.ranked, datasets, ev, k_values=ks)
                 else:
-                    result = SEARCHES[strategy](
-                        order.ranked, datasets, scorer.evaluate, group_size=self.config.step2.group_size
+                    searches[(name, strategy)] = (
+                        lambda ev, o=order, f=SEARCHES[strategy]: f(o.ranked, datasets, ev, group_size=group_size)
                     )
-                    if self.config.step2.group_size > 1:
-                        result["departure"] = (
-                            f"{strategy} added heads in groups of {self.config.step2.group_size} (paper: one at a time)"
-                        )
-                self.progress.set_total(self.progress.done)
-                self.progress.end_stage()
-                summary.setdefault(strategy.lower(), {})[name] = result
-                pruned = [list(h) for h in result["pruned_heads"]]
-                chosen[f"M{name}{strategy}"] = {
-                    "pruned_heads": pruned,
-                    "n_pruned": len(pruned),
-                    "strategy": strategy,
-                    "order": name,
-                }
+        if not searches:
+            summary["chosen"] = chosen
+            return chosen
+        labels = [f"{strategy} {name}" for name, strategy in searches]
+        self.progress.start_stage("Step 2: " + ", ".join(labels), sum(stages[label]["evaluations"] for label in labels))
+        results = run_searches(searches, scorer.evaluate)
+        self.progress.set_total(self.progress.done)
+        self.progress.end_stage()
+        for (name, strategy), result in results.items():
+            if strategy != "H1" and group_size > 1:
+                result["departure"] = f"{strategy} added heads in groups of {group_size} (paper: one at a time)"
+            summary.setdefault(strategy.lower(), {})[name] = result
+            pruned = [list(h) for h in result["pruned_heads"]]
+            chosen[f"M{name}{strategy}"] = {
+                "pruned_heads": pruned,
+                "n_pruned": len(pruned),
+                "strategy": strategy,
+                "order": name,
+            }
         summary["chosen"] = chosen
         return chosen
 

@@ -19,8 +19,10 @@ def format_seconds(seconds: float) -> str:
 
 
 class RunProgress:
-    """One bar per stage. Time left = (remaining evaluations) x (mean seconds of the computed ones),
-    so evaluations answered by the store do not make the estimate optimistic. Without a terminal
+    """One bar per stage. Time left = (remaining work) x (seconds per unit of work of the computed
+    evaluations), so evaluations answered by the store do not make the estimate optimistic. Work is
+    one unit per evaluation unless the stage gives weights (e.g. Step 1: rows finetuned), so that a
+    stage whose first evaluations are small does not promise too early an end. Without a terminal
     (CI, logs) it prints one plain line every `every` seconds and at the end of each stage."""
 
     def __init__(self, console: Console | None = None, enabled: bool = True, every: float = 20.0):
@@ -35,6 +37,9 @@ class RunProgress:
         self.done = 0
         self.cached = 0
         self._computed_seconds: list[float] = []
+        self.total_work = 0.0
+        self.done_work = 0.0
+        self._computed_work = 0.0
         self._last = time.perf_counter()
         self._last_print = 0.0
 
@@ -42,10 +47,13 @@ class RunProgress:
         if self.enabled:
             self.console.print(message, highlight=False, markup=False)
 
-    def start_stage(self, name: str, total: int) -> None:
+    def start_stage(self, name: str, total: int, total_work: float | None = None) -> None:
+        """`total_work`: the stage's work in the units `advance(work=...)` counts (default: evaluations)."""
         self.end_stage()
         self.stage_name, self.total, self.done, self.cached = name, total, 0, 0
         self._computed_seconds = []
+        self.total_work = float(total if total_work is None else total_work)
+        self.done_work = self._computed_work = 0.0
         self._last = time.perf_counter()
         self._last_print = time.perf_counter()
         if self.live:
@@ -64,22 +72,25 @@ class RunProgress:
             self.console.print(f"[{name}] {total} evaluations", highlight=False, markup=False)
 
     def set_total(self, total: int) -> None:
+        self.total_work += total - self.total
         self.total = total
         if self._progress is not None:
             self._progress.update(self._task, total=total)
 
     def time_left(self) -> float | None:
-        if not self._computed_seconds:
+        if not self._computed_seconds or self._computed_work <= 0:
             return None
-        return (self.total - self.done) * (sum(self._computed_seconds) / len(self._computed_seconds))
+        return max(0.0, self.total_work - self.done_work) * (sum(self._computed_seconds) / self._computed_work)
 
-    def advance(self, cached: bool = False) -> None:
+    def advance(self, cached: bool = False, work: float = 1.0) -> None:
         now = time.perf_counter()
         self.done += 1
+        self.done_work += work
         if cached:
             self.cached += 1
         else:
             self._computed_seconds.append(now - self._last)
+            self._computed_work += work
         self._last = now
         left = self.time_left()
         detail = f"{self.cached} from store" + (f", ~{format_seconds(left)} left" if left is not None else "")

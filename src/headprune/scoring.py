@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import Dataset, check_enough_per_class, load_dataset, split_halves
-from .errors import HeadpruneError
+from .errors import HeadpruneError, Stopped, past
 from .models import count_parameters, family_of, fingerprint, load_model, max_length
 from .store import ResultStore, SeedScore, pruned_key
 from .surgery import original_shape, prune_heads
@@ -412,6 +412,7 @@ class Scorer:
         on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
         sources: dict[str, str] | None = None,
         loader: Callable[[str], Dataset] | None = None,
+        deadline: float | None = None,
     ):
         from .execute import InProcessExecutor
 
@@ -427,6 +428,7 @@ class Scorer:
         self.on_result = on_result
         self.sources = dict(sources or {})  # display name -> bundled name or file path
         self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
+        self.deadline = deadline  # time.monotonic(): past it, start nothing new and raise errors.Stopped
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
         self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
@@ -491,7 +493,12 @@ class Scorer:
                     self.on_result(task, stored, True)
             else:
                 missing.append(task)
+        if missing and past(self.deadline):
+            raise Stopped(f"time limit reached; {len(results)} of {len(missing) + len(results)} scores of this "
+                          "batch are in the store")
         if missing:
+            if hasattr(self.executor, "request_stop"):
+                self.executor.stop_requested = False
             context = self.context(sorted({t.dataset for t in missing}))
             for task, score in self.executor.run(context, missing):
                 self.store.put_score(
@@ -507,6 +514,14 @@ class Scorer:
                 results[task] = score
                 if self.on_result:
                     self.on_result(task, score, False)
+                if past(self.deadline):
+                    request = getattr(self.executor, "request_stop", None)
+                    if request is None:
+                        break
+                    request()  # finish what is in flight, then stop
+            if len(results) < len(dict.fromkeys(tasks)):
+                raise Stopped(f"time limit reached; {len(results)} of {len(dict.fromkeys(tasks))} scores of this "
+                              "batch are in the store")
         return results
 
     def score(self, pruned: Iterable[Head], dataset: str, seeds: Sequence[int] | None = None) -> ScoreResult:

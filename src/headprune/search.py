@@ -9,6 +9,7 @@ executor can run a batch in parallel.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -214,6 +215,86 @@ def _cross_scores(
     unique = list(dict.fromkeys(requests))
     score_of = dict(zip(unique, _evaluate(evaluate, unique)))
     return {source: {ds: score_of[(pruned[source], ds)] for ds in datasets} for source in datasets}
+
+
+def run_searches(searches: Mapping[str, Callable[[Evaluate], dict]], evaluate: Evaluate) -> dict[str, dict]:
+    """Run several searches at once, merging their requests into one `evaluate` call per round.
+
+    Each search (a callable taking an `Evaluate`, e.g. `lambda ev: h2_search(order, ds, ev)`) runs in
+    its own thread; its evaluate calls wait until every unfinished search waits too, then the
+    calling thread evaluates all their requests together (searches in the order given) and hands
+    each search its part. An executor so sees every order's and strategy's candidates at once:
+    far larger batches (a GPU fills; a cluster has work for every worker) and the same results as
+    running the searches one after the other, since every score is keyed by what it is. An error
+    in one search or in `evaluate` stops them all and is raised here."""
+    names = list(searches)
+    cond = threading.Condition()
+    waiting: dict[str, list] = {}
+    answers: dict[str, list[float]] = {}
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+    running = set(names)
+
+    class Abort(Exception):
+        pass
+
+    def client(name: str) -> Evaluate:
+        def ask(requests):
+            with cond:
+                if errors:
+                    raise Abort
+                waiting[name] = list(requests)
+                cond.notify_all()
+                while name not in answers and not errors:
+                    cond.wait()
+                if name not in answers:
+                    raise Abort
+                return answers.pop(name)
+        return ask
+
+    def work(name: str) -> None:
+        try:
+            results[name] = searches[name](client(name))
+        except Abort:
+            pass
+        except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+            with cond:
+                errors.append(err)
+        finally:
+            with cond:
+                running.discard(name)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True, name=f"headprune-search-{n}") for n in names]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            with cond:
+                while running and not errors and set(waiting) != running:
+                    cond.wait()
+                if errors or not running:
+                    break
+                batch = [(n, waiting.pop(n)) for n in names if n in waiting]
+            merged = [request for _, requests in batch for request in requests]
+            scores = list(evaluate(merged)) if merged else []
+            with cond:
+                at = 0
+                for n, requests in batch:
+                    answers[n] = scores[at: at + len(requests)]
+                    at += len(requests)
+                cond.notify_all()
+    except BaseException as err:
+        with cond:
+            errors.append(err)
+            cond.notify_all()
+        raise
+    finally:
+        for thread in threads:
+            thread.join(timeout=5)
+    if errors:
+        raise errors[0]
+    return {n: results[n] for n in names}
 
 
 def _evaluate(evaluate: Evaluate, requests: list[tuple[frozenset[Head], str]]) -> list[float]:
