@@ -9,8 +9,12 @@ Writes `bench/results/<date>-<device>.json` (or --out) after every stage, so a r
 what it measured; `--merge FILE` starts from an earlier result (to split the work over several
 commands). Keys: device, date, versions, settings, models.<minilm|bertweet-shape>.{naive_tokens_per_s,
 engine_tokens_per_s, naive_seconds_per_call, engine_seconds_per_call, svm_seconds, peak_gpu_memory_bytes,
-...}, parity.<dataset>.{reference_mean, engine_mean, p_value, max_abs_diff, ...},
-projected_h1_gpu_hours.<model>.
+packed_tokens_per_s, packed_seconds_per_call, ...}, parity.<dataset>.{reference_mean, engine_mean, p_value,
+max_abs_diff, ...}, parity_packed.<dataset>, projected_h1_gpu_hours.<model>, projected_h1_gpu_hours_packed.<model>.
+
+Parts (--parts): throughput (naive loop vs seed stacks of the complete model), parity (reference vs
+engine, paired by seed), packed (H1-like packs of different candidates x seeds in masked stacks, as
+`headprune run` trains Step 2 on a GPU; its projection is the one that counts for a run).
 
 Definitions: tokens/s = real (non-padding) tokens of the finetuning batches / wall time of the
 adjusting stage (summed over the models trained together for the engine). A naive call is one seed;
@@ -41,9 +45,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from naive import naive_score
 
 from headprune.data import GROUPS, expand_datasets, load_dataset
-from headprune.engine import EngineOptions, score_seeds_batched
+from headprune.engine import EngineOptions, SizeCache, auto_pack_size, score_pack, score_seeds_batched
 from headprune.models import count_parameters, load_tokenizer, max_length
-from headprune.scoring import ScoreSettings, WarmupSettings, encode, load_base, resolve_device
+from headprune.scoring import ScoreSettings, SeedTask, WarmupSettings, encode, load_base, resolve_device
 
 BERTWEET_SHAPE = {"vocab_size": 64001, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_size": 768,
                   "intermediate_size": 3072, "max_position_embeddings": 130, "type_vocab_size": 1}
@@ -201,6 +205,77 @@ def throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, setti
     save()
 
 
+def packed(key: str, model, tokenizer, n_heads: int, data: dict, args, settings: ScoreSettings,
+           device: torch.device, result: dict, save) -> None:
+    """H1-like packs (what `headprune run` does in Step 2 on a GPU): per dataset, candidates pruning
+    the k least important heads of a (random) order for k spread over 0..N-1, each with every seed,
+    trained together in masked stacks of `--pack-models` models (default: what fits). Seconds per
+    evaluation = a pack's wall time (adjust + features + SVM) / its models; the H1 projection uses it."""
+    entry = result["models"].setdefault(key, {})
+    size = args.pack_models or auto_pack_size(model, device)
+    n_candidates = max(1, size // len(args.seeds))
+    order = [(l, h) for l in range(model.config.num_hidden_layers) for h in range(model.config.num_attention_heads)]
+    order = [order[i] for i in np.random.default_rng(0).permutation(len(order))]
+    ks = sorted({int(round(k)) for k in np.linspace(0, n_heads - 1, n_candidates)})
+    candidates = [tuple(sorted(order[:k])) for k in ks]
+    options = EngineOptions(pack=True, pack_models=size)
+    sizes = SizeCache(model)
+    out: dict = {}
+    reset_peak(device)
+    for name in args.datasets:
+        tasks = [SeedTask(c, name, s) for c in candidates for s in args.seeds]
+        stats: dict = {}
+        start = time.perf_counter()
+        scores = []
+        for at in range(0, len(tasks), size):
+            scores += score_pack(model, tokenizer, {name: data[name]}, tasks[at:at + size], settings, device,
+                                 options, stats, sizes)
+        wall = time.perf_counter() - start
+        complete = [sc.f1 for t, sc in zip(tasks, scores) if not t.pruned]
+        out[name] = {"n_models": len(tasks), "pack_models": size, "k": ks, "wall": wall,
+                     "adjust": stats["adjust_seconds"], "features": stats["features_seconds"],
+                     "svm": stats["svm_seconds"], "tokens": stats["tokens"], "steps": stats["steps"],
+                     "seconds_per_call": wall / len(tasks),
+                     "f1_complete": dict(zip(map(str, args.seeds), complete)),
+                     "f1_mean_by_k": {str(k): float(np.mean([sc.f1 for t, sc in zip(tasks, scores) if t.pruned == c]))
+                                      for k, c in zip(ks, candidates)}}
+        log(f"{key} packed {name}: {len(tasks)} models ({len(ks)} candidates x {len(args.seeds)} seeds, packs of "
+            f"{size}) {wall:.1f} s (adjust {stats['adjust_seconds']:.1f}, features {stats['features_seconds']:.1f}, "
+            f"svm {stats['svm_seconds']:.1f}); {stats['tokens'] / stats['adjust_seconds']:,.0f} tokens/s; "
+            f"{wall / len(tasks):.2f} s per evaluation")
+        entry["packed"] = out
+        save()
+    entry["packed_tokens_per_s"] = sum(v["tokens"] for v in out.values()) / sum(v["adjust"] for v in out.values())
+    entry["packed_seconds_per_call"] = {n: v["seconds_per_call"] for n, v in out.items()}
+    entry.setdefault("peak_gpu_memory_bytes", {})["packed"] = peak(device)
+    if entry.get("naive_tokens_per_s"):
+        entry["speedup_packed_tokens_per_s"] = entry["packed_tokens_per_s"] / entry["naive_tokens_per_s"]
+    measured = sorted(set(out) & set(GROUPS["G2"]))
+    calls = n_heads * H1_SEEDS
+    result.setdefault("projected_h1_gpu_hours_packed", {})[key] = calls * sum(
+        entry["packed_seconds_per_call"][n] for n in measured) / 3600
+    basis = (f"{n_heads} heads x {H1_SEEDS} seeds x the G2 datasets measured {measured}, at the packed seconds per "
+             f"evaluation (packs of {size})")
+    if args.max_rows:
+        basis += f" (SUBSAMPLED to {args.max_rows} rows: not a real projection)"
+    result.setdefault("projection_basis_packed", {})[key] = basis
+    parity = result.get("parity", {})
+    for name in measured:
+        reference = parity.get(name, {})
+        seeds = [s for s in reference.get("seeds", []) if str(s) in out[name]["f1_complete"]]
+        if len(seeds) > 1:
+            from scipy.stats import ttest_rel
+
+            ref = np.array([reference["reference"][reference["seeds"].index(s)] for s in seeds])
+            eng = np.array([out[name]["f1_complete"][str(s)] for s in seeds])
+            p = float(ttest_rel(ref, eng).pvalue) if np.any(ref != eng) else None
+            result.setdefault("parity_packed", {})[name] = {
+                "reference_mean": float(ref.mean()), "engine_mean": float(eng.mean()),
+                "p_value": None if p is None or np.isnan(p) else p, "max_abs_diff": float(np.max(np.abs(ref - eng))),
+                "seeds": seeds}
+    save()
+
+
 _WORKER: dict = {}
 
 
@@ -321,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--warmup-steps", type=int, default=None, help="MiniLM MLM-head warm-up (default 300)")
     parser.add_argument("--max-models", type=int, default=None, help="engine: models trained together at most")
+    parser.add_argument("--pack-models", type=int, default=None, help="packed: models per pack (default: what fits)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -355,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = ScoreSettings(epochs=args.epochs or ScoreSettings().epochs)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not set(models) <= {"minilm", "bertweet-shape"} or not parts <= {"throughput", "parity"}:
-        parser.error("--models: minilm, bertweet-shape; --parts: throughput, parity")
+    if not set(models) <= {"minilm", "bertweet-shape"} or not parts <= {"throughput", "parity", "packed"}:
+        parser.error("--models: minilm, bertweet-shape; --parts: throughput, parity, packed")
 
     today = date.today().isoformat()
     out = Path(args.out) if args.out else HERE / "results" / f"{today}-{device_slug(device)}.json"
@@ -373,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     result.setdefault("runs", []).append({
         "argv": sys.argv[1:], "quick": args.quick, "max_rows": args.max_rows, "datasets": args.datasets,
         "seeds": args.seeds, "settings": settings.as_dict(), "warmup_steps": args.warmup_steps,
-        "max_models": args.max_models, "models": models, "parts": sorted(parts),
+        "max_models": args.max_models, "pack_models": args.pack_models, "models": models, "parts": sorted(parts),
     })
 
     def save() -> None:
@@ -394,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             throughput(key, model, tokenizer, n_heads, data, args, settings, device, result, save)
         if key == "minilm" and "parity" in parts:
             parity(model, tokenizer, data, args, settings, device, result, save)
+        if "packed" in parts:
+            packed(key, model, tokenizer, n_heads, data, args, settings, device, result, save)
         del model
     save()
     log(f"wrote {out}")

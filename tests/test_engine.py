@@ -378,3 +378,64 @@ def test_batched_executor_packs(tokenizer, encoded):
         expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
         assert results[task].f1 == pytest.approx(expected.f1, abs=1e-3)
         assert results[task].n_params == expected.n_params
+
+
+# ----------------------------------------------------------------------------- batches drawn in worker processes
+
+
+def test_batch_preparer_draws_the_same_batches_in_worker_processes(tokenizer, encoded):
+    from headprune.engine import BatchPreparer, job_stream
+
+    ids, _ = encoded
+    settings = ScoreSettings(epochs=2, batch_size=4, mlm_probability=0.1)
+    jobs = [(ids[:18], 1), (ids[20:50], 2), (ids[50:55], 3)]
+    preparer = BatchPreparer(workers=2)
+    try:
+        futures = preparer.prepare(tokenizer, jobs, settings)
+        for (rows, seed), future in zip(jobs, futures):
+            here = list(job_stream(tokenizer, rows, seed, settings))
+            there = future.result(timeout=300)
+            assert len(here) == len(there) == 2 * -(-len(rows) // 4)
+            for a, b in zip(here, there):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    for field in ("input_ids", "attention", "positions", "targets"):
+                        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+                    assert a.lr == b.lr
+        model = tiny_model(tokenizer)
+        states = []
+        for prepared in (None, futures):
+            stack = StackedMLM.replicate(model, len(jobs))
+            adjust_stacked(stack, tokenizer, jobs, settings, EngineOptions(), prepared=prepared)
+            states.append([stack.state_of(i) for i in range(len(jobs))])
+        for plain, ahead in zip(*states):
+            assert all(torch.equal(plain[n], ahead[n]) for n in plain)
+    finally:
+        preparer.close()
+    assert BatchPreparer(0).prepare(tokenizer, jobs, settings) == [None, None, None]
+    assert EngineOptions().resolved_prep_workers(CPU) == 0
+
+
+def test_a_pack_that_runs_out_of_gpu_memory_is_halved(tokenizer, encoded, monkeypatch):
+    """`auto_pack_size` only estimates: a part that does not fit is split, and later parts follow."""
+    import headprune.engine as engine
+
+    ids, labels = encoded
+    model = tiny_model(tokenizer)
+    context = EvalContext(model, tokenizer, {"a": (ids, labels)}, SCORE_SETTINGS, "cpu")
+    tasks = [SeedTask(p, "a", s) for p in ((), ((0, 1),), ((1, 2),)) for s in (1, 2, 3)]
+    real = engine._train_pack
+    sizes_tried = []
+
+    def small_gpu(base_model, tokenizer, datasets, part, *args, **kwargs):
+        sizes_tried.append(len(part))
+        if len(part) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(base_model, tokenizer, datasets, part, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_pack", small_gpu)
+    executor = BatchedExecutor(EngineOptions(pack=True, pack_models=9, svm_workers=1))
+    results = dict(executor.run(context, tasks))
+    assert set(results) == set(tasks)
+    assert sizes_tried == [9, 4, 2, 2, 2, 2, 1]
+    assert executor._fits == 2

@@ -82,6 +82,14 @@ class EngineOptions:
     pack: bool = False  # train tasks of different pruned sets together (masked stacks); see BatchedExecutor
     pack_models: int | None = None  # models per pack (None: what fits, `auto_pack_size`)
     pack_step_ratio: float = 1.25  # a pack's longest model has at most this many times the shortest's steps
+    prep_workers: int | None = None  # processes drawing batches (None: on CUDA half the cores, at most 8; CPU 0)
+
+    def resolved_prep_workers(self, device: torch.device) -> int:
+        if self.prep_workers is not None:
+            return max(0, int(self.prep_workers))
+        import os
+
+        return min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
     def use_amp(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.amp is None else bool(self.amp and device.type == "cuda")
@@ -466,20 +474,104 @@ def job_batches(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSetti
             yield None if not (batch["labels"] != -100).any() else (batch, lr)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One model's collated batch, compactly (what `_steps` needs, cheap to send between processes):
+    masked input ids and attention mask (rows, width), the flat positions (row * width + column) of
+    the masked tokens, their original ids, and the learning rate of the step."""
+
+    input_ids: np.ndarray  # int32 (rows, width)
+    attention: np.ndarray  # uint8 (rows, width)
+    positions: np.ndarray  # int64 (masked,)
+    targets: np.ndarray  # int64 (masked,)
+    lr: float
+
+
+def job_stream(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSettings) -> Iterator[Batch | None]:
+    """`job_batches` as compact `Batch`es (None: a batch with no masked token)."""
+    for item in job_batches(tokenizer, ids, seed, settings):
+        if item is None:
+            yield None
+            continue
+        batch, lr = item
+        labels = batch["labels"]
+        r, c = (labels != -100).nonzero(as_tuple=True)
+        yield Batch(batch["input_ids"].numpy().astype(np.int32), batch["attention_mask"].numpy().astype(np.uint8),
+                    (r * labels.shape[1] + c).numpy(), labels[r, c].numpy(), lr)
+
+
+_PREP_WORKER: dict = {}
+
+
+def _prep_init(tokenizer) -> None:
+    import multiprocessing
+
+    # DataCollatorForLanguageModeling(seed=...) refuses to run outside a process named MainProcess
+    # (it expects DataLoader workers); these workers each draw whole, independent job streams.
+    multiprocessing.current_process().name = "MainProcess"
+    torch.set_num_threads(1)
+    _PREP_WORKER["tokenizer"] = tokenizer
+
+
+def _prep_job(job: tuple[list[list[int]], int, ScoreSettings]) -> list[Batch | None]:
+    ids, seed, settings = job
+    return list(job_stream(_PREP_WORKER["tokenizer"], ids, seed, settings))
+
+
+class BatchPreparer:
+    """Draws the models' batches (collation and MLM masking, ~2.5 ms of Python per model and step)
+    in worker processes, so that a GPU training dozens of models at once is not kept waiting by one
+    CPU core. Each job's stream depends only on its rows and seed, so the batches are exactly those
+    drawn in-process. `workers=0`: nothing is prepared ahead (drawn lazily, in this process)."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = int(workers)
+        self._pool = None
+        self._tokenizer = None
+
+    def prepare(self, tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: ScoreSettings) -> list:
+        """One source per job, for `adjust_stacked(prepared=...)`: a Future of its batch list, or None."""
+        if self.workers <= 0:
+            return [None] * len(jobs)
+        pool = self._pool_for(tokenizer)
+        return [pool.submit(_prep_job, (ids, seed, settings)) for ids, seed in jobs]
+
+    def _pool_for(self, tokenizer):
+        if self._pool is None or self._tokenizer is not tokenizer:
+            self.close()
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_prep_init, initargs=(tokenizer,))
+            self._tokenizer = tokenizer
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
 def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: ScoreSettings,
-           optimizer: StackedAdamW, width_multiple: int) -> Iterator[_Step]:
-    """The stacked steps of N jobs (ids, seed): tick t holds every job's t-th batch."""
+           optimizer: StackedAdamW, width_multiple: int, prepared: Sequence | None = None) -> Iterator[_Step]:
+    """The stacked steps of N jobs (ids, seed): tick t holds every job's t-th batch. `prepared`: per
+    job, a Future of its batches (`BatchPreparer`) or None (drawn here)."""
     pad_id = tokenizer.pad_token_id
-    streams = [job_batches(tokenizer, ids, seed, settings) for ids, seed in jobs]
+    prepared = prepared or [None] * len(jobs)
+    streams = [job_stream(tokenizer, ids, seed, settings) if source is None else None
+               for (ids, seed), source in zip(jobs, prepared)]
     n, rows = len(jobs), settings.batch_size
     finished = [False] * n
     while True:
-        items: list = []
-        for j, stream in enumerate(streams):
+        items: list[Batch | None] = []
+        for j in range(n):
             item = None
             if not finished[j]:
+                if streams[j] is None:
+                    streams[j] = iter(prepared[j].result())  # waits for the worker the first time
                 try:
-                    item = next(stream)
+                    item = next(streams[j])
                 except StopIteration:
                     finished[j] = True
             items.append(item)
@@ -488,38 +580,36 @@ def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: Sco
         active = [item is not None for item in items]
         if not any(active):
             continue  # every model skips this batch (no optimizer step anywhere)
-        width = _round_up(max(item[0]["input_ids"].shape[1] for item in items if item is not None), width_multiple)
-        input_ids = torch.full((n, rows, width), pad_id, dtype=torch.long)
-        attention = torch.zeros((n, rows, width), dtype=torch.long)
+        width = _round_up(max(item.input_ids.shape[1] for item in items if item is not None), width_multiple)
+        input_ids = np.full((n, rows, width), pad_id, dtype=np.int64)
+        attention = np.zeros((n, rows, width), dtype=np.int64)
         attention[:, :, 0] = 1  # dummy rows attend to one (padding) token: no fully masked row, no loss
         positions, labels, lrs = [], [], []
         tokens = 0
         for j, item in enumerate(items):
             if item is None:
-                positions.append(torch.zeros(0, dtype=torch.long))
-                labels.append(torch.zeros(0, dtype=torch.long))
+                positions.append(np.zeros(0, dtype=np.int64))
+                labels.append(np.zeros(0, dtype=np.int64))
                 lrs.append(0.0)
                 continue
-            batch, lr = item
-            b, w = batch["input_ids"].shape
-            input_ids[j, :b, :w] = batch["input_ids"]
-            attention[j, :b, :w] = batch["attention_mask"]
-            tokens += int(batch["attention_mask"].sum())
-            masked = batch["labels"] != -100
-            r, c = masked.nonzero(as_tuple=True)
-            positions.append(r * width + c)
-            labels.append(batch["labels"][r, c])
-            lrs.append(lr)
+            b, w = item.input_ids.shape
+            input_ids[j, :b, :w] = item.input_ids
+            attention[j, :b, :w] = item.attention
+            tokens += int(item.attention.sum())
+            positions.append((item.positions // w) * width + item.positions % w)
+            labels.append(item.targets)
+            lrs.append(item.lr)
         m = _round_up(max(len(p) for p in positions), 8)
-        index = torch.zeros((n, m), dtype=torch.long)
-        targets = torch.full((n, m), -100, dtype=torch.long)
-        weights = torch.zeros((n, m), dtype=torch.float32)
+        index = np.zeros((n, m), dtype=np.int64)
+        targets = np.full((n, m), -100, dtype=np.int64)
+        weights = np.zeros((n, m), dtype=np.float32)
         for j, (pos, lab) in enumerate(zip(positions, labels)):
             if len(pos):
                 index[j, : len(pos)] = pos
                 targets[j, : len(pos)] = lab
                 weights[j, : len(pos)] = 1.0 / len(pos)
-        yield _Step(input_ids, attention, index, targets, weights, optimizer.scalars(active, lrs), tokens)
+        yield _Step(torch.from_numpy(input_ids), torch.from_numpy(attention), torch.from_numpy(index),
+                    torch.from_numpy(targets), torch.from_numpy(weights), optimizer.scalars(active, lrs), tokens)
 
 
 def _prefetched(iterator: Iterator, depth: int, transform=None) -> Iterator:
@@ -566,10 +656,10 @@ def _prefetched(iterator: Iterator, depth: int, transform=None) -> Iterator:
 
 def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[int]], int]],
                    settings: ScoreSettings, options: EngineOptions = EngineOptions(),
-                   stats: dict | None = None) -> float:
+                   stats: dict | None = None, prepared: Sequence | None = None) -> float:
     """Continued MLM of the N stacked models together; job i = (finetuning ids, seed) of model i.
     Returns the shared wall time in seconds. `stats`, if given, gets "tokens" (real tokens trained
-    on, summed over models) and "steps"."""
+    on, summed over models) and "steps". `prepared`: `BatchPreparer.prepare(...)` of the jobs."""
     if len(jobs) != stack.n_models:
         raise ValueError(f"{len(jobs)} jobs for {stack.n_models} stacked models")
     device = stack.device
@@ -583,7 +673,8 @@ def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[
     depth = options.prefetch if options.prefetch is not None else (4 if device.type == "cuda" else 0)
     transform = (lambda s: s.pin()) if device.type == "cuda" else None
     tokens = steps = 0
-    for step in _prefetched(_steps(tokenizer, jobs, settings, optimizer, options.width_multiple), depth, transform):
+    for step in _prefetched(_steps(tokenizer, jobs, settings, optimizer, options.width_multiple, prepared),
+                            depth, transform):
         tokens += step.tokens
         steps += 1
         step = step.to(device)
@@ -718,7 +809,8 @@ class SizeCache:
 
 
 def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options,
-                 stats: dict | None = None, sizes: SizeCache | None = None) -> _Trained:
+                 stats: dict | None = None, sizes: SizeCache | None = None, prepared: Sequence | None = None
+                 ) -> _Trained:
     model = copy.deepcopy(base_model)
     pruned = list(pruned)
     if pruned:
@@ -732,7 +824,8 @@ def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, de
         part = list(range(start, min(start + chunk, len(seeds))))
         stack = StackedMLM.replicate(model, len(part), device)
         jobs = [([ids[i] for i in splits[k][0]], seeds[k]) for k in part]
-        seconds += adjust_stacked(stack, tokenizer, jobs, settings, options, stats)
+        seconds += adjust_stacked(stack, tokenizer, jobs, settings, options, stats,
+                                  [prepared[k] for k in part] if prepared else None)
         start_features = time.perf_counter()
         feats += features_stacked(stack, [[ids[i] for i in splits[k][1]] for k in part], tokenizer.pad_token_id,
                                   settings, options)
@@ -745,14 +838,20 @@ def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, de
     return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, [n_params] * n, [size] * n)
 
 
+def task_jobs(datasets: dict, tasks: Sequence[SeedTask]) -> list[tuple[list[list[int]], int]]:
+    """(finetuning rows, seed) of each task: the first half of its dataset's seeded split."""
+    return [([datasets[t.dataset][0][i] for i in split_halves(datasets[t.dataset][1], t.seed)[0]], t.seed)
+            for t in tasks]
+
+
 def _train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask], settings: ScoreSettings,
                 device: torch.device, options: EngineOptions, sizes: SizeCache,
-                stats: dict | None = None) -> _Trained:
+                stats: dict | None = None, prepared: Sequence | None = None) -> _Trained:
     """Models of different pruned sets (and datasets) trained together in one masked stack."""
     splits = [split_halves(datasets[t.dataset][1], t.seed) for t in tasks]
     stack = StackedMLM.masked(base_model, [t.pruned for t in tasks], device)
     jobs = [([datasets[t.dataset][0][i] for i in split[0]], t.seed) for t, split in zip(tasks, splits)]
-    seconds = adjust_stacked(stack, tokenizer, jobs, settings, options, stats)
+    seconds = adjust_stacked(stack, tokenizer, jobs, settings, options, stats, prepared)
     start_features = time.perf_counter()
     feats = features_stacked(stack, [[datasets[t.dataset][0][i] for i in split[1]] for t, split in zip(tasks, splits)],
                              tokenizer.pad_token_id, settings, options)
@@ -879,6 +978,8 @@ class BatchedExecutor(StopRequests):
     def __init__(self, options: EngineOptions = EngineOptions()):
         self.options = options
         self._sizes: SizeCache | None = None
+        self._prep: BatchPreparer | None = None
+        self._fits: int | None = None  # models per pack known to fit (after running out of GPU memory)
 
     @property
     def store_tag(self) -> str:
@@ -910,26 +1011,70 @@ class BatchedExecutor(StopRequests):
 
     def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], device: torch.device,
                  sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+        """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
+        in the preparer's processes while this one trains."""
         unique = list(dict.fromkeys(tasks))
+        settings = context.settings
         if self.options.pack:
-            steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), context.settings)
+            steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), settings)
                      for t in unique}
             size = self.options.pack_models or auto_pack_size(context.base_model, device)
-            for pack in plan_packs(unique, steps, size, self.options.pack_step_ratio):
-                if self.stop_requested:
-                    return
-                yield pack, _train_pack(context.base_model, context.tokenizer, context.datasets, pack,
-                                        context.settings, device, self.options, sizes)
-            return
-        groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
-        for task in unique:
-            groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
-        for (pruned, dataset), group in groups.items():
+            units = plan_packs(unique, steps, size, self.options.pack_step_ratio)
+        else:
+            groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
+            for task in unique:
+                groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
+            units = list(groups.values())
+        preparer = self._preparer(device)
+
+        def prepare(unit):
+            return preparer.prepare(context.tokenizer, task_jobs(context.datasets, unit), settings)
+
+        ahead = prepare(units[0]) if units else None
+        for i, unit in enumerate(units):
             if self.stop_requested:
                 return
-            ids, labels = context.datasets[dataset]
-            yield group, _train_group(context.base_model, context.tokenizer, ids, labels, pruned,
-                                      [t.seed for t in group], context.settings, device, self.options, sizes=sizes)
+            prepared = ahead
+            ahead = prepare(units[i + 1]) if i + 1 < len(units) else None
+            if self.options.pack:
+                yield from self._train_pack_fitting(context, unit, prepared, device, sizes)
+            else:
+                ids, labels = context.datasets[unit[0].dataset]
+                yield unit, _train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
+                                         [t.seed for t in unit], settings, device, self.options, sizes=sizes,
+                                         prepared=prepared)
+
+    def _train_pack_fitting(self, context: EvalContext, pack: list[SeedTask], prepared: list, device: torch.device,
+                            sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+        """A pack, in parts of at most the size known to fit: a part that runs out of GPU memory is
+        halved (and so are the parts after it), as the memory estimate of `auto_pack_size` is rough."""
+        start = 0
+        while start < len(pack):
+            cap = self._fits or len(pack)
+            part = pack[start:start + cap]
+            try:
+                trained = _train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
+                                      device, self.options, sizes, prepared=prepared[start:start + cap])
+            except torch.cuda.OutOfMemoryError:
+                if len(part) == 1:
+                    raise
+                self._fits = max(1, len(part) // 2)
+                torch.cuda.empty_cache()
+                continue
+            yield part, trained
+            start += len(part)
+
+    def _preparer(self, device: torch.device) -> BatchPreparer:
+        workers = self.options.resolved_prep_workers(device)
+        if self._prep is None or self._prep.workers != workers:
+            self.close()
+            self._prep = BatchPreparer(workers)
+        return self._prep
+
+    def close(self) -> None:
+        if self._prep is not None:
+            self._prep.close()
+            self._prep = None
 
 
 def default_executor(device: str | torch.device = "auto", options: EngineOptions = EngineOptions()):
@@ -941,7 +1086,7 @@ def default_executor(device: str | torch.device = "auto", options: EngineOptions
 
 
 __all__ = [
-    "BatchedExecutor", "EngineOptions", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked",
+    "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked",
     "auto_pack_size", "default_executor", "features_stacked", "finetune_steps", "group_seed", "job_batches",
-    "plan_packs", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
+    "job_stream", "plan_packs", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed", "task_jobs",
 ]
