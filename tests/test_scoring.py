@@ -250,7 +250,11 @@ def test_warm_up_trains_only_the_mlm_head_and_is_cached(headless_bert_dir: Path,
     assert warmed.model.cls.predictions.decoder.weight.data_ptr() == \
         warmed.model.get_input_embeddings().weight.data_ptr()
     assert warmed.fingerprint != fresh.fingerprint
-    assert list(cache.rglob("*.safetensors"))
+    (cached_file,) = cache.rglob("*.safetensors")
+    from safetensors.torch import load_file
+
+    assert "cls.predictions.decoder.weight" not in load_file(cached_file)  # the embeddings: not stored twice
+    assert {"cls.predictions.transform.dense.weight", "cls.predictions.bias"} <= set(load_file(cached_file))
 
     # Second load: from the cache file, no warm-up.
     monkeypatch.setattr(scoring, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up again"))

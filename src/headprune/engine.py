@@ -72,7 +72,7 @@ BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the reference uses
 class EngineOptions:
     """How the engine runs; none of these change what a score means (only rounding and speed)."""
 
-    amp: bool | None = None  # bf16 autocast for training; None: on CUDA only
+    amp: bool | None = None  # bf16 autocast for training; None: on CUDA only (True on CPU: to test that path)
     feature_batch: int = 256  # rows per model per feature-extraction step
     max_models: int | None = None  # train at most this many models together (None: the whole group)
     width_multiple: int = 8  # pad each step's token axis to a multiple of this (fewer distinct shapes)
@@ -92,7 +92,7 @@ class EngineOptions:
         return min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
     def use_amp(self, device: torch.device) -> bool:
-        return device.type == "cuda" if self.amp is None else bool(self.amp and device.type == "cuda")
+        return device.type == "cuda" if self.amp is None else bool(self.amp)
 
 
 def supports(model) -> bool:
@@ -678,7 +678,7 @@ def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[
         tokens += step.tokens
         steps += 1
         step = step.to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = loss_fn(step.input_ids, step.attention, step.index, step.targets, step.weights)
         loss.backward()
         optimizer.step(step.scalars)

@@ -276,8 +276,13 @@ def warm_up_mlm_head(model, tokenizer, texts: Sequence[str], warmup: WarmupSetti
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval().to("cpu")
+    # The decoder tied to the (frozen) word embeddings is not the head's to keep: without it the
+    # cached head of MiniLM is 0.2 MB instead of 48 MB (small enough to travel with a run).
+    embeddings = model.get_input_embeddings().weight.data_ptr()
     return {
-        name: t.detach().clone() for name, t in model.state_dict().items() if name.startswith(family.mlm_head_prefixes)
+        name: t.detach().clone()
+        for name, t in model.state_dict().items()
+        if name.startswith(family.mlm_head_prefixes) and t.data_ptr() != embeddings
     }
 
 
