@@ -197,3 +197,27 @@ def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path
     importance_order(base, [dataset], [1], ImportanceSettings(epochs=1, batch_size=32), store=store)
     assert len(calls) == 2
     store.close()
+
+
+def test_importance_order_in_worker_processes_equals_in_process(tiny_bert_dir: Path, small_dataset_csv: Path,
+                                                                tmp_path: Path, one_torch_thread) -> None:
+    """`workers=2`: the finetunings run in two processes that build the base themselves; every
+    matrix is what this process computes, each is stored once, and a stored one is not sent."""
+    import functools
+
+    base = load_base(str(tiny_bert_dir), warmup=None)
+    dataset = load_dataset(small_dataset_csv)
+    settings = ImportanceSettings(epochs=1)
+    here = importance_order(base, [dataset], [1, 2, 3], settings)
+    store = ResultStore(tmp_path / "store.sqlite")
+    importance_order(base, [dataset], [2], settings, store=store)  # one of them already stored
+    events: list[tuple[str, int, bool]] = []
+    loader = functools.partial(load_base, str(tiny_bert_dir), None)
+    there = importance_order(base, [dataset], [1, 2, 3], settings, store=store, workers=2, loader=loader,
+                             on_result=lambda name, seed, cached: events.append((name, seed, cached)))
+    np.testing.assert_allclose(np.array(there.matrix), np.array(here.matrix), atol=1e-9)
+    assert there.ranked == here.ranked
+    assert sorted(events) == [("small", 1, False), ("small", 2, True), ("small", 3, False)]
+    with store._conn as db:
+        assert db.execute("SELECT COUNT(*) FROM importance").fetchone()[0] == 3
+    store.close()

@@ -60,6 +60,7 @@ class Step1Section:
     batch_size: int = 16
     learning_rate: float = 2e-5
     adam_epsilon: float = 1e-8
+    workers: int = 0  # finetunings at once, in processes; 0: 6 on a GPU, 1 on a CPU (same results either way)
 
 
 @dataclass
@@ -229,6 +230,8 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"generalization.alpha must be between 0 and 1, got {config.generalization.alpha}")
     if not 0 < config.run.ray_gpus_per_task <= 1:
         bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
+    if config.step1.workers < 0:
+        bad(f"step1.workers must be 0 (automatic) or more, got {config.step1.workers}")
     if config.run.pack_models < 0:
         bad(f"run.pack_models must be 0 (as many as fit) or more, got {config.run.pack_models}")
     if config.run.ray_max_retries < 0:

@@ -198,38 +198,59 @@ def importance_order(
     name: str = "OI",
     on_result: Callable[[str, int, bool], None] | None = None,
     deadline: float | None = None,
+    workers: int = 1,
+    loader: Callable[[], BaseModel] | None = None,
 ) -> Order:
     """Step 1: mean of the per-epoch matrices over datasets, seeds and epochs; most important first.
 
     Each (dataset, seed) result goes through `store` (if given), so an interrupted Step 1 resumes.
-    Past `deadline` (`time.monotonic()`), no new finetuning starts: `errors.Stopped` is raised."""
-    matrices: list[list[list[float]]] = []
-    for dataset in datasets:
+    Past `deadline` (`time.monotonic()`), no new finetuning starts: `errors.Stopped` is raised.
+    `workers` > 1 with a `loader` (a picklable callable that builds this same base model, e.g.
+    `functools.partial(load_base, ...)`): the finetunings not in the store run in that many processes
+    at once, each computing exactly what it computes here (one batch-16 finetuning cannot fill a GPU)."""
+    results: dict[tuple[int, int], list] = {}
+    todo: list[tuple[int, int, str | None]] = []
+    for d, dataset in enumerate(datasets):
         for seed in seeds:
             key = stored = None
             if store is not None:
                 key = store.importance_key(base.fingerprint, dataset.content_hash, seed, settings.as_dict())
                 stored = store.get_importance(key)
             if stored is None:
-                if past(deadline):
-                    raise Stopped("time limit reached during Step 1; finished finetunings are in the store")
-                stored = importance_matrices(base, dataset, seed, settings, device)
-                if store is not None:
-                    store.put_importance(
-                        key,
-                        model=base.fingerprint,
-                        dataset=dataset.name,
-                        dataset_hash=dataset.content_hash,
-                        seed=seed,
-                        settings=settings.as_dict(),
-                        matrices=stored,
-                        device=device.type,
-                    )
+                todo.append((d, seed, key))
+            else:
+                results[(d, seed)] = stored
                 if on_result:
-                    on_result(dataset.name, seed, False)
-            elif on_result:
-                on_result(dataset.name, seed, True)
-            matrices += stored
+                    on_result(dataset.name, seed, True)
+
+    def keep(d: int, seed: int, key: str | None, matrices: list) -> None:
+        dataset = datasets[d]
+        if store is not None:
+            store.put_importance(
+                key,
+                model=base.fingerprint,
+                dataset=dataset.name,
+                dataset_hash=dataset.content_hash,
+                seed=seed,
+                settings=settings.as_dict(),
+                matrices=matrices,
+                device=device.type,
+            )
+        results[(d, seed)] = matrices
+        if on_result:
+            on_result(dataset.name, seed, False)
+
+    if workers > 1 and len(todo) > 1 and loader is not None:
+        _in_processes(base, datasets, todo, settings, device, deadline, min(workers, len(todo)), loader, keep)
+    else:
+        for d, seed, key in todo:
+            if past(deadline):
+                raise Stopped("time limit reached during Step 1; finished finetunings are in the store")
+            keep(d, seed, key, importance_matrices(base, datasets[d], seed, settings, device))
+    matrices: list[list[list[float]]] = []
+    for d in range(len(datasets)):
+        for seed in seeds:
+            matrices += results[(d, seed)]
     mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
     return Order(
         name=name,
@@ -243,6 +264,53 @@ def importance_order(
         datasets=[d.name for d in datasets],
         seeds=list(seeds),
     )
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(loader: Callable[[], BaseModel], fingerprint: str, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    base = loader()
+    if base.fingerprint != fingerprint:
+        raise RuntimeError(f"a Step 1 worker built model {base.fingerprint}, not {fingerprint}")
+    _WORKER.update(base=base, device=torch.device(device))
+
+
+def _worker_task(dataset: Dataset, seed: int, settings: ImportanceSettings) -> list:
+    return importance_matrices(_WORKER["base"], dataset, seed, settings, _WORKER["device"])
+
+
+def _in_processes(base, datasets, todo, settings, device, deadline, workers, loader, keep) -> None:
+    """Step 1's finetunings in `workers` processes; results are kept (stored) as they complete; past
+    the deadline the ones not started are cancelled and `Stopped` is raised once the others finish."""
+    import multiprocessing
+    import os
+    from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    stopped = False
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(loader, base.fingerprint, str(device), threads)) as pool:
+        futures = {pool.submit(_worker_task, datasets[d], seed, settings): (d, seed, key) for d, seed, key in todo}
+        try:
+            for future in as_completed(futures):
+                try:
+                    matrices = future.result()
+                except CancelledError:
+                    continue
+                keep(*futures[future], matrices)
+                if not stopped and past(deadline):
+                    stopped = True
+                    for other in futures:
+                        other.cancel()
+        except BaseException:
+            for other in futures:
+                other.cancel()
+            raise
+    if stopped and any(not f.done() or f.cancelled() for f in futures):
+        raise Stopped("time limit reached during Step 1; finished finetunings are in the store")
 
 
 def rank_heads(matrix: np.ndarray) -> list[Head]:

@@ -139,15 +139,25 @@ class Pipeline:
         return WarmupSettings(steps=steps) if steps > 0 else None
 
     def load_base(self) -> BaseModel:
-        cache = Path(self.config.model.cache_dir) if self.config.model.cache_dir else default_cache_dir()
         return load_base(
             self.config.model.name,
             self.warmup(),
             data_dir=self.data_dir,
-            cache_dir=cache,
+            cache_dir=self.cache_dir(),
             device=self.device,
             progress=self.progress.log,
         )
+
+    def cache_dir(self) -> Path:
+        return Path(self.config.model.cache_dir) if self.config.model.cache_dir else default_cache_dir()
+
+    def base_loader(self):
+        """A picklable callable building the same base model (for worker processes; the warmed-up
+        head comes from the cache `load_base` filled)."""
+        import functools
+
+        return functools.partial(load_base, self.config.model.name, self.warmup(), data_dir=self.data_dir,
+                                 cache_dir=self.cache_dir())
 
     def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor) -> Scorer:
         return Scorer(
@@ -191,6 +201,8 @@ class Pipeline:
             device=self.device,
             on_result=lambda ds, seed, cached: self.progress.advance(cached, work=rows[ds]),
             deadline=self.deadline,
+            workers=self.config.step1.workers or (6 if self.device.type == "cuda" else 1),
+            loader=self.base_loader(),
         )
         self.progress.end_stage()
         return order
