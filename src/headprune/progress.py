@@ -45,7 +45,7 @@ class RunProgress:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, highlight=False, markup=False)
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def start_stage(self, name: str, total: int, total_work: float | None = None) -> None:
         """`total_work`: the stage's work in the units `advance(work=...)` counts (default: evaluations)."""

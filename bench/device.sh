@@ -1,0 +1,36 @@
+#!/bin/bash
+# Commands for a session that has the GPU machine (the `device` tool), in the order to run them.
+# Prepare here once:  ../shared/tools/prepare-device-carry.sh --carry-data   (.carry/minilm fp16, .carry/data)
+# Each `run` call: carry [".carry/minilm", ".carry/data"], command "bash bench/device.sh <part>".
+# The paper run's state is tracked in git (results/minilm-paper/run: store.sqlite + the warmed-up
+# MLM head of .carry/minilm), so it travels with the working tree; a slice brings the grown store
+# back under $OUT: copy it over results/minilm-paper/run/store.sqlite here and commit.
+set -uo pipefail
+export PYTHONPATH=src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+A="--model .carry/minilm --data-dir .carry/data"
+OUT=${OUT:-/tmp/headprune-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
+case "${1:-}" in
+  smoke)     # ~2 min: every part on 2 small datasets, subsampled (catches crashes before spending time)
+    python3 bench/engine.py $A --quick --parts throughput,parity,packed --out "$OUT/smoke.json" ;;
+  minilm)    # naive loop vs seed stacks vs packs, MiniLM, all of G2
+    python3 bench/engine.py $A --models minilm --parts throughput,packed --out "$OUT/minilm.json" ;;
+  parity)    # reference vs engine F1, G2 x seeds 1-10, reference in 8 processes
+    python3 bench/engine.py $A --models minilm --parts parity --parity-workers 8 --out "$OUT/parity.json" ;;
+  bertweet)  # the BERTweet shape (random init): naive vs stacks vs packs
+    python3 bench/engine.py $A --models bertweet-shape --parts throughput,packed --out "$OUT/bertweet.json" ;;
+  slice)     # a slice of the paper protocol on MiniLM; stops starting work after ${2:-8} minutes
+    run=results/minilm-paper/run
+    XDG_CACHE_HOME=$run/cache python3 -m headprune run --config configs/paper-minilm.toml $A \
+      --run-dir "$run" --time-limit "${2:-8}"
+    rc=$?
+    python3 - "$run/store.sqlite" "$OUT/store.sqlite" <<'PY'
+import sqlite3, sys
+src = sqlite3.connect(sys.argv[1]); dst = sqlite3.connect(sys.argv[2])
+src.backup(dst); dst.close(); src.close()   # one self-contained file (the WAL folded in)
+PY
+    cp -r "$run/orders" "$run/summary.json" "$run/report" "$OUT/" 2>/dev/null
+    exit $rc ;;
+  *) echo "usage: bash bench/device.sh smoke|minilm|parity|bertweet|slice [minutes]"; exit 2 ;;
+esac
