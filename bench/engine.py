@@ -47,7 +47,8 @@ from naive import naive_score
 from headprune.data import GROUPS, expand_datasets, load_dataset
 from headprune.engine import EngineOptions, SizeCache, auto_pack_size, score_pack, score_seeds_batched
 from headprune.models import count_parameters, load_tokenizer, max_length
-from headprune.scoring import ScoreSettings, SeedTask, WarmupSettings, encode, load_base, resolve_device
+from headprune.scoring import (ScoreSettings, SeedTask, WarmupSettings, encode, load_base, reproducible,
+                               resolve_device)
 
 BERTWEET_SHAPE = {"vocab_size": 64001, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_size": 768,
                   "intermediate_size": 3072, "max_position_embeddings": 130, "type_vocab_size": 1}
@@ -398,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-models", type=int, default=None, help="engine: models trained together at most")
     parser.add_argument("--pack-models", type=int, default=None, help="packed: models per pack (default: what fits)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-deterministic", action="store_true",
+                        help="CUDA: let kernels be non-deterministic (headprune run is deterministic by default)")
     args = parser.parse_args(argv)
 
     if args.combine:
@@ -414,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = resolve_device(args.device)
+    reproducible(device, not args.no_deterministic)
     if args.quick:
         args.datasets = "person,hobbit" if args.datasets == "G2" else args.datasets
         args.seeds = "1-2" if args.seeds == "1-10" else args.seeds
@@ -449,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     result.setdefault("runs", []).append({
         "argv": sys.argv[1:], "quick": args.quick, "max_rows": args.max_rows, "datasets": args.datasets,
         "seeds": args.seeds, "settings": settings.as_dict(), "warmup_steps": args.warmup_steps,
-        "max_models": args.max_models, "pack_models": args.pack_models, "models": models, "parts": sorted(parts),
+        "max_models": args.max_models, "pack_models": args.pack_models, "deterministic": not args.no_deterministic, "models": models, "parts": sorted(parts),
     })
 
     def save() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +302,21 @@ def test_time_limit_finishes_the_evaluation_in_flight_then_stops(bert, small_dat
     result = Scorer(bert, store, SETTINGS, seeds=[1, 2, 3], device="cpu").score([], name)
     assert computed == [2, 3] and len(result.scores) == 3
     store.close()
+
+
+def test_reproducible_sets_deterministic_kernels_for_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from headprune.scoring import reproducible
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        reproducible(torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled() == before and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        reproducible(torch.device("cuda"))  # a device object only: nothing runs on it
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        reproducible(torch.device("cuda"), on=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -99,6 +99,7 @@ class RunSection:
     device: str = "auto"
     executor: str = "in-process"  # or "ray"
     engine: str = "auto"  # auto: batched engine on CUDA, reference loop on CPU; or "reference", "batched"
+    deterministic: bool = True  # CUDA: deterministic kernels (same numbers for the same configuration and seeds)
     pack: bool = True  # batched engine, Step 2: train different candidates together (masked stacks)
     pack_models: int = 0  # models per pack; 0: as many as fit in the GPU's memory
     address: str = ""  # Ray cluster address; empty starts a local Ray

@@ -200,6 +200,7 @@ def importance_order(
     deadline: float | None = None,
     workers: int = 1,
     loader: Callable[[], BaseModel] | None = None,
+    deterministic: bool = True,
 ) -> Order:
     """Step 1: mean of the per-epoch matrices over datasets, seeds and epochs; most important first.
 
@@ -241,7 +242,8 @@ def importance_order(
             on_result(dataset.name, seed, False)
 
     if workers > 1 and len(todo) > 1 and loader is not None:
-        _in_processes(base, datasets, todo, settings, device, deadline, min(workers, len(todo)), loader, keep)
+        _in_processes(base, datasets, todo, settings, device, deadline, min(workers, len(todo)), loader, keep,
+                      deterministic)
     else:
         for d, seed, key in todo:
             if past(deadline):
@@ -269,8 +271,12 @@ def importance_order(
 _WORKER: dict = {}
 
 
-def _worker_init(loader: Callable[[], BaseModel], fingerprint: str, device: str, threads: int) -> None:
+def _worker_init(loader: Callable[[], BaseModel], fingerprint: str, device: str, threads: int,
+                 deterministic: bool) -> None:
+    from .scoring import reproducible
+
     torch.set_num_threads(threads)
+    reproducible(torch.device(device), deterministic)
     base = loader()
     if base.fingerprint != fingerprint:
         raise RuntimeError(f"a Step 1 worker built model {base.fingerprint}, not {fingerprint}")
@@ -281,7 +287,7 @@ def _worker_task(dataset: Dataset, seed: int, settings: ImportanceSettings) -> l
     return importance_matrices(_WORKER["base"], dataset, seed, settings, _WORKER["device"])
 
 
-def _in_processes(base, datasets, todo, settings, device, deadline, workers, loader, keep) -> None:
+def _in_processes(base, datasets, todo, settings, device, deadline, workers, loader, keep, deterministic) -> None:
     """Step 1's finetunings in `workers` processes; results are kept (stored) as they complete; past
     the deadline the ones not started are cancelled and `Stopped` is raised once the others finish."""
     import multiprocessing
@@ -292,7 +298,7 @@ def _in_processes(base, datasets, todo, settings, device, deadline, workers, loa
     context = multiprocessing.get_context("spawn")
     stopped = False
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(loader, base.fingerprint, str(device), threads)) as pool:
+                             initargs=(loader, base.fingerprint, str(device), threads, deterministic)) as pool:
         futures = {pool.submit(_worker_task, datasets[d], seed, settings): (d, seed, key) for d, seed, key in todo}
         try:
             for future in as_completed(futures):

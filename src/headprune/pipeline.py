@@ -23,7 +23,7 @@ from .errors import HeadpruneError
 from .generalize import random_means, significance, summarize, timing_summary
 from .importance import ImportanceSettings, Order, importance_order, random_order
 from .progress import RunProgress, format_seconds
-from .scoring import BaseModel, Scorer, ScoreSettings, WarmupSettings, encode, load_base, resolve_device
+from .scoring import BaseModel, Scorer, ScoreSettings, WarmupSettings, encode, load_base, reproducible, resolve_device
 from .search import h1_search, h2_search, h3_search, k_values_from, run_searches
 from .store import ResultStore
 
@@ -102,6 +102,7 @@ class Pipeline:
         self.progress = progress or RunProgress()
         self.data_dir = config.data.data_dir or None
         self.device = resolve_device(config.run.device)
+        reproducible(self.device, config.run.deterministic)
         self.settings = score_settings(config)
         self._datasets: dict[str, Dataset] = {}
         self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
@@ -203,6 +204,7 @@ class Pipeline:
             deadline=self.deadline,
             workers=self.config.step1.workers or (6 if self.device.type == "cuda" else 1),
             loader=self.base_loader(),
+            deterministic=self.config.run.deterministic,
         )
         self.progress.end_stage()
         return order

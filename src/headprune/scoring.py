@@ -92,6 +92,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+def reproducible(device: torch.device, on: bool = True) -> None:
+    """On CUDA: deterministic kernels (a fixed cuBLAS workspace, `torch.use_deterministic_algorithms`,
+    warn-only where an operation has none), so that the same configuration and seeds give the same
+    numbers on the same GPU; call it before the first CUDA work. On CPU a no-op (already deterministic)."""
+    if device.type != "cuda":
+        return
+    import os
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def encode(tokenizer, texts: Sequence[str], limit: int) -> list[list[int]]:
     """Token ids of each text (special tokens included), truncated to `limit`."""
     return tokenizer(list(texts), truncation=True, max_length=limit, add_special_tokens=True)["input_ids"]
@@ -563,6 +576,7 @@ __all__ = [
     "load_base",
     "masked_lm_loss",
     "pruned_key",
+    "reproducible",
     "resolve_device",
     "run_task",
     "score_seed",
