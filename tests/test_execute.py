@@ -292,3 +292,30 @@ def test_an_interrupted_ray_run_resumes_without_recomputing(ray_session, base, f
     rows = scorer.store.all_scores()
     assert {(r["pruned"], r["seed"]): r["created"] for r in rows if (r["pruned"], r["seed"]) in before} == before
     assert stored(scorer.store) == reference["tasks"]
+
+
+def test_ray_runs_units_of_the_batched_engine(ray_session, base, files, tasks, tmp_path):
+    """`engine="batched"`: one Ray task per pack (here on CPU workers), the same scores as the
+    batched engine in process with the same packs, stored under the batched engine's tag."""
+    from headprune.engine import BatchedExecutor, EngineOptions
+    from headprune.execute import RayExecutor
+
+    options = EngineOptions(pack=True, pack_models=3, svm_workers=1, prep_workers=0)
+    executor = RayExecutor(engine="batched", engine_options=options)
+    assert executor.store_tag == "batched-packed" and RayExecutor(engine="auto").store_tag is None  # no GPUs
+    scorer = make_scorer(base, tmp_path / "ray.sqlite", executor)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Ray workers (1 CPU each)
+    try:
+        here = make_scorer(base, tmp_path / "here.sqlite", BatchedExecutor(options))
+        expected = here.run(tasks)
+    finally:
+        torch.set_num_threads(threads)
+    got = scorer.run(tasks)
+    assert executor.submitted == -(-len(tasks) // 3)  # 8 tasks of one dataset: packs of 3, 3, 2
+    assert {t: s.f1 for t, s in got.items()} == pytest.approx({t: s.f1 for t, s in expected.items()}, abs=1e-9)
+    assert all(got[t].n_params == expected[t].n_params for t in tasks)
+    keys = {r["settings"] for r in scorer.store.all_scores()}
+    assert len(keys) == 1 and '"engine": "batched-packed"' in next(iter(keys)).replace('":"', '": "')
+    with pytest.raises(HeadpruneError, match="engine must be"):
+        RayExecutor(engine="fast")

@@ -124,6 +124,41 @@ def _evaluate(
             torch.cuda.empty_cache()  # give the memory back to the tasks sharing this GPU
 
 
+_UNIT_EXECUTORS: dict = {}  # worker side: one BatchedExecutor per options (its batch-drawing processes live on)
+
+
+def _evaluate_unit(
+    model_key: str,
+    model_ref: list,
+    data_keys: dict[str, str],
+    data_refs: dict[str, list],
+    settings,
+    use_gpu: bool,
+    threads: int,
+    tasks: list[SeedTask],
+    options,
+) -> list[tuple[SeedTask, SeedScore]]:
+    """A unit of the batched engine on a Ray worker (a pack of candidates, or one candidate's seeds):
+    `engine.BatchedExecutor` on the worker's own device (its whole GPU)."""
+    import ray
+    import torch
+
+    from .engine import BatchedExecutor
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if use_gpu and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    base_model, tokenizer = _fetch(model_key, model_ref, prepare=lambda value: _register_output_capture(value[0]))
+    datasets = {name: _fetch(data_keys[name], data_refs[name]) for name in data_keys}
+    context = EvalContext(base_model, tokenizer, datasets, settings, device)
+    executor = _UNIT_EXECUTORS.setdefault(options, BatchedExecutor(options))
+    try:
+        return list(executor.run(context, tasks))
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
 class RayExecutor(StopRequests):
     """Runs each SeedTask as a Ray task; results are yielded as they complete.
 
@@ -136,6 +171,11 @@ class RayExecutor(StopRequests):
     - `max_retries`: re-runs of a task whose worker process died (killed, out of memory, node
       lost); a Python exception in the evaluation is not retried.
     - `run_task`: the function that scores one task on a worker (tests replace it).
+    - `engine`: "reference" (one Ray task per evaluation, `run_task`), "batched" (one Ray task per
+      unit of the batched engine: a pack of `engine_options.pack_models` (default 64) models of
+      different candidates with `engine_options.pack`, else one candidate's seeds; each unit gets a
+      whole GPU and `gpu_task_cpus` CPUs, drawing its batches in that many processes less one), or
+      "auto": batched when the run's `device` gets GPUs, reference otherwise.
 
     The base model and each tokenized dataset go into the object store once per executor and are
     deserialized once per worker process, not once per task. `close()` shuts Ray down only if this
@@ -151,6 +191,10 @@ class RayExecutor(StopRequests):
         max_retries: int = 3,
         cpus_per_task: int = 1,
         run_task: Callable[[EvalContext, SeedTask], SeedScore] = run_task,
+        engine: str = "reference",
+        engine_options=None,
+        device: str = "auto",
+        gpu_task_cpus: int = 4,
     ):
         self.ray = _import_ray()
         if max_retries < 0:
@@ -163,7 +207,18 @@ class RayExecutor(StopRequests):
         self.max_retries = int(max_retries)
         self.cpus_per_task = max(1, int(cpus_per_task))
         self.run_task = run_task
+        if engine not in ("reference", "batched", "auto"):
+            raise HeadpruneError(f"Ray executor: engine must be reference, batched or auto, got '{engine}'")
+        self.engine = engine
+        if engine_options is None:
+            from .engine import EngineOptions
+
+            engine_options = EngineOptions()
+        self.engine_options = engine_options
+        self.device = device
+        self.gpu_task_cpus = max(1, int(gpu_task_cpus))
         self.started = False  # this executor called ray.init (so close() shuts Ray down)
+        self._remote_unit = None
         self.submitted = 0  # tasks submitted to Ray so far (Ray's own retries not counted)
         self._shared: dict[tuple, tuple[object, object]] = {}  # key -> (the object, kept alive; its ref)
         self._remote = None
@@ -194,6 +249,7 @@ class RayExecutor(StopRequests):
             self.started = True
         if self._remote is None:
             self._remote = ray.remote(_evaluate)
+            self._remote_unit = ray.remote(_evaluate_unit)
 
     def _put(self, key: tuple, make: Callable[[], object]):
         """The object-store ref of `key`, put once (the object is kept alive with it, so identity keys
@@ -212,12 +268,29 @@ class RayExecutor(StopRequests):
             raise HeadpruneError(f"device {device}: the Ray cluster has no GPUs (use --device cpu, or add GPU nodes)")
         return 0.25 if self.num_gpus_per_task is None else float(self.num_gpus_per_task)
 
+    def batched(self, device: str | None = None) -> bool:
+        """Whether evaluations run as units of the batched engine (see `engine`)."""
+        if self.engine != "auto":
+            return self.engine == "batched"
+        self._ensure_started()
+        return self._gpu_share(str(device or self.device)) > 0
+
+    @property
+    def store_tag(self) -> str | None:
+        """The `engine` entry of store keys (as `engine.BatchedExecutor`'s); None for the reference loop."""
+        if not self.batched():
+            return None
+        return "batched-packed" if self.engine_options.pack else "batched"
+
     # -------------------------------------------------------------- running
     def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
         tasks = list(tasks)
         if not tasks:
             return
         self._ensure_started()
+        if self.batched(str(context.device)):
+            yield from self._run_units(context, tasks)
+            return
         ray = self.ray
         num_gpus = self._gpu_share(str(context.device))
         model_key = ("model", id(context.base_model), id(context.tokenizer))
@@ -263,10 +336,66 @@ class RayExecutor(StopRequests):
                 with contextlib.suppress(Exception):  # best effort; the task may just have finished
                     ray.cancel(ref)  # not force=True: on Ray 2.60 that crashed the driver on Ctrl-C
 
-    def _result(self, ref, task: SeedTask) -> SeedScore:
+    def _run_units(self, context: EvalContext, tasks: list[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+        """The batched engine's units as Ray tasks, a whole GPU each (none on a CPU cluster)."""
+        import dataclasses
+
+        from .data import split_halves
+        from .engine import finetune_steps, plan_packs
+
+        ray = self.ray
+        gpus = 1.0 if self._gpu_share(str(context.device)) > 0 else 0.0
+        cpus = self.gpu_task_cpus if gpus else self.cpus_per_task
+        options = self.engine_options
+        if gpus and options.prep_workers is None:
+            options = dataclasses.replace(options, prep_workers=max(0, cpus - 1))
+        unique = list(dict.fromkeys(tasks))
+        if options.pack:
+            steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), context.settings)
+                     for t in unique}
+            units = plan_packs(unique, steps, options.pack_models or 64, options.pack_step_ratio)
+        else:
+            groups: dict = {}
+            for task in unique:
+                groups.setdefault((task.pruned, task.dataset), []).append(task)
+            units = list(groups.values())
+        model_key = ("model", id(context.base_model), id(context.tokenizer))
+        model_ref = self._put(model_key, lambda: (context.base_model, context.tokenizer))
+        data_refs = {}
+        for name in sorted({t.dataset for t in unique}):
+            ids, labels = context.datasets[name]
+            data_refs[name] = self._put(("data", name, id(ids), id(labels)), lambda ids=ids, labels=labels: (ids, labels))
+        remote = self._remote_unit.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
+                                           retry_exceptions=False)
+        resources = ray.cluster_resources()
+        window = max(1, 2 * int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1) // cpus))
+        queue = collections.deque(units)
+        pending: dict = {}
+        try:
+            while (queue and not self.stop_requested) or pending:
+                while queue and len(pending) < window and not self.stop_requested:
+                    unit = queue.popleft()
+                    names = sorted({t.dataset for t in unit})
+                    ref = remote.remote(model_ref.hex(), [model_ref], {n: data_refs[n].hex() for n in names},
+                                        {n: [data_refs[n]] for n in names}, context.settings, gpus > 0, cpus,
+                                        unit, options)
+                    pending[ref] = unit
+                    self.submitted += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    unit = pending.pop(ref)
+                    yield from self._result(ref, unit[0], len(unit))
+        finally:
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+
+    def _result(self, ref, task: SeedTask, unit_size: int = 0):
         ray = self.ray
         exceptions = ray.exceptions
         what = f"dataset {task.dataset}, seed {task.seed}, pruned {[list(h) for h in task.pruned]}"
+        if unit_size > 1:
+            what = f"a unit of {unit_size} evaluations ({what}, ...)"
         try:
             return ray.get(ref)
         except exceptions.RayTaskError as error:  # a Python exception in the evaluation: not retried

@@ -71,7 +71,12 @@ def importance_settings(config: Config) -> ImportanceSettings:
 def make_executor(config: Config, stage: str = "step2"):
     """The executor of a stage. With the batched engine, Step 2 packs different candidates into one
     masked stack (`run.pack`); the generalization check never does, so that each chosen model's
-    adjusting time is its own (Table 14)."""
+    adjusting time is its own (Table 14). On Ray, `run.engine` chooses what a Ray task is: one
+    evaluation (reference) or one unit of the batched engine (a pack, a candidate's seeds)."""
+    from .engine import BatchedExecutor, EngineOptions, default_executor
+    from .execute import InProcessExecutor
+
+    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
     if config.run.executor == "ray":
         from .execute import RayExecutor  # type: ignore[attr-defined]
 
@@ -79,11 +84,10 @@ def make_executor(config: Config, stage: str = "step2"):
             address=config.run.address or None,
             num_gpus_per_task=config.run.ray_gpus_per_task,
             max_retries=config.run.ray_max_retries,
+            engine=config.run.engine,
+            engine_options=options,
+            device=config.run.device,
         )
-    from .engine import BatchedExecutor, EngineOptions, default_executor
-    from .execute import InProcessExecutor
-
-    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
     if config.run.engine == "batched":
         return BatchedExecutor(options)
     if config.run.engine == "reference":
@@ -307,9 +311,9 @@ class Pipeline:
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
-            # The batched engine without packing; any other executor (e.g. a Ray connection) goes on.
+            # The batched engine (in process or as Ray units) without packing; the reference loop goes on.
             gen_executor = (make_executor(self.config, "generalization")
-                            if getattr(executor, "name", "") == "batched" else executor)
+                            if getattr(executor, "name", "") in ("batched", "ray") else executor)
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary)
         finally:
