@@ -306,31 +306,29 @@ class RayExecutor(StopRequests):
         # A bounded window of tasks in flight (refilled as results arrive): Ray's queue stays short,
         # `ray.wait` stays cheap for H1's thousands of candidates, and an interrupt cancels little.
         window = max(16, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        queue = collections.deque(tasks)
+
+        def submit(task: SeedTask):
+            data_ref = data_refs[task.dataset]
+            return remote.remote(model_ref.hex(), [model_ref], data_ref.hex(), [data_ref], task.dataset,
+                                 context.settings, num_gpus > 0, self.cpus_per_task, task, self.run_task)
+
+        for task, ref in self._windowed(tasks, submit, window):
+            yield task, self._result(ref, task)
+
+    def _windowed(self, items: Sequence, submit: Callable, window: int) -> Iterator[tuple[object, object]]:
+        """(item, finished ref) as Ray finishes them, with at most `window` items in flight."""
+        ray = self.ray
+        queue = collections.deque(items)
         pending: dict = {}
         try:
             while (queue and not self.stop_requested) or pending:
                 while queue and len(pending) < window and not self.stop_requested:
-                    task = queue.popleft()
-                    data_ref = data_refs[task.dataset]
-                    ref = remote.remote(
-                        model_ref.hex(),
-                        [model_ref],
-                        data_ref.hex(),
-                        [data_ref],
-                        task.dataset,
-                        context.settings,
-                        num_gpus > 0,
-                        self.cpus_per_task,
-                        task,
-                        self.run_task,
-                    )
-                    pending[ref] = task
+                    item = queue.popleft()
+                    pending[submit(item)] = item
                     self.submitted += 1
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    task = pending.pop(ref)
-                    yield task, self._result(ref, task)
+                    yield pending.pop(ref), ref
         finally:
             for ref in pending:  # the caller stopped early (error, interrupt): drop what is left
                 with contextlib.suppress(Exception):  # best effort; the task may just have finished
@@ -369,26 +367,14 @@ class RayExecutor(StopRequests):
                                            retry_exceptions=False)
         resources = ray.cluster_resources()
         window = max(1, 2 * int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1) // cpus))
-        queue = collections.deque(units)
-        pending: dict = {}
-        try:
-            while (queue and not self.stop_requested) or pending:
-                while queue and len(pending) < window and not self.stop_requested:
-                    unit = queue.popleft()
-                    names = sorted({t.dataset for t in unit})
-                    ref = remote.remote(model_ref.hex(), [model_ref], {n: data_refs[n].hex() for n in names},
-                                        {n: [data_refs[n]] for n in names}, context.settings, gpus > 0, cpus,
-                                        unit, options)
-                    pending[ref] = unit
-                    self.submitted += 1
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    unit = pending.pop(ref)
-                    yield from self._result(ref, unit[0], len(unit))
-        finally:
-            for ref in pending:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref)
+
+        def submit(unit: list[SeedTask]):
+            names = sorted({t.dataset for t in unit})
+            return remote.remote(model_ref.hex(), [model_ref], {n: data_refs[n].hex() for n in names},
+                                 {n: [data_refs[n]] for n in names}, context.settings, gpus > 0, cpus, unit, options)
+
+        for unit, ref in self._windowed(units, submit, window):
+            yield from self._result(ref, unit[0], len(unit))
 
     def _result(self, ref, task: SeedTask, unit_size: int = 0):
         ray = self.ray
