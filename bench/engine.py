@@ -47,8 +47,7 @@ from naive import naive_score
 from headprune.data import GROUPS, expand_datasets, load_dataset
 from headprune.engine import EngineOptions, SizeCache, auto_pack_size, score_pack, score_seeds_batched
 from headprune.models import count_parameters, load_tokenizer, max_length
-from headprune.scoring import (ScoreSettings, SeedTask, WarmupSettings, encode, load_base, reproducible,
-                               resolve_device)
+from headprune.scoring import ScoreSettings, SeedTask, WarmupSettings, encode, load_base, reproducible, resolve_device
 
 BERTWEET_SHAPE = {"vocab_size": 64001, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_size": 768,
                   "intermediate_size": 3072, "max_position_embeddings": 130, "type_vocab_size": 1}
@@ -453,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     result.setdefault("runs", []).append({
         "argv": sys.argv[1:], "quick": args.quick, "max_rows": args.max_rows, "datasets": args.datasets,
         "seeds": args.seeds, "settings": settings.as_dict(), "warmup_steps": args.warmup_steps,
-        "max_models": args.max_models, "pack_models": args.pack_models, "deterministic": not args.no_deterministic, "models": models, "parts": sorted(parts),
+        "max_models": args.max_models, "pack_models": args.pack_models, "deterministic": not args.no_deterministic,
+        "models": models, "parts": sorted(parts),
     })
 
     def save() -> None:

@@ -166,7 +166,9 @@ def run_command(
     address: str = typer.Option(None, "--address", help="Ray address: auto or HOST:PORT (with --executor ray)."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (overrides the configuration)."),
     model: str = typer.Option(None, "--model", help="Model name, directory or hub id (overrides [model] name)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Folder of the bundled datasets (overrides [data] data_dir)."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Folder of the bundled datasets (overrides [data] data_dir)."
+    ),
     time_limit: float = typer.Option(
         None, "--time-limit", min=0.0,
         help="Minutes: then finish the evaluations in flight, start no new one, and exit 3 (rerun to go on).",

@@ -732,7 +732,7 @@ def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: 
         # layer on its own as it is computed rather than materialise (N, rows, width, layers * H).
         pooled: dict[int, torch.Tensor] = {}
 
-        def pool(i: int, h: torch.Tensor) -> None:
+        def pool(i: int, h: torch.Tensor, pooled=pooled, rows=rows, width=width, mask=mask, count=count) -> None:
             if i in needed:
                 pooled[i] = (h.float().view(n, rows, width, -1) * mask).sum(2) / count
 
@@ -1086,7 +1086,8 @@ def default_executor(device: str | torch.device = "auto", options: EngineOptions
 
 
 __all__ = [
-    "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked",
+    "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions", "SizeCache", "StackedAdamW", "StackedMLM",
+    "adjust_stacked",
     "auto_pack_size", "default_executor", "features_stacked", "finetune_steps", "group_seed", "job_batches",
     "job_stream", "plan_packs", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed", "task_jobs",
 ]

@@ -362,7 +362,8 @@ class RayExecutor(StopRequests):
         data_refs = {}
         for name in sorted({t.dataset for t in unique}):
             ids, labels = context.datasets[name]
-            data_refs[name] = self._put(("data", name, id(ids), id(labels)), lambda ids=ids, labels=labels: (ids, labels))
+            data_refs[name] = self._put(("data", name, id(ids), id(labels)),
+                                        lambda ids=ids, labels=labels: (ids, labels))
         remote = self._remote_unit.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
                                            retry_exceptions=False)
         resources = ray.cluster_resources()

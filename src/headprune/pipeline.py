@@ -366,7 +366,9 @@ class Pipeline:
             for strategy in strategies:
                 if strategy == "H1":
                     ks = self._k_values(n_heads)
-                    searches[(name, strategy)] = lambda ev, o=order, ks=ks: h1_search(o.ranked, datasets, ev, k_values=ks)
+                    searches[(name, strategy)] = (
+                        lambda ev, o=order, ks=ks: h1_search(o.ranked, datasets, ev, k_values=ks)
+                    )
                 else:
                     searches[(name, strategy)] = (
                         lambda ev, o=order, f=SEARCHES[strategy]: f(o.ranked, datasets, ev, group_size=group_size)
