@@ -267,19 +267,38 @@ class Pipeline:
             return k_values_from(n_heads, k_values=step2.h1_k_values)
         return k_values_from(n_heads, k_step=step2.h1_k_step if step2.h1_k_step > 1 else None)
 
+    def batched(self) -> bool:
+        """Whether evaluations run on the batched engine (in process or as Ray units)."""
+        engine = self.config.run.engine
+        return engine == "batched" or (engine == "auto" and self.device.type == "cuda")
+
     def estimate(self, stages: list[dict]) -> dict:
-        """Seconds per evaluation on this device, from a short timed calibration of the model."""
+        """Seconds per evaluation on this device, from a short timed calibration of the model: the
+        reference loop's step, or on the batched engine a step of a stack as large as Step 2's packs
+        (and as the generalization's seed groups), per model."""
         base = self.load_base()
         step2 = [self.dataset(n) for n in expand_datasets(self.config.step2.datasets)]
         g3 = [self.dataset(n) for n in expand_datasets(self.config.generalization.datasets)]
         s1 = [self.dataset(n) for n in expand_datasets(self.config.step1.datasets)]
         step_seconds = calibrate(base, self.settings, self.device)
+        model_step = {"step2": step_seconds, "generalization": step_seconds}
+        engine = "reference loop"
+        if self.batched():
+            from .engine import auto_pack_size
+
+            pack = self.config.run.pack_models or auto_pack_size(base.model, self.device)
+            sizes = {"step2": min(pack, 64) if self.config.run.pack else len(self.config.step2_seeds),
+                     "generalization": len(self.config.generalization_seeds)}
+            for name, n in sizes.items():
+                model_step[name] = calibrate_batched(base, self.settings, self.device, n)
+            engine = f"batched engine, stacks of {sizes['step2']} (Step 2) and {sizes['generalization']} models"
         per_eval = {}
         for name, group in (("step2", step2), ("generalization", g3)):
             halves = [len(d) / 2 for d in group]
             steps = np.mean([math.ceil(h / self.settings.batch_size) for h in halves]) * self.settings.epochs
             # features ~ a third of a training step per batch; SVM ~ 1% of the adjusting time
-            per_eval[name] = steps * step_seconds * 1.05 + np.mean(halves) / self.settings.batch_size * step_seconds / 3
+            per_eval[name] = (steps * model_step[name] * 1.05
+                              + np.mean(halves) / self.settings.batch_size * model_step[name] / 3)
         finetune = np.mean([math.ceil(len(d) / self.config.step1.batch_size) for d in s1]) * self.config.step1.epochs
         total = 0.0
         for stage in stages:
@@ -289,7 +308,8 @@ class Pipeline:
                 key = "generalization" if stage["stage"] == "generalization" else "step2"
                 stage["seconds"] = stage["evaluations"] * per_eval[key]
             total += stage["seconds"]
-        return {"step_seconds": step_seconds, "total_seconds": total}
+        return {"step_seconds": step_seconds, "total_seconds": total, "engine": engine,
+                "model_step_seconds": model_step}
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -454,6 +474,25 @@ def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, st
     return seconds / steps
 
 
+def calibrate_batched(base: BaseModel, settings: ScoreSettings, device: torch.device, n_models: int,
+                      steps: int = 3) -> float:
+    """Seconds of one adjusting step *per model* when `n_models` train together on the batched engine."""
+    from .engine import EngineOptions, StackedMLM, adjust_stacked
+
+    texts = ["someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"] * (
+        settings.batch_size * steps
+    )
+    ids = encode(base.tokenizer, texts, base.max_length)
+    one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
+    options = EngineOptions(prep_workers=0)
+    warm = StackedMLM.masked(base.model, [()] * n_models, device)
+    adjust_stacked(warm, base.tokenizer, [(ids[: settings.batch_size], s) for s in range(n_models)], one, options)
+    del warm
+    stack = StackedMLM.masked(base.model, [()] * n_models, device)
+    seconds = adjust_stacked(stack, base.tokenizer, [(ids, s) for s in range(n_models)], one, options)
+    return seconds / steps / n_models
+
+
 def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
     stages = pipeline.plan()
     lines = [
@@ -475,7 +514,8 @@ def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
     if estimate:
         lines.append(
             f"  estimate on this device: ~{format_seconds(estimate['total_seconds'])} "
-            f"(one adjusting step = {estimate['step_seconds']:.3f} s; stored evaluations are skipped)"
+            f"({estimate['engine']}; one adjusting step per model = "
+            f"{estimate['model_step_seconds']['step2']:.3f} s; stored evaluations are skipped)"
         )
     return "\n".join(lines)
 
