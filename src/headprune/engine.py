@@ -15,8 +15,12 @@ the GPU sees N x 16 rows per step while each model still computes exactly what t
 - a batch with no masked token advances that model's schedule but not its optimizer (as the
   reference); a model whose data ran out (fewer steps) is frozen: its parameters and Adam state
   are left bit-for-bit unchanged;
-- the rows of one step are padded to a common width (attention-masked, so the outputs at real
-  tokens are the same) and missing rows are dummy rows that carry no loss.
+- the *flat layout*: in training, each model's real tokens (its batch's rows one after the other)
+  lie on one axis, padded only to the longest model of the tick, so the linear layers (nearly all
+  the work) skip the row padding (on tweets 50-65% of a padded batch); attention gathers the
+  tokens into rows of a common width (masked, so the outputs at real tokens are the same) and back.
+  Missing rows are dummy rows that carry no loss. Position ids are computed per row as the model
+  family does (BERT: column; RoBERTa: from the non-pad ids, after masking).
 
 What differs from the reference, on purpose:
 
@@ -298,9 +302,20 @@ class StackedMLM:
         weight, bias, eps = self.embedding_norm
         return self._dropout(_layer_norm(x, self.params[weight], self.params[bias], eps), self.hidden_dropout, training)
 
+    def embed_flat(self, ids: torch.Tensor, positions: torch.Tensor, training: bool) -> torch.Tensor:
+        """Flat layout: ids and position ids (N, T) -> (N, T, H)."""
+        x = _lookup(self.params[self.word], ids, self.word_padding_idx)
+        x = x + self.params[self.token_type][:, 0].unsqueeze(1)  # token_type_ids are all 0
+        x = x + _lookup(self.params[self.position], positions, self.position_padding_idx if self.roberta_positions
+                        else None)
+        weight, bias, eps = self.embedding_norm
+        return self._dropout(_layer_norm(x, self.params[weight], self.params[bias], eps), self.hidden_dropout, training)
+
     def layer(self, i: int, x: torch.Tensor, mask: torch.Tensor, shape: tuple[int, int, int],
-              training: bool) -> torch.Tensor:
-        """One post-LN encoder layer: x (N, B*L, H); mask (N*B, 1, 1, L) bool, True = attend."""
+              training: bool, layout: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One post-LN encoder layer: x (N, B*L, H); mask (N*B, 1, 1, L) bool, True = attend.
+        With `layout` = (to_padded (N, B*L), to_flat (N, T)), x is in the flat layout (N, T, H): the
+        linear layers see only each model's real tokens; attention gathers them into rows and back."""
         n, b, length = shape
         spec = self.layers[i]
         d = self.head_size
@@ -309,6 +324,8 @@ class StackedMLM:
         def heads(name: str) -> torch.Tensor:
             weight, bias = spec[name]
             y = _linear(x, self.params[weight], self.p(bias))
+            if layout is not None:
+                y = torch.gather(y, 1, layout[0].unsqueeze(-1).expand(-1, -1, y.shape[-1]))
             return y.view(n * b, length, -1, d).transpose(1, 2)
 
         q, k, v = heads("q"), heads("k"), heads("v")
@@ -321,6 +338,8 @@ class StackedMLM:
             context = (context.view(n, b, heads_n, length, d)
                        * mask.to(context.dtype).view(n, 1, heads_n, 1, 1)).view(n * b, heads_n, length, d)
         context = context.transpose(1, 2).reshape(n, b * length, -1)
+        if layout is not None:
+            context = torch.gather(context, 1, layout[1].unsqueeze(-1).expand(-1, -1, context.shape[-1]))
         weight, bias = spec["o"]
         attended = self._dropout(_linear(context, self.params[weight], self.p(bias)), self.hidden_dropout, training)
         weight, bias, eps = spec["norm1"]
@@ -335,6 +354,15 @@ class StackedMLM:
         if on is not None:  # a removed layer: its models get their input back
             out = torch.where(on.view(n, 1, 1), out, inputs)
         return out
+
+    def encode_flat(self, step: _Step, training: bool) -> torch.Tensor:
+        """The last layer's output in the flat layout (N, T, H)."""
+        n, b, length = step.attention.shape
+        mask = step.attention.reshape(n * b, 1, 1, length).bool()
+        x = self.embed_flat(step.ids, step.positions, training)
+        for i in range(self.n_layers):
+            x = self.layer(i, x, mask, (n, b, length), training, (step.to_padded, step.to_flat))
+        return x
 
     def encode(self, input_ids: torch.Tensor, attention: torch.Tensor, training: bool,
                keep_last: int = 1, on_layer=None) -> list[torch.Tensor]:
@@ -352,23 +380,22 @@ class StackedMLM:
                 kept.append(x)
         return kept
 
-    def mlm_loss(self, input_ids: torch.Tensor, attention: torch.Tensor, index: torch.Tensor,
-                 targets: torch.Tensor, weights: torch.Tensor, training: bool = True) -> torch.Tensor:
-        """Sum over models of each model's mean MLM loss. index (N, M): flat positions (row * L + column)
-        of the masked tokens; targets (N, M) their ids (-100 for padding); weights (N, M) 1/count
-        (0 for padding). Logits are computed at masked positions only."""
-        (hidden,) = self.encode(input_ids, attention, training)
-        n, m = index.shape
-        selected = torch.gather(hidden, 1, index.unsqueeze(-1).expand(n, m, hidden.shape[-1]))
+    def mlm_loss(self, step: _Step, training: bool = True) -> torch.Tensor:
+        """Sum over models of each model's mean MLM loss on one step (flat layout): logits only at the
+        masked tokens (`step.index`, flat positions; `step.targets` their ids, -100 for padding;
+        `step.weights` 1/count per model, 0 for padding)."""
+        hidden = self.encode_flat(step, training)
+        n, m = step.index.shape
+        selected = torch.gather(hidden, 1, step.index.unsqueeze(-1).expand(n, m, hidden.shape[-1]))
         weight, bias = self.head_dense
         y = self.head_act(_linear(selected, self.params[weight], self.p(bias)))
         weight, bias, eps = self.head_norm
         y = _layer_norm(y, self.params[weight], self.params[bias], eps)
         weight, bias = self.decoder
         logits = _linear(y, self.params[weight], self.p(bias))
-        losses = F.cross_entropy(logits.float().reshape(n * m, -1), targets.reshape(-1), reduction="none",
+        losses = F.cross_entropy(logits.float().reshape(n * m, -1), step.targets.reshape(-1), reduction="none",
                                  ignore_index=-100)
-        return (losses.view(n, m) * weights).sum()
+        return (losses.view(n, m) * step.weights).sum()
 
 
 # ----------------------------------------------------------------------------- AdamW over stacked tensors
@@ -428,25 +455,32 @@ class StackedAdamW:
 
 @dataclass
 class _Step:
-    input_ids: torch.Tensor  # (N, B, L)
-    attention: torch.Tensor  # (N, B, L)
-    index: torch.Tensor  # (N, M)
+    """One tick of N models in the *flat layout*: each model's real tokens (its rows one after the
+    other) on one axis of T positions, so the linear layers do no work on padding; attention gathers
+    them into rows of L (`to_padded`) and back (`to_flat`)."""
+
+    ids: torch.Tensor  # (N, T) token ids (pad id after a model's tokens)
+    positions: torch.Tensor  # (N, T) position ids, as the model family computes them per row
+    to_padded: torch.Tensor  # (N, B*L) flat index of row slot (r, c) (0 for a slot with no token)
+    to_flat: torch.Tensor  # (N, T) row slot r*L + c of flat token t (0 for padding)
+    attention: torch.Tensor  # (N, B, L) 1 = a real token of that row
+    index: torch.Tensor  # (N, M) flat positions of the masked tokens
     targets: torch.Tensor  # (N, M)
     weights: torch.Tensor  # (N, M)
     scalars: torch.Tensor  # (4, N) Adam scalars
     tokens: int  # real (non-padding) tokens in the step
 
+    def _map(self, f) -> _Step:
+        return _Step(*(f(getattr(self, name)) for name in _STEP_TENSORS), self.tokens)
+
     def to(self, device: torch.device) -> _Step:
-        if device.type == "cpu":
-            return self
-        move = {"non_blocking": True}
-        return _Step(self.input_ids.to(device, **move), self.attention.to(device, **move),
-                     self.index.to(device, **move), self.targets.to(device, **move),
-                     self.weights.to(device, **move), self.scalars.to(device, **move), self.tokens)
+        return self if device.type == "cpu" else self._map(lambda t: t.to(device, non_blocking=True))
 
     def pin(self) -> _Step:
-        return _Step(self.input_ids.pin_memory(), self.attention.pin_memory(), self.index.pin_memory(),
-                     self.targets.pin_memory(), self.weights.pin_memory(), self.scalars.pin_memory(), self.tokens)
+        return self._map(lambda t: t.pin_memory())
+
+
+_STEP_TENSORS = ("ids", "positions", "to_padded", "to_flat", "attention", "index", "targets", "weights", "scalars")
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -554,9 +588,11 @@ class BatchPreparer:
 
 
 def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: ScoreSettings,
-           optimizer: StackedAdamW, width_multiple: int, prepared: Sequence | None = None) -> Iterator[_Step]:
+           optimizer: StackedAdamW, width_multiple: int, prepared: Sequence | None = None,
+           position_pad: int | None = None) -> Iterator[_Step]:
     """The stacked steps of N jobs (ids, seed): tick t holds every job's t-th batch. `prepared`: per
-    job, a Future of its batches (`BatchPreparer`) or None (drawn here)."""
+    job, a Future of its batches (`BatchPreparer`) or None (drawn here). `position_pad`: the model's
+    padding index for RoBERTa-like position ids (None: BERT's absolute positions)."""
     pad_id = tokenizer.pad_token_id
     prepared = prepared or [None] * len(jobs)
     streams = [job_stream(tokenizer, ids, seed, settings) if source is None else None
@@ -581,35 +617,75 @@ def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: Sco
         if not any(active):
             continue  # every model skips this batch (no optimizer step anywhere)
         width = _round_up(max(item.input_ids.shape[1] for item in items if item is not None), width_multiple)
-        input_ids = np.full((n, rows, width), pad_id, dtype=np.int64)
-        attention = np.zeros((n, rows, width), dtype=np.int64)
-        attention[:, :, 0] = 1  # dummy rows attend to one (padding) token: no fully masked row, no loss
-        positions, labels, lrs = [], [], []
-        tokens = 0
-        for j, item in enumerate(items):
-            if item is None:
-                positions.append(np.zeros(0, dtype=np.int64))
-                labels.append(np.zeros(0, dtype=np.int64))
-                lrs.append(0.0)
-                continue
-            b, w = item.input_ids.shape
-            input_ids[j, :b, :w] = item.input_ids
-            attention[j, :b, :w] = item.attention
-            tokens += int(item.attention.sum())
-            positions.append((item.positions // w) * width + item.positions % w)
-            labels.append(item.targets)
-            lrs.append(item.lr)
-        m = _round_up(max(len(p) for p in positions), 8)
-        index = np.zeros((n, m), dtype=np.int64)
-        targets = np.full((n, m), -100, dtype=np.int64)
-        weights = np.zeros((n, m), dtype=np.float32)
-        for j, (pos, lab) in enumerate(zip(positions, labels)):
-            if len(pos):
-                index[j, : len(pos)] = pos
-                targets[j, : len(pos)] = lab
-                weights[j, : len(pos)] = 1.0 / len(pos)
-        yield _Step(torch.from_numpy(input_ids), torch.from_numpy(attention), torch.from_numpy(index),
-                    torch.from_numpy(targets), torch.from_numpy(weights), optimizer.scalars(active, lrs), tokens)
+        yield _flat_step(items, n, rows, width, pad_id, position_pad, width_multiple,
+                         optimizer.scalars(active, lrs_of(items)))
+
+
+def lrs_of(items: Sequence[Batch | None]) -> list[float]:
+    return [0.0 if item is None else item.lr for item in items]
+
+
+def _flat_step(items: Sequence[Batch | None], n: int, rows: int, width: int, pad_id: int, position_pad: int | None,
+               multiple: int, scalars: torch.Tensor) -> _Step:
+    """Lay N models' batches out flat (see `_Step`). `pad_id`: the tokenizer's; `position_pad`: the
+    model's padding index of RoBERTa-like position ids, or None for absolute positions."""
+    parts = []
+    for item in items:
+        if item is None:
+            parts.append(None)
+            continue
+        lengths = item.attention.sum(1).astype(np.int64)  # right-padded rows: real tokens come first
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        row = np.repeat(np.arange(len(lengths)), lengths)
+        col = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+        ids = item.input_ids[row, col].astype(np.int64)
+        if position_pad is not None:  # as transformers: cumsum of non-pad ids in the row, + padding_idx
+            real = (item.input_ids != position_pad).astype(np.int64)
+            positions = ((np.cumsum(real, axis=1) * real) + position_pad)[row, col]
+        else:
+            positions = col
+        parts.append((lengths, starts, row, col, ids, positions))
+    t = _round_up(max([len(part[4]) for part in parts if part is not None] + [1]), multiple)
+    ids = np.full((n, t), pad_id, dtype=np.int64)
+    positions = np.full((n, t), 0 if position_pad is None else position_pad, dtype=np.int64)
+    to_padded = np.zeros((n, rows * width), dtype=np.int64)
+    to_flat = np.zeros((n, t), dtype=np.int64)
+    attention = np.zeros((n, rows, width), dtype=np.int64)
+    attention[:, :, 0] = 1  # dummy rows attend to one slot: no fully masked row, no loss
+    masked_at: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    tokens = 0
+    for j, (item, part) in enumerate(zip(items, parts)):
+        if part is None:
+            masked_at.append(np.zeros(0, dtype=np.int64))
+            labels.append(np.zeros(0, dtype=np.int64))
+            continue
+        lengths, starts, row, col, flat_ids, flat_positions = part
+        k = len(flat_ids)
+        tokens += k
+        ids[j, :k] = flat_ids
+        positions[j, :k] = flat_positions
+        slots = row * width + col
+        to_padded[j, slots] = np.arange(k)
+        to_flat[j, :k] = slots
+        b = len(lengths)
+        attention[j, :b, :] = 0
+        attention[j, :b, : item.attention.shape[1]] = item.attention
+        w = item.input_ids.shape[1]
+        r, c = item.positions // w, item.positions % w
+        masked_at.append(starts[r] + c)
+        labels.append(item.targets)
+    m = _round_up(max(len(x) for x in masked_at), 8)
+    index = np.zeros((n, m), dtype=np.int64)
+    targets = np.full((n, m), -100, dtype=np.int64)
+    weights = np.zeros((n, m), dtype=np.float32)
+    for j, (at, lab) in enumerate(zip(masked_at, labels)):
+        if len(at):
+            index[j, : len(at)] = at
+            targets[j, : len(at)] = lab
+            weights[j, : len(at)] = 1.0 / len(at)
+    return _Step(*(torch.from_numpy(a) for a in (ids, positions, to_padded, to_flat, attention, index, targets,
+                                                   weights)), scalars, tokens)
 
 
 def _prefetched(iterator: Iterator, depth: int, transform=None) -> Iterator:
@@ -673,13 +749,14 @@ def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[
     depth = options.prefetch if options.prefetch is not None else (4 if device.type == "cuda" else 0)
     transform = (lambda s: s.pin()) if device.type == "cuda" else None
     tokens = steps = 0
-    for step in _prefetched(_steps(tokenizer, jobs, settings, optimizer, options.width_multiple, prepared),
-                            depth, transform):
+    ticks = _steps(tokenizer, jobs, settings, optimizer, options.width_multiple, prepared,
+                   stack.pad_token_id if stack.roberta_positions else None)
+    for step in _prefetched(ticks, depth, transform):
         tokens += step.tokens
         steps += 1
         step = step.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(step.input_ids, step.attention, step.index, step.targets, step.weights)
+            loss = loss_fn(step)
         loss.backward()
         optimizer.step(step.scalars)
     if device.type == "cuda":
