@@ -88,8 +88,9 @@ def reference_weights(model, tokenizer, rows, settings, seed) -> dict[str, torch
 
 
 def assert_same_weights(got: dict, expected: dict, what: str) -> None:
-    """Equal up to rounding: Adam divides by sqrt(v) + eps, so an element whose gradient is ~0 can
-    turn a 1e-9 rounding difference into ~lr/10; allow 1e-4 anywhere, and 1e-6 nearly everywhere."""
+    """Equal up to rounding (both run torch's fused AdamW kernel; the forward differs in summation
+    order): Adam divides by sqrt(v) + eps, so an element whose gradient is ~0 can turn a 1e-9 rounding
+    difference into a larger one; allow 1e-4 anywhere (seen: 4e-5), and 1e-6 nearly everywhere."""
     worst = max((got[n] - expected[n]).abs().max().item() for n in got)
     off = sum(int(((got[n] - expected[n]).abs() > 1e-6).sum()) for n in got)
     total = sum(t.numel() for t in got.values())
