@@ -20,6 +20,10 @@ case "${1:-}" in
     python3 bench/engine.py $A --models minilm --parts parity --parity-workers 8 --out "$OUT/parity.json" ;;
   bertweet)  # the BERTweet shape (random init): naive vs stacks vs packs
     python3 bench/engine.py $A --models bertweet-shape --parts throughput,packed --out "$OUT/bertweet.json" ;;
+  determinism)  # the cost of deterministic kernels (run.deterministic, on by default): packs on 2 datasets
+    python3 bench/engine.py $A --models minilm --parts packed --datasets SemEval18,Vader --out "$OUT/det.json" &&
+    python3 bench/engine.py $A --models minilm --parts packed --datasets SemEval18,Vader --no-deterministic \
+      --out "$OUT/nodet.json" ;;
   slice)     # a slice of the paper protocol on MiniLM; stops starting work after ${2:-8} minutes
     run=results/minilm-paper/run
     XDG_CACHE_HOME=$run/cache python3 -m headprune run --config configs/paper-minilm.toml $A \
@@ -32,5 +36,5 @@ src.backup(dst); dst.close(); src.close()   # one self-contained file (the WAL f
 PY
     cp -r "$run/orders" "$run/summary.json" "$run/report" "$OUT/" 2>/dev/null
     exit $rc ;;
-  *) echo "usage: bash bench/device.sh smoke|minilm|parity|bertweet|slice [minutes]"; exit 2 ;;
+  *) echo "usage: bash bench/device.sh smoke|minilm|parity|bertweet|determinism|slice [minutes]"; exit 2 ;;
 esac
