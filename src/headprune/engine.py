@@ -775,6 +775,9 @@ def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[
         optimizer.step(step.scalars)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    for p in stack.params.values():  # the gradient buffers and the Adam state go before the features
+        p.grad = None
+    del optimizer
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + tokens
         stats["steps"] = stats.get("steps", 0) + steps
