@@ -257,3 +257,37 @@ def test_time_limit_and_overrides_of_run(tiny_run, tmp_path: Path, monkeypatch, 
     done = json.loads((tmp_path / "done" / "summary.json").read_text())
     assert done["generalization"] == summary["generalization"]
     assert done["config"]["model"]["name"] == model and done["config"]["data"]["data_dir"] == str(tmp_path)
+
+
+def test_verify_recomputes_the_summary_from_the_store(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`headprune verify RUN_DIR`: every H1/H2/H3 score, ranking, chosen model, generalization score,
+    mean, std and t-test of summary.json recomputed from the store; a changed number is caught."""
+    import shutil
+
+    from _cli import run_cli
+    from headprune.verify import verify_run
+
+    root, _, summary = tiny_run
+    result = verify_run(root / "run")
+    assert result.problems == []
+    n_h1 = sum(len(per_k) for entry in summary["h1"].values() for per_k in entry["scores"].values())
+    assert result.checked > n_h1 + 5 * 2 * 4  # H1 scores + each generalization cell's scores/mean/std/pct
+    code, out, _ = run_cli(monkeypatch, capsys, "verify", root / "run")
+    assert code == 0 and out.startswith(f"verified: {result.checked} numbers of ")
+
+    tampered = tmp_path / "run"
+    shutil.copytree(root / "run", tampered, ignore=shutil.ignore_patterns("report"))
+    changed = json.loads((tampered / "summary.json").read_text())
+    changed["generalization"]["MOIH1"]["d"]["scores"][1] += 0.01
+    changed["h1"]["OI"]["scores"]["b"]["4"] -= 0.02
+    changed["orders"]["OI"]["ranked"][0], changed["orders"]["OI"]["ranked"][1] = (
+        changed["orders"]["OI"]["ranked"][1], changed["orders"]["OI"]["ranked"][0])
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    problems = verify_run(tampered).problems
+    assert any(p.startswith("generalization.MOIH1.d.scores:") for p in problems)
+    assert any(p.startswith("h1.OI.scores.b.4:") for p in problems)
+    assert any(p.startswith("Step 1 order (OI):") for p in problems)
+    code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
+    assert code == 1 and "numbers of summary.json do not match the store" in err
+    code, _, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "nowhere")
+    assert code == 2 and err.startswith("error: ") and "summary.json: file not found" in err

@@ -31,6 +31,24 @@ def report_command(
     typer.echo(f"tables: {path.parent / 'tables.md'}")
 
 
+@app.command("verify")
+def verify_command(
+    run_dir: Path = RUN_DIR_ARG,
+) -> None:
+    """Recompute every number of RUN_DIR/summary.json from RUN_DIR/store.sqlite; exit 1 if any differs."""
+    from .verify import verify_run
+
+    result = verify_run(run_dir)
+    if result.problems:
+        for problem in result.problems[:20]:
+            typer.echo(f"mismatch: {problem}", err=True)
+        more = len(result.problems) - 20
+        typer.echo(f"{len(result.problems)} of {result.checked} numbers of summary.json do not match the store"
+                   + (f" ({more} more not shown)" if more > 0 else ""), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"verified: {result.checked} numbers of {run_dir / 'summary.json'} recomputed from the store; all match")
+
+
 @app.command("export")
 def export_command(
     run_dir: Path = EXPORT_RUN_DIR,

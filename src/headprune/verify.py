@@ -1,0 +1,188 @@
+"""Check a run's summary.json against its results store.
+
+Every number the summary reports is recomputed from what the store holds: the Step 1 order from the
+stored importance matrices, each H1/H2/H3 score as the mean over seeds of the stored per-seed F1,
+the rankings and chosen models from those scores, and the generalization table (per-seed scores,
+means, standard deviations, paired t-tests). A summary that passes says nothing the store does not."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import parse_seeds
+from .errors import HeadpruneError
+from .generalize import significance, summarize
+from .importance import rank_heads
+from .search import rank_models
+from .store import ResultStore, pruned_key
+
+SCORE_FIELDS = ("epochs", "batch_size", "learning_rate", "adam_epsilon", "mlm_probability", "n_folds",
+                "feature_layers")
+TOLERANCE = 1e-9
+
+
+@dataclass
+class Verification:
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def close(self, what: str, reported, recomputed) -> None:
+        """Count one check; a problem when the reported and the recomputed value differ."""
+        self.checked += 1
+        if recomputed is None:
+            self.problems.append(f"{what}: not in the store")
+        elif not _same(reported, recomputed):
+            self.problems.append(f"{what}: summary says {reported!r}, the store gives {recomputed!r}")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=TOLERANCE) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class _Scores:
+    """Stored per-seed F1 of the run's model and scoring settings, by (pruned set, dataset, seed)."""
+
+    def __init__(self, store: ResultStore, model: str, scoring: dict):
+        self.values: dict[tuple[str, str, int], set[float]] = {}
+        for row in store.all_scores():
+            if row["model"] != model:
+                continue
+            settings = json.loads(row["settings"])
+            if any(settings.get(k) != scoring.get(k) for k in SCORE_FIELDS if k in scoring):
+                continue
+            self.values.setdefault((row["pruned"], row["dataset"], int(row["seed"])), set()).add(float(row["f1"]))
+
+    def seed_scores(self, pruned, dataset: str, seeds: list[int]) -> list[float] | None:
+        key = pruned_key(pruned)
+        out = []
+        for seed in seeds:
+            found = self.values.get((key, dataset, seed))
+            if not found:
+                return None
+            if len(found) > 1:
+                raise HeadpruneError(
+                    f"the store holds {len(found)} different scores for {dataset}, seed {seed}, pruned {key} "
+                    "(runs with other engines or settings share it): cannot verify unambiguously"
+                )
+            out.append(next(iter(found)))
+        return out
+
+    def mean(self, pruned, dataset: str, seeds: list[int]) -> float | None:
+        scores = self.seed_scores(pruned, dataset, seeds)
+        return None if scores is None else float(np.mean(scores))
+
+
+def verify_run(run_dir: str | Path) -> Verification:
+    """Recompute the summary's numbers from the store of `run_dir` (summary.json + store.sqlite)."""
+    run_dir = Path(run_dir)
+    summary_path, store_path = run_dir / "summary.json", run_dir / "store.sqlite"
+    for path in (summary_path, store_path):
+        if not path.is_file():
+            raise HeadpruneError(f"{path}: file not found (is {run_dir} a finished run directory?)")
+    summary = json.loads(summary_path.read_text())
+    config = summary["config"]
+    fingerprint = summary["model"]["fingerprint"]
+    store = ResultStore(store_path)
+    try:
+        result = Verification()
+        scores = _Scores(store, fingerprint, config["scoring"])
+        _check_step1(store, summary, result)
+        _check_step2(summary, scores, parse_seeds(config["step2"]["seeds"]), result)
+        _check_generalization(summary, scores, result)
+    finally:
+        store.close()
+    return result
+
+
+def _check_step1(store: ResultStore, summary: dict, result: Verification) -> None:
+    order = summary.get("orders", {}).get("OI")
+    if not order or order.get("matrix") is None:
+        return
+    config = summary["config"]["step1"]
+    seeds = set(parse_seeds(config["seeds"]))
+    settings = {k: config[k] for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
+    with store._lock:
+        rows = store._conn.execute(
+            "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ?", (summary["model"]["fingerprint"],)
+        ).fetchall()
+    matrices = []
+    for _, seed, stored_settings, stored in rows:
+        if int(seed) in seeds and json.loads(stored_settings) == settings:
+            matrices += json.loads(stored)
+    if not matrices:
+        result.close("Step 1 order OI", "an importance matrix", None)
+        return
+    mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
+    result.close("Step 1 importance matrix (OI)", order["matrix"], mean.tolist())
+    result.close("Step 1 order (OI)", order["ranked"], [list(h) for h in rank_heads(mean)])
+
+
+def _check_step2(summary: dict, scores: _Scores, seeds: list[int], result: Verification) -> None:
+    orders = summary.get("orders", {})
+    for name, h1 in summary.get("h1", {}).items():
+        ranked = [tuple(h) for h in orders[name]["ranked"]]
+        by_k: dict[str, dict[str, float]] = {}
+        for ds, per_k in h1["scores"].items():
+            for k, reported in per_k.items():
+                pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
+                recomputed = scores.mean(pruned, ds, seeds)
+                result.close(f"h1.{name}.scores.{ds}.{k}", reported, recomputed)
+                by_k.setdefault(k, {})[ds] = reported if recomputed is None else recomputed
+        ranking = rank_models(by_k, {k: int(k) for k in by_k})
+        result.close(f"h1.{name}.chosen_k", h1["chosen_k"], int(ranking[0]["model"]))
+    for strategy in ("h2", "h3"):
+        for name, entry in summary.get(strategy, {}).items():
+            per_dataset = entry["per_dataset"]
+            for ds, model in per_dataset.items():
+                if "score" in model:
+                    result.close(f"{strategy}.{name}.per_dataset.{ds}.score", model["score"],
+                                 scores.mean(model["pruned_heads"], ds, seeds))
+            cross: dict[str, dict[str, float]] = {}
+            for source, row in entry["cross"].items():
+                for ds, reported in row.items():
+                    recomputed = scores.mean(per_dataset[source]["pruned_heads"], ds, seeds)
+                    result.close(f"{strategy}.{name}.cross.{source}.{ds}", reported, recomputed)
+                    cross.setdefault(source, {})[ds] = reported if recomputed is None else recomputed
+            for ds, reported in (entry.get("complete") or {}).items():
+                result.close(f"{strategy}.{name}.complete.{ds}", reported, scores.mean([], ds, seeds))
+            ranking = rank_models(cross, {s: per_dataset[s]["n_pruned"] for s in cross})
+            result.close(f"{strategy}.{name}.chosen", entry["chosen"], ranking[0]["model"])
+            result.close(f"{strategy}.{name}.pruned_heads", entry["pruned_heads"],
+                         per_dataset[ranking[0]["model"]]["pruned_heads"])
+
+
+def _check_generalization(summary: dict, scores: _Scores, result: Verification) -> None:
+    table = summary.get("generalization", {})
+    seeds = [int(s) for s in summary.get("generalization_seeds", [])]
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for model, entry in summary.get("chosen", {}).items():
+        for ds, cell in table.get(model, {}).items():
+            stored = scores.seed_scores(entry["pruned_heads"], ds, seeds)
+            result.close(f"generalization.{model}.{ds}.scores", cell["scores"], stored)
+            per_seed.setdefault(model, {})[ds] = cell["scores"] if stored is None else stored
+    if not per_seed or "CM" not in per_seed:
+        return
+    recomputed = summarize(per_seed, reference="CM")
+    for model, row in recomputed.items():
+        for ds, cell in row.items():
+            for key in ("mean", "std", "pct_vs_cm"):
+                result.close(f"generalization.{model}.{ds}.{key}", table[model][ds][key], cell[key])
+    alpha = summary["config"]["generalization"]["alpha"]
+
+    def rows(items):
+        return sorted((r["dataset"], r["better"], r["worse"], round(r["p_value"], 12)) for r in items)
+
+    result.close("generalization.significance", rows(table.get("significance", [])),
+                 rows(significance(per_seed, alpha=alpha)))
+
+
+__all__ = ["Verification", "verify_run"]
