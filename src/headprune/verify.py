@@ -110,14 +110,10 @@ def _check_step1(store: ResultStore, summary: dict, result: Verification) -> Non
     config = summary["config"]["step1"]
     seeds = set(parse_seeds(config["seeds"]))
     settings = {k: config[k] for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
-    with store._lock:
-        rows = store._conn.execute(
-            "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ?", (summary["model"]["fingerprint"],)
-        ).fetchall()
     matrices = []
-    for _, seed, stored_settings, stored in rows:
-        if int(seed) in seeds and json.loads(stored_settings) == settings:
-            matrices += json.loads(stored)
+    for row in store.importance_rows(summary["model"]["fingerprint"]):
+        if row["seed"] in seeds and row["settings"] == settings:
+            matrices += row["matrices"]
     if not matrices:
         result.close("Step 1 order OI", "an importance matrix", None)
         return
