@@ -110,9 +110,13 @@ def _check_step1(store: ResultStore, summary: dict, result: Verification) -> Non
     config = summary["config"]["step1"]
     seeds = set(parse_seeds(config["seeds"]))
     settings = {k: config[k] for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
+    from .data import expand_datasets
+
+    names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
+             for n in expand_datasets(config["datasets"])}
     matrices = []
     for row in store.importance_rows(summary["model"]["fingerprint"]):
-        if row["seed"] in seeds and row["settings"] == settings:
+        if row["seed"] in seeds and row["settings"] == settings and row["dataset"] in names:
             matrices += row["matrices"]
     if not matrices:
         result.close("Step 1 order OI", "an importance matrix", None)
