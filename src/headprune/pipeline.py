@@ -139,6 +139,10 @@ class Pipeline:
                 check_enough_per_class(ds, self.settings.n_folds)
         return out
 
+    def rows(self, name: str) -> float:
+        """Rows one evaluation on `name` finetunes (half the dataset): the unit of the time left."""
+        return len(self.dataset(name)) / 2
+
     def warmup(self) -> WarmupSettings | None:
         steps = self.config.model.mlm_head_warmup_steps
         return WarmupSettings(steps=steps) if steps > 0 else None
@@ -176,7 +180,7 @@ class Pipeline:
             # On Ray the workers choose their own device: the driver may have no GPU.
             device=self.config.run.device if self.config.run.executor == "ray" else str(self.device),
             executor=executor,
-            on_result=lambda task, score, cached: self.progress.advance(cached),
+            on_result=lambda task, score, cached: self.progress.advance(cached, work=self.rows(task.dataset)),
             sources=self.sources,
             loader=self.dataset,
             deadline=self.deadline,
@@ -397,7 +401,9 @@ class Pipeline:
             summary["chosen"] = chosen
             return chosen
         labels = [f"{strategy} {name}" for name, strategy in searches]
-        self.progress.start_stage("Step 2: " + ", ".join(labels), sum(stages[label]["evaluations"] for label in labels))
+        total = sum(stages[label]["evaluations"] for label in labels)  # every dataset about equally often
+        self.progress.start_stage("Step 2: " + ", ".join(labels), total,
+                                  total * float(np.mean([self.rows(ds) for ds in datasets])))
         results = run_searches(searches, scorer.evaluate)
         self.progress.set_total(self.progress.done)
         self.progress.end_stage()
@@ -419,7 +425,8 @@ class Pipeline:
         seeds = self.config.generalization_seeds
         requests = [(entry["pruned_heads"], ds) for entry in chosen.values() for ds in datasets]
         tasks = scorer.tasks_for(requests)
-        self.progress.start_stage("generalization", len(set(tasks)))  # chosen models may coincide
+        unique = set(tasks)  # chosen models may coincide
+        self.progress.start_stage("generalization", len(unique), sum(self.rows(t.dataset) for t in unique))
         results = scorer.run(tasks)
         self.progress.end_stage()
         f1: dict[str, dict[str, list[float]]] = {}

@@ -72,7 +72,8 @@ class RunProgress:
             self.console.print(f"[{name}] {total} evaluations", highlight=False, markup=False)
 
     def set_total(self, total: int) -> None:
-        self.total_work += total - self.total
+        """A new number of evaluations for the stage (its work scales with it)."""
+        self.total_work = self.total_work * total / self.total if self.total else float(total)
         self.total = total
         if self._progress is not None:
             self._progress.update(self._task, total=total)
