@@ -1146,13 +1146,18 @@ class BatchedExecutor(StopRequests):
         while start < len(pack):
             cap = self._fits or len(pack)
             part = pack[start:start + cap]
+            trained = None
             try:
                 trained = _train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
                                       device, self.options, sizes, prepared=prepared[start:start + cap])
             except torch.cuda.OutOfMemoryError:
                 if len(part) == 1:
                     raise
+            if trained is None:  # out of memory: outside the except block its frames (and tensors) are gone
+                import gc
+
                 self._fits = max(1, len(part) // 2)
+                gc.collect()
                 torch.cuda.empty_cache()
                 continue
             yield part, trained
