@@ -879,8 +879,8 @@ class _Trained:
     labels: list[np.ndarray]
     seeds: list[int]
     adjust_seconds: float
-    n_params: list[int]
-    size_bytes: list[int]
+    pruned: list[tuple[Head, ...]]
+    sizes: SizeCache  # parameters and file size by pruned set (asked for in the SVM threads)
 
 
 class SizeCache:
@@ -909,7 +909,8 @@ def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, de
     pruned = list(pruned)
     if pruned:
         prune_heads(model, pruned)
-    n_params, size = (sizes or SizeCache(base_model))(pruned, model)
+    sizes = sizes or SizeCache(base_model)
+    sizes(pruned, model)  # the pruned model is at hand: measure it now
     splits = [split_halves(labels, seed) for seed in seeds]
     feats: list[np.ndarray] = []
     seconds = 0.0
@@ -929,7 +930,7 @@ def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, de
     if stats is not None:
         stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
     n = len(seeds)
-    return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, [n_params] * n, [size] * n)
+    return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, [tuple(pruned)] * n, sizes)
 
 
 def task_jobs(datasets: dict, tasks: Sequence[SeedTask]) -> list[tuple[list[list[int]], int]]:
@@ -953,9 +954,8 @@ def _train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask]
     if stats is not None:
         stats["features_seconds"] = stats.get("features_seconds", 0.0) + time.perf_counter() - start_features
         stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
-    measures = [sizes(t.pruned) for t in tasks]
     return _Trained(feats, [datasets[t.dataset][1][split[1]] for t, split in zip(tasks, splits)],
-                    [t.seed for t in tasks], seconds, [m[0] for m in measures], [m[1] for m in measures])
+                    [t.seed for t in tasks], seconds, [tuple(t.pruned) for t in tasks], sizes)
 
 
 def _svm(trained: _Trained, k: int, settings: ScoreSettings, device: torch.device) -> SeedScore:
@@ -965,8 +965,9 @@ def _svm(trained: _Trained, k: int, settings: ScoreSettings, device: torch.devic
             f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
     else:
         f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
-    return SeedScore(f1=f1, adjust_seconds=trained.adjust_seconds, n_params=trained.n_params[k],
-                     size_bytes=trained.size_bytes[k], device=str(device.type))
+    n_params, size = trained.sizes(trained.pruned[k])  # a new pruned set is measured here, off the GPU's path
+    return SeedScore(f1=f1, adjust_seconds=trained.adjust_seconds, n_params=n_params, size_bytes=size,
+                     device=str(device.type))
 
 
 def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
