@@ -1114,7 +1114,9 @@ class BatchedExecutor(StopRequests):
             steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), settings)
                      for t in unique}
             size = self.options.pack_models or auto_pack_size(context.base_model, device)
-            units = plan_packs(unique, steps, size, self.options.pack_step_ratio)
+            # Longest first: the SVMs of the big packs then run while the small ones train, and the
+            # last pack's SVMs (the GPU's idle tail before the next search round) are the quickest.
+            units = plan_packs(unique, steps, size, self.options.pack_step_ratio)[::-1]
         else:
             groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
             for task in unique:

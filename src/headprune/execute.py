@@ -351,7 +351,7 @@ class RayExecutor(StopRequests):
         if options.pack:
             steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), context.settings)
                      for t in unique}
-            units = plan_packs(unique, steps, options.pack_models or 64, options.pack_step_ratio)
+            units = plan_packs(unique, steps, options.pack_models or 64, options.pack_step_ratio)[::-1]  # longest first
         else:
             groups: dict = {}
             for task in unique:
