@@ -464,3 +464,26 @@ def test_bf16_autocast_path_of_a_masked_pack(tokenizer, encoded):
         a = torch.cat([(exact[n] - start[n].detach()).flatten() for n in exact])
         b = torch.cat([(half[n] - start[n].detach()).flatten() for n in exact])
         assert a.norm() > 0 and torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999  # other seeds: 0.77-0.94
+
+
+def test_fast_masking_draws_the_real_collators_batches(tokenizer, encoded):
+    """`FastMasking` (no per-row Python) against `DataCollatorForLanguageModeling` with the same seed:
+    identical input ids, attention masks and labels, batch after batch; a tokenizer on which it would
+    differ is detected and gets the real collator."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from headprune.engine import FastMasking, fast_masking_matches
+
+    ids, _ = encoded
+    assert fast_masking_matches(tokenizer, 0.15)
+    real = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3, seed=11)
+    fast = FastMasking(tokenizer, 0.3, seed=11)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        rows = [ids[i] for i in torch.randint(len(ids), (int(torch.randint(1, 17, (1,), generator=g)),),
+                                              generator=g).tolist()]
+        a, b = real([{"input_ids": r} for r in rows]), fast(rows)
+        assert all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "labels"))
+    left = copy.deepcopy(tokenizer)
+    left.padding_side = "left"
+    assert not fast_masking_matches(left, 0.15)
