@@ -487,3 +487,55 @@ def test_fast_masking_draws_the_real_collators_batches(tokenizer, encoded):
     left = copy.deepcopy(tokenizer)
     left.padding_side = "left"
     assert not fast_masking_matches(left, 0.15)
+
+
+def test_batches_drawn_here_until_the_workers_lists_are_ready(tokenizer, encoded):
+    """The first ticks are drawn in process while the workers' lists are not ready; the switch to
+    a list mid-stream (skipping what was drawn) gives exactly the plain training."""
+    import threading
+    from concurrent.futures import Future
+
+    import headprune.engine as engine
+    from headprune.engine import job_stream
+
+    ids, _ = encoded
+    settings = ScoreSettings(epochs=1, batch_size=4, learning_rate=1e-3)
+    jobs = [(ids[:24], 1), (ids[20:50], 2)]
+    model = tiny_model(tokenizer)
+    plain = StackedMLM.replicate(model, 2)
+    adjust_stacked(plain, tokenizer, jobs, settings)
+    lists = [list(job_stream(tokenizer, rows, seed, settings)) for rows, seed in jobs]
+    gate = threading.Event()
+
+    class Tracking(Future):  # a future that becomes ready after a few ticks were drawn here
+        def __init__(self, index):
+            super().__init__()
+            self.index = index
+
+        def done(self):
+            return gate.is_set()
+
+        def result(self, timeout=None):
+            return lists[self.index]
+
+    prepared = [Tracking(0), Tracking(1)]
+    original = job_stream
+    counts = []
+
+    def counting_stream(*args, **kwargs):
+        for k, item in enumerate(original(*args, **kwargs)):
+            counts.append(k)
+            if len(counts) >= 4:
+                gate.set()  # after 4 batches drawn here, the lists are "ready"
+            yield item
+
+    engine.job_stream = counting_stream
+    try:
+        stacked = StackedMLM.replicate(model, 2)
+        adjust_stacked(stacked, tokenizer, jobs, settings, prepared=prepared)
+    finally:
+        engine.job_stream = original
+    assert len(counts) == 4  # two ticks of two jobs drawn here, the other 10 batches taken from the lists
+    for i in range(2):
+        a, b = plain.state_of(i), stacked.state_of(i)
+        assert all(torch.equal(a[n], b[n]) for n in a)

@@ -690,20 +690,35 @@ def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: Sco
     job, a Future of its batches (`BatchPreparer`) or None (drawn here). `position_pad`: the model's
     padding index for RoBERTa-like position ids (None: BERT's absolute positions)."""
     pad_id = tokenizer.pad_token_id
-    prepared = prepared or [None] * len(jobs)
-    streams = [job_stream(tokenizer, ids, seed, settings) if source is None else None
-               for (ids, seed), source in zip(jobs, prepared)]
+    prepared = list(prepared or [None] * len(jobs))
     n, rows = len(jobs), settings.batch_size
+    # A job's batches come from its worker's list once that is ready; until then they are drawn
+    # here (the same stream), so the first ticks need not wait for every worker.
+    local: list[Iterator | None] = [None] * n
+    remote: list[Iterator | None] = [None] * n
+    drawn = [0] * n
+
+    def draw(j: int) -> Batch | None:
+        if remote[j] is None and prepared[j] is not None and prepared[j].done():
+            remote[j] = iter(prepared[j].result()[drawn[j]:])
+            local[j] = None
+        if remote[j] is not None:
+            return next(remote[j])
+        if local[j] is None:
+            ids, seed = jobs[j]
+            local[j] = job_stream(tokenizer, ids, seed, settings)
+        item = next(local[j])
+        drawn[j] += 1
+        return item
+
     finished = [False] * n
     while True:
         items: list[Batch | None] = []
         for j in range(n):
             item = None
             if not finished[j]:
-                if streams[j] is None:
-                    streams[j] = iter(prepared[j].result())  # waits for the worker the first time
                 try:
-                    item = next(streams[j])
+                    item = draw(j)
                 except StopIteration:
                     finished[j] = True
             items.append(item)
