@@ -49,6 +49,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -548,14 +549,16 @@ class FastMasking:
         return {"input_ids": inputs, "attention_mask": torch.from_numpy(attention), "labels": labels}
 
 
-_FAST_MASKING_OK: dict[tuple[int, float], bool] = {}
+# Verdicts of `fast_masking_matches`, per live tokenizer object (weak keys: an id() could be reused).
+_FAST_MASKING_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def fast_masking_matches(tokenizer, mlm_probability: float) -> bool:
     """Whether `FastMasking` draws exactly the real collator's batches for this tokenizer (checked
     once per tokenizer on 40 batches of random ids, special ids and lengths included)."""
-    key = (id(tokenizer), float(mlm_probability))
-    if key not in _FAST_MASKING_OK:
+    verdicts = _FAST_MASKING_OK.setdefault(tokenizer, {})
+    key = float(mlm_probability)
+    if key not in verdicts:
         from transformers import DataCollatorForLanguageModeling
 
         rng = np.random.default_rng(0)
@@ -573,8 +576,8 @@ def fast_masking_matches(tokenizer, mlm_probability: float) -> bool:
             if not all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "labels")):
                 same = False
                 break
-        _FAST_MASKING_OK[key] = same
-    return _FAST_MASKING_OK[key]
+        verdicts[key] = same
+    return verdicts[key]
 
 
 def job_batches(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSettings
