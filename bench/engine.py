@@ -137,6 +137,13 @@ def load_encoded(names: list[str], tokenizer, limit: int, args) -> dict:
 # ----------------------------------------------------------------------------- stages
 
 
+def summarize_runs(entry: dict, part: str, runs: dict, device: torch.device) -> None:
+    """`<part>_tokens_per_s`, `<part>_seconds_per_call` (per dataset) and the peak memory of a part."""
+    entry[f"{part}_tokens_per_s"] = sum(v["tokens"] for v in runs.values()) / sum(v["adjust"] for v in runs.values())
+    entry[f"{part}_seconds_per_call"] = {n: v["seconds_per_call"] for n, v in runs.items()}
+    entry.setdefault("peak_gpu_memory_bytes", {})[part] = peak(device)
+
+
 def throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, settings: ScoreSettings,
                device: torch.device, result: dict, save) -> None:
     entry = result["models"].setdefault(key, {})
@@ -181,10 +188,8 @@ def throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, setti
             f"{stats['tokens'] / stats['adjust_seconds']:,.0f} tokens/s) mean F1 {np.mean([s.f1 for s in scores]):.4f}")
         entry["engine"] = engine
         save()
-    entry["engine_tokens_per_s"] = sum(v["tokens"] for v in engine.values()) / sum(v["adjust"] for v in engine.values())
-    entry["engine_seconds_per_call"] = {n: v["seconds_per_call"] for n, v in engine.items()}
+    summarize_runs(entry, "engine", engine, device)
     entry.setdefault("svm_seconds", {})["engine"] = {n: v["svm"] / v["n_models"] for n, v in engine.items()}
-    entry.setdefault("peak_gpu_memory_bytes", {})["engine"] = peak(device)
     if entry.get("naive_tokens_per_s"):
         entry["speedup_tokens_per_s"] = entry["engine_tokens_per_s"] / entry["naive_tokens_per_s"]
 
@@ -245,9 +250,7 @@ def packed(key: str, model, tokenizer, n_heads: int, data: dict, args, settings:
             f"{wall / len(tasks):.2f} s per evaluation")
         entry["packed"] = out
         save()
-    entry["packed_tokens_per_s"] = sum(v["tokens"] for v in out.values()) / sum(v["adjust"] for v in out.values())
-    entry["packed_seconds_per_call"] = {n: v["seconds_per_call"] for n, v in out.items()}
-    entry.setdefault("peak_gpu_memory_bytes", {})["packed"] = peak(device)
+    summarize_runs(entry, "packed", out, device)
     if entry.get("naive_tokens_per_s"):
         entry["speedup_packed_tokens_per_s"] = entry["packed_tokens_per_s"] / entry["naive_tokens_per_s"]
     measured = sorted(set(out) & set(GROUPS["G2"]))

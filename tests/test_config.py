@@ -62,6 +62,9 @@ def test_quick_profile_runs_every_stage() -> None:
         ({"run": {"ray_max_retries": -1}}, "run.ray_max_retries must be 0 or more"),
         ({"data": {"max_examples": -5}}, "data.max_examples must be 0 (all) or more"),
         ({"step1": {"datasets": []}}, "step1.datasets must be a non-empty list"),
+        ({"step1": {"workers": -1}}, "step1.workers must be 0 (automatic) or more"),
+        ({"run": {"pack_models": -2}}, "run.pack_models must be 0 (as many as fit) or more"),
+        ({"run": {"deterministic": "no"}}, "run.deterministic: expected true or false"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(data: dict, message: str) -> None:

@@ -1153,6 +1153,22 @@ def plan_packs(tasks: Sequence[SeedTask], steps: dict[SeedTask, int], size: int,
     return packs
 
 
+def plan_units(tasks: Sequence[SeedTask], datasets: dict, settings: ScoreSettings, options: EngineOptions,
+               pack_size: int) -> list[list[SeedTask]]:
+    """What the batched engine trains together, in order: with `options.pack`, packs of at most
+    `pack_size` models (`plan_packs`), longest first (the SVMs of the big packs then run while the
+    small ones train, and the last pack's SVMs, the GPU's idle tail before the next search round,
+    are the quickest); without, one pruned set's seeds on one dataset per unit."""
+    unique = list(dict.fromkeys(tasks))
+    if options.pack:
+        steps = {t: finetune_steps(len(split_halves(datasets[t.dataset][1], t.seed)[0]), settings) for t in unique}
+        return plan_packs(unique, steps, pack_size, options.pack_step_ratio)[::-1]
+    groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
+    for task in unique:
+        groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
+    return list(groups.values())
+
+
 # ----------------------------------------------------------------------------- the executor
 
 
@@ -1208,20 +1224,9 @@ class BatchedExecutor(StopRequests):
                  sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
         """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
         in the preparer's processes while this one trains."""
-        unique = list(dict.fromkeys(tasks))
         settings = context.settings
-        if self.options.pack:
-            steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), settings)
-                     for t in unique}
-            size = self.options.pack_models or auto_pack_size(context.base_model, device)
-            # Longest first: the SVMs of the big packs then run while the small ones train, and the
-            # last pack's SVMs (the GPU's idle tail before the next search round) are the quickest.
-            units = plan_packs(unique, steps, size, self.options.pack_step_ratio)[::-1]
-        else:
-            groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
-            for task in unique:
-                groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
-            units = list(groups.values())
+        size = (self.options.pack_models or auto_pack_size(context.base_model, device)) if self.options.pack else 0
+        units = plan_units(tasks, context.datasets, settings, self.options, size)
         preparer = self._preparer(device)
 
         def prepare(unit):
@@ -1291,5 +1296,6 @@ __all__ = [
     "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions", "SizeCache", "StackedAdamW", "StackedMLM",
     "adjust_stacked",
     "auto_pack_size", "default_executor", "features_stacked", "finetune_steps", "group_seed", "job_batches",
-    "job_stream", "plan_packs", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed", "task_jobs",
+    "job_stream", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
+    "task_jobs",
 ]

@@ -338,8 +338,7 @@ class RayExecutor(StopRequests):
         """The batched engine's units as Ray tasks, a whole GPU each (none on a CPU cluster)."""
         import dataclasses
 
-        from .data import split_halves
-        from .engine import finetune_steps, plan_packs
+        from .engine import plan_units
 
         ray = self.ray
         gpus = 1.0 if self._gpu_share(str(context.device)) > 0 else 0.0
@@ -347,16 +346,8 @@ class RayExecutor(StopRequests):
         options = self.engine_options
         if gpus and options.prep_workers is None:
             options = dataclasses.replace(options, prep_workers=max(0, cpus - 1))
-        unique = list(dict.fromkeys(tasks))
-        if options.pack:
-            steps = {t: finetune_steps(len(split_halves(context.datasets[t.dataset][1], t.seed)[0]), context.settings)
-                     for t in unique}
-            units = plan_packs(unique, steps, options.pack_models or 64, options.pack_step_ratio)[::-1]  # longest first
-        else:
-            groups: dict = {}
-            for task in unique:
-                groups.setdefault((task.pruned, task.dataset), []).append(task)
-            units = list(groups.values())
+        units = plan_units(tasks, context.datasets, context.settings, options, options.pack_models or 64)
+        unique = [t for unit in units for t in unit]
         model_key = ("model", id(context.base_model), id(context.tokenizer))
         model_ref = self._put(model_key, lambda: (context.base_model, context.tokenizer))
         data_refs = {}
