@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.model_selection import train_test_split
 
 from headprune.data import (
     DATASETS,
@@ -170,6 +171,22 @@ def test_split_halves_stratified_and_seeded(small_dataset_csv: Path) -> None:
     assert np.array_equal(again[0], finetune) and np.array_equal(again[1], classify)
     other = split_halves(labels, seed=2)
     assert not np.array_equal(other[0], finetune)
+
+
+def test_split_halves_memo_keys_on_the_labels_and_is_read_only() -> None:
+    """The memoised split of equal labels is the same split; other labels (same length) get their
+    own; callers cannot corrupt the shared arrays."""
+    labels = np.array([0, 1] * 20)
+    first = split_halves(labels, seed=3)
+    assert split_halves(labels.copy(), seed=3) is first
+    flipped = split_halves(1 - labels, seed=3)  # same bytes length, other content
+    assert flipped is not first
+    changed = labels.copy()
+    changed[:4] = [1, 1, 0, 0]
+    fresh = train_test_split(np.arange(40), test_size=0.5, stratify=changed, random_state=3, shuffle=True)[0]
+    assert np.array_equal(split_halves(changed, seed=3)[0], np.sort(fresh))
+    with pytest.raises(ValueError):
+        first[0][0] = 5
 
 
 def test_split_halves_keeps_unbalanced_proportions() -> None:

@@ -178,12 +178,15 @@ def test_prefetch_thread_gives_the_same_training(tokenizer, encoded):
         assert all(torch.equal(plain[n], ahead[n]) for n in plain)
 
 
-def test_features_equal_reference(tokenizer, encoded):
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_features_equal_reference(tokenizer, encoded, family):
+    """Features in the flat layout (RoBERTa: position ids from the pad id), models with different
+    numbers of rows of different lengths, chunks smaller than a model's rows."""
     ids, _ = encoded
-    model = tiny_model(tokenizer)
+    model = tiny_model(tokenizer, family)
     prune_heads(model, [(0, 0)])
-    stack = StackedMLM.replicate(model, 2)
-    rows = [ids[:25], ids[20:70]]
+    stack = StackedMLM.replicate(model, 3)
+    rows = [ids[:25], ids[20:70], ids[3:4]]
     got = features_stacked(stack, rows, tokenizer.pad_token_id, ScoreSettings(), EngineOptions(feature_batch=16))
     for x, r in zip(got, rows):
         expected = features(model, r, tokenizer.pad_token_id, ScoreSettings(), CPU)
@@ -419,7 +422,7 @@ def test_batch_preparer_draws_the_same_batches_in_worker_processes(tokenizer, en
 
 def test_a_pack_that_runs_out_of_gpu_memory_is_halved(tokenizer, encoded, monkeypatch):
     """`auto_pack_size` only estimates: a part that does not fit is split, and later parts follow."""
-    import headprune.engine as engine
+    import headprune.engine.executor as engine  # where the executor looks `_train_pack` up
 
     ids, labels = encoded
     model = tiny_model(tokenizer)
@@ -495,7 +498,7 @@ def test_batches_drawn_here_until_the_workers_lists_are_ready(tokenizer, encoded
     import threading
     from concurrent.futures import Future
 
-    import headprune.engine as engine
+    import headprune.engine.batches as engine  # where `_steps` looks `job_stream` up
     from headprune.engine import job_stream
 
     ids, _ = encoded

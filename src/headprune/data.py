@@ -282,10 +282,34 @@ def check_enough_per_class(dataset: Dataset, n_folds: int) -> None:
 
 
 def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded 50/50 split: (finetuning indices, classification indices)."""
-    indices = np.arange(len(labels))
-    finetune, classify = train_test_split(indices, test_size=0.5, stratify=labels, random_state=seed, shuffle=True)
-    return np.sort(finetune), np.sort(classify)
+    """Stratified, seeded 50/50 split: (finetuning indices, classification indices), read-only.
+
+    Memoised on (labels, seed): a run asks for the same few dozen (dataset, seed) splits tens of
+    thousands of times (every evaluation, in planning, batching and training), ~2 ms each."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "O":
+        key = (labels.dtype.str, hashlib.blake2b(repr(labels.tolist()).encode(), digest_size=16).digest())
+    else:
+        key = (labels.dtype.str, labels.shape, hashlib.blake2b(labels.tobytes(), digest_size=16).digest())
+    return _split_halves(key, labels, int(seed))
+
+
+_SPLITS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _split_halves(key: tuple, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    found = _SPLITS.get((key, seed))
+    if found is None:
+        indices = np.arange(len(labels))
+        finetune, classify = train_test_split(indices, test_size=0.5, stratify=labels, random_state=seed,
+                                              shuffle=True)
+        found = (np.sort(finetune), np.sort(classify))
+        for half in found:
+            half.setflags(write=False)
+        if len(_SPLITS) >= 4096:
+            _SPLITS.clear()
+        _SPLITS[(key, seed)] = found
+    return found
 
 
 def cap_examples(dataset: Dataset, max_examples: int, seed: int = 0) -> Dataset:

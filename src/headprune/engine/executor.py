@@ -1,0 +1,136 @@
+"""`BatchedExecutor`: the executor interface over the batched engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from ..execute import StopRequests
+from ..scoring import EvalContext, SeedTask, resolve_device, run_task
+from ..store import SeedScore
+from .batches import BatchPreparer
+from .options import EngineOptions, supports
+from .packing import auto_pack_size, plan_units
+from .stages import SizeCache, _svm, _train_group, _train_pack, _Trained, task_jobs
+
+
+class BatchedExecutor(StopRequests):
+    """`execute.InProcessExecutor`'s interface: `run(context, tasks)` yields (task, SeedScore).
+
+    Without packing, tasks are grouped by (pruned set, dataset) and each group's seeds are trained
+    together (`score_seeds_batched`), physically pruned: each `adjust_seconds` is the wall time of
+    one candidate's seeds, comparable between candidates. With `options.pack`, tasks of different
+    pruned sets and datasets of similar length are trained together in masked stacks of up to
+    `options.pack_models` models (`score_pack`): far larger batches for the GPU, the same scores
+    (statistically: dropout streams depend on the pack), but `adjust_seconds` is then a pack's
+    shared time. The SVMs run in background threads while the next stack trains. Models the engine
+    does not support go through the reference `scoring.run_task`."""
+
+    name = "batched"
+
+    def __init__(self, options: EngineOptions = EngineOptions()):
+        self.options = options
+        self._sizes: SizeCache | None = None
+        self._prep: BatchPreparer | None = None
+        self._fits: int | None = None  # models per pack known to fit (after running out of GPU memory)
+
+    @property
+    def store_tag(self) -> str:
+        """The `engine` entry of store keys: scores of differently drawn dropout streams stay apart."""
+        return "batched-packed" if self.options.pack else "batched"
+
+    def sizes(self, base_model) -> SizeCache:
+        if self._sizes is None or self._sizes.base_model is not base_model:
+            self._sizes = SizeCache(base_model)
+        return self._sizes
+
+    def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+        device = resolve_device(context.device) if not isinstance(context.device, torch.device) else context.device
+        if not supports(context.base_model):
+            for task in tasks:
+                yield task, run_task(context, task)
+            return
+        sizes = self.sizes(context.base_model)
+        pending: list[tuple[SeedTask, Future]] = []
+        with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
+            for group, trained in self._trained(context, tasks, device, sizes):
+                pending += [(task, pool.submit(_svm, trained, k, context.settings, device))
+                            for k, task in enumerate(group)]
+                while pending and pending[0][1].done():  # hand over what is ready, in order
+                    task, future = pending.pop(0)
+                    yield task, future.result()
+            for task, future in pending:
+                yield task, future.result()
+
+    def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], device: torch.device,
+                 sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+        """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
+        in the preparer's processes while this one trains."""
+        settings = context.settings
+        size = (self.options.pack_models or auto_pack_size(context.base_model, device)) if self.options.pack else 0
+        units = plan_units(tasks, context.datasets, settings, self.options, size)
+        preparer = self._preparer(device)
+
+        def prepare(unit):
+            return preparer.prepare(context.tokenizer, task_jobs(context.datasets, unit), settings)
+
+        ahead = prepare(units[0]) if units else None
+        for i, unit in enumerate(units):
+            if self.stop_requested:
+                return
+            prepared = ahead
+            ahead = prepare(units[i + 1]) if i + 1 < len(units) else None
+            if self.options.pack:
+                yield from self._train_pack_fitting(context, unit, prepared, device, sizes)
+            else:
+                ids, labels = context.datasets[unit[0].dataset]
+                yield unit, _train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
+                                         [t.seed for t in unit], settings, device, self.options, sizes=sizes,
+                                         prepared=prepared)
+
+    def _train_pack_fitting(self, context: EvalContext, pack: list[SeedTask], prepared: list, device: torch.device,
+                            sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+        """A pack, in parts of at most the size known to fit: a part that runs out of GPU memory is
+        halved (and so are the parts after it), as the memory estimate of `auto_pack_size` is rough."""
+        start = 0
+        while start < len(pack):
+            cap = self._fits or len(pack)
+            part = pack[start:start + cap]
+            trained = None
+            try:
+                trained = _train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
+                                      device, self.options, sizes, prepared=prepared[start:start + cap])
+            except torch.cuda.OutOfMemoryError:
+                if len(part) == 1:
+                    raise
+            if trained is None:  # out of memory: outside the except block its frames (and tensors) are gone
+                import gc
+
+                self._fits = max(1, len(part) // 2)
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
+            yield part, trained
+            start += len(part)
+
+    def _preparer(self, device: torch.device) -> BatchPreparer:
+        workers = self.options.resolved_prep_workers(device)
+        if self._prep is None or self._prep.workers != workers:
+            self.close()
+            self._prep = BatchPreparer(workers)
+        return self._prep
+
+    def close(self) -> None:
+        if self._prep is not None:
+            self._prep.close()
+            self._prep = None
+
+
+def default_executor(device: str | torch.device = "auto", options: EngineOptions = EngineOptions()):
+    """The executor for a device: `BatchedExecutor` on CUDA, the reference `InProcessExecutor` otherwise."""
+    from ..execute import InProcessExecutor
+
+    resolved = device if isinstance(device, torch.device) else resolve_device(str(device))
+    return BatchedExecutor(options) if resolved.type == "cuda" else InProcessExecutor()

@@ -1,0 +1,66 @@
+"""Which tasks the batched engine trains together (packs of similar length) and how many fit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..data import split_halves
+from ..models import count_parameters
+from ..scoring import ScoreSettings, SeedTask
+from ..surgery import encoder_layers
+from .options import EngineOptions, Head
+
+
+def finetune_steps(n_rows: int, settings: ScoreSettings) -> int:
+    """Optimizer ticks of one model finetuned on `n_rows` rows."""
+    return math.ceil(n_rows / settings.batch_size) * settings.epochs
+
+
+def auto_pack_size(model, device: torch.device, ceiling: int = 128) -> int:
+    """How many full-shape copies of `model` to train together: on CUDA, what fits in 80% of the
+    free memory at ~16 bytes per parameter (weights, gradient, two Adam moments) plus activations of
+    a batch of 16 rows of up to 64 tokens; on CPU 16 (a CPU gains little from larger stacks)."""
+    if device.type != "cuda":
+        return 16
+    config = model.config
+    n_params = count_parameters(model)
+    hidden, inter = int(config.hidden_size), int(getattr(config, "intermediate_size", 4 * config.hidden_size))
+    layers = len(encoder_layers(model))
+    activations = 16 * 64 * layers * (10 * hidden + 2 * inter) * 4
+    per_model = 16 * n_params + activations
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(ceiling, (0.8 * free) // per_model)))
+
+
+def plan_packs(tasks: Sequence[SeedTask], steps: dict[SeedTask, int], size: int, ratio: float = 1.25
+               ) -> list[list[SeedTask]]:
+    """Tasks in packs of at most `size` models whose step counts are within `ratio` of each other
+    (a model whose data runs out waits for the others: similar lengths waste little). Deterministic:
+    tasks are ordered by (steps, dataset, pruned set, seed) and packed greedily."""
+    ordered = sorted(dict.fromkeys(tasks), key=lambda t: (steps[t], t.dataset, t.pruned, t.seed))
+    packs: list[list[SeedTask]] = []
+    for task in ordered:
+        if packs and len(packs[-1]) < size and steps[task] <= ratio * steps[packs[-1][0]]:
+            packs[-1].append(task)
+        else:
+            packs.append([task])
+    return packs
+
+
+def plan_units(tasks: Sequence[SeedTask], datasets: dict, settings: ScoreSettings, options: EngineOptions,
+               pack_size: int) -> list[list[SeedTask]]:
+    """What the batched engine trains together, in order: with `options.pack`, packs of at most
+    `pack_size` models (`plan_packs`), longest first (the SVMs of the big packs then run while the
+    small ones train, and the last pack's SVMs, the GPU's idle tail before the next search round,
+    are the quickest); without, one pruned set's seeds on one dataset per unit."""
+    unique = list(dict.fromkeys(tasks))
+    if options.pack:
+        steps = {t: finetune_steps(len(split_halves(datasets[t.dataset][1], t.seed)[0]), settings) for t in unique}
+        return plan_packs(unique, steps, pack_size, options.pack_step_ratio)[::-1]
+    groups: dict[tuple[tuple[Head, ...], str], list[SeedTask]] = {}
+    for task in unique:
+        groups.setdefault((tuple(task.pruned), task.dataset), []).append(task)
+    return list(groups.values())
