@@ -368,6 +368,24 @@ def test_plan_packs_groups_similar_lengths():
     assert finetune_steps(33, ScoreSettings(batch_size=16, epochs=4)) == 12
 
 
+def test_auto_pack_size_on_cpu_follows_the_available_ram(tokenizer, monkeypatch):
+    """On CPU the pack size is what fits in half the available RAM, at most 16: a big model on a
+    small machine gets a small pack instead of running out of memory."""
+    import headprune.engine.packing as packing
+
+    model = tiny_model(tokenizer)
+    per_model = 16 * sum(p.numel() for p in model.parameters())  # the weights' share of the estimate
+    sizes = {}
+    for ram in (None, 0, 4 * per_model, 8 * per_model, 64 * per_model, 10**15):
+        monkeypatch.setattr(packing, "available_ram", lambda ram=ram: ram)
+        sizes[ram] = packing.auto_pack_size(model, CPU)
+    assert sizes[None] == 16 and sizes[0] == 1 and sizes[10**15] == 16
+    assert 1 <= sizes[4 * per_model] <= 2 < sizes[8 * per_model] <= 4  # activations make it at most these
+    assert sizes[64 * per_model] == 16
+    monkeypatch.undo()
+    assert 1 <= packing.auto_pack_size(model, CPU) <= 16
+
+
 def test_batched_executor_packs(tokenizer, encoded):
     ids, labels = encoded
     model = tiny_model(tokenizer, layers=3)

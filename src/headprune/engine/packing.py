@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -20,19 +21,36 @@ def finetune_steps(n_rows: int, settings: ScoreSettings) -> int:
 
 
 def auto_pack_size(model, device: torch.device, ceiling: int = 128) -> int:
-    """How many full-shape copies of `model` to train together: on CUDA, what fits in 80% of the
-    free memory at ~16 bytes per parameter (weights, gradient, two Adam moments) plus activations of
-    a batch of 16 rows of up to 64 tokens; on CPU 16 (a CPU gains little from larger stacks)."""
-    if device.type != "cuda":
-        return 16
+    """How many full-shape copies of `model` to train together: what fits at ~16 bytes per parameter
+    (weights, gradient, two Adam moments) plus activations of a batch of 16 rows of up to 64 tokens,
+    in 80% of the free memory on CUDA; on CPU in half the available RAM and at most 16 (a CPU gains
+    little from larger stacks; a BERTweet-size model then gets ~4 on a 24 GB machine, not 16)."""
     config = model.config
     n_params = count_parameters(model)
     hidden, inter = int(config.hidden_size), int(getattr(config, "intermediate_size", 4 * config.hidden_size))
     layers = len(encoder_layers(model))
     activations = 16 * 64 * layers * (10 * hidden + 2 * inter) * 4
     per_model = 16 * n_params + activations
+    if device.type != "cuda":
+        free = available_ram()
+        return 16 if free is None else int(max(1, min(16, ceiling, (0.5 * free) // per_model)))
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(ceiling, (0.8 * free) // per_model)))
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM available to new allocations (Linux: MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def plan_packs(tasks: Sequence[SeedTask], steps: dict[SeedTask, int], size: int, ratio: float = 1.25
