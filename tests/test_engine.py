@@ -368,8 +368,8 @@ def test_plan_packs_groups_similar_lengths():
     assert finetune_steps(33, ScoreSettings(batch_size=16, epochs=4)) == 12
 
 
-def test_auto_pack_size_on_cpu_follows_the_available_ram(tokenizer, monkeypatch):
-    """On CPU the pack size is what fits in half the available RAM, at most 16: a big model on a
+def test_auto_pack_size_on_cpu_follows_the_ram(tokenizer, monkeypatch):
+    """On CPU the pack size is what fits in half the machine's RAM, at most 16: a big model on a
     small machine gets a small pack instead of running out of memory."""
     import headprune.engine.packing as packing
 
@@ -377,7 +377,7 @@ def test_auto_pack_size_on_cpu_follows_the_available_ram(tokenizer, monkeypatch)
     per_model = 16 * sum(p.numel() for p in model.parameters())  # the weights' share of the estimate
     sizes = {}
     for ram in (None, 0, 4 * per_model, 8 * per_model, 64 * per_model, 10**15):
-        monkeypatch.setattr(packing, "available_ram", lambda ram=ram: ram)
+        monkeypatch.setattr(packing, "total_ram", lambda ram=ram: ram)
         sizes[ram] = packing.auto_pack_size(model, CPU)
     assert sizes[None] == 16 and sizes[0] == 1 and sizes[10**15] == 16
     assert 1 <= sizes[4 * per_model] <= 2 < sizes[8 * per_model] <= 4  # activations make it at most these
@@ -400,6 +400,69 @@ def test_batched_executor_packs(tokenizer, encoded):
         expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
         assert results[task].f1 == pytest.approx(expected.f1, abs=1e-3)
         assert results[task].n_params == expected.n_params
+
+
+def test_a_resumed_run_trains_the_packs_an_uninterrupted_one_would(tokenizer, encoded, monkeypatch):
+    """With dropout, a model's training depends on which models trained with it. Given the whole
+    batch, the executor plans its packs over it: the tasks left by a partial run (here some of every
+    pack, as a run killed in the middle of packs leaves them) get exactly the features and scores of
+    an uninterrupted run. Planned over the left tasks alone, the packs and so the features differ."""
+    import headprune.engine.executor as executor_module
+
+    features = {}
+    real_svm = executor_module._svm
+
+    def recording_svm(trained, k, settings, device):  # what the SVM gets, by (pruned set, seed, rows)
+        features[(trained.pruned[k], trained.seeds[k], len(trained.labels[k]))] = trained.features[k].copy()
+        return real_svm(trained, k, settings, device)
+
+    monkeypatch.setattr(executor_module, "_svm", recording_svm)
+    ids, labels = encoded
+    model = tiny_model(tokenizer, layers=3, dropout=True)
+    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
+    tasks = [SeedTask(tuple(sorted(p)), d, s) for p in MIXED[:3] for d in ("a", "b") for s in (1, 2)]
+    options = EngineOptions(pack=True, pack_models=4, svm_workers=1)
+    full = dict(BatchedExecutor(options).run(context, tasks))
+    full_features, features = features, {}
+    left = tasks[::3]
+    resumed = dict(BatchedExecutor(options).run(context, left, batch=tasks))
+    assert list(resumed) == [t for t in full if t in set(left)]  # only the left tasks, in the full run's order
+    assert [(resumed[t].f1, resumed[t].n_params) for t in left] == [(full[t].f1, full[t].n_params) for t in left]
+    assert len(features) == len(left)  # stored tasks trained again, but not scored
+    for key, x in features.items():
+        np.testing.assert_array_equal(x, full_features[key])
+    features.clear()
+    dict(BatchedExecutor(options).run(context, left))
+    assert any(not np.array_equal(x, full_features[key]) for key, x in features.items())
+
+
+def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
+    """Scorer.run computes only what the store lacks, and tells the executor the whole batch."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from headprune.execute import InProcessExecutor
+    from headprune.scoring import Scorer, load_base
+    from headprune.store import ResultStore
+
+    model_dir = tmp_path / "m"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=130)).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(model_dir)
+    calls = []
+
+    class Recording(InProcessExecutor):
+        def run(self, context, tasks, batch=None):
+            calls.append((list(tasks), list(batch), sorted(context.datasets)))
+            yield from super().run(context, tasks, batch)
+
+    scorer = Scorer(load_base(str(model_dir), warmup=None), ResultStore(tmp_path / "s.sqlite"),
+                    ScoreSettings(epochs=1, n_folds=2), seeds=(1,), executor=Recording())
+    first = scorer.tasks_for([([], "person")])
+    scorer.run(first)
+    batch = scorer.tasks_for([([], "person"), ([(0, 1)], "hobbit")])
+    scorer.run(batch + batch[:1])
+    assert calls[1] == ([batch[1]], batch, ["hobbit", "person"])
 
 
 # ----------------------------------------------------------------------------- batches drawn in worker processes

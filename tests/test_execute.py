@@ -317,5 +317,12 @@ def test_ray_runs_units_of_the_batched_engine(ray_session, base, files, tasks, t
     assert all(got[t].n_params == expected[t].n_params for t in tasks)
     keys = {r["settings"] for r in scorer.store.all_scores()}
     assert len(keys) == 1 and '"engine": "batched-packed"' in next(iter(keys)).replace('":"', '": "')
+    # Resuming with some of every pack stored: the packs of the whole batch are trained again and
+    # only the missing tasks come back, with the uninterrupted run's scores.
+    left = tasks[::3]
+    before = executor.submitted
+    resumed = dict(executor.run(scorer.context([tasks[0].dataset]), left, batch=tasks))
+    assert sorted(resumed, key=tasks.index) == left and executor.submitted - before == 3
+    assert {t: s.f1 for t, s in resumed.items()} == pytest.approx({t: expected[t].f1 for t in left}, abs=1e-9)
     with pytest.raises(HeadpruneError, match="engine must be"):
         RayExecutor(engine="fast")

@@ -33,7 +33,10 @@ class InProcessExecutor(StopRequests):
 
     name = "in-process"
 
-    def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+    def run(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None = None
+            ) -> Iterator[tuple[SeedTask, SeedScore]]:
+        """Scores of `tasks`; `batch` (the whole request, see `engine.plan_units`) changes nothing
+        here: every task is computed on its own."""
         for task in tasks:
             if self.stop_requested:
                 return
@@ -137,9 +140,11 @@ def _evaluate_unit(
     threads: int,
     tasks: list[SeedTask],
     options,
+    unit: list[SeedTask] | None = None,
 ) -> list[tuple[SeedTask, SeedScore]]:
     """A unit of the batched engine on a Ray worker (a pack of candidates, or one candidate's seeds):
-    `engine.BatchedExecutor` on the worker's own device (its whole GPU)."""
+    `engine.BatchedExecutor` on the worker's own device (its whole GPU). `unit`: the whole unit when
+    some of its tasks are stored already (they train again with the others, unscored)."""
     import ray
     import torch
 
@@ -153,7 +158,7 @@ def _evaluate_unit(
     context = EvalContext(base_model, tokenizer, datasets, settings, device)
     executor = _UNIT_EXECUTORS.setdefault(options, BatchedExecutor(options))
     try:
-        return list(executor.run(context, tasks))
+        return list(executor.run(context, tasks, batch=unit))
     finally:
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -283,13 +288,16 @@ class RayExecutor(StopRequests):
         return "batched-packed" if self.engine_options.pack else "batched"
 
     # -------------------------------------------------------------- running
-    def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+    def run(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None = None
+            ) -> Iterator[tuple[SeedTask, SeedScore]]:
+        """Scores of `tasks`, as Ray finishes them. `batch`: the whole request (stored tasks
+        included), from which the batched engine's units are planned (`engine.plan_units`)."""
         tasks = list(tasks)
         if not tasks:
             return
         self._ensure_started()
         if self.batched(str(context.device)):
-            yield from self._run_units(context, tasks)
+            yield from self._run_units(context, tasks, batch)
             return
         ray = self.ray
         num_gpus = self._gpu_share(str(context.device))
@@ -334,7 +342,8 @@ class RayExecutor(StopRequests):
                 with contextlib.suppress(Exception):  # best effort; the task may just have finished
                     ray.cancel(ref)  # not force=True: on Ray 2.60 that crashed the driver on Ctrl-C
 
-    def _run_units(self, context: EvalContext, tasks: list[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+    def _run_units(self, context: EvalContext, tasks: list[SeedTask], batch: Sequence[SeedTask] | None = None
+                   ) -> Iterator[tuple[SeedTask, SeedScore]]:
         """The batched engine's units as Ray tasks, a whole GPU each (none on a CPU cluster)."""
         import dataclasses
 
@@ -346,7 +355,8 @@ class RayExecutor(StopRequests):
         options = self.engine_options
         if gpus and options.prep_workers is None:
             options = dataclasses.replace(options, prep_workers=max(0, cpus - 1))
-        units = plan_units(tasks, context.datasets, context.settings, options, options.pack_models or 64)
+        units = plan_units(tasks, context.datasets, context.settings, options, options.pack_models or 64, batch)
+        wanted = set(tasks)
         unique = [t for unit in units for t in unit]
         model_key = ("model", id(context.base_model), id(context.tokenizer))
         model_ref = self._put(model_key, lambda: (context.base_model, context.tokenizer))
@@ -362,8 +372,10 @@ class RayExecutor(StopRequests):
 
         def submit(unit: list[SeedTask]):
             names = sorted({t.dataset for t in unit})
+            scored = [t for t in unit if t in wanted]
             return remote.remote(model_ref.hex(), [model_ref], {n: data_refs[n].hex() for n in names},
-                                 {n: [data_refs[n]] for n in names}, context.settings, gpus > 0, cpus, unit, options)
+                                 {n: [data_refs[n]] for n in names}, context.settings, gpus > 0, cpus, scored, options,
+                                 unit if len(scored) < len(unit) else None)
 
         for unit, ref in self._windowed(units, submit, window):
             yield from self._result(ref, unit[0], len(unit))

@@ -517,8 +517,12 @@ class Scorer:
         if missing:
             if hasattr(self.executor, "request_stop"):
                 self.executor.stop_requested = False
-            context = self.context(sorted({t.dataset for t in missing}))
-            for task, score in self.executor.run(context, missing):
+            # The whole batch goes along (stored tasks included): the batched engine plans which
+            # models train together over it, so a resumed run trains the groups an uninterrupted one
+            # would (their dropout streams, hence scores, depend on that).
+            batch = list(dict.fromkeys(tasks))
+            context = self.context(sorted({t.dataset for t in batch}))
+            for task, score in self.executor.run(context, missing, batch=batch):
                 self.store.put_score(
                     self.key(task),
                     model=self.base.fingerprint,

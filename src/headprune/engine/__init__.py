@@ -30,7 +30,10 @@ What differs from the reference, on purpose:
   not the reference loop's masks, and a seed's score depends (statistically only) on which seeds
   shared its group. With dropout disabled the trained weights equal the reference's up to floating
   point rounding (tests/test_engine.py); with dropout, parity is statistical (bench/engine.py runs a
-  paired t-test over seeds).
+  paired t-test over seeds). The groups themselves are reproducible: they are planned over the
+  whole request, stored tasks included, with a pack size from the device's total memory
+  (`plan_units`, `auto_pack_size`), so a run stopped and resumed, in slices or after a crash,
+  trains the groups an uninterrupted run would and gets its scores.
 - **precision.** On CUDA the forward/backward runs under bf16 autocast with fp32 master weights,
   fp32 Adam state and an fp32 loss; features are computed in fp32. On CPU everything is fp32.
 - **the SVM** gets precomputed RBF Gram matrices (float64, on the device) -

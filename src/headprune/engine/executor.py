@@ -46,31 +46,38 @@ class BatchedExecutor(StopRequests):
             self._sizes = SizeCache(base_model)
         return self._sizes
 
-    def run(self, context: EvalContext, tasks: Sequence[SeedTask]) -> Iterator[tuple[SeedTask, SeedScore]]:
+    def run(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None = None
+            ) -> Iterator[tuple[SeedTask, SeedScore]]:
+        """Scores of `tasks`. `batch`: the whole request they belong to, stored tasks included (see
+        `plan_units`): a unit holding stored tasks trains them again, but only `tasks` are scored."""
         device = resolve_device(context.device) if not isinstance(context.device, torch.device) else context.device
         if not supports(context.base_model):
             for task in tasks:
+                if self.stop_requested:
+                    return
                 yield task, run_task(context, task)
             return
+        wanted = set(tasks)
         sizes = self.sizes(context.base_model)
         pending: list[tuple[SeedTask, Future]] = []
         with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
-            for group, trained in self._trained(context, tasks, device, sizes):
+            for group, trained in self._trained(context, tasks, batch, device, sizes):
                 pending += [(task, pool.submit(_svm, trained, k, context.settings, device))
-                            for k, task in enumerate(group)]
+                            for k, task in enumerate(group) if task in wanted]
                 while pending and pending[0][1].done():  # hand over what is ready, in order
                     task, future = pending.pop(0)
                     yield task, future.result()
             for task, future in pending:
                 yield task, future.result()
 
-    def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], device: torch.device,
-                 sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+    def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None,
+                 device: torch.device, sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
         """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
         in the preparer's processes while this one trains."""
         settings = context.settings
         size = (self.options.pack_models or auto_pack_size(context.base_model, device)) if self.options.pack else 0
-        units = plan_units(tasks, context.datasets, settings, self.options, size)
+        units = plan_units(tasks, context.datasets, settings, self.options, size, batch)
+        wanted = set(tasks)
         preparer = self._preparer(device)
 
         def prepare(unit):
@@ -83,7 +90,7 @@ class BatchedExecutor(StopRequests):
             prepared = ahead
             ahead = prepare(units[i + 1]) if i + 1 < len(units) else None
             if self.options.pack:
-                yield from self._train_pack_fitting(context, unit, prepared, device, sizes)
+                yield from self._train_pack_fitting(context, unit, prepared, device, sizes, wanted)
             else:
                 ids, labels = context.datasets[unit[0].dataset]
                 yield unit, _train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
@@ -91,13 +98,17 @@ class BatchedExecutor(StopRequests):
                                          prepared=prepared)
 
     def _train_pack_fitting(self, context: EvalContext, pack: list[SeedTask], prepared: list, device: torch.device,
-                            sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+                            sizes: SizeCache, wanted: set) -> Iterator[tuple[list[SeedTask], _Trained]]:
         """A pack, in parts of at most the size known to fit: a part that runs out of GPU memory is
-        halved (and so are the parts after it), as the memory estimate of `auto_pack_size` is rough."""
+        halved (and so are the parts after it), as the memory estimate of `auto_pack_size` is rough.
+        A part with no task of `wanted` (all stored) is not trained."""
         start = 0
         while start < len(pack):
             cap = self._fits or len(pack)
             part = pack[start:start + cap]
+            if not any(t in wanted for t in part):
+                start += len(part)
+                continue
             trained = None
             try:
                 trained = _train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
