@@ -81,6 +81,19 @@ def tiny_model(tokenizer, family: str = "bert", dropout: bool = False, seed: int
     return model.eval()
 
 
+def tiny_base(model_dir):
+    """A tiny random BERT saved with MiniLM's tokenizer and loaded as a BaseModel (no warm-up)."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from headprune.scoring import load_base
+
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=130)).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(model_dir)
+    return load_base(str(model_dir), warmup=None)
+
+
 def reference_weights(model, tokenizer, rows, settings, seed) -> dict[str, torch.Tensor]:
     model = copy.deepcopy(model)
     adjust(model, tokenizer, rows, settings, seed, CPU)
@@ -260,22 +273,11 @@ def test_supports(tokenizer):
 
 def test_batched_scores_are_stored_apart_from_reference_scores(tmp_path) -> None:
     """Scores of the batched engine never answer a request for the reference loop's, nor the reverse."""
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
     from headprune.engine import BatchedExecutor
-    from headprune.models import resolve_model_path
-    from headprune.scoring import Scorer, load_base
+    from headprune.scoring import Scorer
     from headprune.store import ResultStore
 
-    model_dir = tmp_path / "m"
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=130)).save_pretrained(model_dir)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(model_dir)
-    base = load_base(str(model_dir), warmup=None)
+    base = tiny_base(tmp_path / "m")
     store = ResultStore(tmp_path / "store.sqlite")
     reference = Scorer(base, store)
     batched = Scorer(base, store, executor=BatchedExecutor())
@@ -438,17 +440,10 @@ def test_a_resumed_run_trains_the_packs_an_uninterrupted_one_would(tokenizer, en
 
 def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
     """Scorer.run computes only what the store lacks, and tells the executor the whole batch."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
     from headprune.execute import InProcessExecutor
-    from headprune.scoring import Scorer, load_base
+    from headprune.scoring import Scorer
     from headprune.store import ResultStore
 
-    model_dir = tmp_path / "m"
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=130)).save_pretrained(model_dir)
-    AutoTokenizer.from_pretrained(resolve_model_path("minilm")).save_pretrained(model_dir)
     calls = []
 
     class Recording(InProcessExecutor):
@@ -456,7 +451,7 @@ def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
             calls.append((list(tasks), list(batch), sorted(context.datasets)))
             yield from super().run(context, tasks, batch)
 
-    scorer = Scorer(load_base(str(model_dir), warmup=None), ResultStore(tmp_path / "s.sqlite"),
+    scorer = Scorer(tiny_base(tmp_path / "m"), ResultStore(tmp_path / "s.sqlite"),
                     ScoreSettings(epochs=1, n_folds=2), seeds=(1,), executor=Recording())
     first = scorer.tasks_for([([], "person")])
     scorer.run(first)
