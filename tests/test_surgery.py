@@ -152,6 +152,17 @@ def test_parameter_count_shrinks_by_exact_head_sizes(loaded) -> None:
         assert output.weight.shape == (HIDDEN, kept) and output.bias.shape == (HIDDEN,)
 
 
+def test_pruning_draws_nothing_from_the_global_rng(loaded) -> None:
+    """The batched engine prunes copies (for sizes) in threads while other models train with
+    dropout from torch's global RNG: pruning must leave that RNG where it was."""
+    model, _ = loaded
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    prune_heads(model, {0: [1, 2], 2: [0]})
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_layer_removal(loaded, batch) -> None:
     model, _ = loaded
     before = count_parameters(model)

@@ -144,7 +144,10 @@ def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     bias = None
     if layer.bias is not None:
         bias = (layer.bias if dim == 1 else layer.bias[index]).detach().clone()
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    # skip_init: no random initialisation (it would be overwritten), so pruning draws nothing from
+    # torch's global RNG: a copy pruned in one thread must not shift another thread's dropout masks.
+    new = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                             device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
