@@ -34,19 +34,14 @@ def test_paper_profile_is_the_dissertation_protocol() -> None:
         4, 16, 2e-5, 1e-8, 0.15, 10)
 
 
-def test_scoring_section_and_score_settings_agree() -> None:
-    """[scoring] (mutable, validated TOML) and ScoreSettings (frozen, part of every store key) list
-    the same fields with the same defaults, and a configuration turns into its settings field by field."""
-    from dataclasses import asdict, fields
-
-    from headprune.config import ScoringSection
-    from headprune.pipeline import score_settings
+def test_scoring_section_is_the_score_settings() -> None:
+    """[scoring] is read into the ScoreSettings that key every score (one list of fields and
+    defaults); it is frozen, so a configuration's value is set by replacing it."""
     from headprune.scoring import ScoreSettings
 
-    assert [(f.name, f.type) for f in fields(ScoringSection)] == [(f.name, f.type) for f in fields(ScoreSettings)]
-    assert asdict(ScoringSection()) == asdict(ScoreSettings())
-    config = load_config(ROOT / "configs" / "quick.toml")
-    assert score_settings(config).as_dict() == asdict(config.scoring)
+    config = from_dict({"scoring": {"epochs": 2, "n_folds": 5}})
+    assert config.scoring == ScoreSettings(epochs=2, n_folds=5)
+    assert Config().scoring == ScoreSettings()
 
 
 def test_quick_profile_runs_every_stage() -> None:

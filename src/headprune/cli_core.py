@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def _pipeline_for(
     config.data.data_dir = str(data_dir) if data_dir else ""
     config.data.text_column, config.data.label_column = text_column, label_column
     config.run.device = device
-    config.scoring.epochs = epochs
+    config.scoring = replace(config.scoring, epochs=epochs)
     config.step1.epochs = epochs
     return Pipeline(config, run_dir)
 

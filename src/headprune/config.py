@@ -6,13 +6,14 @@ H2/H3, epochs, seeds, datasets, warm-up steps), never a code path of its own."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from .errors import HeadpruneError
+from .settings import ScoreSettings
 
 STRATEGIES = ("H1", "H2", "H3")
 
@@ -64,18 +65,6 @@ class Step1Section:
 
 
 @dataclass
-class ScoringSection:
-    epochs: int = 4
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    adam_epsilon: float = 1e-8
-    mlm_probability: float = 0.15
-    n_folds: int = 10
-    feature_layers: int = 4
-    max_length: int = 128
-
-
-@dataclass
 class Step2Section:
     datasets: list[str] = field(default_factory=lambda: ["G2"])
     seeds: Any = "1-10"
@@ -113,7 +102,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     step1: Step1Section = field(default_factory=Step1Section)
-    scoring: ScoringSection = field(default_factory=ScoringSection)
+    scoring: ScoreSettings = field(default_factory=ScoreSettings)  # frozen: set values with replace()
     step2: Step2Section = field(default_factory=Step2Section)
     generalization: GeneralizationSection = field(default_factory=GeneralizationSection)
     run: RunSection = field(default_factory=RunSection)
@@ -143,7 +132,7 @@ _SECTION_CLASSES = {
     "model": ModelSection,
     "data": DataSection,
     "step1": Step1Section,
-    "scoring": ScoringSection,
+    "scoring": ScoreSettings,
     "step2": Step2Section,
     "generalization": GeneralizationSection,
     "run": RunSection,
@@ -184,10 +173,12 @@ def from_dict(data: dict, source: str = "") -> Config:
             raise HeadpruneError(f"{where}[{section}] must be a table")
         target = getattr(config, section)
         known = {f.name for f in fields(target)}
+        updates = {}
         for key, value in values.items():
             if key not in known:
                 raise HeadpruneError(f"{where}unknown key '{section}.{key}' (known: {', '.join(sorted(known))})")
-            setattr(target, key, _check_type(f"{where}{section}.{key}", value, getattr(target, key)))
+            updates[key] = _check_type(f"{where}{section}.{key}", value, getattr(target, key))
+        setattr(config, section, replace(target, **updates))
     validate(config, where)
     return config
 

@@ -59,7 +59,7 @@ def device_description(device: torch.device) -> str:
 
 
 def score_settings(config: Config) -> ScoreSettings:
-    return ScoreSettings(**asdict(config.scoring))
+    return config.scoring  # [scoring] is a (frozen) ScoreSettings
 
 
 def importance_settings(config: Config) -> ImportanceSettings:

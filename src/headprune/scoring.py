@@ -20,29 +20,13 @@ from torch import nn
 from .data import Dataset, check_enough_per_class, load_dataset, split_halves
 from .errors import HeadpruneError, Stopped, past
 from .models import count_parameters, family_of, fingerprint, load_model, max_length
+from .settings import ScoreSettings
 from .store import ResultStore, SeedScore, pruned_key
 from .surgery import original_shape, prune_heads
 
 log = logging.getLogger(__name__)
 
 Head = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """Everything that determines a score besides model, pruned set, dataset and seed (METHOD.md)."""
-
-    epochs: int = 4
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    adam_epsilon: float = 1e-8
-    mlm_probability: float = 0.15
-    n_folds: int = 10
-    feature_layers: int = 4
-    max_length: int = 128
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
