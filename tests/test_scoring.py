@@ -316,7 +316,9 @@ def test_reproducible_sets_deterministic_kernels_for_cuda_only(monkeypatch: pyte
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # no NaN fill of every new buffer
         reproducible(torch.device("cuda"), on=False)
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
+        torch.utils.deterministic.fill_uninitialized_memory = True
