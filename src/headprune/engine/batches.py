@@ -30,7 +30,7 @@ class _Step:
     index: torch.Tensor  # (N, M) flat positions of the masked tokens
     targets: torch.Tensor  # (N, M)
     weights: torch.Tensor  # (N, M)
-    scalars: torch.Tensor  # (2, N) on the host: active, learning rate (StackedAdamW.scalars)
+    scalars: torch.Tensor  # (3, N) on the host: active, learning rate, step number (StackedAdamW.scalars)
     tokens: int  # real (non-padding) tokens in the step
 
     def _map(self, f) -> _Step:  # the scalars stay on the host (the optimizer reads them there)
