@@ -13,11 +13,12 @@ from .batches import _Step
 from .options import Head, supports
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """N linear layers at once: x (N, T, in), weight (N, out, in), bias (N, out) -> (N, T, out)."""
+def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """N linear layers at once: x (N, T, in), weight_t (N, in, out) (the weights stored transposed,
+    see `StackedMLM`), bias (N, out) -> (N, T, out)."""
     if bias is None:
-        return torch.bmm(x, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        return torch.bmm(x, weight_t)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight_t)
 
 
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -41,7 +42,12 @@ class StackedMLM:
     `params[name]` is an (N, ...) leaf tensor for every distinct parameter of the models (names as
     `named_parameters()` gives them; tied weights appear once). The forward pass mirrors
     transformers' BERT/RoBERTa modules (embeddings, post-LN encoder layers, MLM head) with batched
-    matmuls; `state_of(i)` gives model i's parameters back."""
+    matmuls; `state_of(i)` gives model i's parameters back.
+
+    The weights of the linear layers (not the decoder) are stored transposed, (N, in, out): then
+    `x @ W^T` is `bmm(x, W_t)` and backward produces their gradients in the stored layout, which
+    autograd keeps as they are (for (N, out, in) weights it gets transposed views and copies each
+    one, every step). `transposed` names them; `state_of`/`load_into` transpose them back."""
 
     def __init__(self, models: Sequence[nn.Module], device: torch.device | str = "cpu"):
         if not models:
@@ -116,6 +122,11 @@ class StackedMLM:
             self.head_norm = norm(head.layer_norm)
             self.head_act = ACT2FN["gelu"]  # RobertaLMHead applies gelu whatever hidden_act says
             self.decoder = linear(head.decoder)
+        self.transposed = {spec[key][0] for spec in self.layers for key in ("q", "k", "v", "o", "up", "down")}
+        self.transposed.add(self.head_dense[0])
+        self.transposed.discard(self.decoder[0])  # the decoder (often the word embeddings) keeps (V, H)
+        for name in self.transposed:
+            self.params[name] = self.params[name].detach().transpose(1, 2).contiguous().requires_grad_(True)
         self.n_layers = len(self.layers)
         self.head_masks: list[torch.Tensor | None] = [None] * self.n_layers  # per layer (N, heads): 1 = kept
         self.layer_on: list[torch.Tensor | None] = [None] * self.n_layers  # per layer (N,) bool: False = removed
@@ -167,14 +178,18 @@ class StackedMLM:
 
     def state_of(self, i: int) -> dict[str, torch.Tensor]:
         """Model i's parameters (CPU, fp32), named as the source model's `named_parameters()`."""
-        return {name: t[i].detach().to("cpu") for name, t in self.params.items()}
+        return {name: self._model_tensor(name, i).to("cpu") for name in self.params}
+
+    def _model_tensor(self, name: str, i: int) -> torch.Tensor:
+        t = self.params[name][i].detach()
+        return t.t().contiguous() if name in self.transposed else t
 
     def load_into(self, i: int, model: nn.Module) -> nn.Module:
         """Copy model i's parameters into `model` (a module of the same shape)."""
         named = dict(model.named_parameters())
         with torch.no_grad():
-            for name, t in self.params.items():
-                named[name].copy_(t[i].detach().to(named[name].device, named[name].dtype))
+            for name in self.params:
+                named[name].copy_(self._model_tensor(name, i).to(named[name].device, named[name].dtype))
         return model
 
     # ------------------------------------------------------------------ forward
@@ -258,7 +273,14 @@ class StackedMLM:
         weight, bias, eps = self.head_norm
         y = _layer_norm(y, self.params[weight], self.params[bias], eps)
         weight, bias = self.decoder
-        logits = _linear(y, self.params[weight], self.p(bias))
-        losses = F.cross_entropy(logits.float().reshape(n * m, -1), step.targets.reshape(-1), reduction="none",
-                                 ignore_index=-100)
-        return (losses.view(n, m) * step.weights).sum()
+        # Logits vocabulary-first, (N, V, M) = decoder (N, V, H) @ y^T: the decoder's gradient (the
+        # word embeddings when tied: N full tables) then comes out (N, V, H) in the weight's own
+        # layout, so it is added to the input embeddings' gradient and kept without a transposed
+        # (strided) pass or a copy; cross_entropy takes the classes on dim 1 as they are.
+        table = self.params[weight]
+        if bias is None:
+            logits = torch.bmm(table, y.transpose(1, 2))
+        else:
+            logits = torch.baddbmm(self.params[bias].unsqueeze(-1), table, y.transpose(1, 2))
+        losses = F.cross_entropy(logits.float(), step.targets, reduction="none", ignore_index=-100)
+        return (losses * step.weights).sum()
