@@ -130,15 +130,6 @@ class ResultStore:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 
-    def importance_rows(self, model: str) -> list[dict]:
-        """Every stored Step 1 result of a model: {"dataset", "seed", "settings", "matrices"} (decoded)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ? ORDER BY created", (model,)
-            ).fetchall()
-        return [{"dataset": d, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}
-                for d, s, st, m in rows]
-
     # ------------------------------------------------------------------ importance (Step 1)
     @staticmethod
     def importance_key(model: str, dataset_hash: str, seed: int, settings: dict) -> str:
@@ -174,6 +165,15 @@ class ResultStore:
         )
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO importance VALUES (?,?,?,?,?,?,?,?,?)", values)
+
+    def importance_rows(self, model: str) -> list[dict]:
+        """Every stored Step 1 result of a model: {"dataset", "seed", "settings", "matrices"} (decoded)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ? ORDER BY created", (model,)
+            ).fetchall()
+        return [{"dataset": d, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}
+                for d, s, st, m in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -135,12 +135,12 @@ def job_batches(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSetti
     from transformers import DataCollatorForLanguageModeling
 
     if fast_masking_matches(tokenizer, settings.mlm_probability):
-        fast = FastMasking(tokenizer, settings.mlm_probability, seed)
+        collate = FastMasking(tokenizer, settings.mlm_probability, seed)
+    else:
+        real = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=seed)
 
         def collate(rows):
-            return fast([r["input_ids"] for r in rows])
-    else:
-        collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=settings.mlm_probability, seed=seed)
+            return real([{"input_ids": r} for r in rows])
     order = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(ids) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
@@ -148,8 +148,7 @@ def job_batches(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSetti
     for _ in range(settings.epochs):
         permutation = torch.randperm(len(ids), generator=order).tolist()
         for b in range(steps_per_epoch):
-            rows = [{"input_ids": ids[i]} for i in permutation[b * settings.batch_size: (b + 1) * settings.batch_size]]
-            batch = collate(rows)
+            batch = collate([ids[i] for i in permutation[b * settings.batch_size: (b + 1) * settings.batch_size]])
             lr = settings.learning_rate * max(0.0, float(total - step) / float(max(1, total)))
             step += 1
             yield None if not (batch["labels"] != -100).any() else (batch, lr)

@@ -61,7 +61,7 @@ class BatchedExecutor(StopRequests):
         sizes = self.sizes(context.base_model)
         pending: list[tuple[SeedTask, Future]] = []
         with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
-            for group, trained in self._trained(context, tasks, batch, device, sizes):
+            for group, trained in self._trained(context, tasks, wanted, batch, device, sizes):
                 pending += [(task, pool.submit(_svm, trained, k, context.settings, device))
                             for k, task in enumerate(group) if task in wanted]
                 while pending and pending[0][1].done():  # hand over what is ready, in order
@@ -70,14 +70,13 @@ class BatchedExecutor(StopRequests):
             for task, future in pending:
                 yield task, future.result()
 
-    def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None,
+    def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], wanted: set, batch: Sequence[SeedTask] | None,
                  device: torch.device, sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
         """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
-        in the preparer's processes while this one trains."""
+        in the preparer's processes while this one trains. `wanted`: set(tasks)."""
         settings = context.settings
         size = (self.options.pack_models or auto_pack_size(context.base_model, device)) if self.options.pack else 0
         units = plan_units(tasks, context.datasets, settings, self.options, size, batch)
-        wanted = set(tasks)
         preparer = self._preparer(device)
 
         def prepare(unit):

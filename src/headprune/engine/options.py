@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +34,6 @@ class EngineOptions:
     def resolved_prep_workers(self, device: torch.device) -> int:
         if self.prep_workers is not None:
             return max(0, int(self.prep_workers))
-        import os
-
         return min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
     def use_amp(self, device: torch.device) -> bool:

@@ -218,8 +218,7 @@ def _train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask]
     """Models of different pruned sets (and datasets) trained together in one masked stack."""
     splits = [split_halves(datasets[t.dataset][1], t.seed) for t in tasks]
     stack = StackedMLM.masked(base_model, [t.pruned for t in tasks], device)
-    jobs = [([datasets[t.dataset][0][i] for i in split[0]], t.seed) for t, split in zip(tasks, splits)]
-    seconds = adjust_stacked(stack, tokenizer, jobs, settings, options, stats, prepared)
+    seconds = adjust_stacked(stack, tokenizer, task_jobs(datasets, tasks), settings, options, stats, prepared)
     start_features = time.perf_counter()
     feats = features_stacked(stack, [[datasets[t.dataset][0][i] for i in split[1]] for t, split in zip(tasks, splits)],
                              tokenizer.pad_token_id, settings, options)
