@@ -291,3 +291,9 @@ def test_verify_recomputes_the_summary_from_the_store(tiny_run, tmp_path: Path, 
     assert code == 1 and "numbers of summary.json do not match the store" in err
     code, _, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "nowhere")
     assert code == 2 and err.startswith("error: ") and "summary.json: file not found" in err
+    for text, message in (("not json", "summary.json: not a JSON file"),
+                          ('{"config": {}}', "summary.json: not a headprune run summary this version can check")):
+        (tampered / "summary.json").write_text(text)
+        code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+        assert "Traceback" not in err

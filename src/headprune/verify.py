@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from .config import parse_seeds
+from .data import expand_datasets
 from .errors import HeadpruneError
 from .generalize import significance, summarize
 from .importance import rank_heads
 from .search import rank_models
+from .settings import ScoreSettings
 from .store import ResultStore, pruned_key
 
-SCORE_FIELDS = ("epochs", "batch_size", "learning_rate", "adam_epsilon", "mlm_probability", "n_folds",
-                "feature_layers")
+# What a stored score's settings must match (max_length is keyed as min(setting, model's limit)).
+SCORE_FIELDS = tuple(f.name for f in fields(ScoreSettings) if f.name != "max_length")
 TOLERANCE = 1e-9
 
 
@@ -88,16 +90,21 @@ def verify_run(run_dir: str | Path) -> Verification:
     for path in (summary_path, store_path):
         if not path.is_file():
             raise HeadpruneError(f"{path}: file not found (is {run_dir} a finished run directory?)")
-    summary = json.loads(summary_path.read_text())
-    config = summary["config"]
-    fingerprint = summary["model"]["fingerprint"]
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HeadpruneError(f"{summary_path}: not a JSON file ({error})") from None
     store = ResultStore(store_path)
     try:
         result = Verification()
-        scores = _Scores(store, fingerprint, config["scoring"])
+        scores = _Scores(store, summary["model"]["fingerprint"], summary["config"]["scoring"])
         _check_step1(store, summary, result)
-        _check_step2(summary, scores, parse_seeds(config["step2"]["seeds"]), result)
+        _check_step2(summary, scores, parse_seeds(summary["config"]["step2"]["seeds"]), result)
         _check_generalization(summary, scores, result)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        # A summary of another shape (another tool's file, an edited or older one): say so in one line.
+        raise HeadpruneError(f"{summary_path}: not a headprune run summary this version can check "
+                             f"({type(error).__name__}: {error})") from None
     finally:
         store.close()
     return result
@@ -110,8 +117,6 @@ def _check_step1(store: ResultStore, summary: dict, result: Verification) -> Non
     config = summary["config"]["step1"]
     seeds = set(parse_seeds(config["seeds"]))
     settings = {k: config[k] for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
-    from .data import expand_datasets
-
     names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
              for n in expand_datasets(config["datasets"])}
     matrices = []
