@@ -221,3 +221,82 @@ def test_importance_order_in_worker_processes_equals_in_process(tiny_bert_dir: P
     with store._conn as db:
         assert db.execute("SELECT COUNT(*) FROM importance").fetchone()[0] == 3
     store.close()
+
+
+# ----------------------------------------------------------------------------- Step 1 starts from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_with_pooler_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """A bare BertModel checkpoint with a trained-looking pooler and no MLM head (the shape of the
+    embedded MiniLM: `pooler.dense.*` in the file, no `cls.*`)."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny-encoder-pooler")
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    torch.manual_seed(3)
+    encoder = BertModel(config, add_pooling_layer=True)
+    with torch.no_grad():
+        encoder.pooler.dense.weight.normal_(0.0, 1.0)  # unlike any fresh initialisation
+        encoder.pooler.dense.bias.uniform_(-1.0, 1.0)
+    encoder.save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copyfile(tiny_bert_dir / name, directory / name)
+    return directory
+
+
+def test_step1_model_takes_every_weight_but_the_classifier_from_the_checkpoint(
+        tiny_encoder_with_pooler_dir: Path) -> None:
+    """METHOD.md: only the classification head is fresh. BertForMaskedLM has no pooler, so the
+    checkpoint's pooler must be carried to the classification model (it once stayed random)."""
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(str(tiny_encoder_with_pooler_dir / "model.safetensors"))
+    assert any(k.startswith("pooler.") for k in checkpoint)
+    base = load_base(str(tiny_encoder_with_pooler_dir), warmup=None)
+    torch.manual_seed(1)
+    model = importance_module.classification_model(base, n_labels=2)
+    state = model.state_dict()
+    compared = 0
+    for name, tensor in state.items():
+        if name.startswith("classifier.") or name.endswith("position_ids"):
+            continue
+        inner = name.removeprefix(f"{model.base_model_prefix}.")
+        assert inner in checkpoint, name
+        torch.testing.assert_close(tensor, checkpoint[inner], rtol=0, atol=0, msg=name)
+        compared += 1
+    assert compared == len([k for k in checkpoint if not k.endswith("position_ids")])
+    assert {k for k in state if k.startswith("classifier.")} == {"classifier.weight", "classifier.bias"}
+
+
+def test_step1_rows_of_a_random_pooler_are_never_reused(tiny_encoder_with_pooler_dir: Path, tiny_bert_dir: Path,
+                                                        small_dataset_csv: Path, tmp_path: Path) -> None:
+    """The pooler's origin is part of every BERT-family Step 1 key: a row stored under the old key
+    (the four finetuning settings alone, when the pooler was random) is not found, and the order
+    records the keyed settings (which `headprune verify` selects rows by)."""
+    base = load_base(str(tiny_encoder_with_pooler_dir), warmup=None)
+    settings = ImportanceSettings(epochs=1)
+    keyed = importance_module.step1_key_settings(base, settings)
+    assert keyed["pooler"].startswith("pretrained:") and keyed != settings.as_dict()
+    dataset = load_dataset(small_dataset_csv)
+    store = ResultStore(tmp_path / "store.sqlite")
+    old = store.importance_key(base.fingerprint, dataset.content_hash, 1, settings.as_dict())
+    fake = [[[0.5] * base.n_heads for _ in range(base.n_layers)]]
+    store.put_importance(old, model=base.fingerprint, dataset=dataset.name, dataset_hash=dataset.content_hash,
+                         seed=1, settings=settings.as_dict(), matrices=fake, device="cpu")
+    order = importance_order(base, [dataset], [1], settings, store=store)
+    assert order.matrix != fake[0]  # computed, not the old row
+    assert order.settings == keyed and Order.from_json(order.to_json()).settings == keyed
+    # A checkpoint without a pooler trains a fresh one, and says so in the key.
+    bare = load_base(str(tiny_bert_dir), warmup=None)
+    assert importance_module.step1_key_settings(bare, settings)["pooler"] == "fresh"
+    store.close()
+
+
+def test_roberta_step1_keys_are_unchanged(tiny_roberta_dir: Path) -> None:
+    """RoBERTa's classification model has no pooler: its Step 1 keys are the finetuning settings alone."""
+    base = load_base(str(tiny_roberta_dir), warmup=None)
+    settings = ImportanceSettings(epochs=1)
+    assert importance_module.step1_key_settings(base, settings) == settings.as_dict()

@@ -5,7 +5,9 @@ which one was used (the Torch-Pruning idea)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +18,12 @@ import torch
 
 from .data import Dataset
 from .errors import HeadpruneError, Stopped, past
+from .models import family_of
 from .scoring import BaseModel, _pad, adamw, encode
 from .store import ResultStore
 from .surgery import HeadGates
+
+log = logging.getLogger(__name__)
 
 Head = tuple[int, int]
 
@@ -55,6 +60,7 @@ class Order:
     model_fingerprint: str = ""
     datasets: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    settings: dict | None = None  # Step 1 orders: the settings part of their rows' keys (`step1_key_settings`)
 
     def least_important(self, k: int) -> list[Head]:
         """The k heads pruned first."""
@@ -75,6 +81,7 @@ class Order:
             "model_fingerprint": self.model_fingerprint,
             "datasets": self.datasets,
             "seeds": self.seeds,
+            "settings": self.settings,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "matrix": self.matrix,
@@ -100,6 +107,7 @@ class Order:
             model_fingerprint=data.get("model_fingerprint", ""),
             datasets=list(data.get("datasets", [])),
             seeds=list(data.get("seeds", [])),
+            settings=data.get("settings"),
         )
 
     @classmethod
@@ -144,22 +152,67 @@ class ImportanceAccumulator:
         self.epochs.append(self.importance.clone())
 
 
+def pooler_tag(base: BaseModel) -> str | None:
+    """What Step 1's classification model starts its pooler from, as part of every Step 1 key:
+    "pretrained:<hash>" (the checkpoint's), "fresh" (the checkpoint has none), or None for a family
+    whose classification model has no pooler (RoBERTa: those keys are as they always were). Rows
+    stored before the checkpoint's pooler was loaded (a random pooler) have no such entry and are
+    never reused for a model that has one."""
+    if family_of(base.model.config).pooler is None:
+        return None
+    state = getattr(base.model, "headprune_pooler_state", None) or {}
+    if not state:
+        return "fresh"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return f"pretrained:{digest.hexdigest()[:12]}"
+
+
+def step1_key_settings(base: BaseModel, settings: ImportanceSettings) -> dict:
+    """The settings part of a Step 1 row's key: the finetuning settings and where the pooler came from."""
+    tag = pooler_tag(base)
+    return settings.as_dict() if tag is None else {**settings.as_dict(), "pooler": tag}
+
+
+def classification_model(base: BaseModel, n_labels: int):
+    """Step 1's model (METHOD.md: "load the pretrained model with a fresh sequence-classification
+    head"): every weight from the checkpoint (the encoder, and the pooler where the family has one),
+    only the classifier fresh, initialised from torch's global RNG (the caller seeds it)."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = base.model.config.__class__.from_dict(base.model.config.to_dict())
+    config.num_labels = n_labels
+    for attr in ("headprune_kept", "headprune_original_layers"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForSequenceClassification.from_config(config)
+    state = dict(base.model.base_model.state_dict())
+    pooler = family_of(config).pooler
+    pretrained = getattr(base.model, "headprune_pooler_state", None) or {}
+    if pooler is not None:
+        state.update({f"{pooler}.{name}": tensor for name, tensor in pretrained.items()})
+    missing, unexpected = model.base_model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    fresh_pooler = [k for k in missing if pooler is not None and k.startswith(f"{pooler}.")]
+    if fresh_pooler and not pretrained:
+        log.warning("the checkpoint holds no pooler: Step 1 trains a freshly initialised one")
+    wrong = [k for k in missing if not (k in fresh_pooler and not pretrained)] + list(unexpected)
+    if wrong:
+        raise HeadpruneError(f"Step 1: the classification model does not match the checkpoint ({wrong[0]})")
+    return model
+
+
 def importance_matrices(
     base: BaseModel, dataset: Dataset, seed: int, settings: ImportanceSettings, device: torch.device
 ) -> list[list[list[float]]]:
     """Algorithm 1 on one dataset and seed: finetune with a fresh classification head and read the
     gradient of all-ones head gates. Returns the per-epoch (layers x heads) matrices."""
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
-    config = base.model.config.__class__.from_dict(base.model.config.to_dict())
-    config.num_labels = len(dataset.classes)
-    for attr in ("headprune_kept", "headprune_original_layers"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    model = AutoModelForSequenceClassification.from_config(config)
-    # The pretrained encoder; the classification head stays freshly initialised (seeded above).
-    model.base_model.load_state_dict(base.model.base_model.state_dict(), strict=False)
+    model = classification_model(base, len(dataset.classes))
     model.to(device).train()
     ids = encode(base.tokenizer, dataset.texts, base.max_length)
     labels = torch.tensor(dataset.labels, dtype=torch.long)
@@ -211,11 +264,12 @@ def importance_order(
     at once, each computing exactly what it computes here (one batch-16 finetuning cannot fill a GPU)."""
     results: dict[tuple[int, int], list] = {}
     todo: list[tuple[int, int, str | None]] = []
+    key_settings = step1_key_settings(base, settings)
     for d, dataset in enumerate(datasets):
         for seed in seeds:
             key = stored = None
             if store is not None:
-                key = store.importance_key(base.fingerprint, dataset.content_hash, seed, settings.as_dict())
+                key = store.importance_key(base.fingerprint, dataset.content_hash, seed, key_settings)
                 stored = store.get_importance(key)
             if stored is None:
                 todo.append((d, seed, key))
@@ -233,7 +287,7 @@ def importance_order(
                 dataset=dataset.name,
                 dataset_hash=dataset.content_hash,
                 seed=seed,
-                settings=settings.as_dict(),
+                settings=key_settings,
                 matrices=matrices,
                 device=device.type,
             )
@@ -265,6 +319,7 @@ def importance_order(
         model_fingerprint=base.fingerprint,
         datasets=[d.name for d in datasets],
         seeds=list(seeds),
+        settings=key_settings,
     )
 
 

@@ -37,6 +37,9 @@ class Family:
     output: str  # the attention output projection (its input is the concatenated heads)
     mlm_head_prefixes: tuple[str, ...]  # state-dict prefixes of the masked-LM head
     mlm_head: tuple[str, ...]  # modules that map hidden states to vocabulary logits, applied in order
+    # The pooler of the family's sequence-classification model (inside `base_model`), which Step 1
+    # loads from the checkpoint; None where that model has none (RoBERTa's head is all fresh).
+    pooler: str | None = None
 
 
 _BERT_LIKE = dict(
@@ -48,7 +51,7 @@ _BERT_LIKE = dict(
     output="attention.output.dense",
 )
 FAMILIES: dict[str, Family] = {
-    "bert": Family(**_BERT_LIKE, mlm_head_prefixes=("cls.predictions.",), mlm_head=("cls",)),
+    "bert": Family(**_BERT_LIKE, mlm_head_prefixes=("cls.predictions.",), mlm_head=("cls",), pooler="pooler"),
     "roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
     "xlm-roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
     "camembert": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
@@ -143,9 +146,47 @@ def load_model(
         model.tie_weights()
     model.config.headprune_fresh_mlm_head = bool(fresh)
     model.config.headprune_source = name_or_path
+    # A masked-LM model has no pooler, but the checkpoint may hold one that the family's
+    # classification model uses: Step 1 must start from it, not from a random one.
+    model.headprune_pooler_state = pretrained_pooler(path, family)
     model.eval()
     tokenizer.headprune_source = path  # where verbatim tokenizer files are copied from when saving
     return model, tokenizer
+
+
+def _safetensors_files(path: str) -> list[str]:
+    """The checkpoint's safetensors file(s): one file, or the shards of its index (local or hub cache)."""
+    def find(filename: str) -> str | None:
+        return _find_file(path, filename) if not _is_local(path) else (
+            str(Path(path) / filename) if (Path(path) / filename).is_file() else None)
+
+    single = find("model.safetensors")
+    if single:
+        return [single]
+    index = find("model.safetensors.index.json")
+    if not index:
+        return []
+    shards = sorted(set(json.loads(Path(index).read_text()).get("weight_map", {}).values()))
+    return [f for f in (find(shard) for shard in shards) if f]
+
+
+def pretrained_pooler(path: str, family: Family) -> dict[str, torch.Tensor]:
+    """The checkpoint's pooler weights, named inside the pooler (`dense.weight`, ...); empty when the
+    family's classification model has no pooler or the checkpoint holds none."""
+    if family.pooler is None:
+        return {}
+    from safetensors import safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(path):
+        with safe_open(file, "pt") as handle:
+            for name in handle.keys():
+                parts = name.split(".")
+                # `pooler.dense.weight` (a bare encoder's file) or `bert.pooler.dense.weight`.
+                at = 0 if parts[0] == family.pooler else 1 if len(parts) > 1 and parts[1] == family.pooler else None
+                if at is not None:
+                    state[".".join(parts[at + 1:])] = handle.get_tensor(name).to(torch.float32)
+    return state
 
 
 def max_length(tokenizer, config) -> int:

@@ -372,7 +372,8 @@ class Pipeline:
                 "mlm_head": base.info,
             },
             "orders": {
-                name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind}
+                name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind,
+                       **({"settings": o.settings} if o.settings is not None else {})}
                 for name, o in orders.items()
             },
         }

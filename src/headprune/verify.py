@@ -116,7 +116,9 @@ def _check_step1(store: ResultStore, summary: dict, result: Verification) -> Non
         return
     config = summary["config"]["step1"]
     seeds = set(parse_seeds(config["seeds"]))
-    settings = {k: config[k] for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
+    # The keyed settings the run used (with where its pooler came from); older summaries lack them.
+    settings = order.get("settings") or {k: config[k] for k in ("epochs", "batch_size", "learning_rate",
+                                                                "adam_epsilon")}
     names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
              for n in expand_datasets(config["datasets"])}
     matrices = []
