@@ -44,10 +44,14 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from naive import naive_score
 
+from headprune.base import WarmupSettings, load_base
 from headprune.data import GROUPS, expand_datasets, load_dataset
+from headprune.devices import reproducible, resolve_device
 from headprune.engine import EngineOptions, SizeCache, auto_pack_size, score_pack, score_seeds_batched
 from headprune.models import count_parameters, load_tokenizer, max_length
-from headprune.scoring import ScoreSettings, SeedTask, WarmupSettings, encode, load_base, reproducible, resolve_device
+from headprune.scoring import encode
+from headprune.settings import ScoreSettings
+from headprune.tasks import SeedTask
 
 BERTWEET_SHAPE = {"vocab_size": 64001, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_size": 768,
                   "intermediate_size": 3072, "max_position_embeddings": 130, "type_vocab_size": 1}

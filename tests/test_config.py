@@ -37,7 +37,7 @@ def test_paper_profile_is_the_dissertation_protocol() -> None:
 def test_scoring_section_is_the_score_settings() -> None:
     """[scoring] is read into the ScoreSettings that key every score (one list of fields and
     defaults); it is frozen, so a configuration's value is set by replacing it."""
-    from headprune.scoring import ScoreSettings
+    from headprune.settings import ScoreSettings
 
     config = from_dict({"scoring": {"epochs": 2, "n_folds": 5}})
     assert config.scoring == ScoreSettings(epochs=2, n_folds=5)
@@ -135,7 +135,7 @@ def test_cap_examples_is_stratified_and_seeded() -> None:
 def test_engine_is_chosen_by_device_unless_configured() -> None:
     from headprune.config import Config
     from headprune.engine import BatchedExecutor
-    from headprune.execute import InProcessExecutor
+    from headprune.executors import InProcessExecutor
     from headprune.pipeline import make_executor
 
     config = Config()

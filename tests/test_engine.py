@@ -29,17 +29,10 @@ from headprune.engine import (
     svm_f1_precomputed,
 )
 from headprune.models import resolve_model_path
-from headprune.scoring import (
-    EvalContext,
-    ScoreSettings,
-    SeedTask,
-    adjust,
-    encode,
-    features,
-    score_seed,
-    svm_f1,
-)
+from headprune.scoring import adjust, encode, features, score_seed, svm_f1
+from headprune.settings import ScoreSettings
 from headprune.surgery import prune_heads
+from headprune.tasks import EvalContext, SeedTask
 
 CPU = torch.device("cpu")
 PRUNED = ((0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3))  # layer 0 keeps 2 heads, layer 1 goes
@@ -85,7 +78,7 @@ def tiny_base(model_dir):
     """A tiny random BERT saved with MiniLM's tokenizer and loaded as a BaseModel (no warm-up)."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from headprune.scoring import load_base
+    from headprune.base import load_base
 
     torch.manual_seed(0)
     BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -263,7 +256,7 @@ def test_batched_executor_groups_tasks(tokenizer, encoded):
 
 
 def test_default_executor_by_device():
-    from headprune.execute import InProcessExecutor
+    from headprune.executors import InProcessExecutor
 
     assert isinstance(default_executor("cpu"), InProcessExecutor)
     assert BatchedExecutor.name == "batched"
@@ -276,7 +269,7 @@ def test_supports(tokenizer):
 def test_batched_scores_are_stored_apart_from_reference_scores(tmp_path) -> None:
     """Scores of the batched engine never answer a request for the reference loop's, nor the reverse."""
     from headprune.engine import BatchedExecutor
-    from headprune.scoring import Scorer
+    from headprune.scorer import Scorer
     from headprune.store import ResultStore
 
     base = tiny_base(tmp_path / "m")
@@ -414,13 +407,13 @@ def test_a_resumed_run_trains_the_packs_an_uninterrupted_one_would(tokenizer, en
     import headprune.engine.executor as executor_module
 
     features = {}
-    real_svm = executor_module._svm
+    real_svm = executor_module.svm_score
 
     def recording_svm(trained, k, settings, device):  # what the SVM gets, by (pruned set, seed, rows)
         features[(trained.pruned[k], trained.seeds[k], len(trained.labels[k]))] = trained.features[k].copy()
         return real_svm(trained, k, settings, device)
 
-    monkeypatch.setattr(executor_module, "_svm", recording_svm)
+    monkeypatch.setattr(executor_module, "svm_score", recording_svm)
     ids, labels = encoded
     model = tiny_model(tokenizer, layers=3, dropout=True)
     context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
@@ -442,8 +435,8 @@ def test_a_resumed_run_trains_the_packs_an_uninterrupted_one_would(tokenizer, en
 
 def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
     """Scorer.run computes only what the store lacks, and tells the executor the whole batch."""
-    from headprune.execute import InProcessExecutor
-    from headprune.scoring import Scorer
+    from headprune.executors import InProcessExecutor
+    from headprune.scorer import Scorer
     from headprune.store import ResultStore
 
     calls = []
@@ -500,13 +493,13 @@ def test_batch_preparer_draws_the_same_batches_in_worker_processes(tokenizer, en
 
 def test_a_pack_that_runs_out_of_gpu_memory_is_halved(tokenizer, encoded, monkeypatch):
     """`auto_pack_size` only estimates: a part that does not fit is split, and later parts follow."""
-    import headprune.engine.executor as engine  # where the executor looks `_train_pack` up
+    import headprune.engine.executor as engine  # where the executor looks `train_pack` up
 
     ids, labels = encoded
     model = tiny_model(tokenizer)
     context = EvalContext(model, tokenizer, {"a": (ids, labels)}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(p, "a", s) for p in ((), ((0, 1),), ((1, 2),)) for s in (1, 2, 3)]
-    real = engine._train_pack
+    real = engine.train_pack
     sizes_tried = []
 
     def small_gpu(base_model, tokenizer, datasets, part, *args, **kwargs):
@@ -515,7 +508,7 @@ def test_a_pack_that_runs_out_of_gpu_memory_is_halved(tokenizer, encoded, monkey
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(base_model, tokenizer, datasets, part, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_pack", small_gpu)
+    monkeypatch.setattr(engine, "train_pack", small_gpu)
     executor = BatchedExecutor(EngineOptions(pack=True, pack_models=9, svm_workers=1))
     results = dict(executor.run(context, tasks))
     assert set(results) == set(tasks)
@@ -576,7 +569,7 @@ def test_batches_drawn_here_until_the_workers_lists_are_ready(tokenizer, encoded
     import threading
     from concurrent.futures import Future
 
-    import headprune.engine.batches as engine  # where `_steps` looks `job_stream` up
+    import headprune.engine.batches as engine  # where `training_steps` looks `job_stream` up
     from headprune.engine import job_stream
 
     ids, _ = encoded

@@ -23,11 +23,14 @@ import pandas as pd
 import pytest
 import torch
 
+from headprune.base import load_base
 from headprune.errors import HeadpruneError
-from headprune.execute import RAY_MISSING, InProcessExecutor
-from headprune.scoring import Scorer, ScoreSettings, SeedTask, load_base
+from headprune.executors import RAY_MISSING, InProcessExecutor
+from headprune.scorer import Scorer
 from headprune.search import h1_search, h2_search
+from headprune.settings import ScoreSettings
 from headprune.store import ResultStore
+from headprune.tasks import SeedTask
 
 SETTINGS = ScoreSettings(epochs=1, n_folds=5)
 SEEDS = (1, 2)
@@ -108,7 +111,7 @@ def ray_session():
     """One local Ray instance (2 CPUs) for the module, started by a RayExecutor (so its close()
     shuts it down); the other executors of the module join it and leave it running."""
     ray = pytest.importorskip("ray")
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
 
     saved = os.environ.pop("RAY_ADDRESS", None)
     owner = RayExecutor(num_cpus=2)
@@ -158,7 +161,7 @@ def busy_ray_workers() -> list[int]:
 
 def test_missing_ray_extra_is_a_one_line_error(monkeypatch):
     from headprune.config import Config
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
     from headprune.pipeline import make_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
@@ -172,7 +175,7 @@ def test_missing_ray_extra_is_a_one_line_error(monkeypatch):
 
 
 def test_ray_gives_the_in_process_scores_and_chosen_models(ray_session, base, files, tasks, reference, tmp_path):
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
 
     executor = RayExecutor()  # joins the module's Ray session
     scorer = make_scorer(base, tmp_path / "store.sqlite", executor)
@@ -194,7 +197,7 @@ def test_ray_gives_the_in_process_scores_and_chosen_models(ray_session, base, fi
 
 
 def test_a_killed_worker_is_retried_and_results_are_identical(ray_session, base, tasks, reference, tmp_path):
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
 
     killed: list[int] = []
 
@@ -219,7 +222,7 @@ def test_a_killed_worker_is_retried_and_results_are_identical(ray_session, base,
 
 
 def test_failures_name_the_task(ray_session, base, files, tmp_path):
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
 
     def always_dies(context, task):
         os._exit(1)
@@ -246,8 +249,11 @@ def test_failures_name_the_task(ray_session, base, files, tmp_path):
 DRIVER = """
 import os, sys
 os.environ["HF_HUB_OFFLINE"] = "1"; os.environ["TRANSFORMERS_OFFLINE"] = "1"
-from headprune.execute import RayExecutor
-from headprune.scoring import ScoreSettings, Scorer, SeedTask, load_base
+from headprune.executors import RayExecutor
+from headprune.base import load_base
+from headprune.scorer import Scorer
+from headprune.settings import ScoreSettings
+from headprune.tasks import SeedTask
 from headprune.store import ResultStore
 
 address, model, data, store = sys.argv[1:5]
@@ -260,7 +266,7 @@ scorer.run([SeedTask(tuple(p), data, s) for p in pruned for s in {seeds!r}])
 
 
 def test_an_interrupted_ray_run_resumes_without_recomputing(ray_session, base, files, tasks, reference, tmp_path):
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
 
     store_path = tmp_path / "store.sqlite"
     script = tmp_path / "driver.py"
@@ -298,7 +304,7 @@ def test_ray_runs_units_of_the_batched_engine(ray_session, base, files, tasks, t
     """`engine="batched"`: one Ray task per pack (here on CPU workers), the same scores as the
     batched engine in process with the same packs, stored under the batched engine's tag."""
     from headprune.engine import BatchedExecutor, EngineOptions
-    from headprune.execute import RayExecutor
+    from headprune.executors import RayExecutor
 
     options = EngineOptions(pack=True, pack_models=3, svm_workers=1, prep_workers=0)
     executor = RayExecutor(engine="batched", engine_options=options)

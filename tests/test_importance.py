@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import headprune.importance as importance_module
+import headprune.importance.gradient as importance_module
+from headprune.base import load_base
 from headprune.data import load_dataset
 from headprune.errors import HeadpruneError
 from headprune.importance import (
@@ -22,7 +23,6 @@ from headprune.importance import (
     random_order,
     rank_heads,
 )
-from headprune.scoring import load_base
 from headprune.store import ResultStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

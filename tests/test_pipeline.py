@@ -102,7 +102,7 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
         raise AssertionError("a stored evaluation was recomputed")
 
     monkeypatch.setattr(scoring, "score_seed", boom)
-    monkeypatch.setattr("headprune.importance.importance_matrices", boom)
+    monkeypatch.setattr("headprune.importance.gradient.importance_matrices", boom)
     again = Pipeline(from_dict(_config(Path(summary["model"]["name"]), csvs), source="tiny.toml"), root / "run",
                      progress=RunProgress(enabled=False)).run()
     assert again["chosen"] == summary["chosen"]
@@ -214,8 +214,8 @@ def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_pat
     def boom(*args, **kwargs):
         raise AssertionError("a stored evaluation was recomputed")
 
-    monkeypatch.setattr(engine, "_train_pack", boom)
-    monkeypatch.setattr(engine, "_train_group", boom)
+    monkeypatch.setattr(engine, "train_pack", boom)
+    monkeypatch.setattr(engine, "train_group", boom)
     again = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=RunProgress(enabled=False)).run()
     assert again["generalization"] == batched["generalization"]
 

@@ -12,21 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from headprune import base as base_module
+from headprune import scorer as scorer_module
 from headprune import scoring
+from headprune.base import BaseModel, WarmupSettings, load_base
 from headprune.data import load_dataset, split_halves
 from headprune.models import count_parameters
-from headprune.scoring import (
-    Scorer,
-    ScoreSettings,
-    WarmupSettings,
-    encode,
-    features,
-    load_base,
-    masked_lm_loss,
-    saved_size,
-    score_seed,
-    svm_f1,
-)
+from headprune.scorer import Scorer
+from headprune.scoring import encode, features, masked_lm_loss, saved_size, score_seed, svm_f1
+from headprune.settings import ScoreSettings
 from headprune.store import ResultStore
 from headprune.surgery import prune_heads, saved_size_bytes
 
@@ -40,11 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def bert(tiny_bert_dir: Path) -> scoring.BaseModel:
+def bert(tiny_bert_dir: Path) -> BaseModel:
     return load_base(str(tiny_bert_dir), warmup=None)
 
 
-def encoded(base: scoring.BaseModel, csv: Path) -> tuple[list[list[int]], np.ndarray]:
+def encoded(base: BaseModel, csv: Path) -> tuple[list[list[int]], np.ndarray]:
     ds = load_dataset(csv)
     return encode(base.tokenizer, ds.texts, base.max_length), ds.labels
 
@@ -258,7 +252,7 @@ def test_warm_up_trains_only_the_mlm_head_and_is_cached(headless_bert_dir: Path,
     assert {"cls.predictions.transform.dense.weight", "cls.predictions.bias"} <= set(load_file(cached_file))
 
     # Second load: from the cache file, no warm-up.
-    monkeypatch.setattr(scoring, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up again"))
+    monkeypatch.setattr(base_module, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up again"))
     cached = load_base(str(headless_bert_dir), warmup=warmup, cache_dir=cache, progress=messages.append)
     assert cached.warmed_up and len(messages) == 1
     assert cached.fingerprint == warmed.fingerprint
@@ -268,7 +262,7 @@ def test_warm_up_trains_only_the_mlm_head_and_is_cached(headless_bert_dir: Path,
 
 def test_no_warm_up_for_a_checkpoint_with_an_mlm_head(tiny_bert_dir: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scoring, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up a trained head"))
+    monkeypatch.setattr(base_module, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up a trained head"))
     base = load_base(str(tiny_bert_dir), warmup=WarmupSettings(steps=3), cache_dir=tmp_path)
     assert not base.warmed_up and not base.info["fresh_mlm_head"]
 
@@ -287,7 +281,7 @@ def test_time_limit_finishes_the_evaluation_in_flight_then_stops(bert, small_dat
         checks.append(deadline)
         return deadline is not None and store.count_scores() >= 1
 
-    monkeypatch.setattr(scoring, "past", past)
+    monkeypatch.setattr(scorer_module, "past", past)
     limited = Scorer(bert, store, SETTINGS, seeds=[1, 2, 3], device="cpu", deadline=123.0)
     with pytest.raises(Stopped, match="time limit reached; 1 of 3 scores"):
         limited.score([], name)
@@ -305,7 +299,7 @@ def test_time_limit_finishes_the_evaluation_in_flight_then_stops(bert, small_dat
 
 
 def test_reproducible_sets_deterministic_kernels_for_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from headprune.scoring import reproducible
+    from headprune.devices import reproducible
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = torch.are_deterministic_algorithms_enabled()

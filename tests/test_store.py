@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from headprune.store import ResultStore, SeedScore, make_key, pruned_key
+from headprune.store import ResultStore, make_key, pruned_key
+from headprune.tasks import SeedScore
 
 SETTINGS = {"epochs": 4, "n_folds": 10, "learning_rate": 2e-5}
 BASE = {"model": "abc123", "pruned": [(0, 1), (2, 3)], "dataset_hash": "d" * 16, "seed": 1, "settings": SETTINGS}

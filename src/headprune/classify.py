@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from .data import Dataset, preprocess
+from .devices import resolve_device
 from .errors import HeadpruneError
 from .models import count_parameters, load_model, max_length
-from .scoring import _pad, encode, resolve_device
+from .scoring import encode, pad_batch
 from .surgery import load_pruned, original_shape, prune_heads, pruned_heads, save_pruned
 
 CLASSIFIER_FILE = "headprune-classifier.json"
@@ -130,7 +131,7 @@ def finetune(
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(train_ids), generator=generator).split(batch_size):
-            input_ids, attention = _pad([train_ids[i] for i in batch.tolist()], pad_id)
+            input_ids, attention = pad_batch([train_ids[i] for i in batch.tolist()], pad_id)
             out = model(input_ids=input_ids.to(target), attention_mask=attention.to(target), labels=y[batch].to(target))
             out.loss.backward()
             optimizer.step()
@@ -250,7 +251,7 @@ def _probabilities(classifier: Classifier, texts: list[str], batch_size: int) ->
     out = []
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
-            input_ids, attention = _pad(ids[start : start + batch_size], pad_id)
+            input_ids, attention = pad_batch(ids[start : start + batch_size], pad_id)
             logits = model(
                 input_ids=input_ids.to(classifier.device), attention_mask=attention.to(classifier.device)
             ).logits

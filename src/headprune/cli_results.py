@@ -125,7 +125,7 @@ def predict_command(
 ) -> None:
     """Label texts; write CSV to standard output: text,label,p_<class>..."""
     from .classify import load_classifier, predict, read_texts
-    from .scoring import resolve_device
+    from .devices import resolve_device
 
     classifier = load_classifier(model, device=str(resolve_device(device)))
     texts = read_texts(source, text_column=text_column, fmt=fmt)

@@ -17,14 +17,19 @@ import numpy as np
 import torch
 
 from . import __version__
+from .base import BaseModel, WarmupSettings, load_base
 from .config import Config, departures
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
+from .devices import reproducible, resolve_device
 from .errors import HeadpruneError
+from .executors import make_executor
 from .generalize import random_means, significance, summarize, timing_summary
-from .importance import ImportanceSettings, Order, importance_order, random_order
+from .importance import ImportanceSettings, Order, criterion_for
 from .progress import RunProgress, format_seconds
-from .scoring import BaseModel, Scorer, ScoreSettings, WarmupSettings, encode, load_base, reproducible, resolve_device
+from .scorer import Scorer
+from .scoring import encode
 from .search import h1_search, h2_search, h3_search, k_values_from, run_searches
+from .settings import ScoreSettings
 from .store import ResultStore
 
 SEARCHES = {"H2": h2_search, "H3": h3_search}
@@ -66,33 +71,6 @@ def importance_settings(config: Config) -> ImportanceSettings:
     """Step 1's finetuning settings (the [step1] section less its datasets and seeds)."""
     names = {f.name for f in fields(ImportanceSettings)}
     return ImportanceSettings(**{k: v for k, v in asdict(config.step1).items() if k in names})
-
-
-def make_executor(config: Config, stage: str = "step2"):
-    """The executor of a stage. With the batched engine, Step 2 packs different candidates into one
-    masked stack (`run.pack`); the generalization check never does, so that each chosen model's
-    adjusting time is its own (Table 14). On Ray, `run.engine` chooses what a Ray task is: one
-    evaluation (reference) or one unit of the batched engine (a pack, a candidate's seeds)."""
-    from .engine import BatchedExecutor, EngineOptions, default_executor
-    from .execute import InProcessExecutor
-
-    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
-    if config.run.executor == "ray":
-        from .execute import RayExecutor  # type: ignore[attr-defined]
-
-        return RayExecutor(
-            address=config.run.address or None,
-            num_gpus_per_task=config.run.ray_gpus_per_task,
-            max_retries=config.run.ray_max_retries,
-            engine=config.run.engine,
-            engine_options=options,
-            device=config.run.device,
-        )
-    if config.run.engine == "batched":
-        return BatchedExecutor(options)
-    if config.run.engine == "reference":
-        return InProcessExecutor()
-    return default_executor(config.run.device, options)
 
 
 class Pipeline:
@@ -187,33 +165,29 @@ class Pipeline:
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
-        """'OI': Step 1 on [step1] datasets and seeds (through the store); 'A<n>': the random order of seed n."""
-        if name != "OI":
-            return random_order(
-                base.n_layers,
-                base.n_heads,
-                seed=int(name[1:]),
-                name=name,
-                model=base.name,
-                model_fingerprint=base.fingerprint,
-            )
-        datasets = self.datasets(self.config.step1.datasets, check_folds=False)
-        seeds = self.config.step1_seeds
+        """The order `name` of `[step2] orders` by its criterion (`importance.criterion_for`); a
+        data-driven one (Step 1) runs its finetunings through the store and the Step 1 executor."""
+        criterion = criterion_for(name, lambda: self.datasets(self.config.step1.datasets, check_folds=False),
+                                  self.config.step1_seeds, importance_settings(self.config))
+        if criterion.kind == "random":
+            return criterion.order(base)
+        datasets, seeds = criterion.datasets, criterion.seeds
         rows = {d.name: len(d) for d in datasets}  # the time left weighs each finetuning by its rows
         self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds), sum(rows.values()) * len(seeds))
-        order = importance_order(
-            base,
-            datasets,
-            seeds,
-            importance_settings(self.config),
-            store=store,
-            device=self.device,
-            on_result=lambda ds, seed, cached: self.progress.advance(cached, work=rows[ds]),
-            deadline=self.deadline,
-            workers=self.config.step1.workers or (6 if self.device.type == "cuda" else 1),
-            loader=self.base_loader(),
-            deterministic=self.config.run.deterministic,
-        )
+        executor = make_executor(self.config, "step1")
+        try:
+            order = criterion.order(
+                base,
+                store=store,
+                executor=executor,
+                device=self.device,
+                on_result=lambda ds, seed, cached: self.progress.advance(cached, work=rows[ds]),
+                deadline=self.deadline,
+                loader=self.base_loader(),
+                deterministic=self.config.run.deterministic,
+            )
+        finally:
+            executor.close()
         self.progress.end_stage()
         return order
 
@@ -335,16 +309,12 @@ class Pipeline:
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
-            # The batched engine (in process or as Ray units) without packing; the reference loop goes on.
-            gen_executor = (make_executor(self.config, "generalization")
-                            if getattr(executor, "name", "") in ("batched", "ray") else executor)
+            gen_executor = make_executor(self.config, "generalization")  # never packs: Table 14's times
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary)
         finally:
-            for used in {id(e): e for e in (executor, gen_executor) if e is not None}.values():
-                close = getattr(used, "close", None)
-                if close:
-                    close()
+            for used in (e for e in (gen_executor, executor) if e is not None):
+                used.close()
             store.close()
         summary["elapsed_seconds"] = time.time() - started
         path = self.run_dir / "summary.json"
@@ -387,7 +357,8 @@ class Pipeline:
         group_size = self.config.step2.group_size
         searches = {}
         for name, order in orders.items():
-            strategies = self.config.step2.strategies if name == "OI" else self.config.step2.random_order_strategies
+            strategies = (self.config.step2.strategies if order.kind != "random"
+                          else self.config.step2.random_order_strategies)
             for strategy in strategies:
                 if strategy == "H1":
                     ks = self._k_values(n_heads)

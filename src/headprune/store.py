@@ -13,8 +13,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .tasks import SeedScore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
@@ -44,17 +45,6 @@ CREATE TABLE IF NOT EXISTS importance (
     created REAL NOT NULL
 );
 """
-
-
-@dataclass(frozen=True)
-class SeedScore:
-    """One seed's result of PRUN_ADJ_EVAL."""
-
-    f1: float
-    adjust_seconds: float
-    n_params: int
-    size_bytes: int
-    device: str = "cpu"
 
 
 def pruned_key(pruned: Iterable[tuple[int, int]]) -> str:
@@ -180,4 +170,4 @@ class ResultStore:
             self._conn.close()
 
 
-__all__ = ["ResultStore", "SeedScore", "asdict", "make_key", "pruned_key"]
+__all__ = ["ResultStore", "make_key", "pruned_key"]

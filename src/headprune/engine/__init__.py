@@ -50,7 +50,7 @@ Modules: `options` (EngineOptions, supports), `stack` (StackedMLM), `optim` (Sta
 SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (BatchedExecutor)."""
 
 from .batches import Batch, BatchPreparer, FastMasking, fast_masking_matches, job_batches, job_stream, lrs_of
-from .executor import BatchedExecutor, default_executor
+from .executor import BatchedExecutor
 from .optim import StackedAdamW
 from .options import BETAS, SUPPORTED_FAMILIES, EngineOptions, group_seed, supports
 from .packing import auto_pack_size, finetune_steps, plan_packs, plan_units
@@ -67,7 +67,7 @@ from .stages import (
 
 __all__ = [
     "BETAS", "SUPPORTED_FAMILIES", "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions", "FastMasking",
-    "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size", "default_executor",
+    "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size",
     "fast_masking_matches", "features_stacked", "finetune_steps", "group_seed", "job_batches", "job_stream",
     "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
     "task_jobs",

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..scoring import ScoreSettings
+from ..settings import ScoreSettings
 from .optim import StackedAdamW
 
 
 @dataclass
-class _Step:
+class Step:
     """One tick of N models in the *flat layout*: each model's real tokens (its rows one after the
     other) on one axis of T positions, so the linear layers do no work on padding; attention gathers
     them into rows of L (`to_padded`) and back (`to_flat`)."""
@@ -33,13 +33,13 @@ class _Step:
     scalars: torch.Tensor  # (3, N) on the host: active, learning rate, step number (StackedAdamW.scalars)
     tokens: int  # real (non-padding) tokens in the step
 
-    def _map(self, f) -> _Step:  # the scalars stay on the host (the optimizer reads them there)
-        return _Step(*(f(getattr(self, name)) for name in _STEP_TENSORS), self.scalars, self.tokens)
+    def _map(self, f) -> Step:  # the scalars stay on the host (the optimizer reads them there)
+        return Step(*(f(getattr(self, name)) for name in _STEP_TENSORS), self.scalars, self.tokens)
 
-    def to(self, device: torch.device) -> _Step:
+    def to(self, device: torch.device) -> Step:
         return self if device.type == "cpu" else self._map(lambda t: t.to(device, non_blocking=True))
 
-    def pin(self) -> _Step:
+    def pin(self) -> Step:
         return self._map(lambda t: t.pin_memory())
 
 
@@ -156,7 +156,7 @@ def job_batches(tokenizer, ids: list[list[int]], seed: int, settings: ScoreSetti
 
 @dataclass(frozen=True)
 class Batch:
-    """One model's collated batch, compactly (what `_steps` needs, cheap to send between processes):
+    """One model's collated batch, compactly (what `training_steps` needs, cheap to send between processes):
     masked input ids and attention mask (rows, width), the flat positions (row * width + column) of
     the masked tokens, their original ids, and the learning rate of the step."""
 
@@ -233,9 +233,9 @@ class BatchPreparer:
             self._pool = None
 
 
-def _steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: ScoreSettings,
+def training_steps(tokenizer, jobs: Sequence[tuple[list[list[int]], int]], settings: ScoreSettings,
            optimizer: StackedAdamW, width_multiple: int, prepared: Sequence | None = None,
-           position_pad: int | None = None) -> Iterator[_Step]:
+           position_pad: int | None = None) -> Iterator[Step]:
     """The stacked steps of N jobs (ids, seed): tick t holds every job's t-th batch. `prepared`: per
     job, a Future of its batches (`BatchPreparer`) or None (drawn here). `position_pad`: the model's
     padding index for RoBERTa-like position ids (None: BERT's absolute positions)."""
@@ -330,8 +330,8 @@ def _flat_layout(parts: Sequence[tuple | None], attentions: Sequence[np.ndarray 
 
 
 def _flat_step(items: Sequence[Batch | None], n: int, rows: int, width: int, pad_id: int, position_pad: int | None,
-               multiple: int, scalars: torch.Tensor) -> _Step:
-    """Lay N models' batches out flat (see `_Step`). `pad_id`: the tokenizer's; `position_pad`: the
+               multiple: int, scalars: torch.Tensor) -> Step:
+    """Lay N models' batches out flat (see `Step`). `pad_id`: the tokenizer's; `position_pad`: the
     model's padding index of RoBERTa-like position ids, or None for absolute positions."""
     parts = [None if item is None else _flat_rows(item.input_ids, item.attention, position_pad) for item in items]
     ids, positions, to_padded, to_flat, attention, tokens = _flat_layout(
@@ -357,14 +357,14 @@ def _flat_step(items: Sequence[Batch | None], n: int, rows: int, width: int, pad
             index[j, : len(at)] = at
             targets[j, : len(at)] = lab
             weights[j, : len(at)] = 1.0 / len(at)
-    return _Step(*(torch.from_numpy(a) for a in (ids, positions, to_padded, to_flat, attention, index, targets,
+    return Step(*(torch.from_numpy(a) for a in (ids, positions, to_padded, to_flat, attention, index, targets,
                                                    weights)), scalars, tokens)
 
 
 def flat_rows_step(rows_per_model: Sequence[Sequence[list[int]]], pad_id: int, position_pad: int | None,
-                   multiple: int) -> _Step:
+                   multiple: int) -> Step:
     """Unmasked rows of N models (token id lists; a model may have none) in the flat layout, for
-    inference: a `_Step` with no masked tokens and no optimizer scalars."""
+    inference: a `Step` with no masked tokens and no optimizer scalars."""
     n = len(rows_per_model)
     rows = max([len(r) for r in rows_per_model] + [1])
     width = _round_up(max([len(row) for r in rows_per_model for row in r] + [1]), multiple)
@@ -384,11 +384,11 @@ def flat_rows_step(rows_per_model: Sequence[Sequence[list[int]]], pad_id: int, p
     ids, positions, to_padded, to_flat, attention, tokens = _flat_layout(
         parts, attentions, n, rows, width, pad_id, position_pad, multiple)
     empty = np.zeros((n, 0), dtype=np.int64)
-    return _Step(*(torch.from_numpy(a) for a in (ids, positions, to_padded, to_flat, attention, empty, empty,
+    return Step(*(torch.from_numpy(a) for a in (ids, positions, to_padded, to_flat, attention, empty, empty,
                                                    empty.astype(np.float32))), None, tokens)
 
 
-def _prefetched(iterator: Iterator, depth: int, transform=None) -> Iterator:
+def prefetched(iterator: Iterator, depth: int, transform=None) -> Iterator:
     """Run `iterator` (and `transform` on each item) in a background thread, `depth` items ahead."""
     if depth <= 0:
         yield from (transform(x) if transform else x for x in iterator)

@@ -7,17 +7,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from ..execute import StopRequests
-from ..scoring import EvalContext, SeedTask, resolve_device, run_task
-from ..store import SeedScore
+from ..devices import resolve_device
+from ..tasks import EvalContext, SeedScore, SeedTask, StopRequests
 from .batches import BatchPreparer
 from .options import EngineOptions, supports
 from .packing import auto_pack_size, plan_units
-from .stages import SizeCache, _svm, _train_group, _train_pack, _Trained, task_jobs
+from .stages import SizeCache, Trained, svm_score, task_jobs, train_group, train_pack
 
 
 class BatchedExecutor(StopRequests):
-    """`execute.InProcessExecutor`'s interface: `run(context, tasks)` yields (task, SeedScore).
+    """The `tasks.Executor` protocol over the batched engine: `run(context, tasks, batch)` yields
+    (task, SeedScore).
 
     Without packing, tasks are grouped by (pruned set, dataset) and each group's seeds are trained
     together (`score_seeds_batched`), physically pruned: each `adjust_seconds` is the wall time of
@@ -26,9 +26,13 @@ class BatchedExecutor(StopRequests):
     `options.pack_models` models (`score_pack`): far larger batches for the GPU, the same scores
     (statistically: dropout streams depend on the pack), but `adjust_seconds` is then a pack's
     shared time. The SVMs run in background threads while the next stack trains. Models the engine
-    does not support go through the reference `scoring.run_task`."""
+    does not support go through the context's own (reference) computation.
+
+    Its units are planned over the whole batch (`plans_batch`): which seeds and candidates train
+    together decides their dropout streams, hence their scores."""
 
     name = "batched"
+    plans_batch = True
 
     def __init__(self, options: EngineOptions = EngineOptions()):
         self.options = options
@@ -55,14 +59,14 @@ class BatchedExecutor(StopRequests):
             for task in tasks:
                 if self.stop_requested:
                     return
-                yield task, run_task(context, task)
+                yield task, context.compute(task)
             return
         wanted = set(tasks)
         sizes = self.sizes(context.base_model)
         pending: list[tuple[SeedTask, Future]] = []
         with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
             for group, trained in self._trained(context, tasks, wanted, batch, device, sizes):
-                pending += [(task, pool.submit(_svm, trained, k, context.settings, device))
+                pending += [(task, pool.submit(svm_score, trained, k, context.settings, device))
                             for k, task in enumerate(group) if task in wanted]
                 while pending and pending[0][1].done():  # hand over what is ready, in order
                     task, future = pending.pop(0)
@@ -71,7 +75,7 @@ class BatchedExecutor(StopRequests):
                 yield task, future.result()
 
     def _trained(self, context: EvalContext, tasks: Sequence[SeedTask], wanted: set, batch: Sequence[SeedTask] | None,
-                 device: torch.device, sizes: SizeCache) -> Iterator[tuple[list[SeedTask], _Trained]]:
+                 device: torch.device, sizes: SizeCache) -> Iterator[tuple[list[SeedTask], Trained]]:
         """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
         in the preparer's processes while this one trains. `wanted`: set(tasks)."""
         settings = context.settings
@@ -92,12 +96,12 @@ class BatchedExecutor(StopRequests):
                 yield from self._train_pack_fitting(context, unit, prepared, device, sizes, wanted)
             else:
                 ids, labels = context.datasets[unit[0].dataset]
-                yield unit, _train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
+                yield unit, train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
                                          [t.seed for t in unit], settings, device, self.options, sizes=sizes,
                                          prepared=prepared)
 
     def _train_pack_fitting(self, context: EvalContext, pack: list[SeedTask], prepared: list, device: torch.device,
-                            sizes: SizeCache, wanted: set) -> Iterator[tuple[list[SeedTask], _Trained]]:
+                            sizes: SizeCache, wanted: set) -> Iterator[tuple[list[SeedTask], Trained]]:
         """A pack, in parts of at most the size known to fit: a part that runs out of GPU memory is
         halved (and so are the parts after it), as the memory estimate of `auto_pack_size` is rough.
         A part with no task of `wanted` (all stored) is not trained."""
@@ -110,7 +114,7 @@ class BatchedExecutor(StopRequests):
                 continue
             trained = None
             try:
-                trained = _train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
+                trained = train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
                                       device, self.options, sizes, prepared=prepared[start:start + cap])
             except torch.cuda.OutOfMemoryError:
                 if len(part) == 1:
@@ -136,11 +140,3 @@ class BatchedExecutor(StopRequests):
         if self._prep is not None:
             self._prep.close()
             self._prep = None
-
-
-def default_executor(device: str | torch.device = "auto", options: EngineOptions = EngineOptions()):
-    """The executor for a device: `BatchedExecutor` on CUDA, the reference `InProcessExecutor` otherwise."""
-    from ..execute import InProcessExecutor
-
-    resolved = device if isinstance(device, torch.device) else resolve_device(str(device))
-    return BatchedExecutor(options) if resolved.type == "cuda" else InProcessExecutor()

@@ -10,8 +10,9 @@ import torch
 
 from ..data import split_halves
 from ..models import count_parameters
-from ..scoring import ScoreSettings, SeedTask
+from ..settings import ScoreSettings
 from ..surgery import encoder_layers
+from ..tasks import SeedTask
 from .options import EngineOptions, Head
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..surgery import encoder_layers
-from .batches import _Step
+from .batches import Step
 from .options import Head, supports
 
 
@@ -249,7 +249,7 @@ class StackedMLM:
             out = torch.where(on.view(n, 1, 1), out, inputs)
         return out
 
-    def encode_flat(self, step: _Step, training: bool, on_layer=None) -> torch.Tensor:
+    def encode_flat(self, step: Step, training: bool, on_layer=None) -> torch.Tensor:
         """The last layer's output in the flat layout (N, T, H); `on_layer(i, x)`, if given, sees
         every layer's output (flat) as it is computed."""
         n, b, length = step.attention.shape
@@ -261,7 +261,7 @@ class StackedMLM:
                 on_layer(i, x)
         return x
 
-    def mlm_loss(self, step: _Step, training: bool = True) -> torch.Tensor:
+    def mlm_loss(self, step: Step, training: bool = True) -> torch.Tensor:
         """Sum over models of each model's mean MLM loss on one step (flat layout): logits only at the
         masked tokens (`step.index`, flat positions; `step.targets` their ids, -100 for padding;
         `step.weights` 1/count per model, 0 for padding)."""

@@ -14,10 +14,11 @@ import torch
 
 from ..data import split_halves
 from ..models import count_parameters
-from ..scoring import ScoreSettings, SeedTask, saved_size
-from ..store import SeedScore
+from ..scoring import saved_size
+from ..settings import ScoreSettings
 from ..surgery import prune_heads
-from .batches import _prefetched, _steps, flat_rows_step
+from ..tasks import SeedScore, SeedTask
+from .batches import flat_rows_step, prefetched, training_steps
 from .optim import StackedAdamW
 from .options import EngineOptions, Head, group_seed
 from .stack import StackedMLM
@@ -42,9 +43,9 @@ def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[
     depth = options.prefetch if options.prefetch is not None else (4 if device.type == "cuda" else 0)
     transform = (lambda s: s.pin()) if device.type == "cuda" else None
     tokens = steps = 0
-    ticks = _steps(tokenizer, jobs, settings, optimizer, options.width_multiple, prepared,
+    ticks = training_steps(tokenizer, jobs, settings, optimizer, options.width_multiple, prepared,
                    stack.pad_token_id if stack.roberta_positions else None)
-    for step in _prefetched(ticks, depth, transform):
+    for step in prefetched(ticks, depth, transform):
         tokens += step.tokens
         steps += 1
         step = step.to(device)
@@ -145,7 +146,7 @@ def svm_f1_precomputed(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int,
 
 
 @dataclass
-class _Trained:
+class Trained:
     """What one stack's GPU stage leaves for the SVM stage (one entry per model)."""
 
     features: list[np.ndarray]
@@ -175,9 +176,9 @@ class SizeCache:
         return self._sizes[key]
 
 
-def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options,
+def train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options,
                  stats: dict | None = None, sizes: SizeCache | None = None, prepared: Sequence | None = None
-                 ) -> _Trained:
+                 ) -> Trained:
     model = copy.deepcopy(base_model)
     pruned = list(pruned)
     if pruned:
@@ -203,7 +204,7 @@ def _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, de
     if stats is not None:
         stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
     n = len(seeds)
-    return _Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, [tuple(pruned)] * n, sizes)
+    return Trained(feats, [labels[split[1]] for split in splits], list(seeds), seconds, [tuple(pruned)] * n, sizes)
 
 
 def task_jobs(datasets: dict, tasks: Sequence[SeedTask]) -> list[tuple[list[list[int]], int]]:
@@ -212,9 +213,9 @@ def task_jobs(datasets: dict, tasks: Sequence[SeedTask]) -> list[tuple[list[list
             for t in tasks]
 
 
-def _train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask], settings: ScoreSettings,
+def train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask], settings: ScoreSettings,
                 device: torch.device, options: EngineOptions, sizes: SizeCache,
-                stats: dict | None = None, prepared: Sequence | None = None) -> _Trained:
+                stats: dict | None = None, prepared: Sequence | None = None) -> Trained:
     """Models of different pruned sets (and datasets) trained together in one masked stack."""
     splits = [split_halves(datasets[t.dataset][1], t.seed) for t in tasks]
     stack = StackedMLM.masked(base_model, [t.pruned for t in tasks], device)
@@ -226,11 +227,11 @@ def _train_pack(base_model, tokenizer, datasets: dict, tasks: Sequence[SeedTask]
     if stats is not None:
         stats["features_seconds"] = stats.get("features_seconds", 0.0) + time.perf_counter() - start_features
         stats["adjust_seconds"] = stats.get("adjust_seconds", 0.0) + seconds
-    return _Trained(feats, [datasets[t.dataset][1][split[1]] for t, split in zip(tasks, splits)],
+    return Trained(feats, [datasets[t.dataset][1][split[1]] for t, split in zip(tasks, splits)],
                     [t.seed for t in tasks], seconds, [tuple(t.pruned) for t in tasks], sizes)
 
 
-def _svm(trained: _Trained, k: int, settings: ScoreSettings, device: torch.device) -> SeedScore:
+def svm_score(trained: Trained, k: int, settings: ScoreSettings, device: torch.device) -> SeedScore:
     x, y, seed = trained.features[k], trained.labels[k], trained.seeds[k]
     if device.type == "cuda":  # a side stream: copying a Gram matrix back must not wait for the training
         with torch.cuda.stream(torch.cuda.Stream(device)):
@@ -255,8 +256,8 @@ def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.
     "features_seconds" and "svm_seconds" (wall times of the whole group)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
     seeds = [int(s) for s in seeds]
-    trained = _train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options, stats)
-    return _svms(trained, settings, device, options, stats)
+    trained = train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options, stats)
+    return svm_scores(trained, settings, device, options, stats)
 
 
 def score_pack(base_model, tokenizer, datasets: dict[str, tuple[list[list[int]], np.ndarray]],
@@ -267,20 +268,20 @@ def score_pack(base_model, tokenizer, datasets: dict[str, tuple[list[list[int]],
     stack (`StackedMLM.masked`). Each model computes what `score_seeds_batched` computes for its
     task; every `adjust_seconds` is the pack's shared wall time. `datasets`: name -> (ids, labels)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
-    trained = _train_pack(base_model, tokenizer, datasets, list(tasks), settings, device, options,
+    trained = train_pack(base_model, tokenizer, datasets, list(tasks), settings, device, options,
                           sizes or SizeCache(base_model), stats)
-    return _svms(trained, settings, device, options, stats)
+    return svm_scores(trained, settings, device, options, stats)
 
 
-def _svms(trained: _Trained, settings: ScoreSettings, device: torch.device, options: EngineOptions,
+def svm_scores(trained: Trained, settings: ScoreSettings, device: torch.device, options: EngineOptions,
           stats: dict | None) -> list[SeedScore]:
     start = time.perf_counter()
     n = len(trained.seeds)
     if options.svm_workers > 1 and n > 1:
         with ThreadPoolExecutor(min(options.svm_workers, n)) as pool:
-            scores = list(pool.map(lambda k: _svm(trained, k, settings, device), range(n)))
+            scores = list(pool.map(lambda k: svm_score(trained, k, settings, device), range(n)))
     else:
-        scores = [_svm(trained, k, settings, device) for k in range(n)]
+        scores = [svm_score(trained, k, settings, device) for k in range(n)]
     if stats is not None:
         stats["svm_seconds"] = stats.get("svm_seconds", 0.0) + time.perf_counter() - start
     return scores

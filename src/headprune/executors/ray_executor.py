@@ -1,9 +1,8 @@
-"""Where evaluations run. `InProcessExecutor` runs them one after another in this process;
-`RayExecutor` runs them as Ray tasks (a local Ray instance or a cluster).
+"""`RayExecutor`: evaluations as Ray tasks (a local Ray instance or a cluster), one per SeedTask
+(the reference loop) or one per unit of the batched engine (a pack, or one candidate's seeds).
 
-An executor gets an `EvalContext` and a list of `SeedTask`s and yields `(task, score)` pairs as they
-complete. It never touches the results store: the caller (`Scorer.run`) writes every score the
-moment it arrives, so resuming after an interruption works the same for every executor."""
+Like every executor (`tasks.Executor`) it yields `(task, score)` pairs as they complete and never
+touches the results store: the caller writes every score the moment it arrives."""
 
 from __future__ import annotations
 
@@ -12,35 +11,11 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
-from .errors import HeadpruneError
-from .scoring import EvalContext, SeedTask, run_task
-from .store import SeedScore
+from ..errors import HeadpruneError
+from ..scoring import run_task
+from ..tasks import EvalContext, SeedScore, SeedTask, StopRequests
 
 RAY_MISSING = "the Ray executor needs the extra: pip install 'headprune[ray]'"
-
-
-class StopRequests:
-    """`request_stop()`: finish what is in flight, start nothing new (the caller's time limit)."""
-
-    stop_requested = False
-
-    def request_stop(self) -> None:
-        self.stop_requested = True
-
-
-class InProcessExecutor(StopRequests):
-    """Runs each task here, in order; results are yielded (and stored by the caller) one by one."""
-
-    name = "in-process"
-
-    def run(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None = None
-            ) -> Iterator[tuple[SeedTask, SeedScore]]:
-        """Scores of `tasks`; `batch` (the whole request, see `engine.plan_units`) changes nothing
-        here: every task is computed on its own."""
-        for task in tasks:
-            if self.stop_requested:
-                return
-            yield task, run_task(context, task)
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -119,7 +94,7 @@ def _evaluate(
         device = "cuda"  # Ray set CUDA_VISIBLE_DEVICES to this task's GPU
     base_model, tokenizer = _fetch(model_key, model_ref, prepare=lambda value: _register_output_capture(value[0]))
     data = _fetch(data_key, data_ref)
-    context = EvalContext(base_model, tokenizer, {dataset: data}, settings, device)
+    context = EvalContext(base_model, tokenizer, {dataset: data}, settings, device, score=function)
     try:
         return function(context, task)
     finally:
@@ -148,14 +123,14 @@ def _evaluate_unit(
     import ray
     import torch
 
-    from .engine import BatchedExecutor
+    from ..engine import BatchedExecutor
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     device = "cuda" if use_gpu and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     base_model, tokenizer = _fetch(model_key, model_ref, prepare=lambda value: _register_output_capture(value[0]))
     datasets = {name: _fetch(data_keys[name], data_refs[name]) for name in data_keys}
-    context = EvalContext(base_model, tokenizer, datasets, settings, device)
+    context = EvalContext(base_model, tokenizer, datasets, settings, device, score=run_task)
     executor = _UNIT_EXECUTORS.setdefault(options, BatchedExecutor(options))
     try:
         return list(executor.run(context, tasks, batch=unit))
@@ -216,7 +191,7 @@ class RayExecutor(StopRequests):
             raise HeadpruneError(f"Ray executor: engine must be reference, batched or auto, got '{engine}'")
         self.engine = engine
         if engine_options is None:
-            from .engine import EngineOptions
+            from ..engine import EngineOptions
 
             engine_options = EngineOptions()
         self.engine_options = engine_options
@@ -287,6 +262,11 @@ class RayExecutor(StopRequests):
             return None
         return "batched-packed" if self.engine_options.pack else "batched"
 
+    @property
+    def plans_batch(self) -> bool:
+        """The batched engine's units are planned over the whole batch (see `engine.plan_units`)."""
+        return self.batched()
+
     # -------------------------------------------------------------- running
     def run(self, context: EvalContext, tasks: Sequence[SeedTask], batch: Sequence[SeedTask] | None = None
             ) -> Iterator[tuple[SeedTask, SeedScore]]:
@@ -347,7 +327,7 @@ class RayExecutor(StopRequests):
         """The batched engine's units as Ray tasks, a whole GPU each (none on a CPU cluster)."""
         import dataclasses
 
-        from .engine import plan_units
+        from ..engine import plan_units
 
         ray = self.ray
         gpus = 1.0 if self._gpu_share(str(context.device)) > 0 else 0.0
@@ -432,4 +412,4 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-__all__ = ["RAY_MISSING", "InProcessExecutor", "RayExecutor"]
+__all__ = ["RAY_MISSING", "RayExecutor"]

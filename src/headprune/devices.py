@@ -1,0 +1,41 @@
+"""The device a run computes on, and what makes its numbers reproducible there."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import HeadpruneError
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise HeadpruneError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise HeadpruneError(f"--device {device}: CUDA is not available on this machine")
+    return resolved
+
+
+def reproducible(device: torch.device, on: bool = True) -> None:
+    """On CUDA: deterministic kernels (a fixed cuBLAS workspace, `torch.use_deterministic_algorithms`,
+    warn-only where an operation has none), so that the same configuration and seeds give the same
+    numbers on the same GPU; call it before the first CUDA work. On CPU a no-op (already deterministic)."""
+    if device.type != "cuda":
+        return
+
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    # Deterministic mode also fills every new uninitialised tensor (NaN), an extra write of each
+    # buffer: a guard for code that reads memory it never wrote, which nothing here does (every
+    # batch, index and padding slot is written), so it would only cost bandwidth.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+__all__ = ["reproducible", "resolve_device"]

@@ -1,0 +1,57 @@
+"""Where evaluations run, behind the one contract of `tasks.Executor`: in this process
+(`InProcessExecutor`), in worker processes (`ProcessExecutor`), on the batched engine
+(`engine.BatchedExecutor`) or on Ray (`RayExecutor`). `make_executor` is the one factory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..devices import resolve_device
+from ..tasks import Executor
+from .local import InProcessExecutor, ProcessExecutor
+from .ray_executor import RAY_MISSING, RayExecutor
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def make_executor(config: Config, stage: str = "step2") -> Executor:
+    """The executor of a stage ("step1", "step2", "generalization").
+
+    Step 1: its finetunings in `step1.workers` processes (0: 6 on a GPU, where one batch-16
+    finetuning cannot fill it, 1 on CPU), else here.
+
+    `run.engine`: "reference" (the reference loop), "batched" (the batched engine) or "auto" (the
+    batched engine on CUDA, the reference loop otherwise). With the batched engine, Step 2 packs
+    different candidates into one masked stack (`run.pack`); the generalization check never does,
+    so that each chosen model's adjusting time is its own (Table 14). `run.executor = "ray"`: on
+    Ray, where `run.engine` chooses what a Ray task is (one evaluation, or one unit of the engine)."""
+    from ..engine import BatchedExecutor, EngineOptions
+
+    if stage == "step1":
+        workers = config.step1.workers or (6 if _device(config).type == "cuda" else 1)
+        return ProcessExecutor(workers) if workers > 1 else InProcessExecutor()
+    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
+    if config.run.executor == "ray":
+        return RayExecutor(
+            address=config.run.address or None,
+            num_gpus_per_task=config.run.ray_gpus_per_task,
+            max_retries=config.run.ray_max_retries,
+            engine=config.run.engine,
+            engine_options=options,
+            device=config.run.device,
+        )
+    engine = config.run.engine
+    if engine == "auto":
+        engine = "batched" if _device(config).type == "cuda" else "reference"
+    return BatchedExecutor(options) if engine == "batched" else InProcessExecutor()
+
+
+def _device(config: Config) -> torch.device:
+    device = config.run.device
+    return device if isinstance(device, torch.device) else resolve_device(str(device))
+
+
+__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "make_executor"]

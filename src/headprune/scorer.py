@@ -1,0 +1,219 @@
+"""The scorer: every evaluation through the results store first, an executor for the rest.
+
+`run_stored` is the one loop for every kind of task (Step 2's and the generalization's SeedTasks,
+Step 1's finetunings): look each task up, hand only the missing ones to the executor, write each
+result the moment it arrives, stop starting work past the deadline. `Scorer` applies it to
+PRUN_ADJ_EVAL scores and is the batch evaluator of the searches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import BaseModel
+from .data import Dataset, check_enough_per_class, load_dataset
+from .errors import Stopped, past
+from .executors.local import InProcessExecutor
+from .scoring import encode, run_task
+from .settings import ScoreSettings
+from .store import ResultStore
+from .tasks import EvalContext, Executor, Head, SeedScore, SeedTask
+
+
+def run_stored(
+    tasks: Sequence[Hashable],
+    lookup: Callable[[Hashable], object | None],
+    put: Callable[[Hashable, object], None],
+    executor: Executor,
+    make_context: Callable[[list], object],
+    deadline: float | None = None,
+    on_result: Callable[[Hashable, object, bool], None] | None = None,
+    what: str = "results",
+) -> dict:
+    """Results of every task (duplicates once): stored ones from `lookup`, the missing ones from
+    `executor` (each `put` the moment it arrives). `on_result(task, result, from_store)` for each.
+
+    An executor that `plans_batch` is handed the whole batch, stored tasks included (which tasks
+    train together decides their scores; a resumed run must train the groups an uninterrupted one
+    would). Past `deadline` (`time.monotonic()`) nothing new starts: the executor is asked to stop
+    after what is in flight and `errors.Stopped` is raised, every finished result being stored."""
+    batch = list(dict.fromkeys(tasks))
+    results: dict = {}
+    missing = []
+    for task in batch:
+        stored = lookup(task)
+        if stored is None:
+            missing.append(task)
+            continue
+        results[task] = stored
+        if on_result:
+            on_result(task, stored, True)
+    if not missing:
+        return results
+    if past(deadline):
+        raise Stopped(f"time limit reached; {len(results)} of {len(batch)} {what} are in the store")
+    executor.clear_stop()
+    context = make_context(batch)
+    for task, result in executor.run(context, missing, batch=batch if executor.plans_batch else None):
+        put(task, result)
+        results[task] = result
+        if on_result:
+            on_result(task, result, False)
+        if past(deadline):
+            executor.request_stop()  # finish what is in flight, then stop
+    if len(results) < len(batch):
+        raise Stopped(f"time limit reached; {len(results)} of {len(batch)} {what} are in the store")
+    return results
+
+
+@dataclass
+class ScoreResult:
+    """The scores of one pruned model on one dataset, one per seed."""
+
+    dataset: str
+    pruned: list[Head]
+    seeds: list[int]
+    scores: list[float]
+    adjust_seconds: list[float]
+    n_params: int
+    size_bytes: int
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores, ddof=1)) if len(self.scores) > 1 else 0.0
+
+
+
+class Scorer:
+    """Scores pruned models through the results store; only missing per-seed scores are computed.
+
+    `evaluate(requests)` is the batch evaluator of the search layer: [(pruned set, dataset)] ->
+    mean F1 over `seeds`."""
+
+    def __init__(
+        self,
+        base: BaseModel,
+        store: ResultStore,
+        settings: ScoreSettings = ScoreSettings(),
+        seeds: Sequence[int] = (1,),
+        data_dir=None,
+        text_column: str = "tweet",
+        label_column: str = "class",
+        device: str = "auto",
+        executor=None,
+        on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
+        sources: dict[str, str] | None = None,
+        loader: Callable[[str], Dataset] | None = None,
+        deadline: float | None = None,
+    ):
+        self.base = base
+        self.store = store
+        self.settings = settings
+        self.seeds = list(seeds)
+        self.data_dir = data_dir
+        self.text_column = text_column
+        self.label_column = label_column
+        self.device = device
+        self.executor: Executor = executor or InProcessExecutor()
+        self.on_result = on_result
+        self.sources = dict(sources or {})  # display name -> bundled name or file path
+        self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
+        self.deadline = deadline  # time.monotonic(): past it, start nothing new and raise errors.Stopped
+        self._datasets: dict[str, Dataset] = {}
+        self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
+        self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
+        tag = self.executor.store_tag
+        if tag:
+            # The batched engine draws other dropout masks (equal only statistically): its scores are
+            # kept apart from the reference loop's, whose keys stay as they were.
+            self.settings_key["engine"] = tag
+
+    # -------------------------------------------------------------- data
+    def dataset(self, name: str) -> Dataset:
+        if name not in self._datasets:
+            if self.loader is not None:
+                ds = self.loader(name)
+            else:
+                ds = load_dataset(
+                    self.sources.get(name, name),
+                    text_column=self.text_column,
+                    label_column=self.label_column,
+                    data_dir=self.data_dir,
+                )
+            check_enough_per_class(ds, self.settings.n_folds)
+            self._datasets[name] = ds
+            self._encoded[name] = (encode(self.base.tokenizer, ds.texts, self.settings_key["max_length"]), ds.labels)
+        return self._datasets[name]
+
+    def context(self, names: Iterable[str]) -> EvalContext:
+        for name in names:
+            self.dataset(name)
+        return EvalContext(self.base.model, self.base.tokenizer, {n: self._encoded[n] for n in names}, self.settings,
+                           self.device, score=run_task)
+
+    # -------------------------------------------------------------- store
+    def key(self, task: SeedTask) -> str:
+        return self.store.score_key(
+            self.base.fingerprint, task.pruned, self.dataset(task.dataset).content_hash, task.seed, self.settings_key
+        )
+
+    def lookup(self, task: SeedTask) -> SeedScore | None:
+        return self.store.get_score(self.key(task))
+
+    def tasks_for(
+        self, requests: Sequence[tuple[Iterable[Head], str]], seeds: Sequence[int] | None = None
+    ) -> list[SeedTask]:
+        seeds = self.seeds if seeds is None else list(seeds)
+        out: list[SeedTask] = []
+        for pruned, name in requests:
+            canonical = tuple(sorted((int(l), int(h)) for l, h in pruned))
+            out += [SeedTask(canonical, name, s) for s in seeds]
+        return out
+
+    def run(self, tasks: Sequence[SeedTask]) -> dict[SeedTask, SeedScore]:
+        """Stored scores for every task, computing (and storing at once) only the missing ones."""
+
+        def put(task: SeedTask, score: SeedScore) -> None:
+            self.store.put_score(
+                self.key(task),
+                model=self.base.fingerprint,
+                pruned=task.pruned,
+                dataset=task.dataset,
+                dataset_hash=self.dataset(task.dataset).content_hash,
+                seed=task.seed,
+                settings=self.settings_key,
+                score=score,
+            )
+
+        return run_stored(tasks, self.lookup, put, self.executor,
+                          lambda batch: self.context(sorted({t.dataset for t in batch})),
+                          deadline=self.deadline, on_result=self.on_result, what="scores of this batch")
+
+    def score(self, pruned: Iterable[Head], dataset: str, seeds: Sequence[int] | None = None) -> ScoreResult:
+        tasks = self.tasks_for([(pruned, dataset)], seeds)
+        results = self.run(tasks)
+        scores = [results[t] for t in tasks]
+        return ScoreResult(
+            dataset=dataset,
+            pruned=list(tasks[0].pruned),
+            seeds=[t.seed for t in tasks],
+            scores=[s.f1 for s in scores],
+            adjust_seconds=[s.adjust_seconds for s in scores],
+            n_params=scores[0].n_params,
+            size_bytes=scores[0].size_bytes,
+        )
+
+    def evaluate(self, requests: Sequence[tuple[Iterable[Head], str]]) -> list[float]:
+        tasks = self.tasks_for(requests)
+        results = self.run(tasks)
+        n = len(self.seeds)
+        return [float(np.mean([results[t].f1 for t in tasks[i * n : (i + 1) * n]])) for i in range(len(requests))]
+
+
+__all__ = ["ScoreResult", "Scorer", "run_stored"]

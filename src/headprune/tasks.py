@@ -1,0 +1,123 @@
+"""The contract between whoever asks for evaluations and whoever runs them.
+
+A *task* is one unit of work named by what determines it (hashable, so the store and the executors
+can key by it): `SeedTask`, one seed of PRUN_ADJ_EVAL for a pruned set on a dataset (Step 2 and the
+generalization check), or `ImportanceTask`, one Step 1 finetuning of a dataset with a seed. A
+*context* holds what every task of a batch needs (the base model, tokenized datasets, settings) and
+computes one task: `context.compute(task)`. An *executor* runs a batch of tasks of one context and
+yields `(task, result)` pairs as they complete; it never touches the results store (the caller
+writes every result the moment it arrives, `scorer.run_stored`), so resuming after an interruption
+works the same for every executor.
+
+The executor's capabilities are declared attributes (`Executor`), never guessed:
+- `store_tag`: None when its scores equal the reference loop's; otherwise the `engine` entry of their
+  store keys (the batched engine draws other dropout masks, so its scores are kept apart);
+- `plans_batch`: whether which tasks train together (hence their scores) depends on the whole batch
+  they belong to; such an executor is handed the whole batch, stored tasks included, so that a
+  resumed run trains the groups an uninterrupted one would;
+- stop requests (`StopRequests`): `request_stop()` makes it finish what is in flight and start
+  nothing new (the caller's time limit); `clear_stop()` before a new batch.
+
+This module imports nothing of headprune's but the settings: every other module may depend on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .settings import ScoreSettings
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    """One evaluation: a pruned set (sorted (layer, head) pairs) on a dataset with a seed."""
+
+    pruned: tuple[Head, ...]
+    dataset: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class SeedScore:
+    """One seed's result of PRUN_ADJ_EVAL."""
+
+    f1: float
+    adjust_seconds: float
+    n_params: int
+    size_bytes: int
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ImportanceTask:
+    """One Step 1 finetuning (Algorithm 1): a dataset (by name in its context) with a seed."""
+
+    dataset: str
+    seed: int
+
+
+class Context(Protocol):
+    """What an executor needs to compute any task of one batch."""
+
+    def compute(self, task: Any) -> Any: ...
+
+
+@dataclass
+class EvalContext:
+    """What a worker needs to run SeedTasks: the base model, the tokenized datasets ({name: (token
+    ids, labels)}), the settings, the device, and `score`, the function computing one task (the
+    reference `scoring.run_task` unless a caller says otherwise; a module-level function, so that
+    the context can travel to worker processes)."""
+
+    base_model: Any
+    tokenizer: Any
+    datasets: dict[str, tuple[list[list[int]], np.ndarray]]
+    settings: ScoreSettings
+    device: Any = "auto"
+    score: Callable[[EvalContext, SeedTask], SeedScore] | None = None
+
+    def compute(self, task: SeedTask) -> SeedScore:
+        if self.score is None:
+            raise RuntimeError("this EvalContext has no `score` function")
+        return self.score(self, task)
+
+
+class StopRequests:
+    """`request_stop()`: finish what is in flight, start nothing new (the caller's time limit)."""
+
+    stop_requested = False
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def clear_stop(self) -> None:
+        self.stop_requested = False
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs the tasks of one context; see the module docstring for the declared capabilities."""
+
+    name: str
+    store_tag: str | None
+    plans_batch: bool
+
+    def run(self, context: Any, tasks: Sequence[Any], batch: Sequence[Any] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
+        """`(task, result)` for every task of `tasks`, as they complete. `batch`: the whole request
+        `tasks` belong to, stored tasks included (only an executor with `plans_batch` looks at it)."""
+        ...
+
+    def request_stop(self) -> None: ...
+
+    def clear_stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+__all__ = ["Context", "EvalContext", "Executor", "Head", "ImportanceTask", "SeedScore", "SeedTask", "StopRequests"]
