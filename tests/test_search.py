@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from headprune.errors import HeadpruneError
-from headprune.search import h1_search, h2_search, h3_search, k_values_from, rank_models, run_searches
+from headprune.search import (
+    H1Strategy,
+    H2Strategy,
+    H3Strategy,
+    Request,
+    h1_search,
+    h2_search,
+    h3_search,
+    k_values_from,
+    rank_models,
+    run_strategies,
+)
 
 
 def heads(*indices: int) -> frozenset[tuple[int, int]]:
@@ -249,57 +260,145 @@ def test_bad_group_size_and_bad_evaluator_are_reported():
         h3_search(ORDER4, ["X", "X"], Stub({}))
 
 
-# ----------------------------------------------------------------------------- searches at once
+# ----------------------------------------------------------------------------- strategies (ask/tell)
 
 
-def test_run_searches_merges_rounds_and_gives_the_sequential_results():
-    """H1, H2 and H3 run together: every round is one evaluator call holding each waiting search's
-    requests, and each search returns what it returns alone."""
+class Scores(Stub):
+    """Any request: a deterministic made-up score."""
 
-    class Scores(Stub):  # any request: a deterministic made-up score
-        def __init__(self):
-            super().__init__({})
+    def __init__(self):
+        super().__init__({})
 
-        def __call__(self, requests):
-            self.calls.append(list(requests))
-            return [0.5 + (sum(7 * (h + 1) for _, h in pruned) + 3 * (ds == "Y")) % 10 / 50 for pruned, ds in requests]
+    def __call__(self, requests):
+        self.calls.append(list(requests))
+        return [0.5 + (sum(7 * (h + 1) for _, h in pruned) + 3 * (ds == "Y")) % 10 / 50 for pruned, ds in requests]
 
-    searches = {
-        "H1": lambda ev: h1_search(ORDER4, ["X", "Y"], ev),
-        "H2": lambda ev: h2_search(ORDER4, ["X", "Y"], ev),
-        "H3": lambda ev: h3_search(ORDER4, ["X", "Y"], ev),
-    }
+
+STRATEGIES = {
+    "H1": (lambda: H1Strategy(ORDER4, ["X", "Y"]), lambda ev: h1_search(ORDER4, ["X", "Y"], ev)),
+    "H2": (lambda: H2Strategy(ORDER4, ["X", "Y"]), lambda ev: h2_search(ORDER4, ["X", "Y"], ev)),
+    "H3": (lambda: H3Strategy(ORDER4, ["X", "Y"]), lambda ev: h3_search(ORDER4, ["X", "Y"], ev)),
+    "H2 groups": (
+        lambda: H2Strategy([(0, h) for h in range(5)], ["X", "Y"], group_size=2),
+        lambda ev: h2_search([(0, h) for h in range(5)], ["X", "Y"], ev, group_size=2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_a_strategy_driven_by_hand_gives_the_search_result(name):
+    make, search = STRATEGIES[name]
+    stub = Scores()
+    expected = search(stub)
+    strategy, rounds = make(), []
+    while not strategy.done:
+        requests = strategy.ask()
+        assert strategy.ask() == requests  # asking again before telling repeats the round
+        rounds.append(requests)
+        strategy.tell(Scores()(requests))
+    assert rounds == stub.calls
+    assert all(isinstance(r, Request) for requests in rounds for r in requests)
+    assert strategy.result() == expected
+    assert list(strategy.result()) == list(expected)
+
+
+def test_the_cross_scoring_round_asks_identical_requests_once():
+    strategy = H3Strategy(ORDER4, ["X", "Y"])
+    rounds = []
+    while not strategy.done:
+        rounds.append(strategy.ask())
+        strategy.tell([1.0 if not pruned else 0.5 for pruned, _ in rounds[-1]])  # every step loses
+    assert rounds[-1] == [(frozenset(), "X"), (frozenset(), "Y")]  # both models are the complete one
+    assert strategy.result()["cross"] == {"X": {"X": 1.0, "Y": 1.0}, "Y": {"X": 1.0, "Y": 1.0}}
+
+
+def test_ask_after_done_is_empty_and_result_before_done_raises():
+    strategy = H1Strategy(ORDER4, ["X"])
+    with pytest.raises(RuntimeError, match="not done"):
+        strategy.result()
+    strategy.tell(Scores()(strategy.ask()))
+    assert strategy.done
+    assert strategy.ask() == []
+    with pytest.raises(RuntimeError, match="is done"):
+        strategy.tell([])
+
+
+def test_tell_with_the_wrong_number_of_scores_raises_and_keeps_the_round():
+    strategy = H3Strategy(ORDER4, ["X", "Y"])
+    requests = strategy.ask()
+    with pytest.raises(ValueError, match="told 1 scores for 2 requests"):
+        strategy.tell([0.5])
+    assert strategy.ask() == requests
+    assert not strategy.done
+
+
+def test_strategies_validate_their_arguments_when_made():
+    with pytest.raises(HeadpruneError, match="k_values"):
+        H1Strategy(ORDER4, ["X"], k_values=[4])
+    with pytest.raises(HeadpruneError, match="group_size"):
+        H2Strategy(ORDER4, ["X"], group_size=0)
+    with pytest.raises(HeadpruneError, match="more than once"):
+        H3Strategy(ORDER4, ["X", "X"])
+    with pytest.raises(HeadpruneError, match="order is empty"):
+        H3Strategy([], ["X"])
+
+
+@pytest.mark.parametrize("names", [["H1", "H2", "H3"], ["H3", "H2 groups", "H1", "H2"]])
+def test_run_strategies_merges_rounds_and_gives_the_sequential_results(names):
+    """Several strategies together: every round is one evaluator call holding each unfinished
+    strategy's requests in the order given, and each strategy returns what its search returns alone."""
     single = {}
     alone = {}
-    for name, search in searches.items():
+    for name in names:
         stub = Scores()
-        alone[name] = search(stub)
+        alone[name] = STRATEGIES[name][1](stub)
         single[name] = stub.calls
     merged = Scores()
-    together = run_searches(searches, merged)
+    together = run_strategies({name: STRATEGIES[name][0]() for name in names}, merged)
     assert together == alone
-    assert list(together) == ["H1", "H2", "H3"]
-    assert len(merged.calls) == max(len(c) for c in single.values())  # searches advance in lockstep
-    assert merged.calls[0] == single["H1"][0] + single["H2"][0] + single["H3"][0]
-    assert merged.calls[1] == single["H2"][1] + single["H3"][1]  # H1 is done after one round
+    assert list(together) == names
+    assert len(merged.calls) == max(len(c) for c in single.values())  # strategies advance in lockstep
+    for i, call in enumerate(merged.calls):
+        assert call == [request for name in names if i < len(single[name]) for request in single[name][i]]
+    if names == ["H1", "H2", "H3"]:
+        assert merged.calls[0] == single["H1"][0] + single["H2"][0] + single["H3"][0]
+        assert merged.calls[1] == single["H2"][1] + single["H3"][1]  # H1 is done after one round
     assert sum(len(c) for c in merged.calls) == sum(len(r) for c in single.values() for r in c)
 
 
-def test_run_searches_raises_an_evaluator_error_and_stops_every_search():
+def test_run_strategies_checks_the_evaluator_answers():
+    with pytest.raises(ValueError, match="returned 3 scores for 4 requests"):
+        run_strategies({"a": H2Strategy(ORDER4, ["X", "Y"]), "b": H2Strategy(ORDER4, ["X", "Y"])},
+                       lambda requests: [0.5] * 3)
+    nan_message = r"non-finite score for 1 request\(s\), e.g. \(frozenset\(\{\(0, 3\)\}\), 'Y'\)"
+    with pytest.raises(ValueError, match=nan_message):
+        run_strategies({"a": H2Strategy(ORDER4, ["X", "Y"])}, lambda requests: [0.5, float("nan")])
+
+
+def test_run_strategies_raises_an_evaluator_error():
     def failing(requests):
         raise HeadpruneError("the store is full")
 
-    searches = {n: (lambda ev: h2_search(ORDER4, ["X", "Y"], ev)) for n in ("a", "b", "c")}
+    strategies = {n: H2Strategy(ORDER4, ["X", "Y"]) for n in ("a", "b", "c")}
     with pytest.raises(HeadpruneError, match="store is full"):
-        run_searches(searches, failing)
+        run_strategies(strategies, failing)
 
 
-def test_run_searches_raises_a_search_error():
+def test_run_strategies_raises_a_strategy_error():
     stub = Stub(h2_table())
 
-    def broken(ev):
-        ev([(heads(3), "X")])
-        raise ValueError("bad search")
+    class Broken:
+        done = False
+
+        def ask(self):
+            return [Request(heads(3), "X")]
+
+        def tell(self, scores):
+            raise ValueError("bad search")
+
+        def result(self):
+            raise AssertionError("never reached")
 
     with pytest.raises(ValueError, match="bad search"):
-        run_searches({"ok": lambda ev: h2_search(ORDER4, ["X", "Y"], ev), "broken": broken}, stub)
+        run_strategies({"ok": H2Strategy(ORDER4, ["X", "Y"]), "broken": Broken()}, stub)
+    assert len(stub.calls) == 1

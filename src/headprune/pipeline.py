@@ -28,11 +28,11 @@ from .importance import ImportanceSettings, Order, criterion_for
 from .progress import RunProgress, format_seconds
 from .scorer import Scorer
 from .scoring import encode
-from .search import h1_search, h2_search, h3_search, k_values_from, run_searches
+from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
 from .settings import ScoreSettings
 from .store import ResultStore
 
-SEARCHES = {"H2": h2_search, "H3": h3_search}
+SEARCHES = {"H2": H2Strategy, "H3": H3Strategy}
 
 
 def default_cache_dir() -> Path:
@@ -349,7 +349,7 @@ class Pipeline:
         }
 
     def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer, summary: dict) -> dict:
-        """Every (order, strategy) search at once (`search.run_searches`): one executor call per
+        """Every (order, strategy) search at once (`search.run_strategies`): one executor call per
         round holds all their candidates."""
         chosen: dict[str, dict] = {"CM": {"pruned_heads": [], "n_pruned": 0, "strategy": None, "order": None}}
         n_heads = len(next(iter(orders.values())).ranked) if orders else 0
@@ -361,14 +361,9 @@ class Pipeline:
                           else self.config.step2.random_order_strategies)
             for strategy in strategies:
                 if strategy == "H1":
-                    ks = self._k_values(n_heads)
-                    searches[(name, strategy)] = (
-                        lambda ev, o=order, ks=ks: h1_search(o.ranked, datasets, ev, k_values=ks)
-                    )
+                    searches[(name, strategy)] = H1Strategy(order.ranked, datasets, k_values=self._k_values(n_heads))
                 else:
-                    searches[(name, strategy)] = (
-                        lambda ev, o=order, f=SEARCHES[strategy]: f(o.ranked, datasets, ev, group_size=group_size)
-                    )
+                    searches[(name, strategy)] = SEARCHES[strategy](order.ranked, datasets, group_size=group_size)
         if not searches:
             summary["chosen"] = chosen
             return chosen
@@ -376,7 +371,7 @@ class Pipeline:
         total = sum(stages[label]["evaluations"] for label in labels)  # every dataset about equally often
         self.progress.start_stage("Step 2: " + ", ".join(labels), total,
                                   total * float(np.mean([self.rows(ds) for ds in datasets])))
-        results = run_searches(searches, scorer.evaluate)
+        results = run_strategies(searches, scorer.evaluate)
         self.progress.set_total(self.progress.done)
         self.progress.end_stage()
         for (name, strategy), result in results.items():

@@ -1,16 +1,33 @@
 """Step 2: choose the pruned model (H1, H2, H3 and RANKING_MODELS, Algorithms 3, 5, 6 and 7).
 
-Searches never touch a model: they send batches of (pruned heads, dataset) requests to an
-`Evaluate` callable and decide from the mean F1 it returns. H1 sends every candidate in one
-batch; H2/H3 advance all datasets in lockstep (one request per dataset per step), so an
-executor can run a batch in parallel.
+Searches never touch a model. Each is an ask/tell strategy (as an Optuna study is: the strategy
+decides, the caller owns the loop): `ask()` returns the requests of its next round,
+`Request(pruned, dataset)`, and `tell(scores)` hands it their mean F1, same order; `done` says
+when it has nothing more to ask and `result()` is its summary.json entry. `run_strategies` drives
+many strategies without threads: each round it asks every unfinished one and answers all their
+requests with ONE `Evaluate` call (strategies in the order given), so an executor sees every
+order's and strategy's candidates together (a GPU fills, a cluster has work for every worker),
+and each strategy gets what it would get alone, since a score depends only on its request.
+Rounds: H1 asks every candidate at once; H3 first asks the complete model on every dataset;
+H2/H3 then ask one step of every dataset's walk per round (lockstep), then the cross-scoring
+batch (identical requests once). `h1_search`, `h2_search` and `h3_search` run one strategy.
+
+Racing (F-Race; not built) is a scheduler, not part of a strategy (Ray Tune's split of searcher
+and scheduler): it would implement the same protocol around a strategy and sit between it and
+`run_strategies`. A request's candidate is its pruned set: in H1's round and in the
+cross-scoring round the requests sharing `pruned` are one candidate's row for RANKING_MODELS and
+the datasets (x seeds) are the race's instances. The scheduler would answer such a round over
+several of its own rounds (one seed block at a time, from an evaluator that takes seeds, dropping
+the candidates a Friedman test rules out), then tell the wrapped strategy one score per request
+(a stopped candidate's mean so far), so the strategy never knows. A walk round compares each
+dataset's one trial with a threshold rather than candidates with each other; it passes through.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 from scipy.stats import rankdata
@@ -18,10 +35,44 @@ from scipy.stats import rankdata
 from .errors import HeadpruneError
 
 Head = tuple[int, int]
-Evaluate = Callable[[list[tuple[frozenset[Head], str]]], list[float]]
+
+
+class Request(NamedTuple):
+    """One evaluation a strategy asks for: `pruned` heads removed, scored on `dataset`.
+
+    A plain `(pruned, dataset)` tuple to an evaluator; `pruned` also names the candidate."""
+
+    pruned: frozenset[Head]
+    dataset: str
+
+
+Evaluate = Callable[[list[Request]], Sequence[float]]
 KeepRule = Callable[[str, float, float], bool]
+Rounds = Generator[list[Request], list[float], dict]
+K = TypeVar("K", bound=Hashable)
 
 PAPER_GRID = "(paper: every k)"
+
+
+class Strategy(Protocol):
+    """What `run_strategies` (and a future racing scheduler) needs of a search."""
+
+    @property
+    def done(self) -> bool:
+        """True once the search has asked everything; `result()` is then ready."""
+        ...
+
+    def ask(self) -> list[Request]:
+        """The requests of the next round (the same ones until told); [] when done."""
+        ...
+
+    def tell(self, scores: Sequence[float]) -> None:
+        """The mean F1 of each request of the last `ask()`, same order."""
+        ...
+
+    def result(self) -> dict:
+        """The search's summary.json entry."""
+        ...
 
 
 def rank_models(scores: Mapping[str, Mapping[str, float]], n_pruned: Mapping[str, int]) -> list[dict]:
@@ -73,121 +124,222 @@ def k_values_from(n_heads: int, k_step: int | None = None, k_values: Sequence[in
     return list(range(0, n_heads, k_step))
 
 
+class _RoundStrategy:
+    """The ask/tell bookkeeping shared by H1, H2 and H3.
+
+    A subclass writes its algorithm as the generator `_play` (`scores = yield requests`, then
+    `return result`), so the method reads as one piece while the caller owns the loop."""
+
+    def _start(self) -> None:
+        self._rounds = self._play()
+        self._asked: list[Request] = []
+        self._result: dict | None = None
+        self._advance(None)
+
+    def _play(self) -> Rounds:
+        raise NotImplementedError
+
+    def _advance(self, scores: list[float] | None) -> None:
+        try:
+            asked = self._rounds.send(scores)
+            while not asked:  # a round with nothing to ask is no round
+                asked = self._rounds.send([])
+        except StopIteration as stop:
+            self._asked, self._result = [], stop.value
+        else:
+            self._asked = list(asked)
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def ask(self) -> list[Request]:
+        return list(self._asked)
+
+    def tell(self, scores: Sequence[float]) -> None:
+        name = type(self).__name__
+        if self.done:
+            raise RuntimeError(f"{name} is done: it has asked for nothing")
+        if len(scores) != len(self._asked):
+            raise ValueError(f"{name} was told {len(scores)} scores for {len(self._asked)} requests")
+        self._advance([float(score) for score in scores])
+
+    def result(self) -> dict:
+        if self._result is None:
+            raise RuntimeError(f"{type(self).__name__} is not done: ask() still has requests")
+        return self._result
+
+
+class H1Strategy(_RoundStrategy):
+    """H1 (Algorithm 3): score "the k least important heads pruned" for each k and dataset, then rank.
+
+    `order` lists every head of the model, most important first. One round: every (k, dataset).
+    The result is the `h1.<order>` entry of summary.json: k_values, departure, scores
+    {ds: {str(k): f1}}, ranking (rows of `rank_models` plus "k"), chosen_k and pruned_heads
+    ([[layer, head], ...] of chosen_k).
+    """
+
+    def __init__(self, order: Sequence[Head], datasets: Sequence[str], k_values: Sequence[int] | None = None) -> None:
+        self.order = _validated_order(order)
+        self.datasets = _validated_datasets(datasets)
+        n_heads = len(self.order)
+        self.k_values = list(range(n_heads)) if k_values is None else _validated_k_values(k_values, n_heads)
+        self._start()
+
+    def _play(self) -> Rounds:
+        order, datasets, ks = self.order, self.datasets, self.k_values
+        n_heads = len(order)
+        candidates = {k: _least_important(order, k) for k in ks}
+        results = iter((yield [Request(candidates[k], ds) for k in ks for ds in datasets]))
+        by_model = {_k_name(k): {ds: next(results) for ds in datasets} for k in ks}
+        ranking = rank_models(by_model, {_k_name(k): k for k in ks})
+        for row in ranking:
+            row["k"] = row["n_pruned"]
+        chosen_k = ranking[0]["k"]
+        return {
+            "k_values": ks,
+            "departure": _h1_departure(ks, n_heads),
+            "scores": {ds: {str(k): by_model[_k_name(k)][ds] for k in ks} for ds in datasets},
+            "ranking": ranking,
+            "chosen_k": chosen_k,
+            "pruned_heads": _as_pairs(candidates[chosen_k]),
+        }
+
+
+class _GreedyStrategy(_RoundStrategy):
+    """H2/H3's common part: the lockstep greedy walk per dataset, then cross-scoring and RANKING_MODELS."""
+
+    name = ""
+
+    def __init__(self, order: Sequence[Head], datasets: Sequence[str], group_size: int = 1) -> None:
+        self.order, self.datasets = _validated_greedy_args(order, datasets, group_size)
+        self.group_size = group_size
+        self._start()
+
+    def _greedy(self, keep: KeepRule, complete: dict[str, float] | None) -> Rounds:
+        """The walk, then the datasets x datasets cross-scoring and RANKING_MODELS.
+
+        Returns {"per_dataset": {ds: {"pruned_heads", "n_pruned", "score"}}, "cross": {source:
+        {ds: f1}}, "ranking": rows named by source dataset, "chosen", "pruned_heads",
+        "group_size", "departure"} (+ "complete" for H3). "score" is the F1 of the kept model on
+        its own dataset as seen during the walk (H2: the best; H3: the last kept step, or the
+        complete model's score when no head was kept; None if nothing was ever scored).
+        """
+        datasets, group_size = self.datasets, self.group_size
+        pruned, walk_scores = yield from _greedy_walk(self.order, datasets, keep, group_size)
+        if complete is not None:
+            walk_scores = {ds: walk_scores.get(ds, complete[ds]) for ds in datasets}
+        cross = yield from _cross_scores(pruned, datasets)
+        ranking = rank_models(cross, {ds: len(pruned[ds]) for ds in datasets})
+        chosen = ranking[0]["model"]
+        result = {
+            "per_dataset": {
+                ds: {
+                    "pruned_heads": _as_pairs(pruned[ds]),
+                    "n_pruned": len(pruned[ds]),
+                    "score": walk_scores.get(ds),
+                }
+                for ds in datasets
+            },
+            "cross": cross,
+            "ranking": ranking,
+            "chosen": chosen,
+            "pruned_heads": _as_pairs(pruned[chosen]),
+            "group_size": group_size,
+            "departure": None
+            if group_size == 1
+            else f"{self.name} tried heads in groups of {group_size} (paper: one head at a time)",
+        }
+        if complete is not None:
+            result["complete"] = dict(complete)
+        return result
+
+
+class H2Strategy(_GreedyStrategy):
+    """H2 (Algorithm 6): per dataset keep a head when the score >= the best score so far (starting at 0).
+
+    `group_size` > 1 tries that many heads per step (a speed option; the paper uses 1). The
+    result is the `h2.<order>` entry of summary.json (see `_GreedyStrategy._greedy`).
+    """
+
+    name = "H2"
+
+    def _play(self) -> Rounds:
+        def keep(ds: str, score: float, best_so_far: float) -> bool:
+            return score >= best_so_far
+
+        return (yield from self._greedy(keep, complete=None))
+
+
+class H3Strategy(_GreedyStrategy):
+    """H3 (Algorithm 7): per dataset keep a head when the score >= the complete model's score there.
+
+    Its first round asks the complete model's score once per dataset (empty pruned set). The
+    result is the `h3.<order>` entry of summary.json plus "complete" {ds: f1}.
+    """
+
+    name = "H3"
+
+    def _play(self) -> Rounds:
+        scores = yield [Request(frozenset(), ds) for ds in self.datasets]
+        complete = dict(zip(self.datasets, scores))
+
+        def keep(ds: str, score: float, _: float) -> bool:
+            return score >= complete[ds]
+
+        return (yield from self._greedy(keep, complete=complete))
+
+
+def run_strategies(strategies: Mapping[K, Strategy], evaluate: Evaluate) -> dict[K, dict]:
+    """Drive several searches at once: one `evaluate` call per round holds every unfinished one's requests.
+
+    Each round asks every strategy that is not done, concatenates their requests (strategies in
+    the order given), evaluates them together, and tells each its part. An executor so sees the
+    largest batch the method allows, and each result is the one the strategy gives alone. An
+    error in a strategy or in `evaluate` propagates at once. Returns {name: result()}, same order.
+    """
+    while True:
+        batch = [(name, strategy.ask()) for name, strategy in strategies.items() if not strategy.done]
+        batch = [(name, requests) for name, requests in batch if requests]
+        if not batch:
+            return {name: strategy.result() for name, strategy in strategies.items()}
+        scores = _evaluate(evaluate, [request for _, requests in batch for request in requests])
+        at = 0
+        for name, requests in batch:
+            strategies[name].tell(scores[at : at + len(requests)])
+            at += len(requests)
+
+
 def h1_search(
     order: Sequence[Head],
     datasets: Sequence[str],
     evaluate: Evaluate,
     k_values: Sequence[int] | None = None,
 ) -> dict:
-    """H1 (Algorithm 3): score "the k least important heads pruned" for each k and dataset, then rank.
-
-    `order` lists every head of the model, most important first. Returns the `h1.<order>`
-    entry of summary.json: k_values, departure, scores {ds: {str(k): f1}}, ranking (rows of
-    `rank_models` plus "k"), chosen_k and pruned_heads ([[layer, head], ...] of chosen_k).
-    """
-    order = _validated_order(order)
-    datasets = _validated_datasets(datasets)
-    n_heads = len(order)
-    ks = list(range(n_heads)) if k_values is None else _validated_k_values(k_values, n_heads)
-    candidates = {k: _least_important(order, k) for k in ks}
-    requests = [(candidates[k], ds) for k in ks for ds in datasets]
-    results = iter(_evaluate(evaluate, requests))
-    by_model = {_k_name(k): {ds: next(results) for ds in datasets} for k in ks}
-    ranking = rank_models(by_model, {_k_name(k): k for k in ks})
-    for row in ranking:
-        row["k"] = row["n_pruned"]
-    chosen_k = ranking[0]["k"]
-    return {
-        "k_values": ks,
-        "departure": _h1_departure(ks, n_heads),
-        "scores": {ds: {str(k): by_model[_k_name(k)][ds] for k in ks} for ds in datasets},
-        "ranking": ranking,
-        "chosen_k": chosen_k,
-        "pruned_heads": _as_pairs(candidates[chosen_k]),
-    }
+    """H1 (Algorithm 3) in one call: `H1Strategy` driven with `evaluate` (see there for the result)."""
+    return _run_one(H1Strategy(order, datasets, k_values=k_values), evaluate)
 
 
 def h2_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> dict:
-    """H2 (Algorithm 6): per dataset keep a head when the score >= the best score so far (starting at 0).
-
-    `group_size` > 1 tries that many heads per step (a speed option; the paper uses 1).
-    Returns the `h2.<order>` entry of summary.json (see `_greedy_search`).
-    """
-    order, datasets = _validated_greedy_args(order, datasets, group_size)
-
-    def keep(ds: str, score: float, best_so_far: float) -> bool:
-        return score >= best_so_far
-
-    return _greedy_search(order, datasets, evaluate, keep, group_size, "H2", complete=None)
+    """H2 (Algorithm 6) in one call: `H2Strategy` driven with `evaluate` (see there for the result)."""
+    return _run_one(H2Strategy(order, datasets, group_size=group_size), evaluate)
 
 
 def h3_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> dict:
-    """H3 (Algorithm 7): per dataset keep a head when the score >= the complete model's score there.
-
-    The complete model's score is requested once per dataset (empty pruned set). Returns the
-    `h3.<order>` entry of summary.json plus "complete" {ds: f1} (see `_greedy_search`).
-    """
-    order, datasets = _validated_greedy_args(order, datasets, group_size)
-    complete = dict(zip(datasets, _evaluate(evaluate, [(frozenset(), ds) for ds in datasets])))
-
-    def keep(ds: str, score: float, _: float) -> bool:
-        return score >= complete[ds]
-
-    return _greedy_search(order, datasets, evaluate, keep, group_size, "H3", complete=complete)
+    """H3 (Algorithm 7) in one call: `H3Strategy` driven with `evaluate` (see there for the result)."""
+    return _run_one(H3Strategy(order, datasets, group_size=group_size), evaluate)
 
 
-def _greedy_search(
-    order: list[Head],
-    datasets: list[str],
-    evaluate: Evaluate,
-    keep: KeepRule,
-    group_size: int,
-    strategy: str,
-    complete: dict[str, float] | None,
-) -> dict:
-    """Greedy walk per dataset, then the datasets x datasets cross-scoring and RANKING_MODELS.
-
-    Returns {"per_dataset": {ds: {"pruned_heads", "n_pruned", "score"}}, "cross": {source:
-    {ds: f1}}, "ranking": rows named by source dataset, "chosen", "pruned_heads",
-    "group_size", "departure"} (+ "complete" for H3). "score" is the F1 of the kept model on
-    its own dataset as seen during the walk (H2: the best; H3: the last kept step, or the
-    complete model's score when no head was kept; None if nothing was ever scored).
-    """
-    pruned, walk_scores = _greedy_walk(order, datasets, evaluate, keep, group_size)
-    if complete is not None:
-        walk_scores = {ds: walk_scores.get(ds, complete[ds]) for ds in datasets}
-    cross = _cross_scores(pruned, datasets, evaluate)
-    ranking = rank_models(cross, {ds: len(pruned[ds]) for ds in datasets})
-    chosen = ranking[0]["model"]
-    result = {
-        "per_dataset": {
-            ds: {
-                "pruned_heads": _as_pairs(pruned[ds]),
-                "n_pruned": len(pruned[ds]),
-                "score": walk_scores.get(ds),
-            }
-            for ds in datasets
-        },
-        "cross": cross,
-        "ranking": ranking,
-        "chosen": chosen,
-        "pruned_heads": _as_pairs(pruned[chosen]),
-        "group_size": group_size,
-        "departure": None
-        if group_size == 1
-        else f"{strategy} tried heads in groups of {group_size} (paper: one head at a time)",
-    }
-    if complete is not None:
-        result["complete"] = dict(complete)
-    return result
+def _run_one(strategy: Strategy, evaluate: Evaluate) -> dict:
+    return run_strategies({"search": strategy}, evaluate)["search"]
 
 
 def _greedy_walk(
-    order: list[Head], datasets: list[str], evaluate: Evaluate, keep: KeepRule, group_size: int
-) -> tuple[dict[str, frozenset[Head]], dict[str, float]]:
+    order: list[Head], datasets: list[str], keep: KeepRule, group_size: int
+) -> Generator[list[Request], list[float], tuple[dict[str, frozenset[Head]], dict[str, float]]]:
     """Walk `order` from its least important end, all datasets in lockstep; returns kept sets and scores.
 
-    Each step sends one request per dataset whose candidate would not prune every head. The
+    Each step asks one request per dataset whose candidate would not prune every head. The
     keep rule sees the score of the last kept step (0.0 before any), which for H2 is the best so far.
     """
     all_heads = frozenset(order)
@@ -200,7 +352,8 @@ def _greedy_walk(
         if not trial:
             continue
         walking = list(trial)
-        for ds, score in zip(walking, _evaluate(evaluate, [(trial[ds], ds) for ds in walking])):
+        scores = yield [Request(trial[ds], ds) for ds in walking]
+        for ds, score in zip(walking, scores):
             if keep(ds, score, kept_scores.get(ds, 0.0)):
                 pruned[ds] = trial[ds]
                 kept_scores[ds] = score
@@ -208,103 +361,22 @@ def _greedy_walk(
 
 
 def _cross_scores(
-    pruned: Mapping[str, frozenset[Head]], datasets: list[str], evaluate: Evaluate
-) -> dict[str, dict[str, float]]:
-    """Score each dataset's model on every dataset in one batch; identical requests are sent once."""
-    requests = [(pruned[source], ds) for source in datasets for ds in datasets]
-    unique = list(dict.fromkeys(requests))
-    score_of = dict(zip(unique, _evaluate(evaluate, unique)))
-    return {source: {ds: score_of[(pruned[source], ds)] for ds in datasets} for source in datasets}
+    pruned: Mapping[str, frozenset[Head]], datasets: list[str]
+) -> Generator[list[Request], list[float], dict[str, dict[str, float]]]:
+    """Score each dataset's model on every dataset in one round; identical requests are asked once."""
+    unique = list(dict.fromkeys(Request(pruned[source], ds) for source in datasets for ds in datasets))
+    score_of = dict(zip(unique, (yield unique)))
+    return {source: {ds: score_of[Request(pruned[source], ds)] for ds in datasets} for source in datasets}
 
 
-def run_searches(searches: Mapping[str, Callable[[Evaluate], dict]], evaluate: Evaluate) -> dict[str, dict]:
-    """Run several searches at once, merging their requests into one `evaluate` call per round.
-
-    Each search (a callable taking an `Evaluate`, e.g. `lambda ev: h2_search(order, ds, ev)`) runs in
-    its own thread; its evaluate calls wait until every unfinished search waits too, then the
-    calling thread evaluates all their requests together (searches in the order given) and hands
-    each search its part. An executor so sees every order's and strategy's candidates at once:
-    far larger batches (a GPU fills; a cluster has work for every worker) and the same results as
-    running the searches one after the other, since every score is keyed by what it is. An error
-    in one search or in `evaluate` stops them all and is raised here."""
-    names = list(searches)
-    cond = threading.Condition()
-    waiting: dict[str, list] = {}
-    answers: dict[str, list[float]] = {}
-    results: dict[str, dict] = {}
-    errors: list[BaseException] = []
-    running = set(names)
-
-    class Abort(Exception):
-        pass
-
-    def client(name: str) -> Evaluate:
-        def ask(requests):
-            with cond:
-                if errors:
-                    raise Abort
-                waiting[name] = list(requests)
-                cond.notify_all()
-                while name not in answers and not errors:
-                    cond.wait()
-                if name not in answers:
-                    raise Abort
-                return answers.pop(name)
-        return ask
-
-    def work(name: str) -> None:
-        try:
-            results[name] = searches[name](client(name))
-        except Abort:
-            pass
-        except BaseException as err:  # noqa: BLE001 - handed to the calling thread
-            with cond:
-                errors.append(err)
-        finally:
-            with cond:
-                running.discard(name)
-                cond.notify_all()
-
-    threads = [threading.Thread(target=work, args=(n,), daemon=True, name=f"headprune-search-{n}") for n in names]
-    for thread in threads:
-        thread.start()
-    try:
-        while True:
-            with cond:
-                while running and not errors and set(waiting) != running:
-                    cond.wait()
-                if errors or not running:
-                    break
-                batch = [(n, waiting.pop(n)) for n in names if n in waiting]
-            merged = [request for _, requests in batch for request in requests]
-            scores = list(evaluate(merged)) if merged else []
-            with cond:
-                at = 0
-                for n, requests in batch:
-                    answers[n] = scores[at: at + len(requests)]
-                    at += len(requests)
-                cond.notify_all()
-    except BaseException as err:
-        with cond:
-            errors.append(err)
-            cond.notify_all()
-        raise
-    finally:
-        for thread in threads:
-            thread.join(timeout=5)
-    if errors:
-        raise errors[0]
-    return {n: results[n] for n in names}
-
-
-def _evaluate(evaluate: Evaluate, requests: list[tuple[frozenset[Head], str]]) -> list[float]:
+def _evaluate(evaluate: Evaluate, requests: list[Request]) -> list[float]:
     """Call the evaluator and check it answered one finite float per request."""
     results = [float(score) for score in evaluate(requests)]
     if len(results) != len(requests):
         raise ValueError(f"evaluator returned {len(results)} scores for {len(requests)} requests")
     bad = [req for req, score in zip(requests, results) if not math.isfinite(score)]
     if bad:
-        raise ValueError(f"evaluator returned a non-finite score for {len(bad)} request(s), e.g. {bad[0]}")
+        raise ValueError(f"evaluator returned a non-finite score for {len(bad)} request(s), e.g. {tuple(bad[0])}")
     return results
 
 
