@@ -177,7 +177,8 @@ def run_command(
 ) -> None:
     """The whole method: Step 1 -> Step 2 -> generalization check -> summary.json and report."""
     from .config import load_config, validate
-    from .pipeline import Pipeline, dry_run_text
+    from .pipeline import Pipeline
+    from .plan import dry_run_text
 
     cfg = load_config(config)
     if executor is not None:
