@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from headprune.config import from_dict
-from headprune.pipeline import Pipeline, dry_run_text
+from headprune.pipeline import Pipeline
+from headprune.plan import dry_run_text
 from headprune.progress import RunProgress
 
 DATASETS = {"a": "irony", "b": "person", "c": "hobbit", "d": "ntua", "e": "sentiment140"}

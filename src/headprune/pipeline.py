@@ -25,9 +25,8 @@ from .errors import HeadpruneError
 from .executors import make_executor
 from .generalize import random_means, significance, summarize, timing_summary
 from .importance import ImportanceSettings, Order, criterion_for
-from .progress import RunProgress, format_seconds
+from .progress import RunProgress
 from .scorer import Scorer
-from .scoring import encode
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
 from .settings import ScoreSettings
 from .store import ResultStore
@@ -199,95 +198,28 @@ class Pipeline:
         return orders
 
     # ------------------------------------------------------------------ plan
-    def plan(self) -> list[dict]:
-        """Stages with their number of evaluations (H2/H3: at most)."""
-        n_heads = self._n_heads()
-        step2 = expand_datasets(self.config.step2.datasets)
-        g3 = expand_datasets(self.config.generalization.datasets)
-        s1, s2, s3 = self.config.step1_seeds, self.config.step2_seeds, self.config.generalization_seeds
-        stages: list[dict] = []
-        n_models = 1
-        for order in self.config.step2.orders:
-            if order == "OI":
-                stages.append(
-                    {
-                        "stage": "Step 1: importance",
-                        "finetunings": len(expand_datasets(self.config.step1.datasets)) * len(s1),
-                        "evaluations": 0,
-                    }
-                )
-            strategies = self.config.step2.strategies if order == "OI" else self.config.step2.random_order_strategies
-            for strategy in strategies:
-                n_models += 1
-                if strategy == "H1":
-                    ks = self._k_values(n_heads)
-                    n = len(ks) * len(step2) * len(s2)
-                    stages.append({"stage": f"H1 {order}", "evaluations": n})
-                else:
-                    steps = math.ceil((n_heads - 1) / self.config.step2.group_size)
-                    n = steps * len(step2) + len(step2) * len(step2) + (len(step2) if strategy == "H3" else 0)
-                    stages.append({"stage": f"{strategy} {order}", "evaluations": n * len(s2), "at_most": True})
-        stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(s3)})
-        return stages
-
-    def _n_heads(self) -> int:
-        from transformers import AutoConfig
-
-        from .models import resolve_model_path
-
-        config = AutoConfig.from_pretrained(resolve_model_path(self.config.model.name))
-        layers = getattr(config, "headprune_original_layers", None) or config.num_hidden_layers
-        return int(layers) * int(config.num_attention_heads)
-
-    def _k_values(self, n_heads: int) -> list[int]:
+    def k_values(self, n_heads: int) -> list[int]:
+        """The k values H1 tries: [step2] h1_k_values, or every k (h1_k_step: every n-th)."""
         step2 = self.config.step2
         if step2.h1_k_values:
             return k_values_from(n_heads, k_values=step2.h1_k_values)
         return k_values_from(n_heads, k_step=step2.h1_k_step if step2.h1_k_step > 1 else None)
 
+    def search_evaluations(self, strategy: str, n_heads: int) -> int:
+        """Evaluations (seeds included) one order's H1 search makes, or its H2/H3 search at most: the
+        progress total of Step 2 and the dry run's plan (`plan.plan`) count the same way."""
+        n_datasets = len(expand_datasets(self.config.step2.datasets))
+        n_seeds = len(self.config.step2_seeds)
+        if strategy == "H1":
+            return len(self.k_values(n_heads)) * n_datasets * n_seeds
+        steps = math.ceil((n_heads - 1) / self.config.step2.group_size)
+        n = steps * n_datasets + n_datasets * n_datasets + (n_datasets if strategy == "H3" else 0)
+        return n * n_seeds
+
     def batched(self) -> bool:
         """Whether evaluations run on the batched engine (in process or as Ray units)."""
         engine = self.config.run.engine
         return engine == "batched" or (engine == "auto" and self.device.type == "cuda")
-
-    def estimate(self, stages: list[dict]) -> dict:
-        """Seconds per evaluation on this device, from a short timed calibration of the model: the
-        reference loop's step, or on the batched engine a step of a stack as large as Step 2's packs
-        (and as the generalization's seed groups), per model."""
-        base = self.load_base()
-        step2 = [self.dataset(n) for n in expand_datasets(self.config.step2.datasets)]
-        g3 = [self.dataset(n) for n in expand_datasets(self.config.generalization.datasets)]
-        s1 = [self.dataset(n) for n in expand_datasets(self.config.step1.datasets)]
-        step_seconds = calibrate(base, self.settings, self.device)
-        model_step = {"step2": step_seconds, "generalization": step_seconds}
-        engine = "reference loop"
-        if self.batched():
-            from .engine import auto_pack_size
-
-            pack = self.config.run.pack_models or auto_pack_size(base.model, self.device)
-            sizes = {"step2": min(pack, 64) if self.config.run.pack else len(self.config.step2_seeds),
-                     "generalization": len(self.config.generalization_seeds)}
-            for name, n in sizes.items():
-                model_step[name] = calibrate_batched(base, self.settings, self.device, n)
-            engine = f"batched engine, stacks of {sizes['step2']} (Step 2) and {sizes['generalization']} models"
-        per_eval = {}
-        for name, group in (("step2", step2), ("generalization", g3)):
-            halves = [len(d) / 2 for d in group]
-            steps = np.mean([math.ceil(h / self.settings.batch_size) for h in halves]) * self.settings.epochs
-            # features ~ a third of a training step per batch; SVM ~ 1% of the adjusting time
-            per_eval[name] = (steps * model_step[name] * 1.05
-                              + np.mean(halves) / self.settings.batch_size * model_step[name] / 3)
-        finetune = np.mean([math.ceil(len(d) / self.config.step1.batch_size) for d in s1]) * self.config.step1.epochs
-        total = 0.0
-        for stage in stages:
-            if "finetunings" in stage:
-                stage["seconds"] = stage["finetunings"] * finetune * step_seconds * 1.2
-            else:
-                key = "generalization" if stage["stage"] == "generalization" else "step2"
-                stage["seconds"] = stage["evaluations"] * per_eval[key]
-            total += stage["seconds"]
-        return {"step_seconds": step_seconds, "total_seconds": total, "engine": engine,
-                "model_step_seconds": model_step}
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -353,7 +285,6 @@ class Pipeline:
         round holds all their candidates."""
         chosen: dict[str, dict] = {"CM": {"pruned_heads": [], "n_pruned": 0, "strategy": None, "order": None}}
         n_heads = len(next(iter(orders.values())).ranked) if orders else 0
-        stages = {s["stage"]: s for s in self.plan()}
         group_size = self.config.step2.group_size
         searches = {}
         for name, order in orders.items():
@@ -361,14 +292,14 @@ class Pipeline:
                           else self.config.step2.random_order_strategies)
             for strategy in strategies:
                 if strategy == "H1":
-                    searches[(name, strategy)] = H1Strategy(order.ranked, datasets, k_values=self._k_values(n_heads))
+                    searches[(name, strategy)] = H1Strategy(order.ranked, datasets, k_values=self.k_values(n_heads))
                 else:
                     searches[(name, strategy)] = SEARCHES[strategy](order.ranked, datasets, group_size=group_size)
         if not searches:
             summary["chosen"] = chosen
             return chosen
         labels = [f"{strategy} {name}" for name, strategy in searches]
-        total = sum(stages[label]["evaluations"] for label in labels)  # every dataset about equally often
+        total = sum(self.search_evaluations(s, n_heads) for _, s in searches)  # every dataset about equally often
         self.progress.start_stage("Step 2: " + ", ".join(labels), total,
                                   total * float(np.mean([self.rows(ds) for ds in datasets])))
         results = run_strategies(searches, scorer.evaluate)
@@ -431,67 +362,4 @@ class Pipeline:
         summary["random_means"] = means
 
 
-def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, steps: int = 3) -> float:
-    """Seconds for one adjusting step (batch of `settings.batch_size` tweets of ~30 tokens) on `device`."""
-    import copy
-
-    from .scoring import adjust
-
-    model = copy.deepcopy(base.model).to(device)
-    texts = ["someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"] * (
-        settings.batch_size * (steps + 1)
-    )
-    ids = encode(base.tokenizer, texts, base.max_length)
-    one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
-    adjust(model, base.tokenizer, ids[: settings.batch_size], one, 0, device)  # warm-up of the kernels
-    seconds = adjust(model, base.tokenizer, ids[settings.batch_size :], one, 0, device)
-    return seconds / steps
-
-
-def calibrate_batched(base: BaseModel, settings: ScoreSettings, device: torch.device, n_models: int,
-                      steps: int = 3) -> float:
-    """Seconds of one adjusting step *per model* when `n_models` train together on the batched engine."""
-    from .engine import EngineOptions, StackedMLM, adjust_stacked
-
-    texts = ["someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"] * (
-        settings.batch_size * steps
-    )
-    ids = encode(base.tokenizer, texts, base.max_length)
-    one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
-    options = EngineOptions(prep_workers=0)
-    warm = StackedMLM.masked(base.model, [()] * n_models, device)
-    adjust_stacked(warm, base.tokenizer, [(ids[: settings.batch_size], s) for s in range(n_models)], one, options)
-    del warm
-    stack = StackedMLM.masked(base.model, [()] * n_models, device)
-    seconds = adjust_stacked(stack, base.tokenizer, [(ids, s) for s in range(n_models)], one, options)
-    return seconds / steps / n_models
-
-
-def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
-    stages = pipeline.plan()
-    lines = [
-        f"plan for {pipeline.config.source or 'configuration'} (model {pipeline.config.model.name}, "
-        f"device {pipeline.device}):"
-    ]
-    estimate = pipeline.estimate(stages) if with_estimate else None
-    total = 0
-    for stage in stages:
-        count = (
-            f"{stage['finetunings']} finetunings"
-            if "finetunings" in stage
-            else f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations"
-        )
-        total += stage.get("evaluations", 0)
-        eta = f"  ~{format_seconds(stage['seconds'])}" if estimate else ""
-        lines.append(f"  {stage['stage']:<22s} {count}{eta}")
-    lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
-    if estimate:
-        lines.append(
-            f"  estimate on this device: ~{format_seconds(estimate['total_seconds'])} "
-            f"({estimate['engine']}; one adjusting step per model = "
-            f"{estimate['model_step_seconds']['step2']:.3f} s; stored evaluations are skipped)"
-        )
-    return "\n".join(lines)
-
-
-__all__ = ["Pipeline", "dry_run_text", "HeadpruneError"]
+__all__ = ["Pipeline", "HeadpruneError"]

@@ -1,4 +1,6 @@
-"""Commands that turn a run into something people use: report, export, finetune, predict."""
+"""Commands that turn a run into something people use: report, verify, export, finetune, predict.
+
+Plain functions; `app.py` registers them, so this module never sees the app."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ from pathlib import Path
 
 import typer
 
-from .cli import DEVICE, LABEL_COLUMN, MODEL, TEXT_COLUMN, app
-from .errors import HeadpruneError
+from ..errors import HeadpruneError
+from .options import DEVICE, LABEL_COLUMN, MODEL, TEXT_COLUMN
 
-# Options of these commands (module-level, as typer re-uses them; see cli.py).
+# Options of these commands (module-level, as typer re-uses them; see options.py).
 RUN_DIR_ARG = typer.Argument(..., help="Run directory holding summary.json.")
 EXPORT_RUN_DIR = typer.Argument(None, help="Run directory holding summary.json (with --model).")
 EXPORT_OUT = typer.Option(..., "--out", help="Directory to write the pruned model to.")
@@ -19,24 +21,22 @@ CLASSIFIER_OUT = typer.Option(..., "--out", help="Directory to write the classif
 CLASSIFIER_DIR = typer.Option(..., "--model", help="Classifier directory written by `headprune finetune`.")
 
 
-@app.command("report")
 def report_command(
     run_dir: Path = RUN_DIR_ARG,
 ) -> None:
     """Write RUN_DIR/report/: report.html (self-contained), tables.md and figures/*.png."""
-    from .report import write_report
+    from ..report import write_report
 
     path = write_report(run_dir)
     typer.echo(f"report: {path}")
     typer.echo(f"tables: {path.parent / 'tables.md'}")
 
 
-@app.command("verify")
 def verify_command(
     run_dir: Path = RUN_DIR_ARG,
 ) -> None:
     """Recompute every number of RUN_DIR/summary.json from RUN_DIR/store.sqlite; exit 1 if any differs."""
-    from .verify import verify_run
+    from ..verify import verify_run
 
     result = verify_run(run_dir)
     if result.problems:
@@ -49,7 +49,6 @@ def verify_command(
     typer.echo(f"verified: {result.checked} numbers of {run_dir / 'summary.json'} recomputed from the store; all match")
 
 
-@app.command("export")
 def export_command(
     run_dir: Path = EXPORT_RUN_DIR,
     model: str = typer.Option(None, "--model", help="Chosen model of the run to export, e.g. MOIH1."),
@@ -63,7 +62,7 @@ def export_command(
 
     headprune export RUN_DIR --model MOIH1 --out DIR
     headprune export --base minilm --prune "0:1,2;3:*" --out DIR"""
-    from .export import export_heads, export_model
+    from ..export import export_heads, export_model
 
     if run_dir is not None:
         if prune is not None:
@@ -80,7 +79,6 @@ def export_command(
     typer.echo(f"saved: {path} (model card: {path / 'README.md'})")
 
 
-@app.command("finetune")
 def finetune_command(
     model: str = MODEL,
     train: str = typer.Option(..., "--train", help="Training data: CSV/TSV/JSONL file (or a bundled dataset name)."),
@@ -97,8 +95,8 @@ def finetune_command(
     device: str = DEVICE,
 ) -> None:
     """Finetune a classifier on a (pruned) encoder; print its F1-macro and training time."""
-    from .classify import finetune
-    from .data import load_dataset
+    from ..classify import finetune
+    from ..data import load_dataset
 
     train_set = load_dataset(train, text_column=text_column, label_column=label_column)
     eval_set = None
@@ -114,7 +112,6 @@ def finetune_command(
     typer.echo(f"saved: {out}")
 
 
-@app.command("predict")
 def predict_command(
     source: str = typer.Argument(..., help="CSV/TSV/JSONL file, a text file (one text per line), or - for stdin."),
     model: Path = CLASSIFIER_DIR,
@@ -124,8 +121,8 @@ def predict_command(
     device: str = DEVICE,
 ) -> None:
     """Label texts; write CSV to standard output: text,label,p_<class>..."""
-    from .classify import load_classifier, predict, read_texts
-    from .devices import resolve_device
+    from ..classify import load_classifier, predict, read_texts
+    from ..devices import resolve_device
 
     classifier = load_classifier(model, device=str(resolve_device(device)))
     texts = read_texts(source, text_column=text_column, fmt=fmt)

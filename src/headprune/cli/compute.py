@@ -1,4 +1,6 @@
-"""Commands of the method: datasets, importance, score, run."""
+"""Commands of the method: datasets, importance, score, run.
+
+Plain functions; `app.py` registers them, so this module never sees the app."""
 
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from .cli import DATA_DIR, DEVICE, LABEL_COLUMN, MODEL, RUN_DIR, TEXT_COLUMN, app
-from .errors import HeadpruneError
+from ..errors import HeadpruneError
+from .options import DATA_DIR, DEVICE, LABEL_COLUMN, MODEL, RUN_DIR, TEXT_COLUMN
 
 WARMUP = typer.Option(300, "--warmup-steps", help="Warm-up steps of a fresh MLM head (0 = none).")
 
 
-@app.command("datasets")
 def datasets_command(
     spec: str = typer.Argument("G1,G2,G3", help="Datasets or groups, comma-separated."),
     data_dir: Path = DATA_DIR,
@@ -23,7 +24,7 @@ def datasets_command(
     label_column: str = LABEL_COLUMN,
 ) -> None:
     """List datasets with their size and classes (checks that they load)."""
-    from .data import expand_datasets, load_dataset
+    from ..data import expand_datasets, load_dataset
 
     for name in expand_datasets(spec):
         ds = load_dataset(name, text_column=text_column, label_column=label_column, data_dir=data_dir)
@@ -32,7 +33,7 @@ def datasets_command(
 
 
 def _seeds(spec: str, option: str) -> list[int]:
-    from .config import parse_seeds
+    from ..config import parse_seeds
 
     return parse_seeds(spec, option)
 
@@ -47,8 +48,8 @@ def _pipeline_for(
     warmup_steps: int,
     epochs: int,
 ):
-    from .config import Config
-    from .pipeline import Pipeline
+    from ..config import Config
+    from ..pipeline import Pipeline
 
     config = Config()
     config.model.name = model
@@ -61,7 +62,6 @@ def _pipeline_for(
     return Pipeline(config, run_dir)
 
 
-@app.command("importance")
 def importance_command(
     model: str = MODEL,
     datasets: str = typer.Option("G1", "--datasets", help="Datasets or groups for Step 1, comma-separated."),
@@ -77,7 +77,7 @@ def importance_command(
     warmup_steps: int = WARMUP,
 ) -> None:
     """Step 1: the importance order of the heads (or a seeded random order with --random N)."""
-    from .store import ResultStore
+    from ..store import ResultStore
 
     pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
     if epochs < 1:
@@ -93,7 +93,6 @@ def importance_command(
     typer.echo(f"wrote {out}: {len(order.ranked)} heads ranked; least important first: {least}")
 
 
-@app.command("score")
 def score_command(
     model: str = MODEL,
     dataset: str = typer.Option(..., "--dataset", help="Dataset name, group, or a CSV/TSV/JSONL file."),
@@ -110,9 +109,9 @@ def score_command(
     warmup_steps: int = WARMUP,
 ) -> None:
     """PRUN_ADJ_EVAL: score one pruned model on datasets (F1-macro per seed), through the run's store."""
-    from .importance import Order
-    from .store import ResultStore
-    from .surgery import format_head_spec, parse_head_spec
+    from ..importance import Order
+    from ..store import ResultStore
+    from ..surgery import format_head_spec, parse_head_spec
 
     if epochs < 1:
         raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
@@ -141,7 +140,7 @@ def score_command(
     if len(set(heads)) >= base.n_total_heads:
         raise HeadpruneError("--prune: cannot prune every head of the model: at least one head must remain")
     store = ResultStore(run_dir / "store.sqlite")
-    from .pipeline import make_executor
+    from ..pipeline import make_executor
 
     scorer = pipeline.scorer(base, store, seed_list, executor=make_executor(pipeline.config))
     spec_text = format_head_spec({l: [h for ll, h in heads if ll == l] for l, _ in heads}, base.n_heads) or "none"
@@ -158,7 +157,6 @@ def score_command(
         )
 
 
-@app.command("run")
 def run_command(
     config: Path = typer.Option(..., "--config", help="A TOML configuration (see configs/)."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<config name>)."),
@@ -176,8 +174,9 @@ def run_command(
     ),
 ) -> None:
     """The whole method: Step 1 -> Step 2 -> generalization check -> summary.json and report."""
-    from .config import load_config, validate
-    from .pipeline import Pipeline, dry_run_text
+    from ..config import load_config, validate
+    from ..pipeline import Pipeline
+    from ..plan import dry_run_text
 
     cfg = load_config(config)
     if executor is not None:
@@ -199,7 +198,7 @@ def run_command(
         return
     pipeline.run()
     if cfg.run.report:
-        from .report import write_report
+        from ..report import write_report
 
         path = write_report(run_dir)
         typer.echo(f"report: {path}")

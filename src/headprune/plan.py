@@ -1,0 +1,161 @@
+"""`headprune run --dry-run`: a configuration's stages with their number of evaluations, and a time
+estimate from a short timed calibration on this device.
+
+Planning reads a `Pipeline` (its configuration, datasets and base model) and never runs it; the
+pipeline needs no plan, so this module depends on pipeline.py and not the reverse."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from .base import BaseModel
+from .data import expand_datasets
+from .models import resolve_model_path
+from .pipeline import Pipeline
+from .progress import format_seconds
+from .scoring import adjust, encode
+from .settings import ScoreSettings
+from .surgery import original_shape
+
+# A tweet of typical length (~30 tokens): what a calibration step trains on.
+CALIBRATION_TWEET = "someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"
+
+
+def total_heads(model_name: str) -> int:
+    """Heads of the model in original coordinates, read from its configuration alone, so that the
+    plan of a dry run loads no weights."""
+    layers, heads = original_shape(AutoConfig.from_pretrained(resolve_model_path(model_name)))
+    return layers * heads
+
+
+def plan(pipeline: Pipeline) -> list[dict]:
+    """Stages with their number of evaluations (H2/H3: at most), in the order `Pipeline.run` runs them."""
+    config = pipeline.config
+    n_heads = total_heads(config.model.name)
+    g3 = expand_datasets(config.generalization.datasets)
+    stages: list[dict] = []
+    n_models = 1
+    for order in config.step2.orders:
+        if order == "OI":
+            stages.append(
+                {
+                    "stage": "Step 1: importance",
+                    "finetunings": len(expand_datasets(config.step1.datasets)) * len(config.step1_seeds),
+                    "evaluations": 0,
+                }
+            )
+        strategies = config.step2.strategies if order == "OI" else config.step2.random_order_strategies
+        for strategy in strategies:
+            n_models += 1
+            stage = {"stage": f"{strategy} {order}", "evaluations": pipeline.search_evaluations(strategy, n_heads)}
+            if strategy != "H1":
+                stage["at_most"] = True
+            stages.append(stage)
+    stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(config.generalization_seeds)})
+    return stages
+
+
+def estimate(pipeline: Pipeline, stages: list[dict]) -> dict:
+    """Seconds per evaluation on this device, from a short timed calibration of the model: the
+    reference loop's step, or on the batched engine a step of a stack as large as Step 2's packs
+    (and as the generalization's seed groups), per model. Adds each stage's "seconds" to `stages`."""
+    config, settings, device = pipeline.config, pipeline.settings, pipeline.device
+    base = pipeline.load_base()
+    step2 = [pipeline.dataset(n) for n in expand_datasets(config.step2.datasets)]
+    g3 = [pipeline.dataset(n) for n in expand_datasets(config.generalization.datasets)]
+    s1 = [pipeline.dataset(n) for n in expand_datasets(config.step1.datasets)]
+    step_seconds = calibrate(base, settings, device)
+    model_step = {"step2": step_seconds, "generalization": step_seconds}
+    engine = "reference loop"
+    if pipeline.batched():
+        from .engine import auto_pack_size
+
+        pack = config.run.pack_models or auto_pack_size(base.model, device)
+        sizes = {"step2": min(pack, 64) if config.run.pack else len(config.step2_seeds),
+                 "generalization": len(config.generalization_seeds)}
+        for name, n in sizes.items():
+            model_step[name] = calibrate_batched(base, settings, device, n)
+        engine = f"batched engine, stacks of {sizes['step2']} (Step 2) and {sizes['generalization']} models"
+    per_eval = {}
+    for name, group in (("step2", step2), ("generalization", g3)):
+        halves = [len(d) / 2 for d in group]
+        steps = np.mean([math.ceil(h / settings.batch_size) for h in halves]) * settings.epochs
+        # features ~ a third of a training step per batch; SVM ~ 1% of the adjusting time
+        per_eval[name] = (steps * model_step[name] * 1.05
+                          + np.mean(halves) / settings.batch_size * model_step[name] / 3)
+    finetune = np.mean([math.ceil(len(d) / config.step1.batch_size) for d in s1]) * config.step1.epochs
+    total = 0.0
+    for stage in stages:
+        if "finetunings" in stage:
+            stage["seconds"] = stage["finetunings"] * finetune * step_seconds * 1.2
+        else:
+            key = "generalization" if stage["stage"] == "generalization" else "step2"
+            stage["seconds"] = stage["evaluations"] * per_eval[key]
+        total += stage["seconds"]
+    return {"step_seconds": step_seconds, "total_seconds": total, "engine": engine,
+            "model_step_seconds": model_step}
+
+
+def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, steps: int = 3) -> float:
+    """Seconds for one adjusting step (batch of `settings.batch_size` tweets of ~30 tokens) on `device`."""
+    model = copy.deepcopy(base.model).to(device)
+    texts = [CALIBRATION_TWEET] * (settings.batch_size * (steps + 1))
+    ids = encode(base.tokenizer, texts, base.max_length)
+    one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
+    adjust(model, base.tokenizer, ids[: settings.batch_size], one, 0, device)  # warm-up of the kernels
+    seconds = adjust(model, base.tokenizer, ids[settings.batch_size :], one, 0, device)
+    return seconds / steps
+
+
+def calibrate_batched(base: BaseModel, settings: ScoreSettings, device: torch.device, n_models: int,
+                      steps: int = 3) -> float:
+    """Seconds of one adjusting step *per model* when `n_models` train together on the batched engine."""
+    from .engine import EngineOptions, StackedMLM, adjust_stacked
+
+    texts = [CALIBRATION_TWEET] * (settings.batch_size * steps)
+    ids = encode(base.tokenizer, texts, base.max_length)
+    one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
+    options = EngineOptions(prep_workers=0)
+    warm = StackedMLM.masked(base.model, [()] * n_models, device)
+    adjust_stacked(warm, base.tokenizer, [(ids[: settings.batch_size], s) for s in range(n_models)], one, options)
+    del warm
+    stack = StackedMLM.masked(base.model, [()] * n_models, device)
+    seconds = adjust_stacked(stack, base.tokenizer, [(ids, s) for s in range(n_models)], one, options)
+    return seconds / steps / n_models
+
+
+def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
+    """What `headprune run --dry-run` prints: every stage's count (and, with the estimate, its time),
+    so that a run's size is known before it starts. Computes no evaluation and writes nothing."""
+    stages = plan(pipeline)
+    lines = [
+        f"plan for {pipeline.config.source or 'configuration'} (model {pipeline.config.model.name}, "
+        f"device {pipeline.device}):"
+    ]
+    times = estimate(pipeline, stages) if with_estimate else None
+    total = 0
+    for stage in stages:
+        count = (
+            f"{stage['finetunings']} finetunings"
+            if "finetunings" in stage
+            else f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations"
+        )
+        total += stage.get("evaluations", 0)
+        eta = f"  ~{format_seconds(stage['seconds'])}" if times else ""
+        lines.append(f"  {stage['stage']:<22s} {count}{eta}")
+    lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
+    if times:
+        lines.append(
+            f"  estimate on this device: ~{format_seconds(times['total_seconds'])} "
+            f"({times['engine']}; one adjusting step per model = "
+            f"{times['model_step_seconds']['step2']:.3f} s; stored evaluations are skipped)"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["calibrate", "calibrate_batched", "dry_run_text", "estimate", "plan", "total_heads"]
