@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import saved_size
 from .data import Dataset, check_enough_per_class, load_dataset, split_halves
 from .errors import HeadpruneError, Stopped, past
-from .models import count_parameters, family_of, fingerprint, load_model, max_length
+from .families import family_of
+from .models import count_parameters, fingerprint, load_model, max_length
 from .settings import ScoreSettings
 from .store import ResultStore, SeedScore, pruned_key
 from .surgery import original_shape, prune_heads
@@ -207,16 +209,6 @@ def svm_f1(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> float:
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     scores = cross_val_score(SVC(class_weight="balanced"), x, y, cv=folds, scoring="f1_macro")
     return float(np.mean(scores))
-
-
-def saved_size(model) -> int:
-    """Size in bytes of the model's safetensors file (written to memory, tied weights once)."""
-    from safetensors.torch import _remove_duplicate_names, save
-
-    state = model.state_dict()
-    duplicates = {name for names in _remove_duplicate_names(state).values() for name in names}
-    tensors = {name: t.contiguous() for name, t in state.items() if name not in duplicates}
-    return len(save(tensors, metadata={"format": "pt"}))
 
 
 def score_seed(
