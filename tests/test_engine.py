@@ -7,6 +7,7 @@ reference trains (weights equal up to float rounding); with dropout the streams 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from headprune.engine import (
     supports,
     svm_f1_precomputed,
 )
+from headprune.families import FAMILIES
 from headprune.models import resolve_model_path
 from headprune.scoring import adjust, encode, features, score_seed, svm_f1
 from headprune.settings import ScoreSettings
@@ -199,6 +201,20 @@ def test_features_equal_reference(tokenizer, encoded, family):
     for x, r in zip(got, rows):
         expected = features(model, r, tokenizer.pad_token_id, ScoreSettings(), CPU)
         np.testing.assert_allclose(x, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_position_ids_follow_the_family_table(tokenizer, encoded, family, monkeypatch):
+    """The engine numbers positions as the family's row says (`Family.padded_positions`), not by
+    the family's name: with that field flipped, its features no longer equal the reference's."""
+    ids, _ = encoded
+    model = tiny_model(tokenizer, family)
+    rows = [ids[:12]]
+    expected = features(model, rows[0], tokenizer.pad_token_id, ScoreSettings(), CPU)
+    row = FAMILIES[family]
+    monkeypatch.setitem(FAMILIES, family, dataclasses.replace(row, padded_positions=not row.padded_positions))
+    got = features_stacked(StackedMLM.replicate(model, 1), rows, tokenizer.pad_token_id, ScoreSettings())
+    assert np.abs(got[0] - expected).max() > 1e-2
 
 
 # ----------------------------------------------------------------------------- whole scores

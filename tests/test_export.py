@@ -12,10 +12,11 @@ import torch
 
 import headprune
 from _tiny import CHOSEN_PRUNED, build_tiny_bert, make_summary, write_summary
+from headprune.checkpoint import saved_size
 from headprune.errors import HeadpruneError
 from headprune.export import export_heads, export_model
 from headprune.models import count_parameters, fingerprint
-from headprune.surgery import kept_heads, saved_size_bytes
+from headprune.surgery import kept_heads
 
 CLI = [sys.executable, "-c", "from headprune.cli import main; main()"]
 
@@ -30,7 +31,7 @@ def run_dir(tmp_path_factory, tiny_dir) -> Path:
     model, _ = headprune.load_model(str(tiny_dir))
     summary = make_summary(str(tiny_dir))
     summary["model"].update(fingerprint=fingerprint(model), n_params=count_parameters(model),
-                            size_bytes=saved_size_bytes(model))
+                            size_bytes=saved_size(model))
     directory = tmp_path_factory.mktemp("export-run")
     write_summary(directory, summary)
     return directory
@@ -67,7 +68,7 @@ def test_model_card(run_dir, tiny_dir, tmp_path):
     assert "- Layers removed (every head pruned): 1" in card
     assert "| 0 | 0, 1, 3 | 3 |" in card and "| 1 | removed | 0 |" in card
     assert f"| Parameters | {n:,} | {ref:,} | {100 * (n / ref - 1):+.2f}% |" in card
-    size, ref_size = (out / "model.safetensors").stat().st_size, saved_size_bytes(complete)
+    size, ref_size = (out / "model.safetensors").stat().st_size, saved_size(complete)
     assert f"| Saved size (bytes) | {size:,} | {ref_size:,} | {100 * (size / ref_size - 1):+.2f}% |" in card
     summary = json.loads((run_dir / "summary.json").read_text())
     own, cm = summary["generalization"]["MOIH1"]["aisopos"], summary["generalization"]["CM"]["aisopos"]

@@ -9,19 +9,17 @@ import pytest
 import torch
 
 import headprune
+from headprune.checkpoint import VERBATIM_TOKENIZER_FILES, save_pruned, save_tokenizer
 from headprune.errors import HeadpruneError
+from headprune.families import FAMILIES, family_of
 from headprune.models import (
-    FAMILIES,
     MAX_TOKENS,
-    VERBATIM_TOKENIZER_FILES,
     count_parameters,
-    family_of,
     fingerprint,
     max_length,
     resolve_model_path,
-    save_tokenizer,
 )
-from headprune.surgery import encoder_layers, kept_heads, prune_heads, save_pruned
+from headprune.surgery import encoder_layers, kept_heads, prune_heads
 
 # ----------------------------------------------------------------------------- tiny models
 

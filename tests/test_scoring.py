@@ -16,13 +16,14 @@ from headprune import base as base_module
 from headprune import scorer as scorer_module
 from headprune import scoring
 from headprune.base import BaseModel, WarmupSettings, load_base
+from headprune.checkpoint import saved_size
 from headprune.data import load_dataset, split_halves
 from headprune.models import count_parameters
 from headprune.scorer import Scorer
-from headprune.scoring import encode, features, masked_lm_loss, saved_size, score_seed, svm_f1
+from headprune.scoring import encode, features, masked_lm_loss, score_seed, svm_f1
 from headprune.settings import ScoreSettings
 from headprune.store import ResultStore
-from headprune.surgery import prune_heads, saved_size_bytes
+from headprune.surgery import prune_heads
 
 CPU = torch.device("cpu")
 SETTINGS = ScoreSettings(epochs=1, n_folds=5)
@@ -111,14 +112,21 @@ def test_different_seeds_split_differently(small_dataset_csv: Path) -> None:
     assert not np.array_equal(halves[2][1], halves[3][1])
 
 
-def test_saved_size_counts_every_tensor_once(bert) -> None:
+def _file_size(model, path: Path) -> int:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path))
+    return path.stat().st_size
+
+
+def test_saved_size_counts_every_tensor_once(bert, tmp_path: Path) -> None:
     """The in-memory size equals the safetensors file `save_model` writes, up to its metadata."""
     model = copy.deepcopy(bert.model)
     n = count_parameters(model)  # tied embeddings counted once
     assert 4 * n <= saved_size(model) < 4 * n + 65536
-    assert abs(saved_size(model) - saved_size_bytes(model)) < 1024
+    assert abs(saved_size(model) - _file_size(model, tmp_path / "complete.safetensors")) < 1024
     prune_heads(model, PRUNED)
-    assert abs(saved_size(model) - saved_size_bytes(model)) < 1024
+    assert abs(saved_size(model) - _file_size(model, tmp_path / "pruned.safetensors")) < 1024
 
 
 def test_roberta_scores(tiny_roberta_dir: Path, small_dataset_csv: Path) -> None:

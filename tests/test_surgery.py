@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import headprune
+from headprune.checkpoint import load_pruned, save_pruned
 from headprune.errors import HeadpruneError
 from headprune.models import count_parameters
 from headprune.surgery import (
@@ -16,13 +17,11 @@ from headprune.surgery import (
     encoder_layers,
     format_head_spec,
     kept_heads,
-    load_pruned,
     normalize_heads,
     original_shape,
     parse_head_spec,
     prune_heads,
     pruned_heads,
-    save_pruned,
 )
 
 ATOL = 1e-5

@@ -1,9 +1,10 @@
 """headprune: find which attention heads of a pretrained encoder can be pruned before finetuning."""
 
+from .checkpoint import load_pruned, save_pruned
 from .data import GROUPS, Dataset, expand_datasets, load_dataset, preprocess, split_halves
 from .errors import HeadpruneError
 from .models import count_parameters, fingerprint, load_model
-from .surgery import HeadGates, kept_heads, load_pruned, prune_heads, pruned_heads, save_pruned
+from .surgery import HeadGates, kept_heads, prune_heads, pruned_heads
 
 __version__ = "0.1.0"
 

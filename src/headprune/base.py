@@ -13,8 +13,9 @@ from torch import nn
 
 from .data import expand_datasets, load_dataset
 from .devices import resolve_device
-from .models import family_of, fingerprint, load_model, max_length
-from .scoring import adamw, encode, masked_lm_loss, module_at
+from .families import family_of, module_at
+from .models import fingerprint, load_model, max_length
+from .scoring import adamw, encode, masked_lm_loss
 from .store import make_key
 from .surgery import original_shape
 

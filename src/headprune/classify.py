@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import load_pruned, save_pruned
 from .data import Dataset, preprocess
 from .devices import resolve_device
 from .errors import HeadpruneError
 from .models import count_parameters, load_model, max_length
 from .scoring import encode, pad_batch
-from .surgery import load_pruned, original_shape, prune_heads, pruned_heads, save_pruned
+from .surgery import original_shape, prune_heads, pruned_heads
 
 CLASSIFIER_FILE = "headprune-classifier.json"
 HELD_OUT = 0.2  # share of train scored when no eval set is given

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .checkpoint import save_pruned, saved_size
 from .errors import HeadpruneError
 from .models import count_parameters, fingerprint, load_model
 from .report import COMPLETE, load_summary
@@ -20,8 +21,6 @@ from .surgery import (
     parse_head_spec,
     prune_heads,
     pruned_heads,
-    save_pruned,
-    saved_size_bytes,
 )
 
 
@@ -80,8 +79,9 @@ def _export(model, tokenizer, base: str, heads, out_dir, context: dict | None) -
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise HeadpruneError(f"--out {out}: exists and is not a directory")
-    # Measured on the model just loaded, so that "vs complete" compares like with like.
-    complete = {"n_params": count_parameters(model), "size_bytes": saved_size_bytes(model)}
+    # Measured on the model just loaded, as every score measures `size_bytes`, so that "vs complete"
+    # compares like with like (up to the metadata bytes naming tied weights the file drops).
+    complete = {"n_params": count_parameters(model), "size_bytes": saved_size(model)}
     if heads:
         prune_heads(model, heads)
     extra = {"base_model": base}

@@ -6,70 +6,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .checkpoint import find_file, is_pruned_dir, load_pruned
 from .errors import HeadpruneError
+from .families import Family, family_of
 
 PAPER_MODEL = "vinai/bertweet-covid19-base-uncased"
 DEFAULT_MODEL = "minilm"
 MAX_TOKENS = 128  # METHOD.md: BERTweet's limit, applied to every model
-
-# Files that must travel unchanged with every saved model: transformers 5.x writes a corrupted
-# `bpe.codes` when it saves BertweetTokenizer.
-VERBATIM_TOKENIZER_FILES = ("vocab.txt", "bpe.codes")
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where one model family keeps its attention projections, relative to one encoder layer.
-
-    Adding a family is adding a row to FAMILIES (the TextPruner idea)."""
-
-    layers: str  # path of the ModuleList of encoder layers, from `model.base_model`
-    attention: str  # the self-attention module (holds the head counts)
-    query: str
-    key: str
-    value: str
-    output: str  # the attention output projection (its input is the concatenated heads)
-    mlm_head_prefixes: tuple[str, ...]  # state-dict prefixes of the masked-LM head
-    mlm_head: tuple[str, ...]  # modules that map hidden states to vocabulary logits, applied in order
-    # The pooler of the family's sequence-classification model (inside `base_model`), which Step 1
-    # loads from the checkpoint; None where that model has none (RoBERTa's head is all fresh).
-    pooler: str | None = None
-
-
-_BERT_LIKE = dict(
-    layers="encoder.layer",
-    attention="attention.self",
-    query="attention.self.query",
-    key="attention.self.key",
-    value="attention.self.value",
-    output="attention.output.dense",
-)
-FAMILIES: dict[str, Family] = {
-    "bert": Family(**_BERT_LIKE, mlm_head_prefixes=("cls.predictions.",), mlm_head=("cls",), pooler="pooler"),
-    "roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
-    "xlm-roberta": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
-    "camembert": Family(**_BERT_LIKE, mlm_head_prefixes=("lm_head.",), mlm_head=("lm_head",)),
-    "electra": Family(
-        **_BERT_LIKE,
-        mlm_head_prefixes=("generator_predictions.", "generator_lm_head."),
-        mlm_head=("generator_predictions", "generator_lm_head"),
-    ),
-}
-
-
-def family_of(config) -> Family:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        raise HeadpruneError(
-            f"unsupported model family '{model_type}': headprune supports {', '.join(sorted(FAMILIES))}"
-        )
-    return FAMILIES[model_type]
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -106,14 +53,12 @@ def load_model(
 
     A checkpoint without a masked-LM head (e.g. the embedded MiniLM sentence encoder) gets a fresh
     head tied to the word embeddings, initialised from `seed`; `config.headprune_fresh_mlm_head`
-    then says so (see `scoring.warm_up_mlm_head`). A directory written by `save_pruned` is loaded
-    with its pruning applied."""
+    then says so (see `scoring.warm_up_mlm_head`). A directory written by `checkpoint.save_pruned`
+    is loaded with its pruning applied."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     path = resolve_model_path(name_or_path)
-    if _is_local(path) and (Path(path) / "headprune.json").is_file():
-        from .surgery import load_pruned
-
+    if _is_local(path) and is_pruned_dir(path):
         return load_pruned(path)
     if not _is_local(path) and os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in path:
         raise HeadpruneError(f"model '{name_or_path}': no such directory, and not a hub id")
@@ -157,7 +102,7 @@ def load_model(
 def _safetensors_files(path: str) -> list[str]:
     """The checkpoint's safetensors file(s): one file, or the shards of its index (local or hub cache)."""
     def find(filename: str) -> str | None:
-        return _find_file(path, filename) if not _is_local(path) else (
+        return find_file(path, filename) if not _is_local(path) else (
             str(Path(path) / filename) if (Path(path) / filename).is_file() else None)
 
     single = find("model.safetensors")
@@ -190,43 +135,16 @@ def pretrained_pooler(path: str, family: Family) -> dict[str, torch.Tensor]:
 
 
 def max_length(tokenizer, config) -> int:
-    """At most 128 tokens (METHOD.md), and never more than the model's positions allow."""
+    """At most 128 tokens (METHOD.md), and never more than the model's positions allow (less the
+    positions its family reserves before the first token, `Family.position_offset`)."""
     limit = MAX_TOKENS
     model_max = getattr(tokenizer, "model_max_length", None)
     if model_max and model_max < 10**6:
         limit = min(limit, int(model_max))
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
-        offset = 2 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
-        limit = min(limit, int(positions) - offset)
+        limit = min(limit, int(positions) - family_of(config).position_offset)
     return limit
-
-
-def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
-    """Save the tokenizer, then copy the original vocab.txt/bpe.codes over whatever was written."""
-    directory = Path(directory)
-    tokenizer.save_pretrained(directory)
-    source = getattr(tokenizer, "headprune_source", None) or getattr(tokenizer, "name_or_path", None)
-    if not source:
-        return
-    for filename in VERBATIM_TOKENIZER_FILES:
-        original = _find_file(source, filename)
-        if original is not None and Path(original).resolve() != (directory / filename).resolve():
-            shutil.copyfile(original, directory / filename)
-
-
-def _find_file(source: str, filename: str) -> str | None:
-    local = Path(source) / filename
-    if local.is_file():
-        return str(local)
-    if Path(source).is_dir():
-        return None
-    try:
-        from transformers.utils import cached_file
-
-        return cached_file(source, filename, _raise_exceptions_for_missing_entries=False)
-    except Exception:  # noqa: BLE001 - optional file, absent or offline
-        return None
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import saved_size
 from .data import split_halves
 from .devices import resolve_device
-from .models import count_parameters, family_of
+from .families import family_of, module_at
+from .models import count_parameters
 from .settings import ScoreSettings
 from .surgery import prune_heads
 from .tasks import EvalContext, Head, SeedScore, SeedTask
@@ -36,12 +38,6 @@ def pad_batch(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention[i, : len(ids)] = 1
     return input_ids, attention
-
-
-def module_at(model: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        model = getattr(model, part)
-    return model
 
 
 def mlm_logits_at(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -137,16 +133,6 @@ def svm_f1(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> float:
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     scores = cross_val_score(SVC(class_weight="balanced"), x, y, cv=folds, scoring="f1_macro")
     return float(np.mean(scores))
-
-
-def saved_size(model) -> int:
-    """Size in bytes of the model's safetensors file (written to memory, tied weights once)."""
-    from safetensors.torch import _remove_duplicate_names, save
-
-    state = model.state_dict()
-    duplicates = {name for names in _remove_duplicate_names(state).values() for name in names}
-    tensors = {name: t.contiguous() for name, t in state.items() if name not in duplicates}
-    return len(save(tensors, metadata={"format": "pt"}))
 
 
 def score_seed(

@@ -1,21 +1,19 @@
-"""Head gates, physical head pruning, layer removal, and the pruned-model format.
+"""Head gates, physical head pruning, layer removal, head specifications: pure functions on modules.
 
-Heads are always named in the original model's (layer, head) coordinates, also after layers
-were removed. The map of what is left lives in `config.headprune_kept`:
-{original layer (str): [original heads kept]}, only for layers that remain."""
+Where a family keeps its attention projections comes from its `families.Family` row; saving and
+loading a pruned model is `checkpoint`'s. Heads are always named in the original model's
+(layer, head) coordinates, also after layers were removed. The map of what is left lives in
+`config.headprune_kept`: {original layer (str): [original heads kept]}, only for layers that remain."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import HeadpruneError
-from .models import family_of, save_tokenizer
+from .families import family_of, module_at
 
 HeadSet = dict[int, list[int]]  # {layer: [heads]} in original coordinates
 
@@ -119,19 +117,14 @@ def format_head_spec(heads: HeadSet, n_heads: int) -> str:
 # ----------------------------------------------------------------------------- modules
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
-
-
 def _set(module: nn.Module, path: str, value: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(_get(module, parent) if parent else module, name, value)
+    setattr(module_at(module, parent) if parent else module, name, value)
 
 
 def encoder_layers(model) -> nn.ModuleList:
-    return _get(model.base_model, family_of(model.config).layers)
+    """The encoder's layers, where the model's family keeps them."""
+    return module_at(model.base_model, family_of(model.config).layers)
 
 
 def _head_size(config) -> int:
@@ -182,12 +175,12 @@ def prune_heads(model, heads) -> nn.Module:
         if len(remaining) < len(hs):
             local = [hs.index(h) for h in remaining]
             index = torch.cat([torch.arange(i * d, (i + 1) * d) for i in local]).to(
-                _get(module, family.query).weight.device
+                module_at(module, family.query).weight.device
             )
             for path in (family.query, family.key, family.value):
-                _set(module, path, prune_linear(_get(module, path), index, dim=0))
-            _set(module, family.output, prune_linear(_get(module, family.output), index, dim=1))
-            attention = _get(module, family.attention)
+                _set(module, path, prune_linear(module_at(module, path), index, dim=0))
+            _set(module, family.output, prune_linear(module_at(module, family.output), index, dim=1))
+            attention = module_at(module, family.attention)
             for attr, value in (("num_attention_heads", len(remaining)), ("all_head_size", len(remaining) * d)):
                 if hasattr(attention, attr):
                     setattr(attention, attr, value)
@@ -231,7 +224,7 @@ class HeadGates:
         for module, (orig_layer, hs) in zip(encoder_layers(model), kept_heads(model).items()):
             index = torch.tensor(hs, device=device)
             hook = _make_gate_hook(self, orig_layer, index, d)
-            self._handles.append(_get(module, family.output).register_forward_pre_hook(hook))
+            self._handles.append(module_at(module, family.output).register_forward_pre_hook(hook))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -254,77 +247,3 @@ def _make_gate_hook(owner: HeadGates, layer: int, index: torch.Tensor, d: int):
         return (gated, *args[1:])
 
     return hook
-
-
-# ----------------------------------------------------------------------------- saving
-
-
-def save_pruned(model, tokenizer, directory: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write config, safetensors weights, tokenizer files and `headprune.json` (the kept-heads map)."""
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
-    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, directory)
-    n_layers, n_heads = original_shape(model.config)
-    meta = {
-        "format": "headprune-pruned-model/1",
-        "architecture": type(model).__name__,
-        "original_layers": n_layers,
-        "heads_per_layer": n_heads,
-        "kept": {str(k): v for k, v in kept_heads(model).items()},
-        "pruned": [list(p) for p in pruned_heads(model)],
-        **(extra or {}),
-    }
-    (directory / "headprune.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return directory
-
-
-def load_pruned(directory: str | os.PathLike):
-    """Load a directory written by `save_pruned`: (model, tokenizer), outputs identical to the saved model."""
-    import transformers
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoTokenizer
-
-    directory = Path(directory)
-    meta_path = directory / "headprune.json"
-    if not meta_path.is_file():
-        raise HeadpruneError(f"{directory}: not a pruned model directory (no headprune.json)")
-    meta = json.loads(meta_path.read_text())
-    config = AutoConfig.from_pretrained(directory)
-    kept = {int(k): v for k, v in meta["kept"].items()}
-    config.num_hidden_layers = int(meta["original_layers"])
-    for attr in ("headprune_kept", "headprune_original_layers"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    architecture = getattr(transformers, meta.get("architecture", ""), None)
-    if architecture is None:
-        raise HeadpruneError(f"{directory}: unknown architecture '{meta.get('architecture')}'")
-    model = architecture(config)
-    n_heads = int(meta["heads_per_layer"])
-    to_prune = {l: [h for h in range(n_heads) if h not in kept.get(l, [])] for l in range(config.num_hidden_layers)}
-    to_prune = {l: hs for l, hs in to_prune.items() if hs}
-    if to_prune:
-        prune_heads(model, to_prune)
-    load_model(model, str(directory / "model.safetensors"), strict=True)
-    model.eval()
-    tokenizer = None
-    if (directory / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        tokenizer.headprune_source = str(directory)
-    return model, tokenizer
-
-
-def saved_size_bytes(model) -> int:
-    """Bytes of the model's safetensors file, measured by writing it to a temporary file."""
-    import tempfile
-
-    from safetensors.torch import save_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        save_model(model, str(path))
-        return path.stat().st_size

@@ -41,9 +41,9 @@ What differs from the reference, on purpose:
 - **timing.** The adjusting stage of a group is timed once; every seed of the group reports that
   shared wall time as its `adjust_seconds`.
 
-Supported families: BERT and RoBERTa-like (bert, roberta, xlm-roberta, camembert) with absolute
-positions; `supports(model)` says whether a model can run here, `BatchedExecutor` falls back to the
-reference for the others.
+Supported families: the rows of `families.FAMILIES` marked `batched_engine` (bert, roberta,
+xlm-roberta, camembert; `SUPPORTED_FAMILIES`) with absolute position embeddings; `supports(model)`
+says whether a model can run here, `BatchedExecutor` falls back to the reference for the others.
 
 Modules: `options` (EngineOptions, supports), `stack` (StackedMLM), `optim` (StackedAdamW),
 `batches` (each model's batches, worker processes, the flat layout), `stages` (adjusting, features,

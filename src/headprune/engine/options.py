@@ -9,9 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..families import FAMILIES
+
 Head = tuple[int, int]
 
-SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
+# The families whose rows say the engine implements them (`Family.batched_engine`): a view of the table.
+SUPPORTED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.batched_engine)
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the reference uses
 
 
@@ -41,10 +44,13 @@ class EngineOptions:
 
 
 def supports(model) -> bool:
-    """Whether the batched engine can run this masked-LM model."""
+    """Whether the batched engine can run this masked-LM model: its family's row says the engine
+    implements it, with absolute positions and embeddings as wide as the hidden states."""
     config = model.config
+    family = FAMILIES.get(getattr(config, "model_type", None))
     return (
-        getattr(config, "model_type", None) in SUPPORTED_FAMILIES
+        family is not None
+        and family.batched_engine
         and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
         and not getattr(config, "is_decoder", False)
         and getattr(config, "embedding_size", config.hidden_size) == config.hidden_size

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..surgery import encoder_layers
+from ..families import family_of, module_at
+from ..surgery import encoder_layers, kept_heads
 from .batches import Step
 from .options import Head, supports
 
@@ -42,7 +44,8 @@ class StackedMLM:
     `params[name]` is an (N, ...) leaf tensor for every distinct parameter of the models (names as
     `named_parameters()` gives them; tied weights appear once). The forward pass mirrors
     transformers' BERT/RoBERTa modules (embeddings, post-LN encoder layers, MLM head) with batched
-    matmuls; `state_of(i)` gives model i's parameters back.
+    matmuls, finding each module and the position numbering in the family's row
+    (`families.Family`); `state_of(i)` gives model i's parameters back.
 
     The weights of the linear layers (not the decoder) are stored transposed, (N, in, out): then
     `x @ W^T` is `bmm(x, W_t)` and backward produces their gradients in the stored layout, which
@@ -85,15 +88,16 @@ class StackedMLM:
             return name_of(module, "weight"), name_of(module, "bias"), float(module.eps)
 
         config = first.config
-        self.family = config.model_type
-        embeddings = first.base_model.embeddings
-        self.word = name_of(embeddings.word_embeddings)
-        self.word_padding_idx = embeddings.word_embeddings.padding_idx
-        self.position = name_of(embeddings.position_embeddings)
-        self.position_padding_idx = embeddings.position_embeddings.padding_idx
-        self.token_type = name_of(embeddings.token_type_embeddings)
-        self.embedding_norm = norm(embeddings.LayerNorm)
-        self.roberta_positions = self.family != "bert"
+        family = family_of(config)
+        self.family = family  # where the models keep each module (families.FAMILIES)
+        base = first.base_model
+        self.word = name_of(module_at(base, family.word_embeddings))
+        self.word_padding_idx = module_at(base, family.word_embeddings).padding_idx
+        self.position = name_of(module_at(base, family.position_embeddings))
+        self.position_padding_idx = module_at(base, family.position_embeddings).padding_idx
+        self.token_type = name_of(module_at(base, family.token_type_embeddings))
+        self.embedding_norm = norm(module_at(base, family.embedding_norm))
+        self.padded_positions = family.padded_positions
         self.pad_token_id = config.pad_token_id
         self.head_size = int(config.hidden_size) // int(config.num_attention_heads)
         self.hidden_dropout = float(config.hidden_dropout_prob)
@@ -103,25 +107,17 @@ class StackedMLM:
         self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
         self.layers = []
         for layer in encoder_layers(first):
-            attention = layer.attention
+            at = partial(module_at, layer)
             self.layers.append({
-                "q": linear(attention.self.query), "k": linear(attention.self.key),
-                "v": linear(attention.self.value), "o": linear(attention.output.dense),
-                "norm1": norm(attention.output.LayerNorm), "up": linear(layer.intermediate.dense),
-                "down": linear(layer.output.dense), "norm2": norm(layer.output.LayerNorm),
+                "q": linear(at(family.query)), "k": linear(at(family.key)),
+                "v": linear(at(family.value)), "o": linear(at(family.output)),
+                "norm1": norm(at(family.attention_norm)), "up": linear(at(family.intermediate)),
+                "down": linear(at(family.ffn_output)), "norm2": norm(at(family.output_norm)),
             })
-        if self.family == "bert":
-            predictions = first.cls.predictions
-            self.head_dense = linear(predictions.transform.dense)
-            self.head_norm = norm(predictions.transform.LayerNorm)
-            self.head_act = self.act
-            self.decoder = linear(predictions.decoder)
-        else:
-            head = first.lm_head
-            self.head_dense = linear(head.dense)
-            self.head_norm = norm(head.layer_norm)
-            self.head_act = ACT2FN["gelu"]  # RobertaLMHead applies gelu whatever hidden_act says
-            self.decoder = linear(head.decoder)
+        self.head_dense = linear(module_at(first, family.mlm_dense))
+        self.head_norm = norm(module_at(first, family.mlm_norm))
+        self.head_act = self.act if family.mlm_activation is None else ACT2FN[family.mlm_activation]
+        self.decoder = linear(module_at(first, family.mlm_decoder))
         self.transposed = {spec[key][0] for spec in self.layers for key in ("q", "k", "v", "o", "up", "down")}
         self.transposed.add(self.head_dense[0])
         self.transposed.discard(self.decoder[0])  # the decoder (often the word embeddings) keeps (V, H)
@@ -151,8 +147,6 @@ class StackedMLM:
         of exactly 0, so Adam (no weight decay) leaves them unchanged and every other parameter
         trains as in the pruned model. Models with different pruned sets can so be trained in one
         stack. Heads are named in the original model's coordinates (`surgery.kept_heads`)."""
-        from ..surgery import kept_heads
-
         sets = [{(int(l), int(h)) for l, h in pruned} for pruned in pruned_sets]
         stack = cls.replicate(model, len(sets), device)
         layout = list(kept_heads(model).items())  # position -> (original layer, [original heads])
@@ -200,7 +194,7 @@ class StackedMLM:
         """Flat layout: ids and position ids (N, T) -> (N, T, H)."""
         x = _lookup(self.params[self.word], ids, self.word_padding_idx)
         x = x + self.params[self.token_type][:, 0].unsqueeze(1)  # token_type_ids are all 0
-        x = x + _lookup(self.params[self.position], positions, self.position_padding_idx if self.roberta_positions
+        x = x + _lookup(self.params[self.position], positions, self.position_padding_idx if self.padded_positions
                         else None)
         weight, bias, eps = self.embedding_norm
         return self._dropout(_layer_norm(x, self.params[weight], self.params[bias], eps), self.hidden_dropout, training)

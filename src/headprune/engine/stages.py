@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checkpoint import saved_size
 from ..data import split_halves
 from ..models import count_parameters
-from ..scoring import saved_size
 from ..settings import ScoreSettings
 from ..surgery import prune_heads
 from ..tasks import SeedScore, SeedTask
@@ -44,7 +44,7 @@ def adjust_stacked(stack: StackedMLM, tokenizer, jobs: Sequence[tuple[list[list[
     transform = (lambda s: s.pin()) if device.type == "cuda" else None
     tokens = steps = 0
     ticks = training_steps(tokenizer, jobs, settings, optimizer, options.width_multiple, prepared,
-                   stack.pad_token_id if stack.roberta_positions else None)
+                           stack.pad_token_id if stack.padded_positions else None)
     for step in prefetched(ticks, depth, transform):
         tokens += step.tokens
         steps += 1
@@ -84,7 +84,7 @@ def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: 
     out = [np.zeros((len(rows), len(wanted[j]) * stack.config.hidden_size), dtype=np.float32)
            for j, rows in enumerate(ids)]
     chunk = options.feature_batch
-    position_pad = stack.pad_token_id if stack.roberta_positions else None
+    position_pad = stack.pad_token_id if stack.padded_positions else None
     n_chunks = max(math.ceil(len(rows) / chunk) for rows in ids) if ids else 0
     for c in range(n_chunks):
         parts = [order[c * chunk: (c + 1) * chunk] for order in orders]

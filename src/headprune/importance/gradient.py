@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..devices import reproducible
 from ..errors import HeadpruneError
 from ..executors.local import InProcessExecutor
-from ..models import family_of
+from ..families import family_of
 from ..scorer import run_stored
 from ..scoring import adamw, encode, pad_batch
 from ..store import ResultStore
