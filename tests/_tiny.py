@@ -54,7 +54,8 @@ def _f1(base: float, i: int, j: int) -> float:
 
 
 def make_summary(model_name: str = "tiny-bert") -> dict:
-    """A small but complete summary.json following docs/DESIGN.md exactly (2 layers x 4 heads, OI and A1)."""
+    """A small but complete summary.json (2 layers x 4 heads, OI and A1) of schema version 1: no
+    `schema_version` key, otherwise the shape of `headprune.summary`."""
     heads = [[l, h] for l in range(N_LAYERS) for h in range(N_HEADS)]
     # MOIH1 (k = 5) is exactly the 5 least important heads of OI.
     oi_ranked = [[0, 0], [0, 1], [0, 3], [1, 3], [0, 2], [1, 0], [1, 1], [1, 2]]

@@ -82,6 +82,21 @@ def test_summary_has_every_stage(tiny_run) -> None:
     assert (root / "run" / "orders" / "OI.json").is_file() and (root / "run" / "orders" / "A1.json").is_file()
 
 
+def test_summary_round_trips_through_its_types(tiny_run) -> None:
+    """summary.json as the pipeline wrote it is read into the typed Summary and written back unchanged."""
+    from headprune.summary import SCHEMA_VERSION, load_summary
+
+    root, _, summary = tiny_run
+    on_disk = json.loads((root / "run" / "summary.json").read_text())
+    loaded = load_summary(root / "run")
+    assert loaded.schema_version == on_disk["schema_version"] == SCHEMA_VERSION
+    assert loaded.to_json() == on_disk == summary
+    assert json.dumps(loaded.to_json(), indent=1) + "\n" == (root / "run" / "summary.json").read_text()
+    assert loaded.orders["A1"].is_random and not loaded.orders["OI"].is_random
+    for name, entry in loaded.chosen.items():
+        assert entry.to_json() == json.loads((root / "run" / "chosen" / f"{name}.json").read_text())
+
+
 def test_chosen_models_match_the_store(tiny_run) -> None:
     """The summary's numbers are the stored per-seed scores (nothing invented on the way)."""
     root, _, summary = tiny_run

@@ -14,7 +14,8 @@ import pytest
 
 from _tiny import G3, make_summary, write_summary
 from headprune.errors import HeadpruneError
-from headprune.report import load_summary, rank_matrix, write_report
+from headprune.report import rank_matrix, write_report
+from headprune.summary import load_summary
 
 SECTIONS = [
     "overview", "importance", "architectures", "h1", "h2", "h3", "comparison", "heads-pruned", "size",
@@ -204,7 +205,7 @@ def test_malformed_inner_part_is_one_clear_error(tmp_path):
 
 def test_load_summary_accepts_the_file_itself(tmp_path):
     path = write_summary(tmp_path, make_summary())
-    assert load_summary(path)["model"]["n_heads"] == 4
+    assert load_summary(path).model.n_heads == 4
 
 
 def test_cli_report_errors_exit_2_with_one_line(tmp_path):

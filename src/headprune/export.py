@@ -12,7 +12,7 @@ from pathlib import Path
 from .checkpoint import save_pruned, saved_size
 from .errors import HeadpruneError
 from .models import count_parameters, fingerprint, load_model
-from .report import COMPLETE, load_summary
+from .summary import COMPLETE, DatasetScores, load_summary
 from .surgery import (
     format_head_spec,
     kept_heads,
@@ -33,25 +33,25 @@ def export_model(
 ) -> Path:
     """Prune the base model of a run as its chosen model `model_name` (e.g. "MOIH1") and save it to `out_dir`.
 
-    `base_model` overrides `summary["model"]["name"]` (e.g. the same checkpoint in another folder)."""
+    `base_model` overrides the run's model.name (e.g. the same checkpoint in another folder)."""
     summary = load_summary(run_dir)
-    chosen = summary.get("chosen") or {}
+    chosen = summary.chosen or {}
     if model_name not in chosen:
         names = ", ".join(chosen) or "none (the run chose no model)"
-        raise HeadpruneError(f"unknown model '{model_name}' in {summary['_path']}: the run's models are {names}")
-    base = base_model or summary["model"].get("name")
+        raise HeadpruneError(f"unknown model '{model_name}' in {summary.path}: the run's models are {names}")
+    base = base_model or summary.model.name
     if not base:
-        raise HeadpruneError(f"{summary['_path']}: no model.name; pass the base model explicitly (--base)")
+        raise HeadpruneError(f"{summary.path}: no model.name; pass the base model explicitly (--base)")
     model, tokenizer = load_model(base)
     shape = original_shape(model.config)
-    expected = (summary["model"]["n_layers"], summary["model"]["n_heads"])
+    expected = (summary.model.n_layers, summary.model.n_heads)
     if shape != expected:
         raise HeadpruneError(
             f"base model '{base}' has {shape[0]} layers x {shape[1]} heads but the run's model has "
             f"{expected[0]} x {expected[1]}"
         )
-    heads = [tuple(pair) for pair in chosen[model_name].get("pruned_heads") or []]
-    run_fingerprint = summary["model"].get("fingerprint")
+    heads = list(chosen[model_name].pruned_heads)
+    run_fingerprint = summary.model.fingerprint
     base_fingerprint = fingerprint(model) if run_fingerprint else None
     context = {
         "name": model_name,
@@ -86,7 +86,7 @@ def _export(model, tokenizer, base: str, heads, out_dir, context: dict | None) -
         prune_heads(model, heads)
     extra = {"base_model": base}
     if context is not None:
-        extra.update(run=context["summary"]["_path"], run_model=context["name"])
+        extra.update(run=str(context["summary"].path), run_model=context["name"])
     save_pruned(model, tokenizer, out, extra=extra)
     numbers = {"n_params": count_parameters(model), "size_bytes": (out / "model.safetensors").stat().st_size}
     (out / "README.md").write_text(model_card(model, base, numbers, complete, context, out), encoding="utf-8")
@@ -111,10 +111,10 @@ def model_card(model, base: str, numbers: dict, complete: dict, context: dict | 
     ]
     if context is not None:
         info = context["info"]
-        strategy = info.get("strategy")
+        strategy = info.strategy
         lines.append(
-            f"- From run: `{context['summary']['_path']}`, model `{context['name']}`"
-            + (f" (strategy {strategy}, order {info.get('order')})" if strategy else " (complete model)")
+            f"- From run: `{context['summary'].path}`, model `{context['name']}`"
+            + (f" (strategy {strategy}, order {info.order})" if strategy else " (complete model)")
         )
         if context["fingerprint_matches"] is False:
             lines.append(
@@ -155,13 +155,14 @@ def model_card(model, base: str, numbers: dict, complete: dict, context: dict | 
 
 def _run_numbers(context: dict) -> list[str]:
     """Mean F1-macro of this model per generalization dataset vs the complete model, with significant t-tests."""
-    generalization = context["summary"].get("generalization") or {}
+    generalization = context["summary"].generalization
+    if generalization is None:
+        return []
     name = context["name"]
-    own, cm = generalization.get(name) or {}, generalization.get(COMPLETE) or {}
-    datasets = [ds for ds, v in own.items() if isinstance(v, dict) and v.get("mean") is not None]
+    own, cm = generalization.models.get(name) or {}, generalization.models.get(COMPLETE) or {}
+    datasets = list(own)
     if not datasets:
         return []
-    significance = generalization.get("significance") or []
     lines = [
         "",
         "## Results of the run (generalization check, F1-macro x100, mean (std) over seeds)",
@@ -170,14 +171,12 @@ def _run_numbers(context: dict) -> list[str]:
         "|:---|---:|---:|---:|:---|",
     ]
     for ds in datasets:
-        v, ref = own[ds], cm.get(ds) or {}
-        pct = v.get("pct_vs_cm")
+        v, ref = own[ds], cm.get(ds)
+        pct = v.pct_vs_cm
         tests = [
-            f"{s['better']} > {s['worse']}"
-            for s in significance
-            if s.get("dataset") == ds
-            and name in (s.get("better"), s.get("worse"))
-            and COMPLETE in (s.get("better"), s.get("worse"))
+            f"{s.better} > {s.worse}"
+            for s in generalization.significance
+            if s.dataset == ds and name in (s.better, s.worse) and COMPLETE in (s.better, s.worse)
         ]
         lines.append(
             f"| {ds} | {_mean_std(v)} | {_mean_std(ref) if ref else 'n/a'} | "
@@ -186,9 +185,8 @@ def _run_numbers(context: dict) -> list[str]:
     return lines
 
 
-def _mean_std(value: dict) -> str:
-    std = value.get("std")
-    return f"{100 * float(value['mean']):.2f}" + ("" if std is None else f" ({100 * float(std):.2f})")
+def _mean_std(value: DatasetScores) -> str:
+    return f"{100 * float(value.mean):.2f} ({100 * float(value.std):.2f})"
 
 
 def _as_set(pairs) -> dict[int, list[int]]:

@@ -30,6 +30,21 @@ from .scorer import Scorer
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
 from .settings import ScoreSettings
 from .store import ResultStore
+from .summary import (
+    COMPLETE,
+    SUMMARY_FILE,
+    ChosenModel,
+    DatasetScores,
+    Generalization,
+    GreedyResult,
+    H1Result,
+    ModelInfo,
+    OrderEntry,
+    RandomMean,
+    Significance,
+    Summary,
+    write_summary,
+)
 
 SEARCHES = {"H2": H2Strategy, "H3": H3Strategy}
 
@@ -223,6 +238,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
+        """Run every stage and write summary.json; returns its content (`Summary.to_json()`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         started = time.time()
@@ -248,42 +264,41 @@ class Pipeline:
             for used in (e for e in (gen_executor, executor) if e is not None):
                 used.close()
             store.close()
-        summary["elapsed_seconds"] = time.time() - started
-        path = self.run_dir / "summary.json"
-        path.write_text(json.dumps(summary, indent=1) + "\n")
+        summary.elapsed_seconds = time.time() - started
+        path = write_summary(self.run_dir / SUMMARY_FILE, summary)
         chosen_dir = self.run_dir / "chosen"
         chosen_dir.mkdir(exist_ok=True)
-        for name, entry in summary["chosen"].items():
-            (chosen_dir / f"{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
+        for name, entry in (summary.chosen or {}).items():
+            (chosen_dir / f"{name}.json").write_text(json.dumps(entry.to_json(), indent=1) + "\n")
         self.progress.log(f"summary: {path}")
-        return summary
+        return summary.to_json()
 
-    def _summary_head(self, base: BaseModel, orders: dict[str, Order]) -> dict:
-        return {
-            "headprune_version": __version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device_description(self.device),
-            "versions": versions(),
-            "config": self.config.to_dict(),
-            "departures": departures(self.config),
-            "model": {
-                "name": base.name,
-                "fingerprint": base.fingerprint,
-                "n_layers": base.n_layers,
-                "n_heads": base.n_heads,
-                "mlm_head": base.info,
-            },
-            "orders": {
-                name: {"ranked": [list(h) for h in o.ranked], "matrix": o.matrix, "kind": o.kind,
-                       **({"settings": o.settings} if o.settings is not None else {})}
+    def _summary_head(self, base: BaseModel, orders: dict[str, Order]) -> Summary:
+        return Summary(
+            headprune_version=__version__,
+            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            device=device_description(self.device),
+            versions=versions(),
+            config=self.config.to_dict(),
+            departures=departures(self.config),
+            model=ModelInfo(
+                name=base.name,
+                fingerprint=base.fingerprint,
+                n_layers=base.n_layers,
+                n_heads=base.n_heads,
+                mlm_head=base.info,
+            ),
+            orders={
+                name: OrderEntry(ranked=[tuple(h) for h in o.ranked], matrix=o.matrix, kind=o.kind, settings=o.settings)
                 for name, o in orders.items()
             },
-        }
+        )
 
-    def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer, summary: dict) -> dict:
+    def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer,
+               summary: Summary) -> dict[str, ChosenModel]:
         """Every (order, strategy) search at once (`search.run_strategies`): one executor call per
         round holds all their candidates."""
-        chosen: dict[str, dict] = {"CM": {"pruned_heads": [], "n_pruned": 0, "strategy": None, "order": None}}
+        chosen = {COMPLETE: ChosenModel(pruned_heads=[], n_pruned=0, strategy=None, order=None)}
         n_heads = len(next(iter(orders.values())).ranked) if orders else 0
         group_size = self.config.step2.group_size
         searches = {}
@@ -296,7 +311,7 @@ class Pipeline:
                 else:
                     searches[(name, strategy)] = SEARCHES[strategy](order.ranked, datasets, group_size=group_size)
         if not searches:
-            summary["chosen"] = chosen
+            summary.chosen = chosen
             return chosen
         labels = [f"{strategy} {name}" for name, strategy in searches]
         total = sum(self.search_evaluations(s, n_heads) for _, s in searches)  # every dataset about equally often
@@ -305,61 +320,68 @@ class Pipeline:
         results = run_strategies(searches, scorer.evaluate)
         self.progress.set_total(self.progress.done)
         self.progress.end_stage()
+        h1: dict[str, H1Result] = {}
+        greedy: dict[str, dict[str, GreedyResult]] = {}
         for (name, strategy), result in results.items():
-            if strategy != "H1" and group_size > 1:
-                result["departure"] = f"{strategy} added heads in groups of {group_size} (paper: one at a time)"
-            summary.setdefault(strategy.lower(), {})[name] = result
-            pruned = [list(h) for h in result["pruned_heads"]]
-            chosen[f"M{name}{strategy}"] = {
-                "pruned_heads": pruned,
-                "n_pruned": len(pruned),
-                "strategy": strategy,
-                "order": name,
-            }
-        summary["chosen"] = chosen
+            # search.py returns the JSON parts; they become typed here, at the boundary.
+            found: H1Result | GreedyResult
+            if strategy == "H1":
+                found = h1[name] = H1Result.from_json(result, key=f"h1.{name}")
+            else:
+                found = GreedyResult.from_json(result, key=f"{strategy.lower()}.{name}")
+                if group_size > 1:
+                    found.departure = f"{strategy} added heads in groups of {group_size} (paper: one at a time)"
+                greedy.setdefault(strategy, {})[name] = found
+            pruned = list(found.pruned_heads or [])
+            chosen[f"M{name}{strategy}"] = ChosenModel(pruned_heads=pruned, n_pruned=len(pruned),
+                                                       strategy=strategy, order=name)
+        summary.h1, summary.h2, summary.h3 = h1 or None, greedy.get("H2"), greedy.get("H3")
+        summary.chosen = chosen
         return chosen
 
-    def _generalization(self, chosen: dict, datasets: list[str], scorer: Scorer, summary: dict) -> None:
+    def _generalization(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer,
+                        summary: Summary) -> None:
         seeds = self.config.generalization_seeds
-        requests = [(entry["pruned_heads"], ds) for entry in chosen.values() for ds in datasets]
-        tasks = scorer.tasks_for(requests)
+        cells = {(name, ds): scorer.tasks_for([(entry.pruned_heads, ds)])
+                 for name, entry in chosen.items() for ds in datasets}
+        tasks = [task for cell in cells.values() for task in cell]
         unique = set(tasks)  # chosen models may coincide
         self.progress.start_stage("generalization", len(unique), sum(self.rows(t.dataset) for t in unique))
         results = scorer.run(tasks)
         self.progress.end_stage()
         f1: dict[str, dict[str, list[float]]] = {}
         seconds: dict[str, dict[str, list[float]]] = {}
-        n = len(seeds)
-        for i, (name, entry) in enumerate(chosen.items()):
-            for j, ds in enumerate(datasets):
-                block = tasks[(i * len(datasets) + j) * n : (i * len(datasets) + j + 1) * n]
-                per_seed = [results[t] for t in block]
-                f1.setdefault(name, {})[ds] = [s.f1 for s in per_seed]
-                seconds.setdefault(name, {})[ds] = [s.adjust_seconds for s in per_seed]
-                entry["n_params"] = per_seed[0].n_params
-                entry["size_bytes"] = per_seed[0].size_bytes
-        table = summarize(f1, reference="CM")
-        timing = timing_summary(seconds, reference="CM")
-        generalization: dict = {m: {ds: {**table[m][ds], **timing[m][ds]} for ds in datasets} for m in chosen}
-        generalization["significance"] = significance(f1, alpha=self.config.generalization.alpha)
-        summary["generalization"] = generalization
-        summary["generalization_seeds"] = seeds
-        cm_params, cm_size = chosen["CM"]["n_params"], chosen["CM"]["size_bytes"]
+        for (name, ds), cell in cells.items():
+            per_seed = [results[t] for t in cell]
+            f1.setdefault(name, {})[ds] = [s.f1 for s in per_seed]
+            seconds.setdefault(name, {})[ds] = [s.adjust_seconds for s in per_seed]
+            chosen[name].n_params = per_seed[0].n_params
+            chosen[name].size_bytes = per_seed[0].size_bytes
+        table = summarize(f1, reference=COMPLETE)
+        timing = timing_summary(seconds, reference=COMPLETE)
+        summary.generalization = Generalization(
+            models={m: {ds: DatasetScores.from_json({**table[m][ds], **timing[m][ds]}) for ds in datasets}
+                    for m in chosen},
+            significance=[Significance.from_json(row)
+                          for row in significance(f1, alpha=self.config.generalization.alpha)],
+        )
+        summary.generalization_seeds = seeds
+        cm = chosen[COMPLETE]
         for entry in chosen.values():
-            entry["params_pct_vs_cm"] = 100.0 * (entry["n_params"] / cm_params - 1)
-            entry["size_pct_vs_cm"] = 100.0 * (entry["size_bytes"] / cm_size - 1)
-        reference = {ds: table["CM"][ds]["mean"] for ds in datasets}
-        means: dict = {}
-        random_names = sorted({e["order"] for e in chosen.values() if e["order"] and e["order"] != "OI"})
-        for strategy in sorted({e["strategy"] for e in chosen.values() if e["strategy"]}):
+            entry.params_pct_vs_cm = 100.0 * (entry.n_params / cm.n_params - 1)
+            entry.size_pct_vs_cm = 100.0 * (entry.size_bytes / cm.size_bytes - 1)
+        reference = {ds: table[COMPLETE][ds]["mean"] for ds in datasets}
+        means: dict[str, RandomMean] = {}
+        random_names = sorted({e.order for e in chosen.values() if e.order and e.order != "OI"})
+        for strategy in sorted({e.strategy for e in chosen.values() if e.strategy}):
             models = [f"M{o}{strategy}" for o in random_names if f"M{o}{strategy}" in chosen]
             if models:
-                means[f"MAM{strategy}"] = random_means(
+                means[f"MAM{strategy}"] = RandomMean.from_json(random_means(
                     {m: {ds: table[m][ds]["mean"] for ds in datasets} for m in models},
                     reference,
-                    n_pruned={m: chosen[m]["n_pruned"] for m in models},
-                )
-        summary["random_means"] = means
+                    n_pruned={m: chosen[m].n_pruned for m in models},
+                ))
+        summary.random_means = means
 
 
 __all__ = ["Pipeline", "HeadpruneError"]

@@ -17,10 +17,22 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HeadpruneError
+from .summary import (
+    COMPLETE,
+    ChosenModel,
+    DatasetScores,
+    GreedyResult,
+    H1Result,
+    MeanScore,
+    RandomMean,
+    RankingRow,
+    Significance,
+    Summary,
+    load_summary,
+    malformed,
+)
 
 STRATEGIES = ("H1", "H2", "H3")
-COMPLETE = "CM"
 
 # Colours of the head maps: kept, pruned, layer removed; the best model's frame.
 _KEPT, _PRUNED, _REMOVED, _HIGHLIGHT = "#2b6cb0", "#e2e8f0", "#fbd5d5", "#dd6b20"
@@ -38,37 +50,6 @@ figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid
 figcaption{font-size:13px;color:#4a5568}pre{background:#f7fafc;border:1px solid #e2e8f0;padding:10px;
 overflow-x:auto;font-size:12px}.note{color:#4a5568;font-size:13px}.figs{display:flex;flex-wrap:wrap;gap:12px}
 """
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def load_summary(run_dir: str | os.PathLike) -> dict:
-    """Read and minimally validate `run_dir/summary.json` (a path to the file itself also works)."""
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "summary.json"
-    elif path.suffix != ".json":
-        raise HeadpruneError(f"{run_dir}: no such run directory")
-    if not path.is_file():
-        raise HeadpruneError(f"{path}: not found (a run directory holds summary.json once `headprune run` finished)")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HeadpruneError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    except UnicodeDecodeError:
-        raise HeadpruneError(f"{path}: not a UTF-8 text file") from None
-    if not isinstance(summary, dict):
-        raise HeadpruneError(f"{path}: not a headprune summary (expected a JSON object)")
-    model = summary.get("model")
-    for key in ("n_layers", "n_heads"):
-        if not isinstance(model, dict) or not isinstance(model.get(key), int) or model[key] < 1:
-            raise HeadpruneError(f"{path}: not a headprune summary (missing or invalid 'model.{key}')")
-    for key in ("orders", "h1", "h2", "h3", "chosen", "generalization", "random_means"):
-        if summary.get(key) is not None and not isinstance(summary[key], dict):
-            raise HeadpruneError(f"{path}: '{key}' must be a JSON object")
-    summary["_path"] = str(path)
-    return summary
 
 
 # ----------------------------------------------------------------------------- tables
@@ -171,15 +152,9 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
 
 
-def _datasets_of(per_model: dict) -> list[str]:
-    """Datasets in first-seen order (skipping non-dataset keys such as `n_pruned`)."""
-    seen: dict[str, None] = {}
-    for per_ds in per_model.values():
-        if isinstance(per_ds, dict):
-            for ds, value in per_ds.items():
-                if isinstance(value, dict):
-                    seen.setdefault(ds, None)
-    return list(seen)
+def _datasets_of(per_model: dict[str, dict]) -> list[str]:
+    """Datasets in first-seen order across models."""
+    return list(dict.fromkeys(ds for per_ds in per_model.values() for ds in per_ds))
 
 
 # ----------------------------------------------------------------------------- the run's facts
@@ -189,15 +164,15 @@ def _datasets_of(per_model: dict) -> list[str]:
 class _Run:
     """What every section needs: shape, orders, chosen models and model ordering."""
 
-    summary: dict
+    summary: Summary
     n_layers: int
     n_heads: int
     orders: list[str]
     random_orders: set[str]
-    chosen: dict
-    generalization: dict
-    significance: list
-    random_means: dict
+    chosen: dict[str, ChosenModel]
+    generalization: dict[str, dict[str, DatasetScores]]
+    significance: list[Significance]
+    random_means: dict[str, RandomMean]
     figures: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -208,20 +183,26 @@ class _Run:
         """Dissertation order: by strategy (H1, H2, H3), the random-order mean, then each order; CM last."""
         if name == COMPLETE:
             return (len(STRATEGIES) + 1, 0, "")
-        info = self.chosen.get(name) or {}
-        strategy = info.get("strategy") or _strategy_of_name(name)
+        info = self.chosen.get(name)
+        strategy = (info.strategy if info else None) or _strategy_of_name(name)
         s = STRATEGIES.index(strategy) if strategy in STRATEGIES else len(STRATEGIES)
         if name.startswith("MAM"):
             return (s, 0, name)
-        order = info.get("order")
+        order = info.order if info else None
         o = self.orders.index(order) + 1 if order in self.orders else len(self.orders) + 1
         return (s, o, name)
 
     def sort(self, names) -> list[str]:
         return sorted(names, key=self.model_key)
 
+    def complete(self, key: str) -> int | None:
+        """The complete model's "n_params" or "size_bytes": measured with its scores, else the run's model's."""
+        cm = self.chosen.get(COMPLETE)
+        return (getattr(cm, key) if cm else None) or getattr(self.summary.model, key)
+
     def pruned_set(self, name: str) -> set[tuple[int, int]]:
-        return {(int(l), int(h)) for l, h in (self.chosen.get(name) or {}).get("pruned_heads") or []}
+        info = self.chosen.get(name)
+        return set(info.pruned_heads) if info else set()
 
 
 def _strategy_of_name(name: str) -> str | None:
@@ -229,26 +210,19 @@ def _strategy_of_name(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _facts(summary: dict) -> _Run:
-    orders = summary.get("orders") or {}
-    # "kind" is written by the pipeline; DESIGN.md's schema marks a random order by a null matrix.
-    random_orders = {
-        name
-        for name, o in orders.items()
-        if isinstance(o, dict) and (o.get("kind") == "random" or o.get("matrix") is None)
-    }
-    generalization = dict(summary.get("generalization") or {})
-    significance = generalization.pop("significance", None) or []
+def _facts(summary: Summary) -> _Run:
+    orders = summary.orders or {}
+    generalization = summary.generalization
     return _Run(
         summary=summary,
-        n_layers=int(summary["model"]["n_layers"]),
-        n_heads=int(summary["model"]["n_heads"]),
+        n_layers=summary.model.n_layers,
+        n_heads=summary.model.n_heads,
         orders=list(orders),
-        random_orders=random_orders,
-        chosen=summary.get("chosen") or {},
-        generalization=generalization,
-        significance=list(significance),
-        random_means=summary.get("random_means") or {},
+        random_orders={name for name, order in orders.items() if order.is_random},
+        chosen=summary.chosen or {},
+        generalization=generalization.models if generalization else {},
+        significance=generalization.significance if generalization else [],
+        random_means=summary.random_means or {},
     )
 
 
@@ -390,11 +364,11 @@ def _legend_handles():
     ]
 
 
-def _h1_figure(run: _Run, order: str, entry: dict, directory: Path) -> str:
+def _h1_figure(run: _Run, order: str, entry: H1Result, directory: Path) -> str:
     fig = _figure(8.5, 4.6)
     ax = fig.add_subplot()
-    for ds, by_k in (entry.get("scores") or {}).items():
-        points = sorted((int(k), 100 * float(v)) for k, v in by_k.items() if v is not None)
+    for ds, by_k in entry.scores.items():
+        points = sorted((int(k), 100 * float(v)) for k, v in by_k.items())
         if points:
             ax.plot(
                 [p[0] for p in points],
@@ -403,9 +377,8 @@ def _h1_figure(run: _Run, order: str, entry: dict, directory: Path) -> str:
                 linewidth=1.3,
                 label=ds,
             )
-    chosen = entry.get("chosen_k")
-    if chosen is not None:
-        ax.axvline(int(chosen), color=_HIGHLIGHT, linestyle="--", linewidth=1.5, label=f"chosen k = {chosen}")
+    chosen = entry.chosen_k
+    ax.axvline(int(chosen), color=_HIGHLIGHT, linestyle="--", linewidth=1.5, label=f"chosen k = {chosen}")
     ax.set_xlabel(f"number of heads pruned (k, least important first in {order})")
     ax.set_ylabel("F1-macro (%)")
     ax.set_xlim(left=0)
@@ -445,22 +418,22 @@ def _overview_section(run: _Run) -> _Section | None:
     section = _Section("overview", "Chosen models at a glance")
     datasets = _datasets_of(run.generalization)
     cm = run.generalization.get(COMPLETE, {})
-    complete_params = (run.chosen.get(COMPLETE) or {}).get("n_params") or run.summary["model"].get("n_params")
+    complete_params = run.complete("n_params")
     rows = []
     for name in run.sort(run.chosen):
         info = run.chosen[name]
-        n = int(info.get("n_pruned", len(info.get("pruned_heads") or [])))
-        params = info.get("n_params")
+        n = info.n_pruned
+        params = info.n_params
         params_text = "n/a" if params is None else _int(params)
         if params is not None and complete_params and name != COMPLETE:
             params_text += f" ({_pct(_pct_of(params, complete_params))})"
         per_ds = run.generalization.get(name, {})
         common = [ds for ds in datasets if ds in per_ds and ds in cm]
         if common:
-            mean = sum(per_ds[ds]["mean"] for ds in common) / len(common)
-            ref = sum(cm[ds]["mean"] for ds in common) / len(common)
+            mean = sum(per_ds[ds].mean for ds in common) / len(common)
+            ref = sum(cm[ds].mean for ds in common) / len(common)
             f1_text = _f1(mean) + ("" if name == COMPLETE else f" ({_pct(_pct_of(mean, ref))})")
-            wins = sum(per_ds[ds]["mean"] > cm[ds]["mean"] for ds in common)
+            wins = sum(per_ds[ds].mean > cm[ds].mean for ds in common)
             wins_text = "" if name == COMPLETE else f"{wins} of {len(common)}"
         else:
             f1_text, wins_text = "n/a", ""
@@ -468,8 +441,8 @@ def _overview_section(run: _Run) -> _Section | None:
             _cells(
                 [
                     name,
-                    info.get("strategy") or "-",
-                    info.get("order") or "-",
+                    info.strategy or "-",
+                    info.order or "-",
                     f"{n} ({100 * n / run.total_heads:.2f}%)",
                     params_text,
                     f1_text,
@@ -490,15 +463,15 @@ def _overview_section(run: _Run) -> _Section | None:
 
 
 def _importance_section(run: _Run, directory: Path) -> _Section | None:
-    orders = run.summary.get("orders") or {}
+    orders = run.summary.orders or {}
     section = _Section("importance", "Importance order of the heads (Fig. 2)")
     section.blocks.append(
         '<p class="note">Rank of each head in each order: 0 is the most important head, pruned last; '
         "the highest rank is pruned first. Layer 0 is the bottom layer.</p>"
     )
     for name, order in orders.items():
-        if isinstance(order, dict) and order.get("ranked"):
-            filename = _importance_figure(run, name, order["ranked"], directory)
+        if order.ranked:
+            filename = _importance_figure(run, name, order.ranked, directory)
             section.blocks.append(_img(run, filename, f"Importance order {name}: rank of every head"))
     return section if len(section.blocks) > 1 else None
 
@@ -507,7 +480,7 @@ def _architectures_section(run: _Run, directory: Path) -> _Section | None:
     groups: dict[str, list[str]] = {}
     for name in run.sort(run.chosen):
         if name != COMPLETE:
-            groups.setdefault(run.chosen[name].get("strategy") or "other", []).append(name)
+            groups.setdefault(run.chosen[name].strategy or "other", []).append(name)
     if not groups:
         return None
     section = _Section("architectures", "Heads kept by each chosen model (Figs. 3, 6, 7)")
@@ -519,29 +492,28 @@ def _architectures_section(run: _Run, directory: Path) -> _Section | None:
 
 
 def _h1_section(run: _Run, directory: Path) -> _Section | None:
-    h1 = run.summary.get("h1") or {}
+    h1 = run.summary.h1 or {}
     if not h1:
         return None
     section = _Section("h1", "H1: pruning the k least important heads (Tables 5, 6)")
     best_rows = []
     for order, entry in h1.items():
         section.blocks.append(f'<h3 id="h1-{_slug(order)}">Order {html.escape(order)}</h3>')
-        if entry.get("scores"):
+        if entry.scores:
             filename = _h1_figure(run, order, entry, directory)
             section.blocks.append(_img(run, filename, f"H1 with {order}: F1-macro against heads pruned"))
-        top = (entry.get("ranking") or [])[:5]
+        top = entry.ranking[:5]
         if top:
-            datasets = list(top[0].get("scores") or (entry.get("scores") or {}))
-            columns = ["Dataset"] + [str(row.get("n_pruned", row.get("k"))) for row in top]
+            datasets = list(top[0].scores or entry.scores)
+            columns = ["Dataset"] + [str(row.n_pruned) for row in top]
             rows = []
             for ds in datasets:
                 rows.append([Cell(ds)] + [Cell(_f1(_h1_score(entry, row, ds))) for row in top])
-            rows.append([Cell("Rank Sum")] + [Cell(f"{float(row['rank_sum']):.1f}") for row in top])
+            rows.append([Cell("Rank Sum")] + [Cell(f"{float(row.rank_sum):.1f}") for row in top])
             rows.append([Cell("Rank Pos.")] + [Cell(str(i + 1)) for i in range(len(top))])
-            chosen = entry.get("chosen_k")
             for row in rows:
                 for i, r in enumerate(top):
-                    row[i + 1].bold = r.get("k", r.get("n_pruned")) == chosen
+                    row[i + 1].bold = _k_of(r) == entry.chosen_k
             _add_table(
                 section,
                 Table(
@@ -550,13 +522,10 @@ def _h1_section(run: _Run, directory: Path) -> _Section | None:
                     "F1-macro x100; the lower the rank sum, the better)",
                     columns,
                     rows,
-                    note=entry.get("departure") or "",
+                    note=entry.departure or "",
                 ),
             )
-        if entry.get("chosen_k") is not None:
-            best_rows.append(
-                _cells([order, str(entry["chosen_k"]), f"{100 * int(entry['chosen_k']) / run.total_heads:.2f}%"])
-            )
+        best_rows.append(_cells([order, str(entry.chosen_k), f"{100 * entry.chosen_k / run.total_heads:.2f}%"]))
     if best_rows:
         _add_table(
             section,
@@ -570,15 +539,20 @@ def _h1_section(run: _Run, directory: Path) -> _Section | None:
     return section
 
 
-def _h1_score(entry: dict, row: dict, ds: str):
-    scores = row.get("scores") or {}
+def _k_of(row: RankingRow) -> int:
+    """An H1 row's k (rows without "k" name it by their heads pruned, which is the same number)."""
+    return row.n_pruned if row.k is None else row.k
+
+
+def _h1_score(entry: H1Result, row: RankingRow, ds: str) -> float | None:
+    scores = row.scores or {}
     if ds in scores:
         return scores[ds]
-    return ((entry.get("scores") or {}).get(ds) or {}).get(str(row.get("k", row.get("n_pruned"))))
+    return entry.scores.get(ds, {}).get(str(_k_of(row)))
 
 
 def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
-    data = run.summary.get(key) or {}
+    data: dict[str, GreedyResult] = run.summary.greedy(key)
     if not data:
         return None
     strategy = key.upper()
@@ -591,13 +565,10 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
     )
     for order, entry in data.items():
         section.blocks.append(f'<h3 id="{key}-{_slug(order)}">Order {html.escape(order)}</h3>')
-        per_dataset = entry.get("per_dataset") or {}
-        chosen = entry.get("chosen")
+        per_dataset = entry.per_dataset
+        chosen = entry.chosen
         if per_dataset:
-            panels = [
-                (f"model of {ds}", {(int(l), int(h)) for l, h in info.get("pruned_heads") or []}, ds == chosen)
-                for ds, info in per_dataset.items()
-            ]
+            panels = [(f"model of {ds}", set(info.pruned_heads), ds == chosen) for ds, info in per_dataset.items()]
             filename = _head_maps_figure(run, panels, f"{key}_models_{order}", directory)
             section.blocks.append(
                 _img(
@@ -606,22 +577,22 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
                     f"{strategy} with {order}: the model found on each dataset (orange frame: ranked best, {chosen})",
                 )
             )
-        cross = entry.get("cross") or {}
+        cross = entry.cross
         if cross:
-            eval_datasets = list(dict.fromkeys(ds for row in cross.values() for ds in row))
+            eval_datasets = _datasets_of(cross)
             rows = []
             for source, scores in cross.items():
-                n = (per_dataset.get(source) or {}).get("n_pruned")
+                n = per_dataset[source].n_pruned if source in per_dataset else None
                 label = f"model of {source}" + (" (chosen)" if source == chosen else "")
                 best = {ds: max(r.get(ds, -1) for r in cross.values()) for ds in eval_datasets}
                 rows.append(
                     [Cell(label, source == chosen), Cell("n/a" if n is None else str(n))]
                     + [Cell(_f1(scores.get(ds)), scores.get(ds) == best[ds]) for ds in eval_datasets]
                 )
-            if entry.get("complete"):
+            if entry.complete:
                 rows.append(
                     [Cell("complete model (CM)"), Cell("0")]
-                    + [Cell(_f1(entry["complete"].get(ds))) for ds in eval_datasets]
+                    + [Cell(_f1(entry.complete.get(ds))) for ds in eval_datasets]
                 )
             _add_table(
                 section,
@@ -630,20 +601,20 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
                     f"{strategy} with {order}: F1-macro x100 of each dataset's model (rows) on every dataset (columns)",
                     ["Model", "Heads pruned"] + eval_datasets,
                     rows,
-                    note=entry.get("departure") or "",
+                    note=entry.departure or "",
                 ),
             )
-        ranking = entry.get("ranking") or []
+        ranking = entry.ranking
         if ranking:
-            datasets = list(ranking[0].get("ranks") or {})
+            datasets = list(ranking[0].ranks)
             rows = [
                 [
                     Cell(str(i + 1)),
-                    Cell(f"model of {row['model']}", row["model"] == chosen),
-                    Cell(str(row.get("n_pruned", ""))),
-                    Cell(f"{float(row['rank_sum']):.1f}"),
+                    Cell(f"model of {row.model}", row.model == chosen),
+                    Cell(str(row.n_pruned)),
+                    Cell(f"{float(row.rank_sum):.1f}"),
                 ]
-                + [Cell(f"{float(row['ranks'][ds]):g}") for ds in datasets]
+                + [Cell(f"{float(row.ranks[ds]):g}") for ds in datasets]
                 for i, row in enumerate(ranking)
             ]
             _add_table(
@@ -658,11 +629,12 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
     return section
 
 
-def _model_stats(run: _Run, name: str) -> dict:
-    """{dataset: {"mean", "std", "pct_vs_cm"}} of a chosen model or of a random-order mean (MAM*)."""
+def _model_stats(run: _Run, name: str) -> dict[str, DatasetScores] | dict[str, MeanScore]:
+    """{dataset: scores with mean, std and pct_vs_cm} of a chosen model or of a random-order mean (MAM*)."""
     if name in run.generalization:
         return run.generalization[name]
-    return {ds: v for ds, v in (run.random_means.get(name) or {}).items() if isinstance(v, dict)}
+    mean = run.random_means.get(name)
+    return mean.datasets if mean else {}
 
 
 def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -> Table | None:
@@ -682,20 +654,20 @@ def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -
     datasets = [ds for ds in _datasets_of(stats)]
     rows = []
     for ds in datasets:
-        means = {m: stats[m][ds]["mean"] for m in models if ds in stats[m] and stats[m][ds].get("mean") is not None}
+        means = {m: stats[m][ds].mean for m in models if ds in stats[m]}
         best = max(means.values()) if means else None
         row = [Cell(ds)]
         for m in models:
             value = stats[m].get(ds)
-            if not value or value.get("mean") is None:
+            if value is None:
                 row.append(Cell("n/a"))
                 continue
-            text = f"{_f1(value['mean'])} ({_f1(value.get('std'))})\n{_pct(value.get('pct_vs_cm'), m == COMPLETE)}"
-            row.append(Cell(text, value["mean"] == best))
+            text = f"{_f1(value.mean)} ({_f1(value.std)})\n{_pct(value.pct_vs_cm, m == COMPLETE)}"
+            row.append(Cell(text, value.mean == best))
         statements = [
-            f"{s['better']} > {s['worse']} (p = {float(s['p_value']):.3g})"
+            f"{s.better} > {s.worse} (p = {float(s.p_value):.3g})"
             for s in run.significance
-            if s.get("dataset") == ds and s.get("better") in models and s.get("worse") in models
+            if s.dataset == ds and s.better in models and s.worse in models
         ]
         row.append(Cell("\n".join(statements) or "-"))
         rows.append(row)
@@ -707,14 +679,14 @@ def _comparison_section(run: _Run) -> _Section | None:
     if not run.generalization:
         return None
     section = _Section("comparison", "Generalization check: F1-macro per dataset (Tables 7-10, 12, 15)")
-    seeds = run.summary.get("generalization_seeds")
+    seeds = run.summary.generalization_seeds
     if seeds:
         section.blocks.append(f'<p class="note">Seeds: {html.escape(", ".join(map(str, seeds)))}.</p>')
     own = {
         s: [
             n
             for n in run.sort(run.chosen)
-            if run.chosen[n].get("strategy") == s and run.chosen[n].get("order") not in run.random_orders
+            if run.chosen[n].strategy == s and run.chosen[n].order not in run.random_orders
         ]
         for s in STRATEGIES
     }
@@ -747,14 +719,14 @@ def _heads_pruned_section(run: _Run) -> _Section | None:
     if not pruned:
         return None
     section = _Section("heads-pruned", "Number of heads pruned per model (Table 11)")
-    count = {n: int(info.get("n_pruned", len(info.get("pruned_heads") or []))) for n, info in pruned.items()}
+    count = {n: info.n_pruned for n, info in pruned.items()}
     rows = [
         _cells([n, f"{count[n]} ({100 * count[n] / run.total_heads:.2f}%)", _removed_layers_text(run, n)])
         for n in sorted(count, key=lambda n: (-count[n], run.model_key(n)))
     ]
     for name, value in run.random_means.items():
-        if isinstance(value, dict) and value.get("n_pruned") is not None:
-            n = float(value["n_pruned"])
+        if value.n_pruned is not None:
+            n = float(value.n_pruned)
             rows.append(
                 _cells([f"{name} (mean over random orders)", f"{n:.1f} ({100 * n / run.total_heads:.2f}%)", ""])
             )
@@ -777,21 +749,19 @@ def _removed_layers_text(run: _Run, name: str) -> str:
 
 
 def _size_section(run: _Run) -> _Section | None:
-    models = [n for n in run.sort(run.chosen) if run.chosen[n].get("n_params") or run.chosen[n].get("size_bytes")]
+    models = [n for n in run.sort(run.chosen) if run.chosen[n].n_params or run.chosen[n].size_bytes]
     if not models:
         return None
     section = _Section("size", "Parameters and saved size per model (Table 13)")
-    complete = run.chosen.get(COMPLETE) or {}
-    ref_params = complete.get("n_params") or run.summary["model"].get("n_params")
-    ref_size = complete.get("size_bytes") or run.summary["model"].get("size_bytes")
+    ref_params, ref_size = run.complete("n_params"), run.complete("size_bytes")
     order = ([COMPLETE] if COMPLETE in models else []) + [m for m in models if m != COMPLETE]
     rows = []
     for name in order:
         info = run.chosen[name]
         cells = [name]
         for value, ref, fmt in (
-            (info.get("size_bytes"), ref_size, _megabytes),
-            (info.get("n_params"), ref_params, _int),
+            (info.size_bytes, ref_size, _megabytes),
+            (info.n_params, ref_params, _int),
         ):
             if value is None:
                 cells.append("n/a")
@@ -814,13 +784,7 @@ def _size_section(run: _Run) -> _Section | None:
 
 def _adjust_time_section(run: _Run) -> _Section | None:
     models = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
-    models = [
-        m
-        for m in models
-        if any(
-            isinstance(v, dict) and v.get("adjust_mean") is not None for v in (run.generalization.get(m) or {}).values()
-        )
-    ]
+    models = [m for m in models if run.generalization.get(m)]
     if not models:
         return None
     section = _Section("adjust-time", "Time of the adjusting step per dataset (Table 14)")
@@ -829,16 +793,14 @@ def _adjust_time_section(run: _Run) -> _Section | None:
     for ds in datasets:
         row = [Cell(ds)]
         for m in models:
-            value = run.generalization[m].get(ds) or {}
-            if value.get("adjust_mean") is None:
+            value = run.generalization[m].get(ds)
+            if value is None:
                 row.append(Cell("n/a"))
             else:
-                std = value.get("adjust_std")
-                std_text = "n/a" if std is None else f"{float(std):.2f}"
                 row.append(
                     Cell(
-                        f"{float(value['adjust_mean']):.2f} ({std_text})\n"
-                        f"{_pct(value.get('adjust_pct_vs_cm'), m == COMPLETE)}"
+                        f"{float(value.adjust_mean):.2f} ({float(value.adjust_std):.2f})\n"
+                        f"{_pct(value.adjust_pct_vs_cm, m == COMPLETE)}"
                     )
                 )
         rows.append(row)
@@ -857,23 +819,23 @@ def _adjust_time_section(run: _Run) -> _Section | None:
 def _run_section(run: _Run) -> _Section:
     s = run.summary
     section = _Section("run", "Run: configuration, versions, device and date")
-    model = s.get("model") or {}
+    model = s.model
     facts = [
-        ("headprune version", s.get("headprune_version")),
-        ("date", s.get("date")),
-        ("device", s.get("device")),
-        ("model", model.get("name")),
-        ("model fingerprint", model.get("fingerprint")),
+        ("headprune version", s.headprune_version),
+        ("date", s.date),
+        ("device", s.device),
+        ("model", model.name),
+        ("model fingerprint", model.fingerprint),
         ("layers x heads", f"{run.n_layers} x {run.n_heads} = {run.total_heads} heads"),
-        ("parameters", _int(model["n_params"]) if model.get("n_params") is not None else None),
-        ("saved size", _megabytes(model["size_bytes"]) if model.get("size_bytes") is not None else None),
-        ("generalization seeds", ", ".join(map(str, s.get("generalization_seeds") or [])) or None),
-        ("elapsed", f"{float(s['elapsed_seconds']) / 60:.1f} min" if s.get("elapsed_seconds") is not None else None),
+        ("parameters", _int(model.n_params) if model.n_params is not None else None),
+        ("saved size", _megabytes(model.size_bytes) if model.size_bytes is not None else None),
+        ("generalization seeds", ", ".join(map(str, s.generalization_seeds or [])) or None),
+        ("elapsed", f"{float(s.elapsed_seconds) / 60:.1f} min" if s.elapsed_seconds is not None else None),
     ]
-    facts += [(name, version) for name, version in (s.get("versions") or {}).items()]
+    facts += [(name, version) for name, version in (s.versions or {}).items()]
     rows = [_cells([k, str(v)]) for k, v in facts if v is not None]
     _add_table(section, Table("table-run", "Run facts and library versions", ["Item", "Value"], rows))
-    config = s.get("config")
+    config = s.config
     if config:
         section.blocks.append(
             "<h3>Configuration</h3><pre>"
@@ -889,7 +851,7 @@ def _run_section(run: _Run) -> _Section:
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Render `run_dir/summary.json` into `run_dir/report/` (report.html, tables.md, figures/); returns report.html."""
     summary = load_summary(run_dir)
-    source = Path(summary["_path"])
+    source = summary.path  # set by load_summary: the file read
     out = source.parent / "report"
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -912,22 +874,23 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         ]
         sections = [section for build in builders if (section := build()) is not None]
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-        raise HeadpruneError(f"{source}: malformed summary ({type(err).__name__}: {err})") from None
-    title = f"headprune report: {summary['model'].get('name', 'model')}"
+        raise malformed(source, f"{type(err).__name__}: {err}") from None
+    title = f"headprune report: {summary.model.name if summary.model.name is not None else 'model'}"
     (out / "report.html").write_text(_html_page(title, summary, sections), encoding="utf-8")
     tables = [f"# {title}\n"] + [t.markdown() for section in sections for t in section.tables]
     (out / "tables.md").write_text("\n".join(tables), encoding="utf-8")
     return out / "report.html"
 
 
-def _html_page(title: str, summary: dict, sections: list[_Section]) -> str:
+def _html_page(title: str, summary: Summary, sections: list[_Section]) -> str:
     nav = "".join(f'<li><a href="#{s.id}">{html.escape(s.title)}</a></li>' for s in sections)
     body = "".join(
         f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>{"".join(s.blocks)}</section>' for s in sections
     )
-    model = summary["model"]
-    subtitle = f"{html.escape(str(model.get('name', '')))}: {model['n_layers']} layers x {model['n_heads']} heads" + (
-        f" &middot; {html.escape(str(summary['date']))}" if summary.get("date") else ""
+    model = summary.model
+    name = model.name if model.name is not None else ""
+    subtitle = f"{html.escape(name)}: {model.n_layers} layers x {model.n_heads} heads" + (
+        f" &middot; {html.escape(summary.date)}" if summary.date else ""
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

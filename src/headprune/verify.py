@@ -22,6 +22,7 @@ from .importance import rank_heads
 from .search import rank_models
 from .settings import ScoreSettings
 from .store import ResultStore, pruned_key
+from .summary import COMPLETE, SUMMARY_FILE, Significance, Summary, load_summary, malformed
 
 # What a stored score's settings must match (max_length is keyed as min(setting, model's limit)).
 SCORE_FIELDS = tuple(f.name for f in fields(ScoreSettings) if f.name != "max_length")
@@ -86,110 +87,115 @@ class _Scores:
 def verify_run(run_dir: str | Path) -> Verification:
     """Recompute the summary's numbers from the store of `run_dir` (summary.json + store.sqlite)."""
     run_dir = Path(run_dir)
-    summary_path, store_path = run_dir / "summary.json", run_dir / "store.sqlite"
+    summary_path, store_path = run_dir / SUMMARY_FILE, run_dir / "store.sqlite"
     for path in (summary_path, store_path):
         if not path.is_file():
             raise HeadpruneError(f"{path}: file not found (is {run_dir} a finished run directory?)")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HeadpruneError(f"{summary_path}: not a JSON file ({error})") from None
+    summary = load_summary(summary_path)
     store = ResultStore(store_path)
     try:
         result = Verification()
-        scores = _Scores(store, summary["model"]["fingerprint"], summary["config"]["scoring"])
+        scores = _Scores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
+                         summary.config_value("scoring"))
         _check_step1(store, summary, result)
-        _check_step2(summary, scores, parse_seeds(summary["config"]["step2"]["seeds"]), result)
+        _check_step2(summary, scores, parse_seeds(summary.config_value("step2", "seeds")), result)
         _check_generalization(summary, scores, result)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
-        # A summary of another shape (another tool's file, an edited or older one): say so in one line.
-        raise HeadpruneError(f"{summary_path}: not a headprune run summary this version can check "
-                             f"({type(error).__name__}: {error})") from None
+        # Parts that do not fit together (an order, a dataset or a model named but not there): one line.
+        raise malformed(summary_path, f"{type(error).__name__}: {error}") from None
     finally:
         store.close()
     return result
 
 
-def _check_step1(store: ResultStore, summary: dict, result: Verification) -> None:
-    order = summary.get("orders", {}).get("OI")
-    if not order or order.get("matrix") is None:
+def _pairs(heads) -> list[list[int]]:
+    """[[layer, head], ...] as summary.json writes them (so that a problem quotes them the same way)."""
+    return [list(h) for h in heads]
+
+
+def _check_step1(store: ResultStore, summary: Summary, result: Verification) -> None:
+    order = (summary.orders or {}).get("OI")
+    if order is None or order.matrix is None:
         return
-    config = summary["config"]["step1"]
-    seeds = set(parse_seeds(config["seeds"]))
+    seeds = set(parse_seeds(summary.config_value("step1", "seeds")))
     # The keyed settings the run used (with where its pooler came from); older summaries lack them.
-    settings = order.get("settings") or {k: config[k] for k in ("epochs", "batch_size", "learning_rate",
-                                                                "adam_epsilon")}
+    settings = order.settings or {k: summary.config_value("step1", k)
+                                  for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
     names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
-             for n in expand_datasets(config["datasets"])}
+             for n in expand_datasets(summary.config_value("step1", "datasets"))}
     matrices = []
-    for row in store.importance_rows(summary["model"]["fingerprint"]):
+    for row in store.importance_rows(summary.model.fingerprint):
         if row["seed"] in seeds and row["settings"] == settings and row["dataset"] in names:
             matrices += row["matrices"]
     if not matrices:
         result.close("Step 1 order OI", "an importance matrix", None)
         return
     mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
-    result.close("Step 1 importance matrix (OI)", order["matrix"], mean.tolist())
-    result.close("Step 1 order (OI)", order["ranked"], [list(h) for h in rank_heads(mean)])
+    result.close("Step 1 importance matrix (OI)", order.matrix, mean.tolist())
+    result.close("Step 1 order (OI)", _pairs(order.ranked), [list(h) for h in rank_heads(mean)])
 
 
-def _check_step2(summary: dict, scores: _Scores, seeds: list[int], result: Verification) -> None:
-    orders = summary.get("orders", {})
-    for name, h1 in summary.get("h1", {}).items():
-        ranked = [tuple(h) for h in orders[name]["ranked"]]
+def _check_step2(summary: Summary, scores: _Scores, seeds: list[int], result: Verification) -> None:
+    orders = summary.orders or {}
+    for name, h1 in (summary.h1 or {}).items():
+        ranked = summary.need(orders.get(name), f"orders.{name}").ranked
         by_k: dict[str, dict[str, float]] = {}
-        for ds, per_k in h1["scores"].items():
+        for ds, per_k in h1.scores.items():
             for k, reported in per_k.items():
                 pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
                 recomputed = scores.mean(pruned, ds, seeds)
                 result.close(f"h1.{name}.scores.{ds}.{k}", reported, recomputed)
                 by_k.setdefault(k, {})[ds] = reported if recomputed is None else recomputed
         ranking = rank_models(by_k, {k: int(k) for k in by_k})
-        result.close(f"h1.{name}.chosen_k", h1["chosen_k"], int(ranking[0]["model"]))
+        result.close(f"h1.{name}.chosen_k", h1.chosen_k, int(ranking[0]["model"]))
     for strategy in ("h2", "h3"):
-        for name, entry in summary.get(strategy, {}).items():
-            per_dataset = entry["per_dataset"]
+        for name, entry in summary.greedy(strategy).items():
+            per_dataset = entry.per_dataset
             for ds, model in per_dataset.items():
-                if "score" in model:
-                    result.close(f"{strategy}.{name}.per_dataset.{ds}.score", model["score"],
-                                 scores.mean(model["pruned_heads"], ds, seeds))
+                if model.score is not None:
+                    result.close(f"{strategy}.{name}.per_dataset.{ds}.score", model.score,
+                                 scores.mean(model.pruned_heads, ds, seeds))
             cross: dict[str, dict[str, float]] = {}
-            for source, row in entry["cross"].items():
+            for source, row in entry.cross.items():
+                source_model = summary.need(per_dataset.get(source), f"{strategy}.{name}.per_dataset.{source}")
                 for ds, reported in row.items():
-                    recomputed = scores.mean(per_dataset[source]["pruned_heads"], ds, seeds)
+                    recomputed = scores.mean(source_model.pruned_heads, ds, seeds)
                     result.close(f"{strategy}.{name}.cross.{source}.{ds}", reported, recomputed)
                     cross.setdefault(source, {})[ds] = reported if recomputed is None else recomputed
-            for ds, reported in (entry.get("complete") or {}).items():
+            for ds, reported in (entry.complete or {}).items():
                 result.close(f"{strategy}.{name}.complete.{ds}", reported, scores.mean([], ds, seeds))
-            ranking = rank_models(cross, {s: per_dataset[s]["n_pruned"] for s in cross})
-            result.close(f"{strategy}.{name}.chosen", entry["chosen"], ranking[0]["model"])
-            result.close(f"{strategy}.{name}.pruned_heads", entry["pruned_heads"],
-                         per_dataset[ranking[0]["model"]]["pruned_heads"])
+            ranking = rank_models(cross, {s: per_dataset[s].n_pruned for s in cross})
+            result.close(f"{strategy}.{name}.chosen", entry.chosen, ranking[0]["model"])
+            pruned = summary.need(entry.pruned_heads, f"{strategy}.{name}.pruned_heads")
+            result.close(f"{strategy}.{name}.pruned_heads", _pairs(pruned),
+                         _pairs(per_dataset[ranking[0]["model"]].pruned_heads))
 
 
-def _check_generalization(summary: dict, scores: _Scores, result: Verification) -> None:
-    table = summary.get("generalization", {})
-    seeds = [int(s) for s in summary.get("generalization_seeds", [])]
-    per_seed: dict[str, dict[str, list[float]]] = {}
-    for model, entry in summary.get("chosen", {}).items():
-        for ds, cell in table.get(model, {}).items():
-            stored = scores.seed_scores(entry["pruned_heads"], ds, seeds)
-            result.close(f"generalization.{model}.{ds}.scores", cell["scores"], stored)
-            per_seed.setdefault(model, {})[ds] = cell["scores"] if stored is None else stored
-    if not per_seed or "CM" not in per_seed:
+def _check_generalization(summary: Summary, scores: _Scores, result: Verification) -> None:
+    if summary.generalization is None:
         return
-    recomputed = summarize(per_seed, reference="CM")
+    table = summary.generalization.models
+    seeds = list(summary.generalization_seeds or [])
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for model, entry in (summary.chosen or {}).items():
+        for ds, cell in table.get(model, {}).items():
+            stored = scores.seed_scores(entry.pruned_heads, ds, seeds)
+            result.close(f"generalization.{model}.{ds}.scores", cell.scores, stored)
+            per_seed.setdefault(model, {})[ds] = cell.scores if stored is None else stored
+    if not per_seed or COMPLETE not in per_seed:
+        return
+    recomputed = summarize(per_seed, reference=COMPLETE)
     for model, row in recomputed.items():
         for ds, cell in row.items():
             for key in ("mean", "std", "pct_vs_cm"):
-                result.close(f"generalization.{model}.{ds}.{key}", table[model][ds][key], cell[key])
-    alpha = summary["config"]["generalization"]["alpha"]
+                result.close(f"generalization.{model}.{ds}.{key}", getattr(table[model][ds], key), cell[key])
+    alpha = summary.config_value("generalization", "alpha")
 
-    def rows(items):
-        return sorted((r["dataset"], r["better"], r["worse"], round(r["p_value"], 12)) for r in items)
+    def rows(items: list[Significance]):
+        return sorted((r.dataset, r.better, r.worse, round(r.p_value, 12)) for r in items)
 
-    result.close("generalization.significance", rows(table.get("significance", [])),
-                 rows(significance(per_seed, alpha=alpha)))
+    result.close("generalization.significance", rows(summary.generalization.significance),
+                 rows([Significance.from_json(r) for r in significance(per_seed, alpha=alpha)]))
 
 
 __all__ = ["Verification", "verify_run"]

@@ -1,0 +1,468 @@
+"""The typed summary.json: the one home of its schema, written once by the pipeline, read by report,
+verify and export.
+
+Every part is a dataclass whose fields are the JSON keys, in the order they are written. Their
+`from_json`/`to_json` come from one converter (`_Json`), driven by the field annotations, so reading
+and writing cannot drift apart and a malformed part is refused with the key path at fault
+('h1.OI.ranking[0].rank_sum'). Keys that older or hand-written summaries may lack are optional
+(`_optional()`: None when absent, left out when None); a field with a plain None default is nullable
+and always written. A file without `schema_version` is version 1: the same shape, read as is."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import HeadpruneError
+
+SCHEMA_VERSION = 2  # 1: the same shape, before the file said its version
+SUMMARY_FILE = "summary.json"
+COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
+
+_OMIT = "omit_when_none"  # field metadata: an optional key, left out when None
+_MINIMUM = "minimum"  # field metadata: an integer's least value
+_NOT_JSON = "not_json"  # field metadata: not a key (where the summary was read from)
+T = TypeVar("T")
+J = TypeVar("J", bound="_Json")
+
+
+class MalformedSummary(ValueError):
+    """A part of a summary of the wrong shape. `load_summary` turns it into one `HeadpruneError`
+    line naming the file; `key` is the key path at fault ('' for the whole document)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(problem)
+        self.key = key
+
+
+def malformed(path: str | os.PathLike | None, detail: str) -> HeadpruneError:
+    """The one-line error for a summary that cannot be used (the same words wherever it is found)."""
+    return HeadpruneError(
+        f"{path or SUMMARY_FILE}: not a headprune run summary this version can check (malformed summary: {detail})"
+    )
+
+
+def _optional() -> Any:
+    """A key some summaries lack (older or hand-written ones): None when absent, not written when None."""
+    return field(default=None, metadata={_OMIT: True})
+
+
+def _join(key: str, name: object) -> str:
+    return f"{key}.{name}" if key else str(name)
+
+
+def _missing(key: str) -> MalformedSummary:
+    return MalformedSummary(key, f"missing or invalid '{key}' (absent)")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool)) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _wrong(key: str, expected: str, value: Any) -> MalformedSummary:
+    if not key:
+        return MalformedSummary(key, f"expected {expected}, got {_describe(value)}")
+    return MalformedSummary(key, f"'{key}' must be {expected}, got {_describe(value)}")
+
+
+def _object(value: Any, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise _wrong(key, "a JSON object", value)
+    return value
+
+
+def _read(value: Any, hint: Any, key: str, minimum: int | None = None) -> Any:
+    """`value` checked against the annotation `hint`; numbers are kept as they are (exact round trips)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _read(value, inner, key, minimum)
+    if isinstance(hint, type) and issubclass(hint, _Json):
+        return hint.from_json(value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _wrong(key, "a list", value)
+        return [_read(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list) or len(value) != len(args):
+            raise _wrong(key, "a [layer, head] pair", value)
+        return tuple(_read(item, arg, f"{key}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+    if origin is dict:
+        return {name: _read(item, args[1], _join(key, name)) for name, item in _object(value, key).items()}
+    if hint is dict:  # free-form: the configuration, the MLM head's description, library versions
+        return _object(value, key)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _wrong(key, "a string", value)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            expected = "an integer" if minimum is None else ("a positive integer" if minimum == 1 else
+                                                             f"an integer >= {minimum}")
+            raise _wrong(key, expected, value)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong(key, "a number", value)
+        return value
+    raise TypeError(f"no JSON reader for the annotation {hint!r} of '{key}'")
+
+
+def _write(value: Any) -> Any:
+    if isinstance(value, _Json):
+        return value.to_json()
+    if isinstance(value, (list, tuple)):
+        return [_write(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _write(item) for name, item in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class _Json:
+    """from_json / to_json of a summary dataclass, from its fields and their annotations."""
+
+    @classmethod
+    def from_json(cls: type[J], data: Any, key: str = "") -> J:
+        """Read one JSON object of this part; `key` is its path, for the error naming a bad key."""
+        data = _object(data, key)
+        own = [f for f in fields(cls) if not f.metadata.get(_NOT_JSON)]
+        known = {f.name for f in own}
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            raise MalformedSummary(_join(key, unknown[0]), f"unknown key '{_join(key, unknown[0])}'")
+        hints = _hints(cls)
+        values = {}
+        for f in own:
+            if f.name not in data:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise _missing(_join(key, f.name))
+                continue
+            values[f.name] = _read(data[f.name], hints[f.name], _join(key, f.name), f.metadata.get(_MINIMUM))
+        return cls(**values)
+
+    def to_json(self) -> dict:
+        """The JSON object of this part: its keys in field order, optional ones left out when None."""
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.metadata.get(_NOT_JSON) or (value is None and f.metadata.get(_OMIT)):
+                continue
+            out[f.name] = _write(value)
+        return out
+
+
+# ----------------------------------------------------------------------------- the run's head
+
+
+@dataclass(kw_only=True)
+class ModelInfo(_Json):
+    """The base model of the run (summary["model"])."""
+
+    name: str | None = _optional()
+    fingerprint: str | None = _optional()
+    n_layers: int = field(metadata={_MINIMUM: 1})
+    n_heads: int = field(metadata={_MINIMUM: 1})
+    mlm_head: dict | None = _optional()  # scoring.BaseModel.info: whether the MLM head was fresh, its warm-up
+    n_params: int | None = _optional()
+    size_bytes: int | None = _optional()
+
+
+@dataclass(kw_only=True)
+class OrderEntry(_Json):
+    """One order of the heads (summary["orders"][name]), most important first."""
+
+    ranked: list[tuple[int, int]]
+    matrix: list[list[float]] | None = None  # the mean importance; null for a random order
+    kind: str | None = _optional()  # "importance" or "random"
+    # Step 1 orders: the settings part of their rows' store keys (`importance.step1_key_settings`),
+    # by which `headprune verify` selects the rows; absent in older summaries and for random orders.
+    settings: dict | None = _optional()
+
+    @property
+    def is_random(self) -> bool:
+        """A random order: said by `kind`, or (a summary without kinds) by having no importance matrix."""
+        return self.kind == "random" or self.matrix is None
+
+
+# ----------------------------------------------------------------------------- Step 2
+
+
+@dataclass(kw_only=True)
+class RankingRow(_Json):
+    """One row of RANKING_MODELS (search.rank_models), best first: H1 rows add "k"."""
+
+    model: str
+    n_pruned: int
+    rank_sum: float
+    ranks: dict[str, float]
+    scores: dict[str, float] | None = _optional()
+    k: int | None = _optional()
+
+
+@dataclass(kw_only=True)
+class H1Result(_Json):
+    """H1 with one order (summary["h1"][order]): mean F1 per dataset and k, the ranking, the chosen k."""
+
+    k_values: list[int]
+    departure: str | None = None
+    scores: dict[str, dict[str, float]]  # {dataset: {str(k): mean F1}}
+    ranking: list[RankingRow]
+    chosen_k: int
+    pruned_heads: list[tuple[int, int]] | None = _optional()
+
+
+@dataclass(kw_only=True)
+class GreedyModel(_Json):
+    """The model an H2/H3 walk kept on one dataset; `score` its F1 there as seen during the walk."""
+
+    pruned_heads: list[tuple[int, int]]
+    n_pruned: int
+    score: float | None = None
+
+
+@dataclass(kw_only=True)
+class GreedyResult(_Json):
+    """H2 or H3 with one order (summary["h2"|"h3"][order]): one model per dataset, cross-scored and ranked."""
+
+    per_dataset: dict[str, GreedyModel]
+    cross: dict[str, dict[str, float]]  # {source dataset: {evaluation dataset: mean F1}}
+    ranking: list[RankingRow]
+    chosen: str
+    pruned_heads: list[tuple[int, int]] | None = _optional()
+    group_size: int | None = _optional()
+    departure: str | None = None
+    complete: dict[str, float] | None = _optional()  # H3: the complete model's F1 per dataset
+
+
+@dataclass(kw_only=True)
+class ChosenModel(_Json):
+    """A model of the generalization check (summary["chosen"][name]); sizes come with its scores."""
+
+    pruned_heads: list[tuple[int, int]]
+    n_pruned: int
+    strategy: str | None = None  # None for the complete model
+    order: str | None = None
+    n_params: int | None = _optional()
+    size_bytes: int | None = _optional()
+    params_pct_vs_cm: float | None = _optional()
+    size_pct_vs_cm: float | None = _optional()
+
+
+# ----------------------------------------------------------------------------- generalization
+
+
+@dataclass(kw_only=True)
+class DatasetScores(_Json):
+    """One model on one dataset (generalize.summarize + timing_summary): per-seed F1 and adjusting seconds."""
+
+    scores: list[float]
+    mean: float
+    std: float
+    pct_vs_cm: float | None = None
+    adjust_seconds: list[float]
+    adjust_mean: float
+    adjust_std: float
+    adjust_pct_vs_cm: float | None = None
+
+
+@dataclass(kw_only=True)
+class Significance(_Json):
+    """A paired t-test with p < alpha: `better` is significantly better than `worse` on `dataset`."""
+
+    dataset: str
+    better: str
+    worse: str
+    p_value: float
+
+
+@dataclass(kw_only=True)
+class Generalization(_Json):
+    """summary["generalization"]: {model: {dataset: DatasetScores}} beside the key "significance"."""
+
+    models: dict[str, dict[str, DatasetScores]]
+    significance: list[Significance]
+
+    @classmethod
+    def from_json(cls, data: Any, key: str = "") -> Generalization:
+        data = _object(data, key)
+        if "significance" not in data:
+            raise _missing(_join(key, "significance"))
+        return cls(
+            models={name: _read(value, dict[str, DatasetScores], _join(key, name))
+                    for name, value in data.items() if name != "significance"},
+            significance=_read(data["significance"], list[Significance], _join(key, "significance")),
+        )
+
+    def to_json(self) -> dict:
+        return {**_write(self.models), "significance": _write(self.significance)}
+
+
+@dataclass(kw_only=True)
+class MeanScore(_Json):
+    """A random-order mean on one dataset: the mean of the models' means, their std, % vs CM."""
+
+    mean: float
+    std: float
+    pct_vs_cm: float | None = None
+
+
+@dataclass(kw_only=True)
+class RandomMean(_Json):
+    """summary["random_means"]["MAM<strategy>"] (generalize.random_means): {dataset: MeanScore} beside "n_pruned"."""
+
+    datasets: dict[str, MeanScore]
+    n_pruned: float | None = None  # mean heads pruned over the random orders' models
+
+    @classmethod
+    def from_json(cls, data: Any, key: str = "") -> RandomMean:
+        data = _object(data, key)
+        n_pruned = data.get("n_pruned")
+        return cls(
+            datasets={name: MeanScore.from_json(value, _join(key, name))
+                      for name, value in data.items() if name != "n_pruned"},
+            n_pruned=None if n_pruned is None else _read(n_pruned, float, _join(key, "n_pruned")),
+        )
+
+    def to_json(self) -> dict:
+        out: dict = _write(self.datasets)
+        if self.n_pruned is not None:
+            out["n_pruned"] = self.n_pruned
+        return out
+
+
+# ----------------------------------------------------------------------------- the whole summary
+
+
+@dataclass(kw_only=True)
+class Summary(_Json):
+    """summary.json. Only `model` is required: a report renders whatever parts a run has."""
+
+    schema_version: int = field(default=SCHEMA_VERSION, metadata={_MINIMUM: 1})
+    headprune_version: str | None = _optional()
+    date: str | None = _optional()  # ISO 8601, UTC
+    device: str | None = _optional()
+    versions: dict | None = _optional()  # {library: version}
+    config: dict | None = _optional()  # config.Config.to_dict(): the validated configuration
+    departures: list[str] | None = _optional()  # every shortening of the paper's protocol, in words
+    model: ModelInfo
+    orders: dict[str, OrderEntry] | None = _optional()
+    h1: dict[str, H1Result] | None = _optional()
+    h2: dict[str, GreedyResult] | None = _optional()
+    h3: dict[str, GreedyResult] | None = _optional()
+    chosen: dict[str, ChosenModel] | None = _optional()
+    generalization: Generalization | None = _optional()
+    generalization_seeds: list[int] | None = _optional()
+    random_means: dict[str, RandomMean] | None = _optional()
+    elapsed_seconds: float | None = _optional()
+    path: Path | None = field(default=None, compare=False, metadata={_NOT_JSON: True})  # where it was read
+
+    @classmethod
+    def from_json(cls, data: Any, key: str = "") -> Summary:
+        """The version is checked first: a newer file is refused as such, not by its first unknown key."""
+        version = _read(_object(data, key).get("schema_version", 1), int, "schema_version", minimum=1)
+        if version > SCHEMA_VERSION:
+            raise MalformedSummary(
+                "schema_version", f"schema_version {version} is newer than this version reads (1 to {SCHEMA_VERSION})"
+            )
+        summary = super().from_json(data, key)
+        summary.schema_version = version
+        return summary
+
+    def greedy(self, strategy: str) -> dict[str, GreedyResult]:
+        """The H2 or H3 results by order ({} when the run has none)."""
+        return {"H2": self.h2, "H3": self.h3}[strategy.upper()] or {}
+
+    def need(self, value: T | None, key: str) -> T:
+        """`value`, or the one-line error naming `key` where this use needs a part the summary lacks."""
+        if value is None:
+            raise malformed(self.path, f"missing or invalid '{key}' (absent)")
+        return value
+
+    def config_value(self, *keys: str) -> Any:
+        """The configuration's value at `keys` (e.g. "step2", "seeds"), or the one-line error naming it."""
+        value: Any = self.config
+        key = "config"
+        if value is None:
+            raise malformed(self.path, f"missing or invalid '{key}' (absent)")
+        for name in keys:
+            key = f"{key}.{name}"
+            if not isinstance(value, dict) or name not in value:
+                raise malformed(self.path, f"missing or invalid '{key}' (absent)")
+            value = value[name]
+        return value
+
+
+def load_summary(run_dir_or_path: str | os.PathLike) -> Summary:
+    """Read `run_dir/summary.json` (or the file itself) into a `Summary`; anything else is one error line."""
+    path = Path(run_dir_or_path)
+    if path.is_dir():
+        path = path / SUMMARY_FILE
+    elif path.suffix != ".json":
+        raise HeadpruneError(f"{run_dir_or_path}: no such run directory")
+    if not path.is_file():
+        raise HeadpruneError(f"{path}: not found (a run directory holds {SUMMARY_FILE} once `headprune run` finished)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HeadpruneError(f"{path}: not a JSON file: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except UnicodeDecodeError:
+        raise HeadpruneError(f"{path}: not a JSON file: not a UTF-8 text file") from None
+    try:
+        summary = Summary.from_json(data)
+    except MalformedSummary as err:
+        raise malformed(path, str(err)) from None
+    summary.path = path
+    return summary
+
+
+def write_summary(path: str | os.PathLike, summary: Summary) -> Path:
+    """Write `summary` as summary.json (the pipeline's one writer); returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(summary.to_json(), indent=1) + "\n")
+    return path
+
+
+__all__ = [
+    "COMPLETE",
+    "SCHEMA_VERSION",
+    "SUMMARY_FILE",
+    "ChosenModel",
+    "DatasetScores",
+    "Generalization",
+    "GreedyModel",
+    "GreedyResult",
+    "H1Result",
+    "MalformedSummary",
+    "MeanScore",
+    "ModelInfo",
+    "OrderEntry",
+    "RandomMean",
+    "RankingRow",
+    "Significance",
+    "Summary",
+    "load_summary",
+    "malformed",
+    "write_summary",
+]

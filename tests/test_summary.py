@@ -1,0 +1,111 @@
+"""summary.py: the typed summary.json reads what it writes, and refuses a malformed one in one line naming the key."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from _tiny import make_summary, write_summary
+from headprune.errors import HeadpruneError
+from headprune.summary import SCHEMA_VERSION, ChosenModel, Summary, load_summary
+from headprune.summary import write_summary as write_typed
+
+
+def _v1(summary: dict) -> dict:
+    """make_summary() as the pipeline writes it: H2/H3 entries say their departure (null: none)."""
+    for key in ("h2", "h3"):
+        for entry in summary[key].values():
+            entry["departure"] = None
+    return summary
+
+
+def test_a_summary_without_schema_version_is_version_1_and_round_trips(tmp_path):
+    data = _v1(make_summary())
+    write_summary(tmp_path, data)
+    loaded = load_summary(tmp_path)
+    assert loaded.schema_version == 1 and loaded.path == tmp_path / "summary.json"
+    assert loaded.to_json() == {"schema_version": 1, **data}
+    assert isinstance(loaded.chosen["MOIH1"], ChosenModel) and loaded.chosen["MOIH1"].pruned_heads[0] == (1, 0)
+    assert loaded.generalization.models["CM"]["aisopos"].mean == data["generalization"]["CM"]["aisopos"]["mean"]
+    assert [s.better for s in loaded.generalization.significance] == ["MOIH1", "MA1H3"]
+    assert loaded.random_means["MAMH1"].n_pruned == 2.0 and set(loaded.random_means["MAMH1"].datasets) == {
+        "aisopos", "sanders"}
+
+
+def test_write_summary_then_load_summary_is_the_same_summary(tmp_path):
+    summary = Summary.from_json({**_v1(make_summary()), "schema_version": SCHEMA_VERSION})
+    path = write_typed(tmp_path / "summary.json", summary)
+    assert load_summary(path) == summary
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
+
+
+def _drop(*keys):
+    def change(summary: dict) -> None:
+        part = summary
+        for key in keys[:-1]:
+            part = part[key]
+        del part[keys[-1]]
+    return change
+
+
+def _set(value, *keys):
+    def change(summary: dict) -> None:
+        part = summary
+        for key in keys[:-1]:
+            part = part[key]
+        part[keys[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_drop("h1", "OI", "ranking", 0, "rank_sum"), "missing or invalid 'h1.OI.ranking[0].rank_sum' (absent)"),
+        (_drop("generalization", "significance"), "missing or invalid 'generalization.significance' (absent)"),
+        (_drop("h2", "A1", "per_dataset", "movie", "pruned_heads"),
+         "missing or invalid 'h2.A1.per_dataset.movie.pruned_heads' (absent)"),
+        (_set("five", "chosen", "MOIH1", "n_pruned"), "'chosen.MOIH1.n_pruned' must be an integer, got \"five\""),
+        (_set(True, "h1", "OI", "chosen_k"), "'h1.OI.chosen_k' must be an integer, got true"),
+        (_set([[1]], "chosen", "MOIH1", "pruned_heads"),
+         "'chosen.MOIH1.pruned_heads[0]' must be a [layer, head] pair, got a list"),
+        (_set(None, "generalization", "CM", "aisopos", "mean"),
+         "'generalization.CM.aisopos.mean' must be a number, got null"),
+        (_set({"x": 1}, "orders", "OI", "ranked"), "'orders.OI.ranked' must be a list, got a JSON object"),
+        (_set(0, "model", "n_heads"), "'model.n_heads' must be a positive integer, got 0"),
+        (_set(1, "h2", "OI", "extra"), "unknown key 'h2.OI.extra'"),
+        (_set(SCHEMA_VERSION + 1, "schema_version"), f"schema_version {SCHEMA_VERSION + 1} is newer than this version"),
+        (_set("2", "schema_version"), "'schema_version' must be a positive integer, got \"2\""),
+    ],
+)
+def test_a_malformed_summary_is_one_error_line_naming_the_key(tmp_path, change, message):
+    data = make_summary()
+    change(data)
+    path = write_summary(tmp_path, data)
+    with pytest.raises(HeadpruneError, match=re.escape(message)) as info:
+        load_summary(tmp_path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{path}: not a headprune run summary this version can check (malformed summary: ")
+
+
+def test_a_foreign_json_file_is_one_error_line(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(HeadpruneError, match=re.escape("(malformed summary: expected a JSON object, got a list)")):
+        load_summary(tmp_path)
+    (tmp_path / "summary.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(HeadpruneError, match="summary.json: not a JSON file: not a UTF-8 text file"):
+        load_summary(tmp_path)
+    with pytest.raises(HeadpruneError, match="no such run directory"):
+        load_summary(tmp_path / "nowhere.txt")
+
+
+def test_config_value_and_need_name_what_is_missing(tmp_path):
+    write_summary(tmp_path, {"model": {"n_layers": 2, "n_heads": 2}, "config": {"step2": {}}})
+    summary = load_summary(tmp_path)
+    with pytest.raises(HeadpruneError, match=re.escape("missing or invalid 'config.step2.seeds' (absent)")):
+        summary.config_value("step2", "seeds")
+    with pytest.raises(HeadpruneError, match=re.escape("missing or invalid 'model.fingerprint' (absent)")):
+        summary.need(summary.model.fingerprint, "model.fingerprint")
+    assert summary.config_value("step2") == {}
