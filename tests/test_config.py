@@ -135,13 +135,22 @@ def test_cap_examples_is_stratified_and_seeded() -> None:
 def test_engine_is_chosen_by_device_unless_configured() -> None:
     from headprune.config import Config
     from headprune.engine import BatchedExecutor
-    from headprune.executors import InProcessExecutor
-    from headprune.pipeline import make_executor
+    from headprune.executors import InProcessExecutor, ProcessExecutor, make_executor
+    from headprune.tasks import Executor
 
     config = Config()
     config.run.device = "cpu"
     assert isinstance(make_executor(config), InProcessExecutor)  # CPU: the reference loop
+    assert isinstance(make_executor(config, "step1"), InProcessExecutor)  # one Step 1 process on CPU
+    config.step1.workers = 3
+    step1 = make_executor(config, "step1")
+    assert isinstance(step1, ProcessExecutor) and step1.workers == 3
     config.run.engine = "batched"
     assert isinstance(make_executor(config), BatchedExecutor)
+    assert make_executor(config, "step2").options.pack and not make_executor(config, "generalization").options.pack
+    for executor in (make_executor(config), step1, InProcessExecutor()):  # the declared capabilities
+        assert isinstance(executor, Executor)
+    assert BatchedExecutor().plans_batch and not InProcessExecutor().plans_batch
+    assert InProcessExecutor().store_tag is None and BatchedExecutor().store_tag == "batched"
     with pytest.raises(HeadpruneError, match="run.engine must be"):
         from_dict({"run": {"engine": "turbo"}})

@@ -19,7 +19,6 @@ from headprune.engine import (
     SizeCache,
     StackedMLM,
     adjust_stacked,
-    default_executor,
     features_stacked,
     finetune_steps,
     job_batches,
@@ -271,13 +270,6 @@ def test_batched_executor_groups_tasks(tokenizer, encoded):
         assert [results[SeedTask(pruned, dataset, s)].f1 for s in (2, 1)] == [e.f1 for e in expected]
 
 
-def test_default_executor_by_device():
-    from headprune.executors import InProcessExecutor
-
-    assert isinstance(default_executor("cpu"), InProcessExecutor)
-    assert BatchedExecutor.name == "batched"
-
-
 def test_supports(tokenizer):
     assert supports(tiny_model(tokenizer)) and supports(tiny_model(tokenizer, "roberta"))
 
@@ -458,8 +450,10 @@ def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
     calls = []
 
     class Recording(InProcessExecutor):
+        plans_batch = True  # declares that it wants the whole batch
+
         def run(self, context, tasks, batch=None):
-            calls.append((list(tasks), list(batch), sorted(context.datasets)))
+            calls.append((list(tasks), None if batch is None else list(batch), sorted(context.datasets)))
             yield from super().run(context, tasks, batch)
 
     scorer = Scorer(tiny_base(tmp_path / "m"), ResultStore(tmp_path / "s.sqlite"),
@@ -469,6 +463,11 @@ def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
     batch = scorer.tasks_for([([], "person"), ([(0, 1)], "hobbit")])
     scorer.run(batch + batch[:1])
     assert calls[1] == ([batch[1]], batch, ["hobbit", "person"])
+    # An executor that does not plan over the batch is not handed it.
+    Recording.plans_batch = False
+    more = scorer.tasks_for([([(0, 2)], "person")])
+    scorer.run(more + batch)
+    assert calls[2] == (more, None, ["hobbit", "person"])
 
 
 # ----------------------------------------------------------------------------- batches drawn in worker processes

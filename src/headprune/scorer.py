@@ -30,7 +30,7 @@ def run_stored(
     make_context: Callable[[list], object],
     deadline: float | None = None,
     on_result: Callable[[Hashable, object, bool], None] | None = None,
-    what: str = "results",
+    stopped: Callable[[int, int], str] | None = None,
 ) -> dict:
     """Results of every task (duplicates once): stored ones from `lookup`, the missing ones from
     `executor` (each `put` the moment it arrives). `on_result(task, result, from_store)` for each.
@@ -38,7 +38,14 @@ def run_stored(
     An executor that `plans_batch` is handed the whole batch, stored tasks included (which tasks
     train together decides their scores; a resumed run must train the groups an uninterrupted one
     would). Past `deadline` (`time.monotonic()`) nothing new starts: the executor is asked to stop
-    after what is in flight and `errors.Stopped` is raised, every finished result being stored."""
+    after what is in flight and `errors.Stopped` is raised, every finished result being stored;
+    `stopped(done, total)` words its message."""
+
+    def stop() -> Stopped:
+        done, total = len(results), len(batch)
+        return Stopped(stopped(done, total) if stopped else
+                       f"time limit reached; {done} of {total} results of this batch are in the store")
+
     batch = list(dict.fromkeys(tasks))
     results: dict = {}
     missing = []
@@ -53,7 +60,7 @@ def run_stored(
     if not missing:
         return results
     if past(deadline):
-        raise Stopped(f"time limit reached; {len(results)} of {len(batch)} {what} are in the store")
+        raise stop()
     executor.clear_stop()
     context = make_context(batch)
     for task, result in executor.run(context, missing, batch=batch if executor.plans_batch else None):
@@ -64,7 +71,7 @@ def run_stored(
         if past(deadline):
             executor.request_stop()  # finish what is in flight, then stop
     if len(results) < len(batch):
-        raise Stopped(f"time limit reached; {len(results)} of {len(batch)} {what} are in the store")
+        raise stop()
     return results
 
 
@@ -193,7 +200,9 @@ class Scorer:
 
         return run_stored(tasks, self.lookup, put, self.executor,
                           lambda batch: self.context(sorted({t.dataset for t in batch})),
-                          deadline=self.deadline, on_result=self.on_result, what="scores of this batch")
+                          deadline=self.deadline, on_result=self.on_result,
+                          stopped=lambda done, total: f"time limit reached; {done} of {total} scores of this batch "
+                                                      "are in the store")
 
     def score(self, pruned: Iterable[Head], dataset: str, seeds: Sequence[int] | None = None) -> ScoreResult:
         tasks = self.tasks_for([(pruned, dataset)], seeds)

@@ -246,7 +246,7 @@ class GradientImportance:
         results = run_stored(
             tasks, lookup, put, executor or InProcessExecutor(), lambda _batch: context, deadline=deadline,
             on_result=(lambda task, _m, cached: on_result(task.dataset, task.seed, cached)) if on_result else None,
-            what="Step 1 finetunings",
+            stopped=lambda _done, _total: "time limit reached during Step 1; finished finetunings are in the store",
         )
         matrices = [m for task in tasks for m in results[task]]
         mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
