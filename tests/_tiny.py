@@ -53,9 +53,10 @@ def _f1(base: float, i: int, j: int) -> float:
     return round(0.6 + ((base * 7919 + i * 104729 + j * 1299709) % 3500) / 10000, 4)
 
 
-def make_summary(model_name: str = "tiny-bert") -> dict:
-    """A small but complete summary.json (2 layers x 4 heads, OI and A1) of schema version 1: no
-    `schema_version` key, otherwise the shape of `headprune.summary`."""
+def make_summary(model_name: str = "tiny-bert", version: int = 1) -> dict:
+    """A small but complete summary.json (2 layers x 4 heads, OI and A1) of schema version 1 (no
+    `schema_version` key), or of `version` 3: with the per-seed random-order means (MAM<strategy>)
+    among the generalization models and the Step 2 comparison on G2 (Tables 7-10)."""
     heads = [[l, h] for l in range(N_LAYERS) for h in range(N_HEADS)]
     # MOIH1 (k = 5) is exactly the 5 least important heads of OI.
     oi_ranked = [[0, 0], [0, 1], [0, 3], [1, 3], [0, 2], [1, 0], [1, 1], [1, 2]]
@@ -130,7 +131,7 @@ def make_summary(model_name: str = "tiny-bert") -> dict:
                      "n_pruned": float(len(CHOSEN_PRUNED[f"MA1H{s}"]))}
         for s in (1, 2, 3)
     }
-    return {
+    summary = {
         "headprune_version": "0.1.0",
         "date": "2025-01-02T03:04:05+00:00",
         "device": "cpu (test)",
@@ -147,6 +148,22 @@ def make_summary(model_name: str = "tiny-bert") -> dict:
         "generalization_seeds": seeds,
         "random_means": random_means,
     }
+    if version >= 3:
+        for s in (1, 2, 3):  # one random order: the per-seed mean is that order's model
+            generalization[f"MAMH{s}"] = {ds: dict(generalization[f"MA1H{s}"][ds]) for ds in G3}
+        step2: dict = {}
+        for m, name in enumerate(["CM", "MOIH1", "MOIH2", "MOIH3", "MAMH1", "MAMH2", "MAMH3"]):
+            step2[name] = {}
+            for d, ds in enumerate(G2):
+                scores = [_f1(m + 40, d, s) for s in range(2)]
+                mean = sum(scores) / 2
+                step2[name][ds] = {"scores": scores, "mean": mean, "std": abs(scores[0] - scores[1]) / 2 ** 0.5}
+        for name in step2:
+            for ds in G2:
+                step2[name][ds]["pct_vs_cm"] = 100 * (step2[name][ds]["mean"] / step2["CM"][ds]["mean"] - 1)
+        step2["significance"] = [{"dataset": "person", "better": "MOIH1", "worse": "CM", "p_value": 0.0321}]
+        summary = {"schema_version": 3, **summary, "step2_comparison": step2}
+    return summary
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:

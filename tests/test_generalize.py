@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 
-from headprune.generalize import random_means, significance, statement, summarize, timing_summary
+from headprune.generalize import (
+    comparison,
+    per_seed_means,
+    random_means,
+    random_order_members,
+    significance,
+    statement,
+    summarize,
+    timing_summary,
+)
 
 CM = [0.80, 0.81, 0.82, 0.83, 0.84]
 A = [0.82, 0.84, 0.83, 0.85, 0.865]  # CM + (0.02, 0.03, 0.01, 0.02, 0.025): clearly better
@@ -60,7 +70,7 @@ def test_significance_matches_scipy_paired_t_test():
             expected.append({"dataset": "X", "better": better, "worse": worse, "p_value": pytest.approx(p)})
     assert rows == expected
     # What the hand-made scores were built to show:
-    assert [statement(row) for row in rows] == ["A > CM", "A > B"]
+    assert [statement(row) for row in rows] == ["{A} > {CM}", "{A} > {B}"]
     assert all(row["dataset"] == "X" for row in rows)  # on Y, A equals CM seed by seed: no statement
 
 
@@ -68,7 +78,7 @@ def test_significance_respects_alpha():
     p = ttest_rel(A, B).pvalue
     scores = {"A": {"X": A}, "B": {"X": B}}
     assert significance(scores, alpha=p / 2) == []
-    assert [statement(row) for row in significance(scores, alpha=min(1.0, p * 2))] == ["A > B"]
+    assert [statement(row) for row in significance(scores, alpha=min(1.0, p * 2))] == ["{A} > {B}"]
 
 
 def test_significance_degenerate_cases_say_nothing_quietly():
@@ -104,3 +114,30 @@ def test_random_means_over_orders():
     assert "n_pruned" not in random_means(per_order, {"X": 0.80, "Y": 0.75})
     with pytest.raises(ValueError, match="reference"):
         random_means(per_order, {"X": 0.80})
+
+
+def test_statement_is_written_as_in_method_md():
+    assert statement({"better": "MOIH1", "worse": "CM"}) == "{MOIH1} > {CM}"
+
+
+def test_random_order_means_are_per_seed_means_of_their_members():
+    chosen = {"CM": (None, None), "MOIH1": ("OI", "H1"), "MA1H1": ("A1", "H1"), "MA2H1": ("A2", "H1"),
+              "MOIH2": ("OI", "H2")}
+    members = random_order_members(chosen, {"A1", "A2"})
+    assert members == {"MAMH1": ["MA1H1", "MA2H1"]}  # no random-order model for H2: no MAMH2
+    values = {"MA1H1": {"d": [0.5, 0.7, 0.9]}, "MA2H1": {"d": [0.7, 0.7, 0.5]}}
+    means = per_seed_means(values, members)
+    assert means == {"MAMH1": {"d": pytest.approx([0.6, 0.7, 0.7])}}
+    # Its std is over seeds (of the per-seed means), not across the orders' means.
+    table = comparison({"CM": {"d": [0.6, 0.6, 0.6]}, **means})
+    assert table["MAMH1"]["d"]["std"] == pytest.approx(np.std([0.6, 0.7, 0.7], ddof=1))
+    with pytest.raises(ValueError, match="different numbers of seeds"):
+        per_seed_means({"MA1H1": {"d": [0.5]}, "MA2H1": {"d": [0.5, 0.6]}}, members)
+
+
+def test_comparison_holds_every_model_and_the_t_tests():
+    scores = {"CM": {"d": [0.60, 0.61, 0.62, 0.60]}, "M": {"d": [0.70, 0.72, 0.71, 0.73]}}
+    table = comparison(scores, {"CM": {"d": [2.0] * 4}, "M": {"d": [1.0] * 4}})
+    assert table["M"]["d"]["pct_vs_cm"] == pytest.approx(100 * (0.715 / 0.6075 - 1))
+    assert table["M"]["d"]["adjust_pct_vs_cm"] == pytest.approx(-50.0)
+    assert [(r["better"], r["worse"]) for r in table["significance"]] == [("M", "CM")]

@@ -18,8 +18,8 @@ from headprune.report import rank_matrix, write_report
 from headprune.summary import load_summary
 
 SECTIONS = [
-    "overview", "importance", "architectures", "h1", "h2", "h3", "comparison", "heads-pruned", "size",
-    "adjust-time", "run",
+    "overview", "importance", "architectures", "h1", "h2", "h3", "step2-comparison", "comparison", "heads-pruned",
+    "size", "adjust-time", "run",
 ]
 FIGURES = {
     "importance_OI.png", "importance_A1.png", "architectures_H1.png", "architectures_H2.png",
@@ -29,8 +29,7 @@ FIGURES = {
 TABLES = [
     "table-overview", "table-h1-top5-OI", "table-h1-top5-A1", "table-h1-best-k",
     *[f"table-{h}-{kind}-{order}" for h in ("h2", "h3") for order in ("OI", "A1") for kind in ("cross", "ranking")],
-    "table-comparison-h1",
-    "table-comparison-h2", "table-comparison-h3", "table-comparison-all", "table-comparison-individual",
+    "table-g2-h1", "table-g2-h2", "table-g2-h3", "table-g2-all", "table-comparison-all", "table-comparison-individual",
     "table-heads-pruned", "table-size", "table-adjust-time", "table-run",
 ]
 
@@ -59,7 +58,7 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, dict]:
-    summary = make_summary()
+    summary = make_summary(version=3)
     run_dir = tmp_path_factory.mktemp("run")
     write_summary(run_dir, summary)
     return write_report(run_dir), summary
@@ -110,9 +109,11 @@ def test_tables_md_holds_every_table_with_the_numbers(rendered):
     path, summary = rendered
     md = (path.parent / "tables.md").read_text(encoding="utf-8")
     assert md.count("\n## ") == len(TABLES)
-    for needle in ("(Table 6)", "(Table 7)", "(Table 8)", "(Table 9)", "(Tables 10, 12)", "(Table 11)",
-                   "(Table 13)", "(Table 14)", "(Table 15)", "Top 5 models pruned according to H1, using OI"):
+    for needle in ("(Table 6)", "H1 on G2: MAMH1, MOIH1, CM (Table 7)", "H2 on G2: MAMH2, MOIH2, CM (Table 8)",
+                   "H3 on G2: MAMH3, MOIH3, CM (Table 9)", "(Table 10)", "(Table 11)", "(Table 12)", "(Table 13)",
+                   "(Table 14)", "(Table 15)", "Top 5 models pruned according to H1, using OI"):
         assert needle in md
+    assert "Table 7/" not in md and "Tables 10, 12" not in md  # no G3 table carries a G2 table's number
     generalization = summary["generalization"]
     cm, moih1 = generalization["CM"]["aisopos"], generalization["MOIH1"]["aisopos"]
     html_text = path.read_text(encoding="utf-8")
@@ -120,8 +121,9 @@ def test_tables_md_holds_every_table_with_the_numbers(rendered):
         assert f"{100 * cm['mean']:.2f} ({100 * cm['std']:.2f})" in text
         assert f"{100 * moih1['mean']:.2f} ({100 * moih1['std']:.2f})" in text
         assert f"{moih1['pct_vs_cm']:+.2f}%" in text
-        assert "MOIH1 &gt; CM (p = 0.0123)" in text or "MOIH1 > CM (p = 0.0123)" in text
-        assert "MA1H3 &gt; MOIH3" in text or "MA1H3 > MOIH3" in text
+        assert "{MOIH1} &gt; {CM} (p = 0.0123)" in text or "{MOIH1} > {CM} (p = 0.0123)" in text
+        assert "{MA1H3} &gt; {MOIH3}" in text or "{MA1H3} > {MOIH3}" in text
+        assert "{MOIH1} &gt; {CM} (p = 0.0321)" in text or "{MOIH1} > {CM} (p = 0.0321)" in text  # Table 7, G2
         assert "5 (62.50%)" in text  # Table 11: MOIH1 prunes 5 of 8 heads
         assert "990,000 (-1.00%)" in text  # Table 13: parameters vs CM
         for ds in G3:
@@ -142,6 +144,30 @@ def test_tables_md_holds_every_table_with_the_numbers(rendered):
     cross = summary["h2"]["OI"]["cross"]["movie"]["hobbit"]
     assert f"{100 * cross:.2f}" in md
     assert "| 1 | **model of hobbit** |" in md
+
+
+def test_a_schema_1_summary_still_renders_its_random_order_means(tmp_path):
+    """Before the per-seed MAM models, the random-order means were only in `random_means`: the G3
+    comparison still shows them from there, and there is no G2 comparison to show."""
+    write_summary(tmp_path, make_summary())
+    md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
+    assert "All strategies on G3: MAMH1, MOIH1, MAMH2, MOIH2, MAMH3, MOIH3, CM (Table 12)" in md
+    assert "(Table 7)" not in md
+
+
+def test_table_14_times_each_model_alone_and_shows_the_engine_apart(tmp_path):
+    """Scores from the batched engine: Table 14 shows the per-model times measured alone (and names
+    their seeds); the stacks' shared times are a separate throughput table."""
+    summary = make_summary(version=3)
+    for name, row in summary["generalization"].items():
+        if name != "significance":
+            for cell in row.values():
+                cell["adjust_seeds"] = [101, 102]
+                cell["engine_adjust_seconds"] = [0.431, 0.431, 0.431]
+    write_summary(tmp_path, summary)
+    md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
+    assert "timed apart on seeds 101, 102" in md and "(Table 14)" in md
+    assert "## Batched engine: each model's share of its stack's wall time" in md and "0.43 (0.00)" in md
 
 
 def test_run_section_has_configuration_versions_device_date(page, rendered):

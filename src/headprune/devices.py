@@ -38,4 +38,13 @@ def reproducible(device: torch.device, on: bool = True) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
-__all__ = ["reproducible", "resolve_device"]
+def device_description(device: torch.device) -> str:
+    """The device in words, for a summary and for keying what depends on it (adjusting times)."""
+    import platform
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+__all__ = ["device_description", "reproducible", "resolve_device"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .checkpoint import save_pruned, saved_size
 from .errors import HeadpruneError
+from .generalize import statement
 from .models import count_parameters, fingerprint, load_model
 from .summary import COMPLETE, DatasetScores, load_summary
 from .surgery import (
@@ -174,7 +175,7 @@ def _run_numbers(context: dict) -> list[str]:
         v, ref = own[ds], cm.get(ds)
         pct = v.pct_vs_cm
         tests = [
-            f"{s.better} > {s.worse}"
+            statement(s.to_json())
             for s in generalization.significance
             if s.dataset == ds and name in (s.better, s.worse) and COMPLETE in (s.better, s.worse)
         ]

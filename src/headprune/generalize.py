@@ -56,8 +56,48 @@ def significance(scores: PerSeed, alpha: float = 0.05) -> list[dict]:
 
 
 def statement(row: Mapping[str, object]) -> str:
-    """The dissertation's notation for a significance row: "x > y" (x significantly better than y)."""
-    return f"{row['better']} > {row['worse']}"
+    """METHOD.md's notation for a significance row: "{x} > {y}" (x significantly better than y)."""
+    return f"{{{row['better']}}} > {{{row['worse']}}}"
+
+
+def random_order_members(chosen: Mapping[str, tuple[str | None, str | None]], random_orders: set[str]
+                         ) -> dict[str, list[str]]:
+    """{"MAM<strategy>": [its models]}: the chosen models of each strategy found with a random order.
+
+    `chosen[model] = (order, strategy)`; a strategy with no random-order model has no MAM."""
+    members: dict[str, list[str]] = {}
+    for strategy in sorted({s for _, s in chosen.values() if s}):
+        models = sorted(m for m, (order, s) in chosen.items() if s == strategy and order in random_orders)
+        if models:
+            members[f"MAM{strategy}"] = models
+    return members
+
+
+def per_seed_means(values: PerSeed, members: Mapping[str, Sequence[str]]) -> dict[str, dict[str, list[float]]]:
+    """The "mean over random orders" models (MAMH1, ...) as models with per-seed values: per dataset
+    and seed, the mean of the member models' values at that seed (their seeds pair up: the same seed
+    fixes the same split). So MAM gets a std over seeds and paired t-tests like any model."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, models in members.items():
+        datasets = [ds for ds in _datasets({m: values[m] for m in models}) if all(ds in values[m] for m in models)]
+        for ds in datasets:
+            rows = [_floats(values[m][ds]) for m in models]
+            if len({len(r) for r in rows}) != 1:
+                raise ValueError(f"{ds}: the models of {name} have different numbers of seeds")
+            out.setdefault(name, {})[ds] = [float(v) for v in np.mean(np.array(rows), axis=0)]
+    return out
+
+
+def comparison(scores: PerSeed, seconds: PerSeed | None = None, reference: str = "CM", alpha: float = 0.05) -> dict:
+    """One comparison table (Tables 7-10 on G2, 12 and 15 on G3): per model and dataset the F1 summary
+    (`summarize`) and, given `seconds`, the adjusting-time summary (`timing_summary`); beside them
+    "significance", the paired t-tests between every two models (`significance`)."""
+    table = summarize(scores, reference=reference)
+    timing = timing_summary(seconds, reference=reference) if seconds is not None else {}
+    out: dict = {m: {ds: {**cell, **timing.get(m, {}).get(ds, {})} for ds, cell in row.items()}
+                 for m, row in table.items()}
+    out["significance"] = significance(scores, alpha=alpha)
+    return out
 
 
 def random_means(

@@ -20,10 +20,10 @@ from . import __version__
 from .base import BaseModel, WarmupSettings, load_base
 from .config import Config, departures
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
-from .devices import reproducible, resolve_device
+from .devices import device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import make_executor
-from .generalize import random_means, significance, summarize, timing_summary
+from .generalize import comparison, per_seed_means, random_means, random_order_members
 from .importance import ImportanceSettings, Order, criterion_for
 from .progress import RunProgress
 from .scorer import Scorer
@@ -34,19 +34,19 @@ from .summary import (
     COMPLETE,
     SUMMARY_FILE,
     ChosenModel,
-    DatasetScores,
     Generalization,
     GreedyResult,
     H1Result,
     ModelInfo,
     OrderEntry,
     RandomMean,
-    Significance,
     Summary,
     write_summary,
 )
+from .tasks import SeedScore, SeedTask
 
 SEARCHES = {"H2": H2Strategy, "H3": H3Strategy}
+TIMING_SEEDS = 3  # Table 14 under the batched engine: each model timed alone on this many seeds
 
 
 def default_cache_dir() -> Path:
@@ -69,12 +69,6 @@ def versions() -> dict:
         "scikit-learn": sklearn.__version__,
         "scipy": scipy.__version__,
     }
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def score_settings(config: Config) -> ScoreSettings:
@@ -257,9 +251,11 @@ class Pipeline:
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
-            gen_executor = make_executor(self.config, "generalization")  # never packs: Table 14's times
+            random_orders = {name for name, order in orders.items() if order.kind == "random"}
+            self._step2_comparison(chosen, step2_names, scorer, summary, random_orders)
+            gen_executor = make_executor(self.config, "generalization")  # never packs
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
-            self._generalization(chosen, g3_names, gen_scorer, summary)
+            self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
         finally:
             for used in (e for e in (gen_executor, executor) if e is not None):
                 used.close()
@@ -339,49 +335,85 @@ class Pipeline:
         summary.chosen = chosen
         return chosen
 
-    def _generalization(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer,
-                        summary: Summary) -> None:
-        seeds = self.config.generalization_seeds
+    def _per_seed(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer, stage: str
+                  ) -> tuple[dict[tuple[str, str], list[SeedTask]], dict[SeedTask, SeedScore]]:
+        """Every chosen model on every dataset with the scorer's seeds (one batch; coinciding models once)."""
         cells = {(name, ds): scorer.tasks_for([(entry.pruned_heads, ds)])
                  for name, entry in chosen.items() for ds in datasets}
         tasks = [task for cell in cells.values() for task in cell]
-        unique = set(tasks)  # chosen models may coincide
-        self.progress.start_stage("generalization", len(unique), sum(self.rows(t.dataset) for t in unique))
+        unique = set(tasks)
+        self.progress.start_stage(stage, len(unique), sum(self.rows(t.dataset) for t in unique))
         results = scorer.run(tasks)
         self.progress.end_stage()
-        f1: dict[str, dict[str, list[float]]] = {}
-        seconds: dict[str, dict[str, list[float]]] = {}
-        for (name, ds), cell in cells.items():
-            per_seed = [results[t] for t in cell]
-            f1.setdefault(name, {})[ds] = [s.f1 for s in per_seed]
-            seconds.setdefault(name, {})[ds] = [s.adjust_seconds for s in per_seed]
-            chosen[name].n_params = per_seed[0].n_params
-            chosen[name].size_bytes = per_seed[0].size_bytes
-        table = summarize(f1, reference=COMPLETE)
-        timing = timing_summary(seconds, reference=COMPLETE)
-        summary.generalization = Generalization(
-            models={m: {ds: DatasetScores.from_json({**table[m][ds], **timing[m][ds]}) for ds in datasets}
-                    for m in chosen},
-            significance=[Significance.from_json(row)
-                          for row in significance(f1, alpha=self.config.generalization.alpha)],
-        )
+        return cells, results
+
+    def _step2_comparison(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer,
+                          summary: Summary, random_orders: set[str]) -> None:
+        """Tables 7-10: CM, the models of the importance orders and the per-seed means over the random
+        orders (MAM<strategy>) on the Step 2 datasets, over the Step 2 seeds, with paired t-tests. The
+        searches stored these scores already; only what is missing is computed."""
+        if len(chosen) < 2:
+            return
+        cells, results = self._per_seed(chosen, datasets, scorer, "Tables 7-10: the chosen models on G2")
+        f1 = {name: {ds: [results[t].f1 for t in cells[(name, ds)]] for ds in datasets} for name in chosen}
+        members = random_order_members({n: (e.order, e.strategy) for n, e in chosen.items()}, random_orders)
+        shown = {n: v for n, v in f1.items() if chosen[n].order not in random_orders}
+        table = comparison({**shown, **per_seed_means(f1, members)}, reference=COMPLETE,
+                           alpha=self.config.generalization.alpha)
+        summary.step2_comparison = Generalization.from_json(table, key="step2_comparison")
+
+    def _generalization(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer,
+                        summary: Summary, random_orders: set[str]) -> None:
+        """The generalization check (Tables 12, 13, 14, 15): every chosen model on G3, the per-seed
+        means over the random orders (MAM<strategy>) beside them, paired t-tests between all.
+
+        Table 14 is what one finetuning of each model costs on this device: with the reference loop
+        that is each score's own adjusting time; the batched engine trains a candidate's seeds in one
+        stack, whose wall time every seed shares, so each model is then also timed adjusting alone
+        (physically pruned, the reference loop) on the first `TIMING_SEEDS` seeds, and the stack's
+        times are kept beside as the engine's throughput."""
+        seeds = self.config.generalization_seeds
+        cells, results = self._per_seed(chosen, datasets, scorer, "generalization")
+        f1 = {name: {ds: [results[t].f1 for t in cells[(name, ds)]] for ds in datasets} for name in chosen}
+        seconds = {name: {ds: [results[t].adjust_seconds for t in cells[(name, ds)]] for ds in datasets}
+                   for name in chosen}
+        engine_seconds: dict[str, dict[str, list[float]]] | None = None
+        timed_seeds: list[int] | None = None
+        if scorer.executor.store_tag is not None:
+            timed_seeds = list(seeds[:TIMING_SEEDS])
+            timed = {cell: [t for t in tasks if t.seed in timed_seeds] for cell, tasks in cells.items()}
+            unique = {t for tasks in timed.values() for t in tasks}
+            self.progress.start_stage("Table 14: each model adjusting alone", len(unique),
+                                      sum(self.rows(t.dataset) for t in unique))
+            times = scorer.adjust_times([t for tasks in timed.values() for t in tasks])
+            self.progress.end_stage()
+            engine_seconds = seconds
+            seconds = {name: {ds: [times[t] for t in timed[(name, ds)]] for ds in datasets} for name in chosen}
+        for name in chosen:
+            first = results[cells[(name, datasets[0])][0]]
+            chosen[name].n_params, chosen[name].size_bytes = first.n_params, first.size_bytes
+        members = random_order_members({n: (e.order, e.strategy) for n, e in chosen.items()}, random_orders)
+        table = comparison({**f1, **per_seed_means(f1, members)}, {**seconds, **per_seed_means(seconds, members)},
+                           reference=COMPLETE, alpha=self.config.generalization.alpha)
+        if timed_seeds is not None:
+            for name, row in table.items():
+                for ds, cell in (row.items() if name != "significance" else ()):
+                    cell["adjust_seeds"] = timed_seeds
+                    if name in engine_seconds:
+                        cell["engine_adjust_seconds"] = engine_seconds[name][ds]
+        summary.generalization = Generalization.from_json(table, key="generalization")
         summary.generalization_seeds = seeds
         cm = chosen[COMPLETE]
         for entry in chosen.values():
             entry.params_pct_vs_cm = 100.0 * (entry.n_params / cm.n_params - 1)
             entry.size_pct_vs_cm = 100.0 * (entry.size_bytes / cm.size_bytes - 1)
         reference = {ds: table[COMPLETE][ds]["mean"] for ds in datasets}
-        means: dict[str, RandomMean] = {}
-        random_names = sorted({e.order for e in chosen.values() if e.order and e.order != "OI"})
-        for strategy in sorted({e.strategy for e in chosen.values() if e.strategy}):
-            models = [f"M{o}{strategy}" for o in random_names if f"M{o}{strategy}" in chosen]
-            if models:
-                means[f"MAM{strategy}"] = RandomMean.from_json(random_means(
-                    {m: {ds: table[m][ds]["mean"] for ds in datasets} for m in models},
-                    reference,
-                    n_pruned={m: chosen[m].n_pruned for m in models},
-                ))
-        summary.random_means = means
+        summary.random_means = {
+            name: RandomMean.from_json(random_means(
+                {m: {ds: table[m][ds]["mean"] for ds in datasets} for m in models}, reference,
+                n_pruned={m: chosen[m].n_pruned for m in models}))
+            for name, models in members.items()
+        }
 
 
 __all__ = ["Pipeline", "HeadpruneError"]

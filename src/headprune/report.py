@@ -14,13 +14,16 @@ import json
 import math
 import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .generalize import statement
 from .summary import (
     COMPLETE,
     ChosenModel,
     DatasetScores,
+    Generalization,
     GreedyResult,
     H1Result,
     MeanScore,
@@ -629,28 +632,37 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
     return section
 
 
-def _model_stats(run: _Run, name: str) -> dict[str, DatasetScores] | dict[str, MeanScore]:
-    """{dataset: scores with mean, std and pct_vs_cm} of a chosen model or of a random-order mean (MAM*)."""
-    if name in run.generalization:
-        return run.generalization[name]
+def _model_stats(run: _Run, name: str, source: Generalization | None = None
+                 ) -> dict[str, DatasetScores] | dict[str, MeanScore]:
+    """{dataset: scores with mean, std and pct_vs_cm} of a model in `source` (the G3 generalization
+    check unless another is given). A summary written before the per-seed MAM models (schema 2)
+    has the random-order means only in `random_means` (std across the orders)."""
+    models = source.models if source is not None else run.generalization
+    if name in models:
+        return models[name]
+    if source is not None:
+        return {}
     mean = run.random_means.get(name)
     return mean.datasets if mean else {}
 
 
-def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -> Table | None:
+def _comparison_table(run: _Run, table_id: str, title: str, models: list[str],
+                      source: Generalization | None = None) -> Table | None:
     """Per dataset, mean (std) and % vs CM of each model present, and the significant t-tests among them.
 
     `title` may hold "{models}": the models actually shown."""
-    models = [m for m in models if _model_stats(run, m)]
+    models = [m for m in models if _model_stats(run, m, source)]
     if len(models) < 2:
         return None
     note = (
         "F1-macro x100: mean (standard deviation) over the seeds, then the change vs CM. Best per dataset "
-        "in bold. t-test: paired by seed, p < 0.05; x > y means x is significantly better than y."
+        "in bold. t-test: paired by seed, p < 0.05; {x} > {y} means x is significantly better than y."
     )
     if any(m.startswith("MAM") for m in models):
-        note += " MAM<strategy>: the mean of that strategy's models over the random orders."
-    stats = {m: _model_stats(run, m) for m in models}
+        note += (" MAM<strategy>: per seed, the mean of that strategy's models over the random orders "
+                 "(its std is over the seeds).")
+    stats = {m: _model_stats(run, m, source) for m in models}
+    significant = source.significance if source is not None else run.significance
     datasets = [ds for ds in _datasets_of(stats)]
     rows = []
     for ds in datasets:
@@ -665,8 +677,8 @@ def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -
             text = f"{_f1(value.mean)} ({_f1(value.std)})\n{_pct(value.pct_vs_cm, m == COMPLETE)}"
             row.append(Cell(text, value.mean == best))
         statements = [
-            f"{s.better} > {s.worse} (p = {float(s.p_value):.3g})"
-            for s in run.significance
+            f"{statement(s.to_json())} (p = {float(s.p_value):.3g})"
+            for s in significant
             if s.dataset == ds and s.better in models and s.worse in models
         ]
         row.append(Cell("\n".join(statements) or "-"))
@@ -675,38 +687,55 @@ def _comparison_table(run: _Run, table_id: str, title: str, models: list[str]) -
     return Table(table_id, title.format(models=", ".join(models)), columns, rows, note=note)
 
 
-def _comparison_section(run: _Run) -> _Section | None:
-    if not run.generalization:
-        return None
-    section = _Section("comparison", "Generalization check: F1-macro per dataset (Tables 7-10, 12, 15)")
-    seeds = run.summary.generalization_seeds
-    if seeds:
-        section.blocks.append(f'<p class="note">Seeds: {html.escape(", ".join(map(str, seeds)))}.</p>')
-    own = {
-        s: [
-            n
-            for n in run.sort(run.chosen)
-            if run.chosen[n].strategy == s and run.chosen[n].order not in run.random_orders
-        ]
+def _own_models(run: _Run) -> dict[str, list[str]]:
+    """Per strategy, the chosen models of the importance orders (not the random ones)."""
+    return {
+        s: [n for n in run.sort(run.chosen)
+            if run.chosen[n].strategy == s and run.chosen[n].order not in run.random_orders]
         for s in STRATEGIES
     }
-    table_no = {"H1": 7, "H2": 8, "H3": 9}
-    for strategy in STRATEGIES:
-        models = [f"MAM{strategy}"] + own[strategy] + [COMPLETE]
-        table = _comparison_table(
-            run, f"table-comparison-{strategy.lower()}", f"{strategy}: {{models}} (Table {table_no[strategy]})", models
-        )
+
+
+def _step2_comparison_section(run: _Run) -> _Section | None:
+    """Tables 7-10: CM, MOI<strategy> and MAM<strategy> on the Step 2 datasets (G2), Step 2 seeds."""
+    source = run.summary.step2_comparison
+    if source is None:
+        return None
+    section = _Section("step2-comparison", "Step 2 datasets (G2): CM, the OI models and the random-order means "
+                                           "(Tables 7-10)")
+    seeds = (run.summary.config or {}).get("step2", {}).get("seeds")
+    if seeds:
+        section.blocks.append(f'<p class="note">Seeds: {html.escape(str(seeds))} (the Step 2 seeds).</p>')
+    own = _own_models(run)
+    for number, strategy in zip((7, 8, 9), STRATEGIES):
+        table = _comparison_table(run, f"table-g2-{strategy.lower()}", f"{strategy} on G2: {{models}} (Table {number})",
+                                  [f"MAM{strategy}"] + own[strategy] + [COMPLETE], source)
         if table and own[strategy]:
             _add_table(section, table)
     together = [m for s in STRATEGIES for m in [f"MAM{s}"] + own[s]] + [COMPLETE]
-    table = _comparison_table(run, "table-comparison-all", "All strategies: {models} (Tables 10, 12)", together)
+    table = _comparison_table(run, "table-g2-all", "All strategies on G2: {models} (Table 10)", together, source)
     if table:
         _add_table(section, table)
-    individual = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
+    return section if section.tables else None
+
+
+def _comparison_section(run: _Run) -> _Section | None:
+    if not run.generalization:
+        return None
+    section = _Section("comparison", "Generalization check (G3): F1-macro per dataset (Tables 12, 15)")
+    seeds = run.summary.generalization_seeds
+    if seeds:
+        section.blocks.append(f'<p class="note">Seeds: {html.escape(", ".join(map(str, seeds)))}.</p>')
+    own = _own_models(run)
+    together = [m for s in STRATEGIES for m in [f"MAM{s}"] + own[s]] + [COMPLETE]
+    table = _comparison_table(run, "table-comparison-all", "All strategies on G3: {models} (Table 12)", together)
+    if table:
+        _add_table(section, table)
+    individual = [m for m in run.sort(run.generalization) if m != COMPLETE and not m.startswith("MAM")] + [COMPLETE]
     table = _comparison_table(
         run,
         "table-comparison-individual",
-        "Every chosen model individually, random orders included (Table 15)",
+        "Every chosen model individually on G3, random orders included (Table 15)",
         individual,
     )
     if table:
@@ -782,37 +811,61 @@ def _size_section(run: _Run) -> _Section | None:
     return section
 
 
-def _adjust_time_section(run: _Run) -> _Section | None:
-    models = [m for m in run.sort(run.generalization) if m != COMPLETE] + [COMPLETE]
-    models = [m for m in models if run.generalization.get(m)]
-    if not models:
-        return None
-    section = _Section("adjust-time", "Time of the adjusting step per dataset (Table 14)")
+def _seconds_table(run: _Run, table_id: str, title: str, models: list[str], values) -> Table:
+    """Per dataset and model, mean (std) seconds and (for the per-model times) the change vs CM."""
     datasets = _datasets_of({m: run.generalization[m] for m in models})
     rows = []
     for ds in datasets:
         row = [Cell(ds)]
         for m in models:
-            value = run.generalization[m].get(ds)
-            if value is None:
+            cell = run.generalization[m].get(ds)
+            seconds = values(cell) if cell is not None else None
+            if not seconds:
                 row.append(Cell("n/a"))
-            else:
-                row.append(
-                    Cell(
-                        f"{float(value.adjust_mean):.2f} ({float(value.adjust_std):.2f})\n"
-                        f"{_pct(value.adjust_pct_vs_cm, m == COMPLETE)}"
-                    )
-                )
+                continue
+            mean, std = _mean_std_of(seconds)
+            pct = _pct(cell.adjust_pct_vs_cm, m == COMPLETE) if values is _alone else None
+            row.append(Cell(f"{mean:.2f} ({std:.2f})" + (f"\n{pct}" if pct else "")))
         rows.append(row)
-    _add_table(
-        section,
-        Table(
-            "table-adjust-time",
-            "Mean (std) seconds of the adjusting step (continued MLM) over the seeds, and the change vs CM (Table 14)",
-            ["Dataset"] + models,
-            rows,
-        ),
-    )
+    return Table(table_id, title, ["Dataset"] + models, rows)
+
+
+def _alone(cell: DatasetScores) -> list[float] | None:
+    return cell.adjust_seconds
+
+
+def _stacked(cell: DatasetScores) -> list[float] | None:
+    return cell.engine_adjust_seconds
+
+
+def _mean_std_of(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0 for one value), as the summary's own means and stds."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _adjust_time_section(run: _Run) -> _Section | None:
+    """Table 14: what one finetuning of each model costs on the run's device (each model adjusting
+    alone, physically pruned); the batched engine's per-model share of a stack apart, as throughput."""
+    models = [m for m in run.sort(run.generalization) if m != COMPLETE and not m.startswith("MAM")] + [COMPLETE]
+    models = [m for m in models if any(c.adjust_seconds for c in run.generalization.get(m, {}).values())]
+    if not models:
+        return None
+    section = _Section("adjust-time", "Time of the adjusting step per dataset (Table 14)")
+    cells = [c for m in models for c in run.generalization[m].values()]
+    timed = next((c.adjust_seeds for c in cells if c.adjust_seeds), None)
+    where = f" on {run.summary.device}" if run.summary.device else ""
+    seeds = (f"timed apart on seeds {', '.join(map(str, timed))} (the scores came from the batched engine)"
+             if timed else "over the seeds of the scores")
+    _add_table(section, _seconds_table(
+        run, "table-adjust-time",
+        f"Mean (std) seconds of one adjusting step (continued MLM) of each model alone{where}, {seeds}, "
+        "and the change vs CM (Table 14)", models, _alone))
+    if any(c.engine_adjust_seconds for c in cells):
+        _add_table(section, _seconds_table(
+            run, "table-adjust-throughput",
+            "Batched engine: each model's share of its stack's wall time, mean (std) seconds over the seeds: "
+            "a throughput (the seeds of a stack train together and share it), not what one finetuning costs",
+            models, _stacked))
     return section
 
 
@@ -866,6 +919,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             lambda: _h1_section(run, figures),
             lambda: _greedy_section(run, "h2", figures),
             lambda: _greedy_section(run, "h3", figures),
+            lambda: _step2_comparison_section(run),
             lambda: _comparison_section(run),
             lambda: _heads_pruned_section(run),
             lambda: _size_section(run),

@@ -8,15 +8,16 @@ PRUN_ADJ_EVAL scores and is the batch evaluator of the searches."""
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .base import BaseModel
 from .data import Dataset, check_enough_per_class, load_dataset
+from .devices import device_description, resolve_device
 from .errors import Stopped, past
 from .executors.local import InProcessExecutor
-from .scoring import encode, run_task
+from .scoring import encode, run_task, time_task
 from .settings import ScoreSettings
 from .store import ResultStore
 from .tasks import EvalContext, Executor, Head, SeedScore, SeedTask
@@ -203,6 +204,33 @@ class Scorer:
                           deadline=self.deadline, on_result=self.on_result,
                           stopped=lambda done, total: f"time limit reached; {done} of {total} scores of this batch "
                                                       "are in the store")
+
+    def adjust_times(self, tasks: Sequence[SeedTask]) -> dict[SeedTask, float]:
+        """Table 14: the adjusting seconds of each task's model trained alone, physically pruned, by
+        the reference loop on this scorer's device, whatever executor computes the scores (the
+        batched engine's times are a stack's, shared by its models). Stored by device, so a resumed
+        run times nothing twice."""
+        device = resolve_device(str(self.device))
+        where = device_description(device)
+        settings = {**self.settings_key}
+        settings.pop("engine", None)
+
+        def key(task: SeedTask) -> str:
+            return self.store.timing_key(self.base.fingerprint, task.pruned, self.dataset(task.dataset).content_hash,
+                                         task.seed, settings, where)
+
+        def put(task: SeedTask, seconds: float) -> None:
+            self.store.put_timing(key(task), model=self.base.fingerprint, pruned=task.pruned, dataset=task.dataset,
+                                  dataset_hash=self.dataset(task.dataset).content_hash, seed=task.seed,
+                                  settings=settings, device=where, seconds=seconds)
+
+        def context(batch: list) -> EvalContext:
+            return replace(self.context(sorted({t.dataset for t in batch})), device=device, score=time_task)
+
+        return run_stored(tasks, lambda task: self.store.get_timing(key(task)), put, InProcessExecutor(), context,
+                          deadline=self.deadline, on_result=self.on_result,
+                          stopped=lambda done, total: f"time limit reached; {done} of {total} adjusting times "
+                                                      "(Table 14) are in the store")
 
     def score(self, pruned: Iterable[Head], dataset: str, seeds: Sequence[int] | None = None) -> ScoreResult:
         tasks = self.tasks_for([(pruned, dataset)], seeds)

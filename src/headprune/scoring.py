@@ -135,6 +135,25 @@ def svm_f1(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> float:
     return float(np.mean(scores))
 
 
+def pruned_copy(base_model, pruned: Iterable[Head]):
+    """A physically pruned copy of `base_model` (which is not modified)."""
+    model = copy.deepcopy(base_model)
+    pruned = list(pruned)
+    if pruned:
+        prune_heads(model, pruned)
+    return model
+
+
+def adjust_seconds(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
+                   seed: int, settings: ScoreSettings, device: torch.device) -> float:
+    """What one finetuning of this pruned model costs on `device` (Table 14): the seconds of the
+    adjusting stage of `score_seed` alone (the same split, pruning and training), without features
+    or SVM."""
+    finetune_idx, _ = split_halves(labels, seed)
+    model = pruned_copy(base_model, pruned).to(device)
+    return adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device)
+
+
 def score_seed(
     base_model,
     tokenizer,
@@ -147,10 +166,7 @@ def score_seed(
 ) -> SeedScore:
     """One seed of PRUN_ADJ_EVAL: split, prune, adjust, features, SVM. `base_model` is not modified."""
     finetune_idx, classify_idx = split_halves(labels, seed)
-    model = copy.deepcopy(base_model)
-    pruned = list(pruned)
-    if pruned:
-        prune_heads(model, pruned)
+    model = pruned_copy(base_model, pruned)
     n_params = count_parameters(model)
     size = saved_size(model)
     model.to(device)
@@ -168,4 +184,13 @@ def run_task(context: EvalContext, task: SeedTask) -> SeedScore:
                       device)
 
 
-__all__ = ["adjust", "features", "masked_lm_loss", "pad_batch", "run_task", "score_seed", "svm_f1"]
+def time_task(context: EvalContext, task: SeedTask) -> float:
+    """The adjusting seconds of one SeedTask of `context`, the model trained alone (`adjust_seconds`)."""
+    ids, labels = context.datasets[task.dataset]
+    device = context.device if isinstance(context.device, torch.device) else resolve_device(str(context.device))
+    return adjust_seconds(context.base_model, context.tokenizer, ids, labels, task.pruned, task.seed, context.settings,
+                          device)
+
+
+__all__ = ["adjust", "adjust_seconds", "features", "masked_lm_loss", "pad_batch", "pruned_copy", "run_task",
+           "score_seed", "svm_f1", "time_task"]

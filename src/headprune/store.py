@@ -44,6 +44,18 @@ CREATE TABLE IF NOT EXISTS importance (
     device TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS timings (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    pruned TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    dataset_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -155,6 +167,25 @@ class ResultStore:
         )
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO importance VALUES (?,?,?,?,?,?,?,?,?)", values)
+
+    # ------------------------------------------------------------------ adjusting times (Table 14)
+    @staticmethod
+    def timing_key(model: str, pruned, dataset_hash: str, seed: int, settings: dict, device: str) -> str:
+        """A time is a fact of the device it was measured on: `device` names it (e.g. "cuda: NVIDIA H200")."""
+        return make_key(kind="timing", model=model, pruned=pruned_key(pruned), dataset=dataset_hash, seed=int(seed),
+                        settings=settings, device=device)
+
+    def get_timing(self, key: str) -> float | None:
+        with self._lock:
+            row = self._conn.execute("SELECT seconds FROM timings WHERE key = ?", (key,)).fetchone()
+        return float(row[0]) if row else None
+
+    def put_timing(self, key: str, *, model: str, pruned, dataset: str, dataset_hash: str, seed: int,
+                   settings: dict, device: str, seconds: float) -> None:
+        values = (key, model, pruned_key(pruned), dataset, dataset_hash, int(seed),
+                  json.dumps(settings, sort_keys=True), device, float(seconds), time.time())
+        with self._lock:
+            self._conn.execute("INSERT OR IGNORE INTO timings VALUES (?,?,?,?,?,?,?,?,?,?)", values)
 
     def importance_rows(self, model: str) -> list[dict]:
         """Every stored Step 1 result of a model: {"dataset", "seed", "settings", "matrices"} (decoded)."""

@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 
 from .errors import HeadpruneError
 
-SCHEMA_VERSION = 2  # 1: the same shape, before the file said its version
+# 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
+# per-seed MAM models in the comparisons, and Table 14's per-model timing fields.
+SCHEMA_VERSION = 3
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
 
@@ -275,16 +277,23 @@ class ChosenModel(_Json):
 
 @dataclass(kw_only=True)
 class DatasetScores(_Json):
-    """One model on one dataset (generalize.summarize + timing_summary): per-seed F1 and adjusting seconds."""
+    """One model on one dataset (generalize.comparison): per-seed F1 and, in the generalization check,
+    the seconds one finetuning of this model takes on the run's device (Table 14): each model adjusting
+    alone, physically pruned. The reference loop's scores carry those times; where the scores came
+    from the batched engine they were timed apart, on the seeds `adjust_seeds`, and the engine's own
+    per-model share of a stack's wall time (a throughput, not one finetuning's cost) is
+    `engine_adjust_seconds`."""
 
     scores: list[float]
     mean: float
     std: float
     pct_vs_cm: float | None = None
-    adjust_seconds: list[float]
-    adjust_mean: float
-    adjust_std: float
-    adjust_pct_vs_cm: float | None = None
+    adjust_seconds: list[float] | None = _optional()
+    adjust_mean: float | None = _optional()
+    adjust_std: float | None = _optional()
+    adjust_pct_vs_cm: float | None = _optional()
+    adjust_seeds: list[int] | None = _optional()  # None: every seed of `scores`
+    engine_adjust_seconds: list[float] | None = _optional()
 
 
 @dataclass(kw_only=True)
@@ -321,7 +330,9 @@ class Generalization(_Json):
 
 @dataclass(kw_only=True)
 class MeanScore(_Json):
-    """A random-order mean on one dataset: the mean of the models' means, their std, % vs CM."""
+    """A random-order mean on one dataset: the mean of the models' means, the std of those means
+    across the random orders (their spread, not a std over seeds: the per-seed MAM model, with its
+    std over seeds and t-tests, is in the generalization table), % vs CM."""
 
     mean: float
     std: float
@@ -375,6 +386,9 @@ class Summary(_Json):
     generalization: Generalization | None = _optional()
     generalization_seeds: list[int] | None = _optional()
     random_means: dict[str, RandomMean] | None = _optional()
+    # Tables 7-10: CM, the OI models and the random-order means on the Step 2 datasets (G2), over
+    # the Step 2 seeds, from the scores Step 2 stored.
+    step2_comparison: Generalization | None = _optional()
     elapsed_seconds: float | None = _optional()
     path: Path | None = field(default=None, compare=False, metadata={_NOT_JSON: True})  # where it was read
 

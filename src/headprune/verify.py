@@ -17,12 +17,12 @@ import numpy as np
 from .config import parse_seeds
 from .data import expand_datasets
 from .errors import HeadpruneError
-from .generalize import significance, summarize
+from .generalize import per_seed_means, random_order_members, significance, summarize
 from .importance import rank_heads
 from .search import rank_models
 from .settings import ScoreSettings
 from .store import ResultStore, pruned_key
-from .summary import COMPLETE, SUMMARY_FILE, Significance, Summary, load_summary, malformed
+from .summary import COMPLETE, SUMMARY_FILE, Generalization, Significance, Summary, load_summary, malformed
 
 # What a stored score's settings must match (max_length is keyed as min(setting, model's limit)).
 SCORE_FIELDS = tuple(f.name for f in fields(ScoreSettings) if f.name != "max_length")
@@ -172,30 +172,58 @@ def _check_step2(summary: Summary, scores: _Scores, seeds: list[int], result: Ve
 
 
 def _check_generalization(summary: Summary, scores: _Scores, result: Verification) -> None:
-    if summary.generalization is None:
-        return
-    table = summary.generalization.models
-    seeds = list(summary.generalization_seeds or [])
+    if summary.generalization is not None:
+        _check_comparison("generalization", summary.generalization, summary, scores,
+                          list(summary.generalization_seeds or []), result)
+    if summary.step2_comparison is not None:
+        _check_comparison("step2_comparison", summary.step2_comparison, summary, scores,
+                          parse_seeds(summary.config_value("step2", "seeds")), result)
+
+
+def _check_comparison(key: str, table: Generalization, summary: Summary, scores: _Scores, seeds: list[int],
+                      result: Verification) -> None:
+    """A comparison table (G3: Tables 12, 15; G2: Tables 7-10) from the stored per-seed scores: each
+    chosen model's scores, the per-seed random-order means (MAM), their means, stds, % vs CM and the
+    paired t-tests."""
     per_seed: dict[str, dict[str, list[float]]] = {}
+    stored_models: dict[str, dict[str, list[float]]] = {}
     for model, entry in (summary.chosen or {}).items():
-        for ds, cell in table.get(model, {}).items():
+        for ds in _datasets_of(table):
             stored = scores.seed_scores(entry.pruned_heads, ds, seeds)
-            result.close(f"generalization.{model}.{ds}.scores", cell.scores, stored)
-            per_seed.setdefault(model, {})[ds] = cell.scores if stored is None else stored
+            if stored is not None:
+                stored_models.setdefault(model, {})[ds] = stored
+            if model in table.models and ds in table.models[model]:
+                cell = table.models[model][ds]
+                result.close(f"{key}.{model}.{ds}.scores", cell.scores, stored)
+                per_seed.setdefault(model, {})[ds] = cell.scores if stored is None else stored
+    random_orders = {name for name, order in (summary.orders or {}).items() if order.is_random}
+    members = random_order_members({m: (e.order, e.strategy) for m, e in (summary.chosen or {}).items()},
+                                   random_orders)
+    means = per_seed_means(stored_models, {m: v for m, v in members.items() if m in table.models
+                                           and all(x in stored_models for x in v)})
+    for model, row in means.items():
+        for ds, values in row.items():
+            if ds in table.models[model]:
+                result.close(f"{key}.{model}.{ds}.scores", table.models[model][ds].scores, values)
+                per_seed.setdefault(model, {})[ds] = values
     if not per_seed or COMPLETE not in per_seed:
         return
     recomputed = summarize(per_seed, reference=COMPLETE)
     for model, row in recomputed.items():
         for ds, cell in row.items():
-            for key in ("mean", "std", "pct_vs_cm"):
-                result.close(f"generalization.{model}.{ds}.{key}", getattr(table[model][ds], key), cell[key])
+            for name in ("mean", "std", "pct_vs_cm"):
+                result.close(f"{key}.{model}.{ds}.{name}", getattr(table.models[model][ds], name), cell[name])
     alpha = summary.config_value("generalization", "alpha")
 
     def rows(items: list[Significance]):
         return sorted((r.dataset, r.better, r.worse, round(r.p_value, 12)) for r in items)
 
-    result.close("generalization.significance", rows(summary.generalization.significance),
+    result.close(f"{key}.significance", rows(table.significance),
                  rows([Significance.from_json(r) for r in significance(per_seed, alpha=alpha)]))
+
+
+def _datasets_of(table: Generalization) -> list[str]:
+    return list(dict.fromkeys(ds for row in table.models.values() for ds in row))
 
 
 __all__ = ["Verification", "verify_run"]
