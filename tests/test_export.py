@@ -73,7 +73,7 @@ def test_model_card(run_dir, tiny_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     own, cm = summary["generalization"]["MOIH1"]["aisopos"], summary["generalization"]["CM"]["aisopos"]
     assert (f"| aisopos | {100 * own['mean']:.2f} ({100 * own['std']:.2f}) | {100 * cm['mean']:.2f} "
-            f"({100 * cm['std']:.2f}) | {own['pct_vs_cm']:+.2f}% | {MOIH1} > {CM} |") in card
+            f"({100 * cm['std']:.2f}) | {own['pct_vs_cm']:+.2f}% | {{MOIH1}} > {{CM}} |") in card
     assert f'headprune.load_pruned("{out}")' in card
     assert "fingerprint mismatch" not in card
 
