@@ -165,6 +165,8 @@ def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
     assert "H1 OI" in text and "12 evaluations" in text  # 3 k x 2 datasets x 2 seeds
     assert "H2 OI" in text and "H3 OI" in text and "H1 A1" in text
     assert "generalization" in text and "30 evaluations" in text  # 5 models x 2 datasets x 3 seeds
+    assert "Tables 7-10 (G2)" in text  # from the stored Step 2 scores (CM is k = 0 of H1)
+    assert "adjusting runs timed alone" not in text  # the reference loop's scores carry their own times
     assert "estimate on this device" in text and "(reference loop; one adjusting step per model = " in text
     assert not (root / "dry" / "store.sqlite").exists()
 
@@ -173,6 +175,7 @@ def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
     batched = Pipeline(from_dict(raw, source="tiny.toml"), root / "dry", progress=RunProgress(enabled=False))
     text = dry_run_text(batched)
     assert "(batched engine, stacks of 4 (Step 2) and 3 models; one adjusting step per model = " in text
+    assert "Table 14: each model adjusting alone" in text and "30 adjusting runs timed alone" in text
     assert not (root / "dry" / "store.sqlite").exists()
 
 

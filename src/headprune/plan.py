@@ -16,7 +16,7 @@ from transformers import AutoConfig
 from .base import BaseModel
 from .data import expand_datasets
 from .models import resolve_model_path
-from .pipeline import Pipeline
+from .pipeline import TIMING_SEEDS, Pipeline
 from .progress import format_seconds
 from .scoring import adjust, encode
 from .settings import ScoreSettings
@@ -56,7 +56,16 @@ def plan(pipeline: Pipeline) -> list[dict]:
             if strategy != "H1":
                 stage["at_most"] = True
             stages.append(stage)
+    # Tables 7-10 come from the scores the searches stored; only CM may be missing on G2 (when no
+    # H1 grid holds k = 0 and no H3 walk scored the complete model).
+    cm_scored = ("H1" in config.step2.strategies and 0 in pipeline.k_values(n_heads)) or "H3" in config.step2.strategies
+    if n_models > 1:
+        stages.append({"stage": "Tables 7-10 (G2)", "evaluations": 0 if cm_scored else
+                       len(expand_datasets(config.step2.datasets)) * len(config.step2_seeds)})
     stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(config.generalization_seeds)})
+    if pipeline.batched():  # Table 14: each model timed adjusting alone (the reference loop)
+        stages.append({"stage": "Table 14: each model adjusting alone", "evaluations": 0,
+                       "adjustings": n_models * len(g3) * min(TIMING_SEEDS, len(config.generalization_seeds))})
     return stages
 
 
@@ -93,6 +102,10 @@ def estimate(pipeline: Pipeline, stages: list[dict]) -> dict:
     for stage in stages:
         if "finetunings" in stage:
             stage["seconds"] = stage["finetunings"] * finetune * step_seconds * 1.2
+        elif "adjustings" in stage:  # the reference loop's adjusting alone, on G3 halves
+            halves = [len(d) / 2 for d in g3]
+            steps = np.mean([math.ceil(h / settings.batch_size) for h in halves]) * settings.epochs
+            stage["seconds"] = stage["adjustings"] * steps * step_seconds
         else:
             key = "generalization" if stage["stage"] == "generalization" else "step2"
             stage["seconds"] = stage["evaluations"] * per_eval[key]
@@ -140,11 +153,12 @@ def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
     times = estimate(pipeline, stages) if with_estimate else None
     total = 0
     for stage in stages:
-        count = (
-            f"{stage['finetunings']} finetunings"
-            if "finetunings" in stage
-            else f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations"
-        )
+        if "finetunings" in stage:
+            count = f"{stage['finetunings']} finetunings"
+        elif "adjustings" in stage:
+            count = f"{stage['adjustings']} adjusting runs timed alone"
+        else:
+            count = f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations"
         total += stage.get("evaluations", 0)
         eta = f"  ~{format_seconds(stage['seconds'])}" if times else ""
         lines.append(f"  {stage['stage']:<22s} {count}{eta}")
