@@ -108,13 +108,147 @@ def test_parse_seeds() -> None:
 def test_departures_name_every_shortening() -> None:
     from headprune.config import departures
 
-    assert departures(load_config(ROOT / "configs" / "paper.toml")) == []
-    assert departures(load_config(ROOT / "configs" / "paper-minilm.toml")) == []
+    assert departures(load_config(ROOT / "configs" / "paper.toml"), "cpu") == []
+    # The paper's protocol on another model: the model and the fresh head's warm-up depart.
+    minilm = departures(load_config(ROOT / "configs" / "paper-minilm.toml"), "cpu", fresh_mlm_head=True)
+    assert [line.split(" = ")[0] for line in minilm] == ["model.name", "model.mlm_head_warmup_steps"]
     quick = departures(load_config(ROOT / "configs" / "quick.toml"))
     text = "\n".join(quick)
     for option in ("data.max_examples = 200", "step2.h1_k_step = 24", "step2.group_size = 24", "scoring.epochs = 1",
                    "step2.seeds = [1, 2]"):
         assert option in text
+
+
+def _changed(value):
+    """Another valid value of a protocol option (for the test that changes each one in turn)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2
+    if isinstance(value, str):
+        return "minilm"
+    if len(value) > 1:
+        return value[:1]
+    return ["person"] if value else [0, 5]
+
+
+def _with(config: Config, name: str, value) -> Config:
+    import dataclasses
+
+    section, key = name.split(".")
+    setattr(config, section, dataclasses.replace(getattr(config, section), **{key: value}))
+    return config
+
+
+def test_every_config_field_is_compared_or_excluded() -> None:
+    """Each field of the Config tree is a protocol option (`PAPER_PROTOCOL`), an engine option (its
+    effect listed by `engine_departures`) or named as no departure: a new field in none fails here."""
+    from headprune.config import ENGINE_OPTIONS, NOT_DEPARTURES, PAPER_PROTOCOL, config_fields
+
+    tables = [set(PAPER_PROTOCOL), set(ENGINE_OPTIONS), set(NOT_DEPARTURES)]
+    assert set(config_fields()) == set().union(*tables)
+    assert sum(len(t) for t in tables) == len(set().union(*tables)) == len(config_fields())  # disjoint
+
+
+def test_each_protocol_option_changed_alone_is_listed() -> None:
+    from headprune.config import PAPER_PROTOCOL, config_value, departures, paper_config
+
+    assert departures(paper_config(), "cpu") == [] and departures(paper_config(), "cuda") == []
+    for name, paper in PAPER_PROTOCOL.items():
+        config = _with(paper_config(), name, _changed(paper))
+        fresh = name == "model.mlm_head_warmup_steps"  # a warm-up runs only for a checkpoint without an MLM head
+        lines = departures(config, "cpu", fresh_mlm_head=fresh)
+        assert len(lines) == 1 and lines[0].startswith(f"{name} = {config_value(config, name)}"), (name, lines)
+        if not fresh:
+            assert f"(paper: {paper})" in lines[0]
+    # The paper's model has a trained head: its warm-up setting never runs, so it never departs.
+    assert departures(_with(paper_config(), "model.mlm_head_warmup_steps", 300), "cpu") == []
+    assert departures(_with(paper_config(), "model.mlm_head_warmup_steps", 300), "cpu", fresh_mlm_head=False) == []
+    cold = departures(paper_config(), "cpu", fresh_mlm_head=True)  # a fresh head used cold departs too
+    assert len(cold) == 1 and "not warmed up" in cold[0]
+    # Order does not change what is computed: the same strategies in another order are no departure.
+    assert departures(_with(paper_config(), "step2.strategies", ["H3", "H1", "H2"]), "cpu") == []
+
+
+def test_fields_that_change_nothing_computed_are_never_departures() -> None:
+    from headprune.config import NOT_DEPARTURES, departures, paper_config
+
+    changes = {"model.cache_dir": "/tmp/heads", "model.trust_remote_code": True, "data.data_dir": "/tmp/data",
+               "data.text_column": "text", "data.label_column": "label", "step1.workers": 3, "run.device": "cuda",
+               "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
+               "run.ray_max_retries": 1, "run.report": False}
+    assert set(changes) == set(NOT_DEPARTURES) - {"source"}
+    config = paper_config()
+    for name, value in changes.items():
+        config = _with(config, name, value)
+    config.source = "elsewhere.toml"
+    assert departures(config, "cuda") == []  # run.engine = reference (paper_config)
+
+
+def test_the_batched_engine_is_listed_with_its_differences() -> None:
+    """The batched engine (run.engine = batched, or auto on CUDA: the rule make_executor follows)
+    departs from the reference loop: dropout per stack (statistical equality only), bf16 on CUDA,
+    packs of candidates in Step 2, a stack's shared adjusting time."""
+    from headprune.config import ENGINE_OPTIONS, batched_engine, departures, paper_config
+    from headprune.engine import BatchedExecutor
+    from headprune.executors import make_executor
+
+    def engine(resolved: str | None = None, **run) -> list[str]:
+        config = paper_config()
+        for key, value in run.items():
+            config = _with(config, f"run.{key}", value)
+        return departures(config, resolved)
+
+    cuda = engine("cuda", engine="auto")
+    assert [line.split(": ", 1)[1] for line in cuda] == [line.split(": ", 1)[1]
+                                                         for line in engine("cuda", engine="batched")]
+    text = "\n".join(cuda)
+    for words in ("equal to the reference loop's only statistically", "dropout masks are drawn per stack",
+                  "bf16 autocast", "different candidates train together in masked stacks of as many as fit",
+                  "adjusting time of a stack is shared"):
+        assert words in text, words
+    assert all(line.startswith("run.engine = ") for line in cuda)
+    assert engine("cpu", engine="auto") == [] and engine("cuda", engine="reference") == []
+    on_cpu = "\n".join(engine("cpu", engine="batched"))
+    assert "statistically" in on_cpu and "bf16" not in on_cpu  # fp32 on CPU
+    assert "run.pack_models = 8" in "\n".join(engine("cuda", engine="batched", pack_models=8))
+    assert "masked stacks" not in "\n".join(engine("cuda", engine="batched", pack=False))
+    assert set(ENGINE_OPTIONS) == {"run.engine", "run.pack", "run.pack_models"}
+    # Not known here (auto on an unknown device; on Ray the cluster's GPUs decide): said as conditional.
+    assert all(line.startswith("run.engine = auto, if on CUDA: ") for line in engine(None, engine="auto"))
+    ray = engine("cpu", engine="auto", executor="ray")
+    assert ray and all("if the Ray cluster has GPUs" in line for line in ray)
+    assert engine("cpu", engine="auto", executor="ray", device="cpu") == []
+    for name in ("auto", "batched", "reference"):  # departures and the factory follow the one rule
+        config = _with(_with(paper_config(), "run.engine", name), "run.device", "cpu")
+        assert isinstance(make_executor(config), BatchedExecutor) == batched_engine(config, "cpu")
+
+
+def _quick_options() -> list[str]:
+    """The options configs/quick.toml marks `# quick:` (its shortenings), as dotted names."""
+    import re
+
+    section, names = "", []
+    for line in (ROOT / "configs" / "quick.toml").read_text().splitlines():
+        if header := re.fullmatch(r"\[(\w+)\]\s*(#.*)?", line.strip()):
+            section = header.group(1)
+        elif (option := re.match(r"(\w+)\s*=.*#\s*quick:", line)) and section:
+            names.append(f"{section}.{option.group(1)}")
+    return names
+
+
+def test_quick_profile_departs_in_each_option_it_marks() -> None:
+    from headprune.config import departures
+
+    marked = _quick_options()
+    assert len(marked) >= 14 and "model.mlm_head_warmup_steps" in marked
+    lines = departures(load_config(ROOT / "configs" / "quick.toml"), "cpu", fresh_mlm_head=True)
+    named = [line.split(" = ")[0] for line in lines]
+    assert set(marked) | {"model.name"} == set(named) and len(named) == len(set(named))
+    assert any(line.startswith("model.mlm_head_warmup_steps = 40: ") and "warmed up for 40 steps" in line
+               for line in lines)
 
 
 def test_cap_examples_is_stratified_and_seeded() -> None:

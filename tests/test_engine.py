@@ -288,6 +288,49 @@ def test_batched_scores_are_stored_apart_from_reference_scores(tmp_path) -> None
     assert reference.key(task) != batched.key(task)
 
 
+def test_batched_keys_carry_precision_dropout_streams_and_pack_size(tmp_path, tokenizer) -> None:
+    """A batched score's key names what decides its numbers beyond the settings: the precision
+    actually used, how dropout streams are drawn and which models share them (pack size and step
+    ratio); scores differing in any of them are not found for one another. The reference loop's
+    keys are the score settings alone, as before."""
+    import types
+
+    from headprune.engine import DROPOUT_STREAMS, auto_pack_size
+    from headprune.executors import InProcessExecutor
+    from headprune.scorer import Scorer
+    from headprune.store import ResultStore
+    from headprune.tasks import describe_scores
+
+    model = tiny_model(tokenizer)
+    assert BatchedExecutor().store_entries(model, CPU) == {"engine": "batched", "precision": "fp32",
+                                                           "dropout": DROPOUT_STREAMS}
+    packed = BatchedExecutor(EngineOptions(pack=True, pack_models=5)).store_entries(model, "cpu")
+    assert packed == {"engine": "batched-packed", "precision": "fp32", "dropout": DROPOUT_STREAMS, "pack_models": 5,
+                      "pack_step_ratio": 1.25}
+    assert BatchedExecutor(EngineOptions(amp=True)).store_entries(model, CPU)["precision"] == "bf16"
+    assert BatchedExecutor(EngineOptions(max_models=3)).store_entries(model, CPU)["max_models"] == 3
+    fitting = BatchedExecutor(EngineOptions(pack=True))  # the pack size its packs are planned with
+    assert fitting.store_entries(model, CPU)["pack_models"] == auto_pack_size(model, CPU)
+    assert fitting.pack_size(model, CPU) == auto_pack_size(model, CPU)
+    unsupported = types.SimpleNamespace(config=types.SimpleNamespace(model_type="gpt2", hidden_size=32))
+    assert BatchedExecutor(EngineOptions(pack=True)).store_entries(unsupported, CPU) == {}  # the reference loop's
+
+    base = tiny_base(tmp_path / "m")
+    store = ResultStore(tmp_path / "store.sqlite")
+    reference = Scorer(base, store, device="cpu", executor=InProcessExecutor())
+    assert reference.settings_key == {**ScoreSettings().as_dict(), "max_length": min(128, base.max_length)}
+    assert reference.describe() == "scores: reference loop"
+    task = reference.tasks_for([([], "person")])[0]
+    variants = [EngineOptions(), EngineOptions(amp=True), EngineOptions(pack=True, pack_models=4),
+                EngineOptions(pack=True, pack_models=8), EngineOptions(pack=True, pack_models=8, pack_step_ratio=2.0)]
+    scorers = [Scorer(base, store, device="cpu", executor=BatchedExecutor(o)) for o in variants]
+    assert len({reference.key(task), *(s.key(task) for s in scorers)}) == len(variants) + 1
+    assert scorers[2].describe() == describe_scores(scorers[2].store_entries) == (
+        f"scores: batched engine (fp32, packs of 4, step ratio 1.25, dropout per stack: {DROPOUT_STREAMS}): "
+        "equal to the reference loop's statistically")
+    assert "bf16, one candidate's seeds per stack" in scorers[1].describe()
+
+
 # ----------------------------------------------------------------------------- masked stacks and packs
 
 # 3 layers x 4 heads: the complete model, a middle layer removed, the last layer removed plus a head,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sqlite3
@@ -150,10 +151,22 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
 
     monkeypatch.setattr(scoring, "score_seed", boom)
     monkeypatch.setattr("headprune.importance.gradient.importance_matrices", boom)
+    progress, log = _logged()
     again = Pipeline(from_dict(_config(Path(summary["model"]["name"]), csvs), source="tiny.toml"), root / "run",
-                     progress=RunProgress(enabled=False)).run()
+                     progress=progress).run()
     assert again["chosen"] == summary["chosen"]
     assert again["generalization"] == summary["generalization"]
+    # The resumed run says which scores it found: the reference loop's (a CPU run departs in no engine line).
+    assert log.getvalue().count("resuming from the store: scores: reference loop\n") == 2  # Step 2, generalization
+    assert not any(line.startswith("run.engine") for line in again["departures"])
+
+
+def _logged() -> tuple[RunProgress, io.StringIO]:
+    """A RunProgress whose log lines are kept (plain text, no terminal)."""
+    from rich.console import Console
+
+    log = io.StringIO()
+    return RunProgress(console=Console(file=log, width=400), enabled=True), log
 
 
 def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
@@ -256,6 +269,14 @@ def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_pat
         rows = db.execute("SELECT dataset, settings FROM scores").fetchall()
     tags = {(ds, json.loads(settings)["engine"]) for ds, settings in rows}
     assert tags == {("b", "batched-packed"), ("c", "batched-packed"), ("d", "batched"), ("e", "batched")}
+    from headprune.engine import DROPOUT_STREAMS
+
+    keyed = {(ds, json.loads(settings).get("precision"), json.loads(settings).get("dropout"),
+              json.loads(settings).get("pack_models")) for ds, settings in rows}
+    assert keyed == {("b", "fp32", DROPOUT_STREAMS, 8), ("c", "fp32", DROPOUT_STREAMS, 8),
+                     ("d", "fp32", DROPOUT_STREAMS, None), ("e", "fp32", DROPOUT_STREAMS, None)}
+    assert any(line.startswith("run.engine = batched: ") and "equal to the reference loop's only statistically"
+               in line for line in batched["departures"])
     for model in batched["chosen"]:
         assert all(0.0 <= f <= 1.0 for f in batched["generalization"][model]["d"]["scores"])
     # Table 14: the engine trains a model's seeds in one stack, whose wall time they share; each model
@@ -278,8 +299,15 @@ def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_pat
     monkeypatch.setattr(engine, "train_pack", boom)
     monkeypatch.setattr(engine, "train_group", boom)
     monkeypatch.setattr("headprune.scoring.adjust", boom)  # the Table 14 times come from the store too
-    again = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=RunProgress(enabled=False)).run()
+    progress, log = _logged()
+    again = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=progress).run()
     assert again["generalization"] == batched["generalization"]
+    said = log.getvalue()  # the resumed run says which scores (engine, key) it found in the store
+    resumed = "resuming from the store: scores: batched engine (fp32, "
+    streams = f"dropout per stack: {DROPOUT_STREAMS})"
+    statistically = ": equal to the reference loop's statistically"
+    assert f"{resumed}packs of 8, step ratio 1.25, {streams}{statistically}" in said  # Step 2
+    assert f"{resumed}one candidate's seeds per stack, {streams}{statistically}" in said  # generalization
 
 
 def _toml(config: dict) -> str:

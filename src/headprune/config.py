@@ -1,7 +1,9 @@
 """One validated configuration object for `headprune run` (TOML); the paper and quick profiles.
 
 Every shortening of the paper's protocol is a named option here (k step for H1, heads per step for
-H2/H3, epochs, seeds, datasets, warm-up steps), never a code path of its own."""
+H2/H3, epochs, seeds, datasets, warm-up steps), never a code path of its own. `PAPER_PROTOCOL` is
+the protocol itself, and `departures` lists, in words, every way a configuration differs from it
+(the batched engine's differences included)."""
 
 from __future__ import annotations
 
@@ -259,28 +261,177 @@ def load_config(path: str | Path) -> Config:
     return from_dict(data, source=str(path))
 
 
-def departures(config: Config) -> list[str]:
-    """Every way this configuration departs from the paper's protocol (configs/paper.toml), in words."""
-    paper = Config()
-    out: list[str] = []
-    pairs = [
-        ("data.max_examples", config.data.max_examples, 0),
-        ("step1.datasets", config.step1.datasets, paper.step1.datasets),
-        ("step1.seeds", config.step1_seeds, paper.step1_seeds),
-        ("step1.epochs", config.step1.epochs, paper.step1.epochs),
-        ("scoring.epochs", config.scoring.epochs, paper.scoring.epochs),
-        ("scoring.n_folds", config.scoring.n_folds, paper.scoring.n_folds),
-        ("step2.datasets", config.step2.datasets, paper.step2.datasets),
-        ("step2.seeds", config.step2_seeds, paper.step2_seeds),
-        ("step2.orders", config.step2.orders, paper.step2.orders),
-        ("step2.random_order_strategies", config.step2.random_order_strategies, paper.step2.random_order_strategies),
-        ("step2.h1_k_step", config.step2.h1_k_step, 1),
-        ("step2.h1_k_values", config.step2.h1_k_values, []),
-        ("step2.group_size", config.step2.group_size, 1),
-        ("generalization.datasets", config.generalization.datasets, paper.generalization.datasets),
-        ("generalization.seeds", config.generalization_seeds, paper.generalization_seeds),
-    ]
-    for name, value, expected in pairs:
-        if value != expected:
-            out.append(f"{name} = {value} (paper: {expected})")
+# ---------------------------------------------------------------------------- the paper's protocol
+
+PAPER_MODEL = "vinai/bertweet-covid19-base-uncased"
+
+# The dissertation's protocol (../shared/METHOD.md; configs/paper.toml), one value per option that
+# changes what is computed: `departures` lists every option of a configuration that differs from it.
+# `model.mlm_head_warmup_steps` is 0: BERTweet has a trained masked-LM head, so no warm-up runs (a
+# warm-up, or a fresh head, is a departure whenever the checkpoint has none; see `departures`).
+PAPER_PROTOCOL: dict[str, Any] = {
+    "model.name": PAPER_MODEL,
+    "model.mlm_head_warmup_steps": 0,
+    "data.max_examples": 0,
+    "step1.datasets": ["G1"],
+    "step1.seeds": list(range(1, 11)),
+    "step1.epochs": 4,
+    "step1.batch_size": 16,
+    "step1.learning_rate": 2e-5,
+    "step1.adam_epsilon": 1e-8,
+    "scoring.epochs": 4,
+    "scoring.batch_size": 16,
+    "scoring.learning_rate": 2e-5,
+    "scoring.adam_epsilon": 1e-8,
+    "scoring.mlm_probability": 0.15,
+    "scoring.n_folds": 10,
+    "scoring.feature_layers": 4,
+    "scoring.max_length": 128,
+    "step2.datasets": ["G2"],
+    "step2.seeds": list(range(1, 11)),
+    "step2.strategies": ["H1", "H2", "H3"],
+    "step2.orders": ["OI", "A1", "A2", "A3"],
+    "step2.random_order_strategies": ["H1", "H2", "H3"],
+    "step2.h1_k_step": 1,
+    "step2.h1_k_values": [],
+    "step2.group_size": 1,
+    "generalization.datasets": ["G3"],
+    "generalization.seeds": list(range(101, 111)),
+    "generalization.alpha": 0.05,
+}
+
+# Options that decide whether and how the batched engine runs: not compared with a value of the
+# paper's, their effect is listed by `engine_departures` (dropout per stack, bf16, packs, times).
+ENGINE_OPTIONS: dict[str, str] = {
+    "run.engine": "the batched engine (auto: on CUDA) or the reference loop",
+    "run.pack": "the batched engine's Step 2 packs of different candidates",
+    "run.pack_models": "models per pack of the batched engine",
+}
+
+# Options that do not change what is computed, so never a departure (every other field of `Config`
+# is compared: tests/test_config.py fails on a new field that is in none of these three tables).
+NOT_DEPARTURES: dict[str, str] = {
+    "source": "the file the configuration came from",
+    "model.cache_dir": "a path (where the warmed-up head is cached)",
+    "model.trust_remote_code": "a permission to load the checkpoint's own code",
+    "data.data_dir": "a path (datasets are keyed by their content)",
+    "data.text_column": "which column of a file holds the text",
+    "data.label_column": "which column of a file holds the label",
+    "step1.workers": "number of processes (the same results)",
+    "run.device": "where it runs (the engine it chooses is listed by `engine_departures`)",
+    "run.executor": "executor choice (in process or Ray: the same scores for the same engine)",
+    "run.deterministic": "deterministic CUDA kernels: repeatability of rounding, not the protocol",
+    "run.address": "the Ray cluster's address",
+    "run.ray_gpus_per_task": "GPU share of a Ray task (speed)",
+    "run.ray_max_retries": "retries of a Ray task whose worker died",
+    "run.report": "whether the HTML report is written",
+}
+
+# Lists compared as sets: their order does not change what is computed.
+_UNORDERED = ("step2.strategies", "step2.orders", "step2.random_order_strategies")
+_SEEDS = ("step1.seeds", "step2.seeds", "generalization.seeds")
+
+
+def config_fields(config: Config | None = None) -> list[str]:
+    """Every field of the configuration tree as a dotted name ("scoring.epochs"), `source` included."""
+    config = config or Config()
+    out = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out += [f"{f.name}.{g.name}" for g in fields(value)] if hasattr(value, "__dataclass_fields__") else [f.name]
     return out
+
+
+def config_value(config: Config, name: str) -> Any:
+    """The value of a dotted field as `departures` compares it (seeds parsed into lists)."""
+    value: Any = config
+    for part in name.split("."):
+        value = getattr(value, part)
+    return parse_seeds(value, name) if name in _SEEDS else value
+
+
+def paper_config() -> Config:
+    """`PAPER_PROTOCOL` as a configuration (the reference loop wherever it runs)."""
+    nested: dict[str, dict] = {}
+    for name, value in PAPER_PROTOCOL.items():
+        section, key = name.split(".")
+        nested.setdefault(section, {})[key] = value
+    nested["run"] = {"engine": "reference"}
+    return from_dict(nested, source="PAPER_PROTOCOL")
+
+
+def _engine_device(config: Config, device: str | None) -> str | None:
+    """The type of the device evaluations run on, or None where it is not known here: on Ray the
+    workers' (`run.device`; auto: the cluster's GPUs decide), else `device` or a named `run.device`."""
+    named = None if config.run.device == "auto" else str(config.run.device)
+    return named if config.run.executor == "ray" else (device or named)
+
+
+def batched_engine(config: Config, device: str | None = None) -> bool | None:
+    """Whether Step 2's and the generalization's scores come from the batched engine: "batched",
+    or "auto" on CUDA (the one rule `executors.make_executor` follows). `device`: the type of the
+    device the run resolved ("cuda", "cpu"). None: not known here (see `_engine_device`)."""
+    if config.run.engine != "auto":
+        return config.run.engine == "batched"
+    where = _engine_device(config, device)
+    return None if where is None else where.startswith("cuda")
+
+
+def engine_departures(config: Config, device: str | None = None) -> list[str]:
+    """How the batched engine's scores differ from the reference loop's (engine/__init__.py), when
+    the run uses it; nothing for the reference loop. Where that is not known here (run.engine =
+    auto on an unknown device, or on Ray with run.device = auto), each line says on what it depends."""
+    batched = batched_engine(config, device)
+    if batched is False:
+        return []
+    run = config.run
+    if batched is None:
+        when = "run.engine = auto, if " + ("the Ray cluster has GPUs: " if run.executor == "ray" else "on CUDA: ")
+        cuda: bool | None = True  # auto chooses the batched engine on CUDA only
+    else:
+        where = _engine_device(config, device)
+        cuda = None if where is None else where.startswith("cuda")
+        when = f"run.engine = {run.engine}" + (" on CUDA: " if run.engine == "auto" else ": ")
+    out = [when + "scores from the batched engine, equal to the reference loop's only statistically: dropout "
+           "masks are drawn per stack (streams shared by the models trained together), not per model"]
+    if cuda is not False:
+        out.append(when + ("" if cuda else "on CUDA, ") + "bf16 autocast with fp32 master weights, Adam state and "
+                   "loss (the reference loop: fp32)")
+    if run.pack:
+        size = run.pack_models or "as many as fit"
+        out.append(when + f"in Step 2 different candidates train together in masked stacks of {size} "
+                   f"(run.pack = true, run.pack_models = {run.pack_models})")
+    out.append(when + "the adjusting time of a stack is shared: each of its models reports the stack's wall time")
+    return out
+
+
+def departures(config: Config, device: str | None = None, fresh_mlm_head: bool | None = None) -> list[str]:
+    """Every way this configuration departs from the paper's protocol (`PAPER_PROTOCOL`), one line
+    each ("scoring.epochs = 1 (paper: 4)"), then the batched engine's differences (`engine_departures`).
+
+    `device`: the type of the device the run resolved ("cuda", "cpu"), which decides the engine when
+    `run.engine` is auto. `fresh_mlm_head`: whether the loaded checkpoint lacks a trained masked-LM
+    head (`BaseModel.info`); None: not known here, so a non-paper model's warm-up is listed as
+    conditional. The paper's model has a trained head, so a warm-up (or a fresh, cold head) is a
+    departure whenever the checkpoint has none, and nothing when it has one."""
+    out: list[str] = []
+    for name, expected in PAPER_PROTOCOL.items():
+        if name == "model.mlm_head_warmup_steps":
+            out += _warmup_departure(config, fresh_mlm_head)
+            continue
+        value = config_value(config, name)
+        same = set(value) == set(expected) if name in _UNORDERED else value == expected
+        if not same:
+            out.append(f"{name} = {value} (paper: {expected})")
+    return out + engine_departures(config, device)
+
+
+def _warmup_departure(config: Config, fresh_mlm_head: bool | None) -> list[str]:
+    """The warm-up line: when the checkpoint has (or, not known, may have) no trained MLM head."""
+    steps = config.model.mlm_head_warmup_steps
+    if fresh_mlm_head is False or (fresh_mlm_head is None and config.model.name == PAPER_MODEL):
+        return []
+    what = f"warmed up for {steps} steps, encoder frozen" if steps else "used cold, not warmed up"
+    what = (f"if the checkpoint has no trained masked-LM head, a fresh one is {what}" if fresh_mlm_head is None
+            else f"the checkpoint has no trained masked-LM head; a fresh one is {what}")
+    return [f"model.mlm_head_warmup_steps = {steps}: {what} (paper: BERTweet's trained head, no warm-up)"]

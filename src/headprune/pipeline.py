@@ -170,6 +170,7 @@ class Pipeline:
             sources=self.sources,
             loader=self.dataset,
             deadline=self.deadline,
+            log=self.progress.log,
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
@@ -276,7 +277,7 @@ class Pipeline:
             device=device_description(self.device),
             versions=versions(),
             config=self.config.to_dict(),
-            departures=departures(self.config),
+            departures=departures(self.config, self.device.type, base.info.get("fresh_mlm_head")),
             model=ModelInfo(
                 name=base.name,
                 fingerprint=base.fingerprint,

@@ -20,7 +20,7 @@ from .executors.local import InProcessExecutor
 from .scoring import encode, run_task, time_task
 from .settings import ScoreSettings
 from .store import ResultStore
-from .tasks import EvalContext, Executor, Head, SeedScore, SeedTask
+from .tasks import EvalContext, Executor, Head, SeedScore, SeedTask, describe_scores
 
 
 def run_stored(
@@ -119,6 +119,7 @@ class Scorer:
         sources: dict[str, str] | None = None,
         loader: Callable[[str], Dataset] | None = None,
         deadline: float | None = None,
+        log: Callable[[str], None] | None = None,
     ):
         self.base = base
         self.store = store
@@ -133,14 +134,15 @@ class Scorer:
         self.sources = dict(sources or {})  # display name -> bundled name or file path
         self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
         self.deadline = deadline  # time.monotonic(): past it, start nothing new and raise errors.Stopped
+        self.log = log  # where the first score found in the store says which scores a resumed run reuses
+        self.resumed = False
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
         self.settings_key = {**settings.as_dict(), "max_length": min(settings.max_length, base.max_length)}
-        tag = self.executor.store_tag
-        if tag:
-            # The batched engine draws other dropout masks (equal only statistically): its scores are
-            # kept apart from the reference loop's, whose keys stay as they were.
-            self.settings_key["engine"] = tag
+        # The batched engine's scores (other dropout masks, bf16 on CUDA: equal only statistically) are
+        # kept apart from the reference loop's, whose keys stay as they were (no entries of its own).
+        self.store_entries = self.executor.store_entries(base.model, device)
+        self.settings_key.update(self.store_entries)
 
     # -------------------------------------------------------------- data
     def dataset(self, name: str) -> Dataset:
@@ -174,6 +176,19 @@ class Scorer:
     def lookup(self, task: SeedTask) -> SeedScore | None:
         return self.store.get_score(self.key(task))
 
+    def describe(self) -> str:
+        """Which scores this scorer stores and reuses, in one line (`tasks.describe_scores`)."""
+        return describe_scores(self.store_entries)
+
+    def _lookup_saying(self, task: SeedTask) -> SeedScore | None:
+        """`lookup`, saying once (`log`) which scores a resumed run found in its store."""
+        stored = self.lookup(task)
+        if stored is not None and not self.resumed:
+            self.resumed = True
+            if self.log:
+                self.log(f"resuming from the store: {self.describe()}")
+        return stored
+
     def tasks_for(
         self, requests: Sequence[tuple[Iterable[Head], str]], seeds: Sequence[int] | None = None
     ) -> list[SeedTask]:
@@ -199,7 +214,7 @@ class Scorer:
                 score=score,
             )
 
-        return run_stored(tasks, self.lookup, put, self.executor,
+        return run_stored(tasks, self._lookup_saying, put, self.executor,
                           lambda batch: self.context(sorted({t.dataset for t in batch})),
                           deadline=self.deadline, on_result=self.on_result,
                           stopped=lambda done, total: f"time limit reached; {done} of {total} scores of this batch "
@@ -212,8 +227,9 @@ class Scorer:
         run times nothing twice."""
         device = resolve_device(str(self.device))
         where = device_description(device)
-        settings = {**self.settings_key}
-        settings.pop("engine", None)
+        # The reference loop times every model, whatever engine computed the scores: its key is the
+        # score settings alone (with the device), not the engine's entries.
+        settings = {k: v for k, v in self.settings_key.items() if k not in self.store_entries}
 
         def key(task: SeedTask) -> str:
             return self.store.timing_key(self.base.fingerprint, task.pruned, self.dataset(task.dataset).content_hash,

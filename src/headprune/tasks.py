@@ -10,8 +10,12 @@ writes every result the moment it arrives, `scorer.run_stored`), so resuming aft
 works the same for every executor.
 
 The executor's capabilities are declared attributes (`Executor`), never guessed:
-- `store_tag`: None when its scores equal the reference loop's; otherwise the `engine` entry of their
-  store keys (the batched engine draws other dropout masks, so its scores are kept apart);
+- `store_tag`: None when its scores equal the reference loop's; otherwise the engine's name, the
+  `engine` entry of their store keys;
+- `store_entries(model, device)`: the entries its scores' store keys carry beyond the score
+  settings: {} for the reference loop (whose keys stay as they were); for the batched engine its
+  name, the precision, how dropout streams are drawn and the pack size (`engine.batched_store_entries`),
+  so that scores computed otherwise are kept apart; `describe_scores` words them in one line;
 - `plans_batch`: whether which tasks train together (hence their scores) depends on the whole batch
   they belong to; such an executor is handed the whole batch, stored tasks included, so that a
   resumed run trains the groups an uninterrupted one would;
@@ -22,7 +26,7 @@ This module imports nothing of headprune's but the settings: every other module 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -107,6 +111,8 @@ class Executor(Protocol):
     store_tag: str | None
     plans_batch: bool
 
+    def store_entries(self, model: Any, device: Any) -> dict[str, Any]: ...
+
     def run(self, context: Any, tasks: Sequence[Any], batch: Sequence[Any] | None = None
             ) -> Iterator[tuple[Any, Any]]:
         """`(task, result)` for every task of `tasks`, as they complete. `batch`: the whole request
@@ -120,4 +126,20 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["Context", "EvalContext", "Executor", "Head", "ImportanceTask", "SeedScore", "SeedTask", "StopRequests"]
+def describe_scores(entries: Mapping[str, Any]) -> str:
+    """Where scores stored under these key entries (an executor's `store_entries`) come from, in one
+    line, e.g. "scores: batched engine (bf16, packs of 118, ...)": a run resuming from its store says
+    which scores it found, and those of the batched engine are the reference loop's only statistically."""
+    if not entries.get("engine"):
+        return "scores: reference loop"
+    if "pack_models" in entries:
+        stacks = f"packs of {entries['pack_models']}, step ratio {entries.get('pack_step_ratio')}"
+    else:
+        stacks = "one candidate's seeds per stack" + (f", at most {entries['max_models']}"
+                                                       if entries.get("max_models") else "")
+    parts = [str(entries.get("precision")), stacks, f"dropout per stack: {entries.get('dropout')}"]
+    return f"scores: batched engine ({', '.join(parts)}): equal to the reference loop's statistically"
+
+
+__all__ = ["Context", "EvalContext", "Executor", "Head", "ImportanceTask", "SeedScore", "SeedTask", "StopRequests",
+           "describe_scores"]

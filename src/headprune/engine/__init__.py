@@ -33,7 +33,9 @@ What differs from the reference, on purpose:
   paired t-test over seeds). The groups themselves are reproducible: they are planned over the
   whole request, stored tasks included, with a pack size from the device's total memory
   (`plan_units`, `auto_pack_size`), so a run stopped and resumed, in slices or after a crash,
-  trains the groups an uninterrupted run would and gets its scores.
+  trains the groups an uninterrupted run would and gets its scores. How streams are drawn
+  (`DROPOUT_STREAMS`), the pack size and the precision are in every batched score's store key
+  (`batched_store_entries`): scores drawn otherwise are never found for one another.
 - **precision.** On CUDA the forward/backward runs under bf16 autocast with fp32 master weights,
   fp32 Adam state and an fp32 loss; features are computed in fp32. On CPU everything is fp32.
 - **the SVM** gets precomputed RBF Gram matrices (float64, on the device) -
@@ -52,7 +54,15 @@ SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (Ba
 from .batches import Batch, BatchPreparer, FastMasking, fast_masking_matches, job_batches, job_stream, lrs_of
 from .executor import BatchedExecutor
 from .optim import StackedAdamW
-from .options import BETAS, SUPPORTED_FAMILIES, EngineOptions, group_seed, supports
+from .options import (
+    BETAS,
+    DROPOUT_STREAMS,
+    SUPPORTED_FAMILIES,
+    EngineOptions,
+    batched_store_entries,
+    group_seed,
+    supports,
+)
 from .packing import auto_pack_size, finetune_steps, plan_packs, plan_units
 from .stack import StackedMLM
 from .stages import (
@@ -66,8 +76,9 @@ from .stages import (
 )
 
 __all__ = [
-    "BETAS", "SUPPORTED_FAMILIES", "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions", "FastMasking",
-    "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size",
+    "BETAS", "DROPOUT_STREAMS", "SUPPORTED_FAMILIES", "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions",
+    "FastMasking", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size",
+    "batched_store_entries",
     "fast_masking_matches", "features_stacked", "finetune_steps", "group_seed", "job_batches", "job_stream",
     "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
     "task_jobs",

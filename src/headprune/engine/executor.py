@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 
 from ..devices import resolve_device
 from ..tasks import EvalContext, SeedScore, SeedTask, StopRequests
 from .batches import BatchPreparer
-from .options import EngineOptions, supports
+from .options import EngineOptions, batched_store_entries, supports
 from .packing import auto_pack_size, plan_units
 from .stages import SizeCache, Trained, svm_score, task_jobs, train_group, train_pack
 
@@ -42,8 +43,24 @@ class BatchedExecutor(StopRequests):
 
     @property
     def store_tag(self) -> str:
-        """The `engine` entry of store keys: scores of differently drawn dropout streams stay apart."""
+        """The engine's name, the `engine` entry of its scores' store keys (`store_entries`)."""
         return "batched-packed" if self.options.pack else "batched"
+
+    def store_entries(self, model, device) -> dict[str, Any]:
+        """What its scores' store keys carry beyond the score settings (`engine.batched_store_entries`):
+        the precision used on `device`, the dropout streams and the pack size, so that scores drawn
+        otherwise are kept apart; {} for a model it scores with the reference loop."""
+        device = _resolved(device)
+        if not supports(model):
+            return {}  # `run` scores it with the reference loop
+        return batched_store_entries(self.options, model, device, self.pack_size(model, device))
+
+    def pack_size(self, model, device: torch.device) -> int:
+        """Models per pack (0 without packing): `options.pack_models`, else what fits on `device`
+        (from its total memory, so the same device always gives the same packs)."""
+        if not self.options.pack:
+            return 0
+        return self.options.pack_models or auto_pack_size(model, device)
 
     def sizes(self, base_model) -> SizeCache:
         if self._sizes is None or self._sizes.base_model is not base_model:
@@ -54,7 +71,7 @@ class BatchedExecutor(StopRequests):
             ) -> Iterator[tuple[SeedTask, SeedScore]]:
         """Scores of `tasks`. `batch`: the whole request they belong to, stored tasks included (see
         `plan_units`): a unit holding stored tasks trains them again, but only `tasks` are scored."""
-        device = resolve_device(context.device) if not isinstance(context.device, torch.device) else context.device
+        device = _resolved(context.device)
         if not supports(context.base_model):
             for task in tasks:
                 if self.stop_requested:
@@ -79,7 +96,7 @@ class BatchedExecutor(StopRequests):
         """Train unit after unit (a pack, or one candidate's seeds), drawing the next unit's batches
         in the preparer's processes while this one trains. `wanted`: set(tasks)."""
         settings = context.settings
-        size = (self.options.pack_models or auto_pack_size(context.base_model, device)) if self.options.pack else 0
+        size = self.pack_size(context.base_model, device)
         units = plan_units(tasks, context.datasets, settings, self.options, size, batch)
         preparer = self._preparer(device)
 
@@ -140,3 +157,7 @@ class BatchedExecutor(StopRequests):
         if self._prep is not None:
             self._prep.close()
             self._prep = None
+
+
+def _resolved(device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(str(device))

@@ -6,6 +6,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,6 +17,10 @@ Head = tuple[int, int]
 # The families whose rows say the engine implements them (`Family.batched_engine`): a view of the table.
 SUPPORTED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.batched_engine)
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the reference uses
+# How the dropout streams are drawn: `torch.manual_seed(group_seed(seeds of a stack, in order))`
+# before a stack trains (`stages.adjust_stacked`). Part of every batched score's store key: give it a
+# new name whenever that drawing changes, so that scores drawn otherwise are not found.
+DROPOUT_STREAMS = "group-seed-1"
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,28 @@ def supports(model) -> bool:
 def group_seed(seeds: Sequence[int]) -> int:
     """The global RNG seed of a group (dropout): a function of the group's seeds, in order."""
     return zlib.crc32(",".join(str(int(s)) for s in seeds).encode()) & 0x7FFFFFFF
+
+
+def batched_store_entries(options: EngineOptions, model, device: torch.device, pack_size: int | str
+                          ) -> dict[str, Any]:
+    """The entries a batched score's store key carries beyond the score settings: the engine
+    (`engine`: batched, or batched-packed), the precision actually used (bf16 autocast or fp32), how
+    dropout streams are drawn (`DROPOUT_STREAMS`), and what decides which models share them: the
+    pack size and step ratio with packing (`packing.plan_packs`), else `max_models` where it splits
+    a candidate's seeds. The stacks' members are not in the key: the same request gives the same
+    stacks (`plan_units` plans over the whole of it), another one other stacks, equal statistically.
+    Nor is the split of a pack that ran out of GPU memory (`BatchedExecutor` halves it; a resumed
+    run halves from the full size again, so it may split otherwise).
+
+    {} for a model the engine does not support: the executor scores it with the reference loop,
+    whose keys it then shares."""
+    if not supports(model):
+        return {}
+    entries: dict[str, Any] = {"engine": "batched-packed" if options.pack else "batched",
+                               "precision": "bf16" if options.use_amp(device) else "fp32",
+                               "dropout": DROPOUT_STREAMS}
+    if options.pack:
+        entries.update(pack_models=pack_size, pack_step_ratio=options.pack_step_ratio)
+    elif options.max_models:
+        entries["max_models"] = options.max_models
+    return entries

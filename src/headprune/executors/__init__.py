@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import batched_engine
 from ..devices import resolve_device
 from ..tasks import Executor
 from .local import InProcessExecutor, ProcessExecutor
@@ -43,10 +44,7 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
             engine_options=options,
             device=config.run.device,
         )
-    engine = config.run.engine
-    if engine == "auto":
-        engine = "batched" if _device(config).type == "cuda" else "reference"
-    return BatchedExecutor(options) if engine == "batched" else InProcessExecutor()
+    return BatchedExecutor(options) if batched_engine(config, _device(config).type) else InProcessExecutor()
 
 
 def _device(config: Config) -> torch.device:

@@ -10,13 +10,25 @@ from ..errors import HeadpruneError
 from ..tasks import Context, StopRequests
 
 
-class InProcessExecutor(StopRequests):
+class ReferenceLoop(StopRequests):
+    """What the executors computing `context.compute(task)` declare: their scores are the reference
+    loop's (no `store_tag`, no entries of their own in store keys) and do not depend on the batch."""
+
+    store_tag = None
+    plans_batch = False
+
+    def store_entries(self, model: Any, device: Any) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class InProcessExecutor(ReferenceLoop):
     """Runs each task here, in order, by `context.compute(task)`; results are yielded (and stored by
     the caller) one by one. Its scores are the reference loop's."""
 
     name = "in-process"
-    store_tag = None
-    plans_batch = False
 
     def run(self, context: Context, tasks: Sequence[Any], batch: Sequence[Any] | None = None
             ) -> Iterator[tuple[Any, Any]]:
@@ -24,9 +36,6 @@ class InProcessExecutor(StopRequests):
             if self.stop_requested:
                 return
             yield task, context.compute(task)
-
-    def close(self) -> None:
-        pass
 
 
 class Rebuildable(Protocol):
@@ -54,15 +63,13 @@ def _compute(task: Any) -> Any:
     return _WORKER_CONTEXT["context"].compute(task)
 
 
-class ProcessExecutor(StopRequests):
+class ProcessExecutor(ReferenceLoop):
     """Runs tasks in `workers` spawned processes (one small finetuning cannot fill a GPU; several
     can). Each worker builds the context from its `recipe()` once and computes exactly what
     `InProcessExecutor` computes; results are yielded as they complete. After `request_stop()` the
     tasks not started are cancelled and the ones running finish."""
 
     name = "processes"
-    store_tag = None
-    plans_batch = False
 
     def __init__(self, workers: int):
         if workers < 1:
@@ -98,8 +105,5 @@ class ProcessExecutor(StopRequests):
                 for other in futures:  # the caller stopped early (error, interrupt): start nothing more
                     other.cancel()
 
-    def close(self) -> None:
-        pass
 
-
-__all__ = ["InProcessExecutor", "ProcessExecutor", "Rebuildable"]
+__all__ = ["InProcessExecutor", "ProcessExecutor", "Rebuildable", "ReferenceLoop"]

@@ -10,12 +10,14 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ..errors import HeadpruneError
 from ..scoring import run_task
 from ..tasks import EvalContext, SeedScore, SeedTask, StopRequests
 
 RAY_MISSING = "the Ray executor needs the extra: pip install 'headprune[ray]'"
+UNIT_MODELS = 64  # models per unit of the batched engine on Ray when `pack_models` is not set
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -152,10 +154,10 @@ class RayExecutor(StopRequests):
       lost); a Python exception in the evaluation is not retried.
     - `run_task`: the function that scores one task on a worker (tests replace it).
     - `engine`: "reference" (one Ray task per evaluation, `run_task`), "batched" (one Ray task per
-      unit of the batched engine: a pack of `engine_options.pack_models` (default 64) models of
-      different candidates with `engine_options.pack`, else one candidate's seeds; each unit gets a
-      whole GPU and `gpu_task_cpus` CPUs, drawing its batches in that many processes less one), or
-      "auto": batched when the run's `device` gets GPUs, reference otherwise.
+      unit of the batched engine: a pack of `engine_options.pack_models` (default `UNIT_MODELS`)
+      models of different candidates with `engine_options.pack`, else one candidate's seeds; each
+      unit gets a whole GPU and `gpu_task_cpus` CPUs, drawing its batches in that many processes
+      less one), or "auto": batched when the run's `device` gets GPUs, reference otherwise.
 
     The base model and each tokenized dataset go into the object store once per executor and are
     deserialized once per worker process, not once per task. `close()` shuts Ray down only if this
@@ -262,6 +264,26 @@ class RayExecutor(StopRequests):
             return None
         return "batched-packed" if self.engine_options.pack else "batched"
 
+    def store_entries(self, model, device: str | None = None) -> dict[str, Any]:
+        """What its scores' store keys carry beyond the score settings: {} for the reference loop;
+        for units of the batched engine, `engine.batched_store_entries` on the workers' device (a
+        GPU when the run's device gets one, hence bf16), with the pack size the driver plans units
+        of (`pack_models`, else units of `UNIT_MODELS` that each worker packs as fits its GPU: then
+        the key says so, as which models share dropout streams depends on that GPU)."""
+        if not self.batched(device):
+            return {}
+        import torch
+
+        from ..engine import batched_store_entries
+
+        options = self.engine_options
+        where = str(device or self.device)
+        if where != "cpu":
+            self._ensure_started()  # the cluster's GPUs decide
+        worker = torch.device("cuda" if self._gpu_share(where) > 0 else "cpu")
+        size: int | str = options.pack_models or f"units of {UNIT_MODELS}, packed as fit on each worker"
+        return batched_store_entries(options, model, worker, size)
+
     @property
     def plans_batch(self) -> bool:
         """The batched engine's units are planned over the whole batch (see `engine.plan_units`)."""
@@ -335,7 +357,8 @@ class RayExecutor(StopRequests):
         options = self.engine_options
         if gpus and options.prep_workers is None:
             options = dataclasses.replace(options, prep_workers=max(0, cpus - 1))
-        units = plan_units(tasks, context.datasets, context.settings, options, options.pack_models or 64, batch)
+        units = plan_units(tasks, context.datasets, context.settings, options, options.pack_models or UNIT_MODELS,
+                           batch)
         wanted = set(tasks)
         unique = [t for unit in units for t in unit]
         model_key = ("model", id(context.base_model), id(context.tokenizer))
