@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,16 @@ import pytest
 import torch
 
 import headprune
+from _cli import run_cli
 from _tiny import build_tiny_bert
-from headprune.classify import build_classifier, finetune, load_classifier, predict, read_texts
+from headprune.classify import (
+    build_classifier,
+    finetune,
+    load_classifier,
+    predict,
+    read_texts,
+    write_predictions,
+)
 from headprune.data import load_dataset, resolve_data_dir
 from headprune.errors import HeadpruneError
 from headprune.export import export_heads
@@ -169,3 +178,127 @@ def test_cli_user_mistakes_are_one_line_exit_2(tiny_dir, data_dir, tmp_path, ext
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+# ----------------------------------------------------------------------------- predictions as CSV
+
+TRICKY = [
+    "plain tweet",
+    "commas, inside, it",
+    'she said "no" and "yes"',
+    '"starts with a quote',
+    "two\nlines",
+    "windows\r\nline",
+    "a lone\rcarriage return",
+    "tab\tinside",
+    "  spaces around  ",
+    "",
+    "NA",
+    "emoji \U0001f600 and \u2028 separator",
+]
+
+
+def _read_back(text: str) -> tuple[list[list[str]], pd.DataFrame]:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    frame = pd.read_csv(io.StringIO(text, newline=""), dtype=str, keep_default_na=False)
+    return rows, frame
+
+
+def test_write_predictions_reads_back_to_the_exact_texts():
+    out = io.StringIO(newline="")
+    labels = ["positive", "negative"] * (len(TRICKY) // 2)
+    probabilities = np.tile([[0.25, 0.75]], (len(TRICKY), 1))
+    write_predictions(out, TRICKY, labels, probabilities, ["negative", "positive"])
+    rows, frame = _read_back(out.getvalue())
+    assert rows[0] == ["text", "label", "p_negative", "p_positive"]
+    assert [r[0] for r in rows[1:]] == TRICKY and [r[1] for r in rows[1:]] == labels
+    assert all(r[2:] == ["0.250000", "0.750000"] for r in rows[1:])
+    assert frame["text"].tolist() == TRICKY and frame["label"].tolist() == labels
+    assert out.getvalue().startswith("text,label,p_negative,p_positive\nplain tweet,positive,0.250000,0.750000\n")
+
+
+def test_cli_predict_round_trips_tricky_texts(trained, tmp_path, monkeypatch, capsys):
+    _, out = trained
+    source = tmp_path / "tricky.jsonl"
+    source.write_text("".join(json.dumps({"tweet": t}) + "\n" for t in TRICKY), encoding="utf-8")
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "predict", "--model", out, source)
+    assert code == 0, stderr
+    rows, frame = _read_back(stdout)
+    assert [r[0] for r in rows[1:]] == TRICKY
+    assert frame["text"].tolist() == TRICKY and set(frame["label"]) <= {"negative", "positive"}
+
+
+# ----------------------------------------------------------------------------- predict's mistakes
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("t.tsv", "tweet\tid\nhello\t1\nagain\t2\textra\n",
+         "line 3 has 3 fields, the header (line 1) has 2: tweet, id; a value that contains a tab must be in double "
+         "quotes"),
+        ("t.csv", "id,tweet\n1,hello\n2\n",
+         "line 3 has 1 field(s), the header (line 1) has 2: id, tweet: no value for column 'tweet'"),
+        ("t.jsonl", '{"tweet": "a"}\n"just a string"\n',
+         "line 2 is a string, not a JSON object with the keys 'tweet' (JSON lines: one object per line)"),
+        ("t.jsonl", '{"tweet": "a"}\n{"text": "b"}\n', "line 2 has no 'tweet' (--text-column); its keys are: text"),
+        ("t.jsonl", '{"tweet": ["a"]}\n', "line 1, column 'tweet': expected a string, got a list"),
+        ("t.txt", b"fine\n\nnot caf\xe9\n",
+         "1 line(s) are not valid UTF-8, the first is line 3; re-save the file as UTF-8"),
+    ],
+)
+def test_read_texts_malformed_rows(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(HeadpruneError) as err:
+        read_texts(str(path))
+    assert str(err.value) == f"{path}: {expected}"
+
+
+def _damage(classifier: Path, tmp_path: Path, how: str) -> Path:
+    copy = tmp_path / f"clf-{how}"
+    shutil.copytree(classifier, copy)
+    if how == "bad-json":
+        (copy / "headprune-classifier.json").write_text('{"labels": ["a", "b"],\n "format": }\n')
+    elif how == "one-label":
+        (copy / "headprune-classifier.json").write_text('{"labels": ["a"]}\n')
+    elif how == "three-labels":
+        (copy / "headprune-classifier.json").write_text('{"labels": ["a", "b", "c"]}\n')
+    elif how == "no-weights":
+        (copy / "model.safetensors").unlink()
+    elif how == "truncated":
+        data = (copy / "model.safetensors").read_bytes()
+        (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("bad-json", "{dir}/headprune-classifier.json: not valid JSON (line 2, column 12: Expecting value)"),
+        ("one-label", "{dir}/headprune-classifier.json: 'labels' must be a list of at least two label names"),
+        ("three-labels", "{dir}/headprune-classifier.json: lists 3 labels, the model in {dir} has 2 outputs"),
+        ("no-weights", "{dir}: incomplete classifier directory (no model.safetensors); write it again with "
+                       "`headprune finetune`"),
+        ("truncated", "{dir}: damaged classifier directory (SafetensorError: "),
+    ],
+)
+def test_cli_predict_with_a_damaged_classifier(trained, tmp_path, monkeypatch, capsys, how, expected):
+    directory = _damage(trained[1], tmp_path, how)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n")
+    code, out, err = run_cli(monkeypatch, capsys, "predict", "--model", directory, texts)
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("error: " + expected.format(dir=directory)), err
+
+
+def test_cli_predict_without_a_classifier(tiny_dir, tmp_path, monkeypatch, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n")
+    code, _, err = run_cli(monkeypatch, capsys, "predict", "--model", tmp_path / "nowhere", texts)
+    assert (code, err) == (2, f"error: --model {tmp_path / 'nowhere'}: no such classifier directory\n")
+    code, _, err = run_cli(monkeypatch, capsys, "predict", "--model", tiny_dir, texts)
+    assert code == 2 and err == (
+        f"error: {tiny_dir}: not a classifier directory (no headprune-classifier.json; make one with "
+        "`headprune finetune`)\n"
+    )

@@ -93,14 +93,16 @@ def test_undecodable_bytes(cli, tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("tweet,class\ncaf\xe9,positive\nok,negative\nna\xefve,negative\n".encode("latin-1"))
     line = assert_one_error_line(*cli("datasets", path))
-    assert line == f"error: {path}: 2 row(s) are not valid UTF-8 (first at row 1); re-save the file as UTF-8"
+    assert line == (
+        f"error: {path}: 2 line(s) are not valid UTF-8, the first is line 2 (column 'tweet'); re-save the file as UTF-8"
+    )
 
 
 def test_malformed_jsonl(cli, tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"tweet": "a", "class": "x"}\n{"tweet": oops}\n')
     line = assert_one_error_line(*cli("datasets", path))
-    assert line == f"error: {path}: row 2 is not valid JSON (Expecting value)"
+    assert line == f"error: {path}: line 2 is not valid JSON (Expecting value, at character 11)"
 
 
 def test_unknown_dataset_name(cli) -> None:
@@ -122,6 +124,42 @@ def test_bad_headprune_data(cli, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HEADPRUNE_DATA", str(tmp_path / "gone"))
     line = assert_one_error_line(*cli("datasets", "person"))
     assert line == f"error: HEADPRUNE_DATA={tmp_path / 'gone'}: no such directory"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        pytest.param(  # the case: it ended in `TypeError: can only concatenate tuple (not "int") to tuple`
+            "ragged.tsv", "tweet\tclass\nfine\tpositive\nsplit\there\tnegative\nok\tnegative\n",
+            "line 3 has 3 fields, the header (line 1) has 2: tweet, class; a value that contains a tab must be in "
+            "double quotes", id="more-fields"),
+        pytest.param(
+            "short.csv", "id,tweet,class\n1,fine,positive\n2,no label\n",
+            "line 3 has 2 field(s), the header (line 1) has 3: id, tweet, class: no value for column 'class'",
+            id="fewer-fields"),
+        pytest.param(
+            "list.jsonl", '{"tweet": "a", "class": "x"}\n[1, 2]\n',
+            "line 2 is a list, not a JSON object with the keys 'tweet', 'class' (JSON lines: one object per line)",
+            id="jsonl-not-an-object"),
+    ],
+)
+def test_malformed_row(cli, tmp_path: Path, name: str, content: str, expected: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    assert assert_one_error_line(*cli("datasets", path)) == f"error: {path}: {expected}"
+
+
+@pytest.mark.parametrize("content", [b"not a database at all\n" * 40, b"SQLite format 3\x00" + b"\x00" * 200])
+def test_verify_with_a_store_that_is_not_one(cli, tmp_path: Path, content: bytes) -> None:
+    from _tiny import make_summary, write_summary
+
+    run = tmp_path / "run"
+    write_summary(run, make_summary())
+    (run / "store.sqlite").write_bytes(content)
+    line = assert_one_error_line(*cli("verify", run), str(run / "store.sqlite"), "left as it is")
+    assert "results store" in line
+    assert (run / "store.sqlite").read_bytes() == content
+    assert sorted(p.name for p in run.iterdir()) == ["store.sqlite", "summary.json"]
 
 
 # ----------------------------------------------------------------------------- a real process

@@ -75,6 +75,11 @@ def test_quick_profile_runs_every_stage() -> None:
         ({"step1": {"workers": -1}}, "step1.workers must be 0 (automatic) or more"),
         ({"run": {"pack_models": -2}}, "run.pack_models must be 0 (as many as fit) or more"),
         ({"run": {"deterministic": "no"}}, "run.deterministic: expected true or false"),
+        # list elements of the wrong type (each used to end in a TypeError traceback)
+        ({"step2": {"h1_k_values": ["a"]}}, "step2.h1_k_values: expected a list of integers, got ['a']"),
+        ({"step2": {"h1_k_values": [True]}}, "step2.h1_k_values: expected a list of integers, got [True]"),
+        ({"step2": {"orders": [3]}}, "step2.orders: expected a list of strings, got [3]"),
+        ({"step1": {"datasets": ["G1", 2]}}, "step1.datasets: expected a list of strings, got ['G1', 2]"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(data: dict, message: str) -> None:
@@ -91,8 +96,16 @@ def test_load_config_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\nname = 1\n")
-    with pytest.raises(HeadpruneError, match="bad.toml: invalid TOML"):
+    with pytest.raises(HeadpruneError, match=r"bad.toml: invalid TOML \(.*\(at line 1, column 7\)\)$"):
         load_config(bad)
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(HeadpruneError, match="--config .*folder.toml: is a directory, not a TOML file"):
+        load_config(folder)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(HeadpruneError, match="latin.toml: not UTF-8 text"):
+        load_config(latin)
 
 
 def test_parse_seeds() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -373,26 +374,28 @@ def test_undecodable_bytes_counts_rows(tmp_path: Path) -> None:
     ]
     path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
     assert _message(load_dataset, path) == (
-        f"{path}: 2 row(s) are not valid UTF-8 (first at row 3); re-save the file as UTF-8"
+        f"{path}: 2 line(s) are not valid UTF-8, the first is line 4 (column 'tweet'); re-save the file as UTF-8"
     )
     jsonl = tmp_path / "latin1.jsonl"
     jsonl.write_bytes('{"tweet": "caf\xe9", "class": "a"}\n'.encode("latin-1"))
     assert _message(load_dataset, jsonl) == (
-        f"{jsonl}: 1 row(s) are not valid UTF-8 (first at row 1); re-save the file as UTF-8"
+        f"{jsonl}: 1 line(s) are not valid UTF-8, the first is line 1 (column 'tweet'); re-save the file as UTF-8"
     )
 
 
 def test_malformed_jsonl_row(tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text('{"tweet": "a", "class": "x"}\n{"tweet": "b", "class": \n{"tweet": "c", "class": "y"}\n')
-    assert _message(load_dataset, path) == f"{path}: row 2 is not valid JSON (Expecting value)"
+    assert _message(load_dataset, path) == f"{path}: line 2 is not valid JSON (Expecting value, at character 25)"
 
 
 def test_unparseable_csv(tmp_path: Path) -> None:
     path = tmp_path / "ragged.csv"
     path.write_text("tweet,class\na,positive\nb,negative,extra,more\n")
-    message = _message(load_dataset, path)
-    assert message.startswith(f"{path}: cannot parse (")
+    assert _message(load_dataset, path) == (
+        f"{path}: line 3 has 4 fields, the header (line 1) has 2: tweet, class; a value that contains ',' must "
+        "be in double quotes"
+    )
 
 
 def test_mojibake_is_kept_as_published(air_data_dir: Path) -> None:
@@ -401,3 +404,126 @@ def test_mojibake_is_kept_as_published(air_data_dir: Path) -> None:
     rows = [t for t in raw.texts if "\u00c3" in t]
     assert rows and len(raw) == 1224
     assert all(t in (air_data_dir / "sanders.csv").read_text(encoding="utf-8") for t in rows)
+
+
+# ----------------------------------------------------------------------------- malformed rows
+# "line N" is the N-th line of the file as an editor counts it (1-based, the header is line 1).
+
+QUOTE_HINT = "(one row: a quoted value runs over them; is a '\"' unmatched?)"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        pytest.param(  # the issue's case: used to end in a TypeError
+            "extra.tsv", "tweet\tclass\na\tpositive\nb\tnegative\textra\n",
+            "line 3 has 3 fields, the header (line 1) has 2: tweet, class; a value that contains a tab must be "
+            "in double quotes", id="tsv-more-fields"),
+        pytest.param(
+            "short.tsv", "tweet\tclass\na\tpositive\nb\n",
+            "line 3 has 1 field(s), the header (line 1) has 2: tweet, class: no value for column 'class'",
+            id="tsv-fewer-fields"),
+        pytest.param(  # pandas read a first row with one field more as an index column, shifting every column
+            "first.csv", "tweet,class\na,positive,x\nb,negative\n",
+            "line 2 has 3 fields, the header (line 1) has 2: tweet, class; a value that contains ',' must be in "
+            "double quotes", id="csv-first-row-more-fields"),
+        pytest.param(
+            "trailing.csv", "tweet,class\na,positive,\nb,negative,\n",
+            "line 2 has 3 fields, the header (line 1) has 2: tweet, class; a value that contains ',' must be in "
+            "double quotes", id="csv-trailing-delimiter"),
+        pytest.param(
+            "wide.csv", "id,tweet,class,source\n1,a,positive,web\n2,b\n",
+            "line 3 has 2 field(s), the header (line 1) has 4: id, tweet, class, source: no value for column "
+            "'class' and 1 more", id="csv-two-missing"),
+        pytest.param(
+            "blank.csv", "tweet,class\n\na,positive\n\nb\n",
+            "line 5 has 1 field(s), the header (line 1) has 2: tweet, class: no value for column 'class'",
+            id="blank-lines-counted"),
+        pytest.param(
+            "unmatched.csv", 'tweet,class\n"oops,positive\nb,negative\nc,positive\n',
+            f"lines 2-4 {QUOTE_HINT} has 1 field(s), the header (line 1) has 2: tweet, class: no value for "
+            "column 'class'", id="unmatched-quote"),
+        pytest.param(
+            "runaway.csv", 'tweet,class\n"open,positive\n' + "a" * 140_000 + "\n",
+            "lines 2-3: cannot parse (field larger than field limit (131072)); is a '\"' unmatched?",
+            id="quote-open-for-pages"),
+        pytest.param(
+            "open.csv", 'tweet,class\na,positive\nb,"negative\n',
+            "line 3: a '\"' opens a quoted value that is never closed (it runs to the end of the file, line 3)",
+            id="quote-open-at-end"),
+        pytest.param(
+            "multiline.csv", 'tweet,class\n"two\nlines",positive\n,negative\n',
+            "row 2 has an empty 'tweet' (1 such row(s); line 4 of the file)", id="line-after-quoted-newline"),
+        pytest.param(
+            "twice.csv", "tweet,class,tweet\na,b,c\n",
+            "column 'tweet' appears 2 times in the header (line 1, fields 1, 3); rename all but one",
+            id="repeated-column"),
+        pytest.param(
+            "header.csv", b"tw\xe9et,class\na,b\n",
+            "1 line(s) are not valid UTF-8, the first is line 1 (the header); re-save the file as UTF-8",
+            id="header-not-utf8"),
+        pytest.param(
+            "label.csv", b"tweet,class\nfine,positive\nok,n\xe9gative\n",
+            "1 line(s) are not valid UTF-8, the first is line 3 (column 'class'); re-save the file as UTF-8",
+            id="label-not-utf8"),
+        pytest.param(
+            "array.jsonl", '{"tweet": "a", "class": "x"}\n["b", "y"]\n',
+            "line 2 is a list, not a JSON object with the keys 'tweet', 'class' (JSON lines: one object per line)",
+            id="jsonl-not-an-object"),
+        pytest.param(
+            "whole.jsonl", '[{"tweet": "a", "class": "x"}, {"tweet": "b", "class": "y"}]\n',
+            "line 1 is a list, not a JSON object with the keys 'tweet', 'class' (JSON lines: one object per line)",
+            id="json-array-file"),
+        pytest.param(
+            "number.jsonl", '{"tweet": "a", "class": "x"}\n\n{"tweet": 12, "class": "y"}\n',
+            "line 3, column 'tweet': expected a string, got a number (12)", id="jsonl-text-not-a-string"),
+        pytest.param(
+            "listlabel.jsonl", '{"tweet": "a", "class": ["x"]}\n',
+            "line 1, column 'class': expected a string, a number or a boolean, got a list",
+            id="jsonl-label-a-list"),
+        pytest.param(
+            "nokey.jsonl", '{"tweet": "a", "class": "x"}\n{"tweet": "b", "label": "y"}\n',
+            "line 2 has no 'class' (--label-column); its keys are: tweet, label", id="jsonl-missing-key"),
+        pytest.param(
+            "badjson.jsonl", '{"tweet": "a", "class": "x"}\n{"tweet": "b" "class": "y"}\n',
+            "line 2 is not valid JSON (Expecting ',' delimiter, at character 15)", id="jsonl-bad-json"),
+    ],
+)
+def test_malformed_rows_name_the_line_and_column(tmp_path: Path, name: str, content, expected: str) -> None:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    assert _message(load_dataset, path) == f"{path}: {expected}"
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())  # never altered
+
+
+def test_a_directory_named_like_a_data_file(tmp_path: Path) -> None:
+    path = tmp_path / "folder.csv"
+    path.mkdir()
+    assert _message(load_dataset, path) == f"{path}: is a directory, not a data file"
+
+
+def test_jsonl_values_as_json_writes_them(tmp_path: Path) -> None:
+    """A tweet's U+2028 or U+0085 is no line break; labels may be booleans or numbers; null is empty."""
+    path = tmp_path / "values.jsonl"
+    records = [{"tweet": "one\u2028two", "class": True}, {"tweet": "caf\u00e9\u0085", "class": False},
+               {"tweet": "x", "class": True}]
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n", encoding="utf-8")
+    ds = load_dataset(path, preprocess_text=False)
+    assert ds.texts == ["one\u2028two", "caf\u00e9\u0085", "x"]
+    assert ds.classes == ["False", "True"] and ds.labels.tolist() == [1, 0, 1]
+    path.write_text('{"tweet": null, "class": "a"}\n{"tweet": "b", "class": "c"}\n')
+    assert _message(load_dataset, path) == f"{path}: row 1 has an empty 'tweet' (1 such row(s); line 1 of the file)"
+
+
+def test_quoted_delimiters_quotes_and_newlines_load_exactly(tmp_path: Path) -> None:
+    texts = ['say "hi", then\nleave', "tab\there", "cr\ronly", "plain"]
+    for suffix, delimiter in ((".csv", ","), (".tsv", "\t")):
+        path = tmp_path / f"tricky{suffix}"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter=delimiter, lineterminator="\r\n")
+            writer.writerow(["tweet", "class"])
+            writer.writerows([t, c] for t, c in zip(texts, ["a", "b", "a", "b"]))
+        assert load_dataset(path, preprocess_text=False).texts == texts

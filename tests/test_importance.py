@@ -151,6 +151,41 @@ def test_order_load_errors(tmp_path: Path) -> None:
             Order.load(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"name": "OI",\n "ranked": [[0, 0],, ]}', "not valid JSON: line 2, column 20: Expecting value"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"name": "OI", "ranked": [], "n_layers": 1}', "no 'n_heads'"),
+        ('{"name": "OI", "ranked": [[0, 0]], "n_layers": "1", "n_heads": 1}',
+         "'n_layers' must be a positive integer, got '1'"),
+        ('{"name": "OI", "ranked": [[0, "a"]], "n_layers": 1, "n_heads": 1}',
+         '\'ranked[0]\' must be a pair [layer, head] of integers from 0, got [0, "a"]'),
+        ('{"name": "OI", "ranked": [[0]], "n_layers": 1, "n_heads": 1}',
+         "'ranked[0]' must be a pair [layer, head] of integers from 0, got [0]"),
+        ('{"name": "OI", "ranked": [[0, 0]], "n_layers": 1, "n_heads": 1, "seeds": "1-3"}',
+         "'seeds' must be a list of integers, got \"1-3\""),
+    ],
+    ids=["bad-json", "a-list", "missing-key", "string-count", "string-head", "short-pair", "seeds-string"],
+)
+def test_order_file_of_another_shape_names_the_key(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "order.json"
+    path.write_text(content)
+    with pytest.raises(HeadpruneError) as err:
+        Order.load(path)
+    assert str(err.value) == f"--order {path}: not a headprune order file ({problem})"
+
+
+def test_order_file_that_is_a_directory_or_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(HeadpruneError) as err:
+        Order.load(tmp_path / "dir.json")
+    assert str(err.value) == f"--order {tmp_path / 'dir.json'}: is a directory, not an order file"
+    (tmp_path / "latin.json").write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(HeadpruneError, match="not UTF-8 text"):
+        Order.load(tmp_path / "latin.json")
+
+
 # ----------------------------------------------------------------------------- importance_order on the tiny BERT
 
 

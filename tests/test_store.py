@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from headprune.errors import HeadpruneError
 from headprune.store import ResultStore, make_key, pruned_key
 from headprune.tasks import SeedScore
 
@@ -136,3 +137,61 @@ def test_importance_round_trip(store: ResultStore) -> None:
                          matrices=[[[9.0]]], device="cpu")
     assert store.get_importance(key) == matrices  # first write wins
     assert store.count_scores() == 0
+
+
+# ----------------------------------------------------------------------------- files that are not a store
+
+
+def _foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE people (name TEXT)")
+        conn.execute("INSERT INTO people VALUES ('ada')")
+    conn.close()
+
+
+def _other_scores(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE scores (key TEXT, value REAL)")
+    conn.close()
+
+
+def _damaged(path: Path) -> None:
+    store = ResultStore(path)
+    for seed in range(200):
+        put(store, key_of(seed=seed), 0.5, seed=seed)
+    store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[:100] + b"\x17" * (len(data) - 100))  # the header survives, the pages do not
+
+
+LEFT = "left as it is (move it away or choose another --run-dir)"
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p.write_text("id,score\n1,0.5\n"), f"not a SQLite file, so not a headprune results store; {LEFT}"),
+        (_foreign_sqlite, f"a SQLite file but not a headprune results store (its tables: people); {LEFT}"),
+        (_other_scores, f"a SQLite file but not a headprune results store (a 'scores' table of other columns); {LEFT}"),
+        (_damaged, "the results store cannot be read (database disk image is malformed); it is left as it is"),
+        (lambda p: p.mkdir(), "is a directory, not a results store"),
+    ],
+    ids=["not-sqlite", "foreign-sqlite", "other-columns", "damaged", "directory"],
+)
+def test_a_file_that_is_not_a_store_is_refused_and_left_alone(tmp_path: Path, make, expected: str) -> None:
+    path = tmp_path / "store.sqlite"
+    make(path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(HeadpruneError) as err:
+        ResultStore(path)
+    assert str(err.value) == f"{path}: {expected}"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    path.write_bytes(b"")
+    store = ResultStore(path)
+    put(store, key_of(), 0.5)
+    assert store.count_scores() == 1
+    store.close()

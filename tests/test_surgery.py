@@ -300,6 +300,13 @@ def test_parse_head_spec(spec: str, expected) -> None:
         ("3:0", "--prune: layer 3 does not exist (the model has 3: 0-2)"),
         ("0:4", "--prune: head 4 of layer 0 does not exist (4 per layer: 0-3)"),
         ("1:2-9", "--prune: head 4 of layer 1 does not exist (4 per layer: 0-3)"),
+        ("0:1,x", "--prune: cannot read '0:1,x'; write LAYER:HEADS pairs such as '0:1,2;3:*' (heads 0-based, "
+                  "ranges like 4-7, * for all); 'x' is not a head number or range"),
+        ("x:1", "--prune: cannot read 'x:1'; write LAYER:HEADS pairs such as '0:1,2;3:*' (heads 0-based, "
+                "ranges like 4-7, * for all); 'x' is not a layer number"),
+        ("0:1;2", "--prune: cannot read '2'; write LAYER:HEADS pairs such as '0:1,2;3:*' (heads 0-based, "
+                  "ranges like 4-7, * for all); no ':' between the layer and its heads"),
+        ("0:3-1", "--prune: '3-1' in '0:3-1' is a backwards range (write 1-3)"),  # used to prune nothing
     ],
 )
 def test_parse_head_spec_errors(spec: str, message: str) -> None:

@@ -8,7 +8,7 @@ fresh classification head. A classifier directory is a `save_pruned` directory p
 from __future__ import annotations
 
 import copy
-import io
+import csv
 import json
 import os
 import random
@@ -16,12 +16,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from .checkpoint import load_pruned, save_pruned
-from .data import Dataset, preprocess
+from .data import Dataset, decode, preprocess, read_lines, read_rows
 from .devices import resolve_device
 from .errors import HeadpruneError
 from .models import count_parameters, load_model, max_length
@@ -218,19 +220,54 @@ def save_classifier(classifier: Classifier, out_dir: str | os.PathLike, base: st
 
 
 def load_classifier(directory: str | os.PathLike, device: str = "cpu") -> Classifier:
-    """Load a directory written by `finetune` (config, safetensors, tokenizer, headprune-classifier.json)."""
+    """Load a directory written by `finetune` (config, safetensors, tokenizer, headprune-classifier.json).
+
+    A directory that is not a classifier, or one whose files are missing or damaged, is one error line
+    (predicting with the wrong labels, or a traceback from deep in transformers, helps nobody)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise HeadpruneError(f"--model {directory}: no such classifier directory")
     meta_path = directory / CLASSIFIER_FILE
     if not meta_path.is_file():
         raise HeadpruneError(
             f"{directory}: not a classifier directory (no {CLASSIFIER_FILE}; make one with `headprune finetune`)"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    model, tokenizer = load_pruned(directory)
+    meta = _classifier_meta(meta_path)
+    for required in ("config.json", "model.safetensors", "headprune.json"):
+        if not (directory / required).is_file():
+            raise HeadpruneError(
+                f"{directory}: incomplete classifier directory (no {required}); "
+                "write it again with `headprune finetune`"
+            )
+    try:
+        model, tokenizer = load_pruned(directory)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # damaged or mismatched files
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise HeadpruneError(f"{directory}: damaged classifier directory ({type(err).__name__}: {detail})") from None
+    if tokenizer is None:
+        raise HeadpruneError(f"{directory}: incomplete classifier directory (no tokenizer_config.json)")
+    n_outputs = getattr(model.config, "num_labels", None)
+    if n_outputs != len(meta["labels"]):
+        raise HeadpruneError(
+            f"{meta_path}: lists {len(meta['labels'])} labels, the model in {directory} has {n_outputs} outputs"
+        )
     target = resolve_device(device)
     return Classifier(
         model=model.to(target).eval(), tokenizer=tokenizer, labels=list(meta["labels"]), meta=meta, device=target
     )
+
+
+def _classifier_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HeadpruneError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except UnicodeDecodeError:
+        raise HeadpruneError(f"{path}: not a UTF-8 text file") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+        raise HeadpruneError(f"{path}: 'labels' must be a list of at least two label names")
+    return meta
 
 
 # ----------------------------------------------------------------------------- predicting
@@ -267,7 +304,8 @@ def read_texts(source: str, text_column: str = "tweet", fmt: str = "auto") -> li
     """Texts to label from a CSV/TSV/JSONL file (column `text_column`) or plain lines; `-` reads standard input.
 
     `fmt`: auto (by suffix; on standard input: JSON lines if the first line is a JSON object, CSV/TSV
-    if the first line has a `text_column` field, else one text per line), csv, tsv, jsonl, lines."""
+    if the first line has a `text_column` field, else one text per line), csv, tsv, jsonl, lines.
+    Files are read by `data.read_rows`, so a malformed row is one error line naming its line."""
     formats = ("auto", "csv", "tsv", "jsonl", "lines")
     if fmt not in formats:
         raise HeadpruneError(f"--format: unknown format '{fmt}' (use {', '.join(formats)})")
@@ -283,42 +321,28 @@ def read_texts(source: str, text_column: str = "tweet", fmt: str = "auto") -> li
             fmt = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
                 path.suffix.lower(), "lines"
             )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise HeadpruneError(f"{name}: not valid UTF-8; re-save it as UTF-8") from None
+    text = decode(raw)
     if not text.strip():
         raise HeadpruneError(f"{name}: no text to label")
     if fmt == "auto":
         fmt = _sniff(text, text_column)
     if fmt == "lines":
-        return [line for line in text.splitlines() if line.strip()]
-    if fmt == "jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise HeadpruneError(f"{name}: line {i} is not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict) or text_column not in row:
-                    keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                    raise HeadpruneError(
-                        f"{name}: line {i} has no field '{text_column}' (--text-column); it has: {keys}"
-                    )
-                rows.append(str(row[text_column]))
-        return rows
-    import pandas as pd
+        return [line for _, line in read_lines(text, name)]
+    return [values[0] for _, values in read_rows(text, name, fmt, {text_column: "--text-column"})]
 
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False)
-    except pd.errors.ParserError as err:
-        raise HeadpruneError(f"{name}: cannot parse as {fmt.upper()} ({str(err).splitlines()[0]})") from None
-    if text_column not in frame.columns:
-        raise HeadpruneError(
-            f"{name}: no column '{text_column}' (--text-column); the columns are: {', '.join(map(str, frame.columns))}"
-        )
-    return frame[text_column].astype(str).tolist()
+
+def write_predictions(out: TextIO, texts: list[str], labels: list[str], probabilities: np.ndarray,
+                      classes: list[str]) -> None:
+    """CSV `text,label,p_<class>...` that reads back (csv module, pandas) to exactly `texts`.
+
+    The csv module quotes a value holding the delimiter, a quote or a `\n`, but not one holding a
+    lone `\r`, which readers take for a line end: such rows are written with every value quoted."""
+    plain = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain.writerow(["text", "label"] + [f"p_{c}" for c in classes])
+    for text, label, row in zip(texts, labels, probabilities):
+        values = [text, label] + [f"{p:.6f}" for p in row]
+        (quoted if any("\r" in v for v in values) else plain).writerow(values)
 
 
 def _sniff(text: str, text_column: str) -> str:

@@ -8,6 +8,7 @@ the protocol itself, and `departures` lists, in words, every way a configuration
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ _SECTION_CLASSES = {
 }
 
 
-def _check_type(where: str, value: Any, default: Any) -> Any:
+def _check_type(where: str, value: Any, default: Any, hint: Any = None) -> Any:
+    """`value` if it has the type of `default` (and, for a list, the element type `hint` declares);
+    else one error line naming the key (a wrong element would otherwise surface as a TypeError later)."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
         kind = "true or false"
@@ -156,8 +159,15 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, str)
         kind = "a string"
     elif isinstance(default, list):
+        element = typing.get_args(hint)[0] if typing.get_args(hint) else None
         ok = isinstance(value, list)
         kind = "a list"
+        if element is int:
+            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            kind = "a list of integers"
+        elif element is str:
+            ok = ok and all(isinstance(v, str) for v in value)
+            kind = "a list of strings"
     else:
         ok, kind = True, ""
     if not ok:
@@ -175,11 +185,12 @@ def from_dict(data: dict, source: str = "") -> Config:
             raise HeadpruneError(f"{where}[{section}] must be a table")
         target = getattr(config, section)
         known = {f.name for f in fields(target)}
+        hints = typing.get_type_hints(type(target))
         updates = {}
         for key, value in values.items():
             if key not in known:
                 raise HeadpruneError(f"{where}unknown key '{section}.{key}' (known: {', '.join(sorted(known))})")
-            updates[key] = _check_type(f"{where}{section}.{key}", value, getattr(target, key))
+            updates[key] = _check_type(f"{where}{section}.{key}", value, getattr(target, key), hints.get(key))
         setattr(config, section, replace(target, **updates))
     validate(config, where)
     return config
@@ -250,10 +261,12 @@ def validate(config: Config, where: str = "") -> None:
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
+    if path.is_dir():
+        raise HeadpruneError(f"--config {path}: is a directory, not a TOML file")
     if not path.is_file():
         raise HeadpruneError(f"--config {path}: file not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise HeadpruneError(f"{path}: invalid TOML ({err})") from None
     except UnicodeDecodeError:

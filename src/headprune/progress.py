@@ -23,12 +23,15 @@ class RunProgress:
     evaluations), so evaluations answered by the store do not make the estimate optimistic. Work is
     one unit per evaluation unless the stage gives weights (e.g. Step 1: rows finetuned), so that a
     stage whose first evaluations are small does not promise too early an end. Without a terminal
-    (CI, logs) it prints one plain line every `every` seconds and at the end of each stage."""
+    (CI, `nohup`, a log file) it prints one plain line every `every` seconds and at the end of each
+    stage: each a whole line, never wrapped at the console's width, so a log can be read and grepped.
+    The live bar needs the stream itself to be a terminal: FORCE_COLOR or TTY_COMPATIBLE make rich
+    call a log file a terminal, and a live bar there is cursor movements in a file."""
 
     def __init__(self, console: Console | None = None, enabled: bool = True, every: float = 20.0):
         self.console = console or Console(stderr=True)
         self.enabled = enabled
-        self.live = enabled and self.console.is_terminal
+        self.live = enabled and self.console.is_terminal and _is_tty(self.console.file)
         self.every = every
         self._progress: Progress | None = None
         self._task = None
@@ -45,7 +48,11 @@ class RunProgress:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+            self._line(message)
+
+    def _line(self, text: str) -> None:
+        """`text` as one line, however narrow the console (rich would wrap it at the width otherwise)."""
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def start_stage(self, name: str, total: int, total_work: float | None = None) -> None:
         """`total_work`: the stage's work in the units `advance(work=...)` counts (default: evaluations)."""
@@ -69,7 +76,7 @@ class RunProgress:
             self._progress.start()
             self._task = self._progress.add_task("", total=total, stage=name, detail="")
         elif self.enabled:
-            self.console.print(f"[{name}] {total} evaluations", highlight=False, markup=False)
+            self._line(f"[{name}] {total} evaluations")
 
     def set_total(self, total: int) -> None:
         """A new number of evaluations for the stage (its work scales with it)."""
@@ -99,20 +106,14 @@ class RunProgress:
             self._progress.update(self._task, completed=self.done, detail=detail)
         elif self.enabled and now - self._last_print >= self.every:
             self._last_print = now
-            self.console.print(
-                f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}", highlight=False, markup=False
-            )
+            self._line(f"[{self.stage_name}] {self.done}/{self.total} evaluations, {detail}")
 
     def end_stage(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
         elif self.enabled and self.stage_name:
-            self.console.print(
-                f"[{self.stage_name}] done: {self.done} evaluations, {self.cached} from store",
-                highlight=False,
-                markup=False,
-            )
+            self._line(f"[{self.stage_name}] done: {self.done} evaluations, {self.cached} from store")
         self.stage_name = ""
 
     def __enter__(self) -> RunProgress:
@@ -120,6 +121,13 @@ class RunProgress:
 
     def __exit__(self, *exc) -> None:
         self.end_stage()
+
+
+def _is_tty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def stderr_is_terminal() -> bool:

@@ -12,9 +12,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
+from .errors import HeadpruneError
 from .tasks import SeedScore
 
 SCHEMA = """
@@ -68,17 +70,82 @@ def make_key(**parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _schema_columns() -> dict[str, list[str]]:
+    """{table: columns} of SCHEMA, read from SQLite itself so that the check cannot drift from it."""
+    with closing(sqlite3.connect(":memory:")) as memory:
+        memory.executescript(SCHEMA)
+        return {t: [c[1] for c in memory.execute(f"PRAGMA table_info({t})")] for t in ("scores", "importance")}
+
+
+def _check_existing(path: Path) -> None:
+    """Refuse, before anything is written, a file that is not a store: the user's data stays as it was."""
+    if path.is_dir():
+        raise HeadpruneError(f"{path}: is a directory, not a results store")
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise HeadpruneError(
+                    f"{path}: not a SQLite file, so not a headprune results store; left as it is "
+                    "(move it away or choose another --run-dir)"
+                )
+
+
+def _check_shape(connection: sqlite3.Connection, path: Path) -> None:
+    expected = _schema_columns()
+    tables = [row[0] for row in connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    foreign = [t for t in tables if t not in expected]
+    wrong = [t for t in tables if t in expected
+             and [c[1] for c in connection.execute(f"PRAGMA table_info({t})")] != expected[t]]
+    if foreign or wrong:
+        what = f"its tables: {', '.join(foreign)}" if foreign else f"a '{wrong[0]}' table of other columns"
+        raise HeadpruneError(
+            f"{path}: a SQLite file but not a headprune results store ({what}); left as it is "
+            "(move it away or choose another --run-dir)"
+        )
+
+
 class ResultStore:
-    """SQLite-backed store of per-seed scores and Step 1 importance matrices."""
+    """SQLite-backed store of per-seed scores and Step 1 importance matrices.
+
+    Opening a file that is not a store (another file, another SQLite database, a damaged one) is one
+    `HeadpruneError` line, raised before anything is written to it; so is a store found damaged later."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        _check_existing(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), timeout=120, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=120, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as err:
+            raise HeadpruneError(f"{self.path}: cannot open the results store ({err})") from None
+        try:
+            _check_shape(self._conn, self.path)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(SCHEMA)
+        except HeadpruneError:
+            self._conn.close()
+            raise
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise self._damaged(err) from None
+
+    def _damaged(self, err: sqlite3.Error) -> HeadpruneError:
+        return HeadpruneError(f"{self.path}: the results store cannot be read ({err}); it is left as it is")
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; SQLite's errors (a damaged or locked file) become one line."""
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError as err:
+                raise self._damaged(err) from None
 
     # ------------------------------------------------------------------ scores
     @staticmethod
@@ -86,8 +153,8 @@ class ResultStore:
         return make_key(model=model, pruned=pruned_key(pruned), dataset=dataset_hash, seed=int(seed), settings=settings)
 
     def get_score(self, key: str) -> SeedScore | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self._locked() as conn:
+            row = conn.execute(
                 "SELECT f1, adjust_seconds, n_params, size_bytes, device FROM scores WHERE key = ?", (key,)
             ).fetchone()
         return SeedScore(*row) if row else None
@@ -119,16 +186,16 @@ class ResultStore:
             score.device,
             time.time(),
         )
-        with self._lock:
-            self._conn.execute("INSERT OR IGNORE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+        with self._locked() as conn:
+            conn.execute("INSERT OR IGNORE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
 
     def count_scores(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+        with self._locked() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
 
     def all_scores(self) -> list[dict]:
-        with self._lock:
-            cursor = self._conn.execute("SELECT * FROM scores ORDER BY created")
+        with self._locked() as conn:
+            cursor = conn.execute("SELECT * FROM scores ORDER BY created")
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 
@@ -138,8 +205,8 @@ class ResultStore:
         return make_key(kind="importance", model=model, dataset=dataset_hash, seed=int(seed), settings=settings)
 
     def get_importance(self, key: str) -> list | None:
-        with self._lock:
-            row = self._conn.execute("SELECT matrices FROM importance WHERE key = ?", (key,)).fetchone()
+        with self._locked() as conn:
+            row = conn.execute("SELECT matrices FROM importance WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def put_importance(
@@ -165,8 +232,8 @@ class ResultStore:
             device,
             time.time(),
         )
-        with self._lock:
-            self._conn.execute("INSERT OR IGNORE INTO importance VALUES (?,?,?,?,?,?,?,?,?)", values)
+        with self._locked() as conn:
+            conn.execute("INSERT OR IGNORE INTO importance VALUES (?,?,?,?,?,?,?,?,?)", values)
 
     # ------------------------------------------------------------------ adjusting times (Table 14)
     @staticmethod
@@ -189,8 +256,8 @@ class ResultStore:
 
     def importance_rows(self, model: str) -> list[dict]:
         """Every stored Step 1 result of a model: {"dataset", "seed", "settings", "matrices"} (decoded)."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._locked() as conn:
+            rows = conn.execute(
                 "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ? ORDER BY created", (model,)
             ).fetchall()
         return [{"dataset": d, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}

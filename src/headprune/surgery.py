@@ -86,7 +86,7 @@ def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> HeadSet:
         if not match:
             raise HeadpruneError(
                 f"--prune: cannot read '{part}'; write LAYER:HEADS pairs such as '0:1,2;3:*' (heads 0-based, "
-                "ranges like 4-7, * for all)"
+                f"ranges like 4-7, * for all){_spec_detail(part)}"
             )
         layer = int(match.group(1))
         if layer >= n_layers:
@@ -97,6 +97,10 @@ def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> HeadSet:
             heads = []
             for item in match.group(2).split(","):
                 lo, _, hi = item.strip().partition("-")
+                if hi and int(hi) < int(lo):
+                    raise HeadpruneError(
+                        f"--prune: '{item.strip()}' in '{part}' is a backwards range (write {hi.strip()}-{lo.strip()})"
+                    )
                 heads += list(range(int(lo), int(hi or lo) + 1))
         for h in heads:
             if h >= n_heads:
@@ -105,6 +109,19 @@ def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> HeadSet:
                 )
         out[layer] = sorted(set(out.get(layer, []) + heads))
     return out
+
+
+def _spec_detail(part: str) -> str:
+    """Which piece of an unreadable LAYER:HEADS part is wrong, as '; ...' (or '' when unclear)."""
+    layer, colon, heads = part.partition(":")
+    if not colon:
+        return "; no ':' between the layer and its heads"
+    if not layer.strip().isdigit():
+        return f"; '{layer.strip()}' is not a layer number"
+    for item in heads.split(","):
+        if not re.fullmatch(r"\s*(\*|\d+(\s*-\s*\d+)?)\s*", item):
+            return f"; '{item.strip()}' is not a head number or range" if item.strip() else "; a head is missing"
+    return ""
 
 
 def format_head_spec(heads: HeadSet, n_heads: int) -> str:

@@ -4,7 +4,6 @@ Plain functions; `app.py` registers them, so this module never sees the app."""
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -121,13 +120,10 @@ def predict_command(
     device: str = DEVICE,
 ) -> None:
     """Label texts; write CSV to standard output: text,label,p_<class>..."""
-    from ..classify import load_classifier, predict, read_texts
+    from ..classify import load_classifier, predict, read_texts, write_predictions
     from ..devices import resolve_device
 
     classifier = load_classifier(model, device=str(resolve_device(device)))
     texts = read_texts(source, text_column=text_column, fmt=fmt)
     labels, probabilities = predict(classifier, texts, batch_size=batch_size)
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["text", "label"] + [f"p_{c}" for c in classifier.labels])
-    for text, label, row in zip(texts, labels, probabilities):
-        writer.writerow([text, label] + [f"{p:.6f}" for p in row])
+    write_predictions(sys.stdout, texts, labels, probabilities, classifier.labels)

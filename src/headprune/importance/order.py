@@ -79,17 +79,66 @@ class Order:
 
     @classmethod
     def load(cls, path: str | Path) -> Order:
+        """Read an order file (`headprune importance --out`); a file of another shape is one error line
+        naming the key at fault, never a traceback."""
         path = Path(path)
+        where = f"--order {path}"
+        if path.is_dir():
+            raise HeadpruneError(f"{where}: is a directory, not an order file")
+        if not path.is_file():
+            raise HeadpruneError(f"{where}: file not found")
         try:
-            data = json.loads(path.read_text())
-            order = cls.from_json(data)
-        except FileNotFoundError:
-            raise HeadpruneError(f"--order {path}: file not found") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise HeadpruneError(f"--order {path}: not a headprune order file ({err})") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise HeadpruneError(
+                f"{where}: not a headprune order file (not valid JSON: line {err.lineno}, column {err.colno}: "
+                f"{err.msg})"
+            ) from None
+        except UnicodeDecodeError:
+            raise HeadpruneError(f"{where}: not a headprune order file (not UTF-8 text)") from None
+        problem = _shape_problem(data)
+        if problem:
+            raise HeadpruneError(f"{where}: not a headprune order file ({problem})")
+        order = cls.from_json(data)
         if sorted(order.ranked) != [(l, h) for l in range(order.n_layers) for h in range(order.n_heads)]:
-            raise HeadpruneError(f"--order {path}: 'ranked' must list every (layer, head) exactly once")
+            raise HeadpruneError(f"{where}: 'ranked' must list every (layer, head) exactly once")
         return order
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shape_problem(data: object) -> str | None:
+    """What keeps `data` from being an order's JSON (`Order.to_json`), or None."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    for key in ("name", "ranked", "n_layers", "n_heads"):
+        if key not in data:
+            return f"no '{key}'"
+    if not isinstance(data["name"], str):
+        return f"'name' must be a string, got {data['name']!r}"
+    for key in ("n_layers", "n_heads"):
+        if not _is_int(data[key]) or data[key] < 1:
+            return f"'{key}' must be a positive integer, got {data[key]!r}"
+    if not isinstance(data["ranked"], list):
+        return f"'ranked' must be a list of [layer, head] pairs, got {type(data['ranked']).__name__}"
+    for i, pair in enumerate(data["ranked"]):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(x) and x >= 0 for x in pair)):
+            return f"'ranked[{i}]' must be a pair [layer, head] of integers from 0, got {json.dumps(pair)}"
+    for key, kind, ok in (
+        ("kind", "a string", lambda v: isinstance(v, str)),
+        ("model", "a string", lambda v: isinstance(v, str)),
+        ("model_fingerprint", "a string", lambda v: isinstance(v, str)),
+        ("datasets", "a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        ("seeds", "a list of integers", lambda v: isinstance(v, list) and all(_is_int(x) for x in v)),
+        ("settings", "an object or null", lambda v: v is None or isinstance(v, dict)),
+        ("matrix", "a list of rows of numbers or null", lambda v: v is None or (isinstance(v, list) and all(
+            isinstance(row, list) and all(isinstance(x, (int, float)) for x in row) for row in v))),
+    ):
+        if key in data and not ok(data[key]):
+            return f"'{key}' must be {kind}, got {json.dumps(data[key])[:40]}"
+    return None
 
 
 def rank_heads(matrix: np.ndarray) -> list[Head]:
