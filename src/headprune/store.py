@@ -157,13 +157,17 @@ class ResultStore:
             self._conn.execute("INSERT OR IGNORE INTO importance VALUES (?,?,?,?,?,?,?,?,?)", values)
 
     def importance_rows(self, model: str) -> list[dict]:
-        """Every stored Step 1 result of a model: {"dataset", "seed", "settings", "matrices"} (decoded)."""
+        """Every stored Step 1 result of a model: {"dataset", "dataset_hash", "seed", "settings",
+        "matrices"} (decoded). "dataset" is the name the row was first stored under; the row is keyed
+        by "dataset_hash", so a reader selecting rows must go by the hash (a renamed file keeps its
+        rows, an edited file of the same name gets new ones)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ? ORDER BY created", (model,)
+                "SELECT dataset, dataset_hash, seed, settings, matrices FROM importance WHERE model = ? "
+                "ORDER BY created", (model,)
             ).fetchall()
-        return [{"dataset": d, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}
-                for d, s, st, m in rows]
+        return [{"dataset": d, "dataset_hash": h, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}
+                for d, h, s, st, m in rows]
 
     def close(self) -> None:
         with self._lock:
