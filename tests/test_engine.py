@@ -2,7 +2,12 @@
 
 Tiny random masked-LM models (hidden 32, 2 layers x 4 heads) with the embedded MiniLM tokenizer,
 a few dozen tweets of person.csv. With dropout disabled the engine must train exactly what the
-reference trains (weights equal up to float rounding); with dropout the streams differ by design."""
+reference trains (weights equal up to float rounding); with dropout the streams differ by design.
+
+Whole scores (F1) are compared on data where the features decide them (`decided`: two classes of
+disjoint vocabularies, models whose heads matter): on tweets and a tiny model at BERT's initial
+scale the F1 does not depend on the features at all, so equal F1s would prove nothing. There the
+SVM's inputs themselves (features and labels of every model) are compared too (`svm_inputs`)."""
 
 from __future__ import annotations
 
@@ -60,11 +65,33 @@ def encoded(tokenizer, tweets):
     return encode(tokenizer, tweets[0], 64), tweets[1]
 
 
-def tiny_model(tokenizer, family: str = "bert", dropout: bool = False, seed: int = 0, layers: int = 2):
+@pytest.fixture(scope="module")
+def decided(tokenizer):
+    """120 texts (ids, labels; classes alternate, so any prefix is balanced) whose two classes use
+    disjoint vocabularies of 20 words each, 2 to 15 words a text: features separate the classes,
+    so the F1 is high, and a features bug (other layers, padding averaged in, another model's rows)
+    moves it. On the tweets of `encoded` a tiny random model's F1 is near chance and the same for
+    the complete model and for PRUNED: no F1 comparison there can catch a features bug."""
+    rng = np.random.default_rng(0)
+    words = sorted(w for w in tokenizer.get_vocab() if w.isascii() and w.isalpha() and len(w) > 3)
+    pools = rng.choice(words, size=(2, 20), replace=False)
+    labels = np.arange(120) % 2
+    texts = [" ".join(rng.choice(pools[c], size=int(rng.integers(2, 16)))) for c in labels]
+    return encode(tokenizer, texts, 64), labels
+
+
+# Initial weight scale of the models the whole scores are compared on: at BERT's 0.02 a tiny random
+# model's attention adds about 1% to the residual stream, so pruning 6 of its 8 heads leaves every
+# prediction as it was; at 0.2 the heads shape the features (and the F1).
+LIVELY = 0.2
+
+
+def tiny_model(tokenizer, family: str = "bert", dropout: bool = False, seed: int = 0, layers: int = 2,
+               initializer_range: float = 0.02):
     from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
     shape = {"hidden_size": 32, "num_hidden_layers": layers, "num_attention_heads": 4, "intermediate_size": 64,
-             "max_position_embeddings": 130}
+             "max_position_embeddings": 130, "initializer_range": initializer_range}
     if not dropout:
         shape.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(seed)
@@ -107,6 +134,54 @@ def assert_same_weights(got: dict, expected: dict, what: str) -> None:
     assert off <= total * 1e-3, f"{what}: {off} of {total} elements differ by more than 1e-6"
 
 
+class SvmInputs:
+    """What each SVM is handed: the reference's (`scoring.svm_f1` inside `score_seed`) in call
+    order, the engine's (`stages.svm_score`, the groups', packs' and executor's one way in) by
+    (pruned set, seed, rows)."""
+
+    def __init__(self) -> None:
+        self.reference: list[tuple[np.ndarray, np.ndarray]] = []
+        self.engine: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def last_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        ((x, y),) = self.reference
+        self.reference.clear()
+        return x, y
+
+    def assert_engine_equals(self, pruned, seed: int, expected: tuple[np.ndarray, np.ndarray]) -> None:
+        """The engine's features of (pruned set, seed) equal `expected`'s, to float rounding (the
+        trained weights differ by up to 1e-4, see `assert_same_weights`), and its labels exactly."""
+        x, y = expected
+        got_x, got_y = self.engine[(tuple(sorted(pruned)), seed, len(y))]
+        np.testing.assert_array_equal(got_y, y)
+        assert got_x.shape == x.shape
+        np.testing.assert_allclose(got_x, x, rtol=0, atol=1e-4)  # seen: 2e-6; a features bug: 1e-2 and more
+
+
+@pytest.fixture
+def svm_inputs(monkeypatch) -> SvmInputs:
+    import headprune.engine.executor as executor_module
+    import headprune.engine.stages as stages_module
+    import headprune.scoring as scoring_module
+
+    inputs = SvmInputs()
+    real_svm_f1, real_svm_score = scoring_module.svm_f1, stages_module.svm_score
+
+    def svm_f1(x, y, *args):
+        inputs.reference.append((np.array(x), np.array(y)))
+        return real_svm_f1(x, y, *args)
+
+    def svm_score(trained, k, *args):
+        key = (tuple(sorted(trained.pruned[k])), trained.seeds[k], len(trained.labels[k]))
+        inputs.engine[key] = (trained.features[k].copy(), np.array(trained.labels[k]))
+        return real_svm_score(trained, k, *args)
+
+    monkeypatch.setattr(scoring_module, "svm_f1", svm_f1)
+    monkeypatch.setattr(stages_module, "svm_score", svm_score)
+    monkeypatch.setattr(executor_module, "svm_score", svm_score)
+    return inputs
+
+
 # ----------------------------------------------------------------------------- SVM
 
 
@@ -120,9 +195,9 @@ def test_svm_precomputed_equals_sklearn_rbf(seed):
     assert 0 < expected < 1
 
 
-def test_svm_precomputed_on_model_features(tokenizer, encoded):
-    ids, labels = encoded
-    model = tiny_model(tokenizer)
+def test_svm_precomputed_on_model_features(tokenizer, decided):
+    ids, labels = decided
+    model = tiny_model(tokenizer, initializer_range=LIVELY)
     x = features(model, ids, tokenizer.pad_token_id, ScoreSettings(), CPU)
     for seed in (1, 7):
         assert svm_f1_precomputed(x, labels, 10, seed) == pytest.approx(svm_f1(x, labels, 10, seed), abs=1e-9)
@@ -157,6 +232,22 @@ def test_stacked_training_equals_reference_without_dropout(tokenizer, encoded, f
         moved = max((expected[n] - start[n].detach()).abs().max().item() for n in got)
         assert moved > 1e-3  # the models did train
         assert_same_weights(got, expected, f"model {i}")
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_training_a_stack_of_one_model_leaves_the_model_as_it_was(tokenizer, encoded, masked):
+    """A stack of one model holds copies of its parameters: the model it was built from (the base
+    model, for a pack of one task) is not trained along with it. Once, the one-model stack's
+    embeddings, biases and norms were the source model's own tensors, and every later pack started
+    from the weights a one-task pack had trained."""
+    ids, _ = encoded
+    model = tiny_model(tokenizer, layers=3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stack = StackedMLM.masked(model, [MIXED[1]]) if masked else StackedMLM.replicate(model, 1)
+    adjust_stacked(stack, tokenizer, [(ids[:16], 1)], ScoreSettings(epochs=1, batch_size=8, learning_rate=1e-3))
+    assert max((stack.state_of(0)[n] - before[n]).abs().max().item() for n in before) > 1e-4  # it trained
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
 
 
 def test_stacked_models_with_different_weights(tokenizer, encoded):
@@ -222,14 +313,29 @@ def test_position_ids_follow_the_family_table(tokenizer, encoded, family, monkey
 SCORE_SETTINGS = ScoreSettings(epochs=1, batch_size=16, learning_rate=1e-4, n_folds=5)
 
 
+def test_the_whole_score_data_is_decided_by_the_features(tokenizer, decided, encoded):
+    """What makes the F1 comparisons below worth making: on `decided` the reference F1 is high and
+    changes with the model (complete vs PRUNED, per seed); on the tweets of `encoded` with a model
+    at BERT's initial scale, it is the same for both (the situation these tests were once in)."""
+    lively = tiny_model(tokenizer, initializer_range=LIVELY)
+    for seed in (1, 2):
+        complete, pruned = (score_seed(lively, tokenizer, *decided, p, seed, SCORE_SETTINGS, CPU).f1
+                            for p in ((), PRUNED))
+        assert min(complete, pruned) > 0.65 and abs(complete - pruned) > 0.01  # chance: about 0.5
+    quiet = tiny_model(tokenizer)
+    complete, pruned = (score_seed(quiet, tokenizer, *encoded, p, 1, SCORE_SETTINGS, CPU).f1 for p in ((), PRUNED))
+    assert complete == pruned
+
+
 @pytest.mark.parametrize("pruned", [(), PRUNED])
-def test_scores_equal_reference_without_dropout(tokenizer, encoded, pruned):
-    ids, labels = encoded
-    model = tiny_model(tokenizer)
+def test_scores_equal_reference_without_dropout(tokenizer, decided, pruned, svm_inputs):
+    ids, labels = decided
+    model = tiny_model(tokenizer, initializer_range=LIVELY)
     seeds = [1, 2]
     got = score_seeds_batched(model, tokenizer, ids, labels, pruned, seeds, SCORE_SETTINGS, CPU)
     for seed, score in zip(seeds, got):
         expected = score_seed(model, tokenizer, ids, labels, pruned, seed, SCORE_SETTINGS, CPU)
+        svm_inputs.assert_engine_equals(pruned, seed, svm_inputs.last_reference())
         assert score.f1 == pytest.approx(expected.f1, abs=1e-3)
         assert (score.n_params, score.size_bytes, score.device) == (expected.n_params, expected.size_bytes, "cpu")
         assert score.adjust_seconds > 0
@@ -245,29 +351,37 @@ def test_scores_with_dropout_are_valid_and_deterministic(tokenizer, encoded):
     assert all(np.isfinite(s.f1) and 0.0 <= s.f1 <= 1.0 for s in first)
 
 
-def test_max_models_splits_a_group(tokenizer, encoded):
-    ids, labels = encoded
-    model = tiny_model(tokenizer)
+def test_max_models_splits_a_group(tokenizer, decided, svm_inputs):
+    ids, labels = decided
+    model = tiny_model(tokenizer, initializer_range=LIVELY)
     whole = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU)
+    whole_inputs, svm_inputs.engine = svm_inputs.engine, {}
     split = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU,
                                 EngineOptions(max_models=2, svm_workers=1))
     assert [s.f1 for s in split] == pytest.approx([s.f1 for s in whole], abs=1e-3)
+    assert set(svm_inputs.engine) == set(whole_inputs)
+    for (pruned, seed, _), expected in whole_inputs.items():
+        svm_inputs.assert_engine_equals(pruned, seed, expected)
 
 
 # ----------------------------------------------------------------------------- the executor
 
 
-def test_batched_executor_groups_tasks(tokenizer, encoded):
-    ids, labels = encoded
-    model = tiny_model(tokenizer)
-    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
+def test_batched_executor_groups_tasks(tokenizer, decided, svm_inputs):
+    ids, labels = decided
+    model = tiny_model(tokenizer, initializer_range=LIVELY)
+    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:90], labels[:90])}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(p, d, s) for p in ((), ((0, 1),)) for d in ("a", "b") for s in (1, 2)]
     results = dict(BatchedExecutor().run(context, tasks[::-1]))
     assert set(results) == set(tasks)
+    executor_inputs, svm_inputs.engine = svm_inputs.engine, {}
     for pruned, dataset in (((), "a"), (((0, 1),), "b")):
         d_ids, d_labels = context.datasets[dataset]
         expected = score_seeds_batched(model, tokenizer, d_ids, d_labels, pruned, [2, 1], SCORE_SETTINGS, CPU)
         assert [results[SeedTask(pruned, dataset, s)].f1 for s in (2, 1)] == [e.f1 for e in expected]
+        for seed in (2, 1):
+            key = (pruned, seed, len(d_labels) // 2)
+            np.testing.assert_array_equal(executor_inputs[key][0], svm_inputs.engine[key][0])
 
 
 def test_supports(tokenizer):
@@ -387,10 +501,10 @@ def test_masked_features_equal_pruned_models(tokenizer, encoded):
         np.testing.assert_allclose(x, expected, atol=1e-5)
 
 
-def test_pack_scores_equal_reference_without_dropout(tokenizer, encoded):
-    ids, labels = encoded
-    model = tiny_model(tokenizer, layers=3)
-    datasets = {"a": (ids, labels), "b": (ids[:60], labels[:60])}
+def test_pack_scores_equal_reference_without_dropout(tokenizer, decided, svm_inputs):
+    ids, labels = decided
+    model = tiny_model(tokenizer, layers=3, initializer_range=LIVELY)
+    datasets = {"a": (ids, labels), "b": (ids[:90], labels[:90])}
     tasks = [SeedTask(tuple(sorted(p)), d, s) for p, d, s in
              ((MIXED[1], "a", 1), (MIXED[2], "b", 2), ((), "a", 2), (MIXED[3], "b", 1))]
     sizes = SizeCache(model)
@@ -398,6 +512,7 @@ def test_pack_scores_equal_reference_without_dropout(tokenizer, encoded):
     for task, score in zip(tasks, got):
         d_ids, d_labels = datasets[task.dataset]
         expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
+        svm_inputs.assert_engine_equals(task.pruned, task.seed, svm_inputs.last_reference())
         assert score.f1 == pytest.approx(expected.f1, abs=1e-3)
         assert (score.n_params, score.size_bytes) == (expected.n_params, expected.size_bytes)
     assert len({s.adjust_seconds for s in got}) == 1  # the pack's shared time
@@ -434,18 +549,19 @@ def test_auto_pack_size_on_cpu_follows_the_ram(tokenizer, monkeypatch):
     assert 1 <= packing.auto_pack_size(model, CPU) <= 16
 
 
-def test_batched_executor_packs(tokenizer, encoded):
-    ids, labels = encoded
-    model = tiny_model(tokenizer, layers=3)
-    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
+def test_batched_executor_packs(tokenizer, decided, svm_inputs):
+    ids, labels = decided
+    model = tiny_model(tokenizer, layers=3, initializer_range=LIVELY)
+    context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:90], labels[:90])}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(tuple(sorted(p)), d, s) for p in MIXED[:3] for d in ("a", "b") for s in (1, 2)]
     executor = BatchedExecutor(EngineOptions(pack=True, pack_models=5, svm_workers=2))
     assert executor.store_tag == "batched-packed" and BatchedExecutor().store_tag == "batched"
     results = dict(executor.run(context, tasks))
     assert set(results) == set(tasks)
-    for task in (tasks[0], tasks[7], tasks[11]):
+    for task in tasks:  # with pack_models=5, (MIXED[1], "b", 2) trains in a pack of its own
         d_ids, d_labels = context.datasets[task.dataset]
         expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
+        svm_inputs.assert_engine_equals(task.pruned, task.seed, svm_inputs.last_reference())
         assert results[task].f1 == pytest.approx(expected.f1, abs=1e-3)
         assert results[task].n_params == expected.n_params
 

@@ -126,7 +126,7 @@ def test_random_order_is_a_seeded_permutation() -> None:
 def test_order_json_round_trip(tmp_path: Path) -> None:
     order = Order(name="OI", ranked=rank_heads(np.array([[0.1, 0.9], [0.5, 0.2]])), n_layers=2, n_heads=2,
                   matrix=[[0.1, 0.9], [0.5, 0.2]], model="tiny", model_fingerprint="abc",
-                  datasets=["irony"], seeds=[1, 2])
+                  datasets=["irony"], seeds=[1, 2], dataset_hashes={"irony": "0123456789abcdef"})
     path = order.save(tmp_path / "sub" / "order.json")
     loaded = Order.load(path)
     assert loaded == order
@@ -206,6 +206,7 @@ def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path
     assert sorted(first.ranked) == [(l, h) for l in range(3) for h in range(4)]
     assert first.kind == "importance" and first.model_fingerprint == base.fingerprint
     assert first.datasets == ["small"] and first.seeds == [1]
+    assert first.dataset_hashes == {"small": dataset.content_hash}  # what `headprune verify` selects rows by
     # The base model is not changed by Step 1.
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
 

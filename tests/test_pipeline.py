@@ -387,3 +387,72 @@ def test_verify_recomputes_the_summary_from_the_store(tiny_run, tmp_path: Path, 
         code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
         assert "Traceback" not in err
+
+
+def test_verify_selects_step1_rows_by_content_hash(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`verify` picks the Step 1 rows by the content hashes the summary records for the Step 1
+    datasets, not by their names: a row stored under the dataset's name for other content is ignored
+    beside the real one and, alone, is reported missing (even with the very same numbers); the real
+    content's row stored under another name (a renamed file) counts. A summary without the hashes
+    (an older run) is checked by name, and the output says so."""
+    import shutil
+
+    from _cli import run_cli
+    from headprune.data import load_dataset
+    from headprune.store import ResultStore
+    from headprune.verify import verify_run
+
+    root, csvs, summary = tiny_run
+    content = load_dataset(csvs["a"]).content_hash
+    assert summary["orders"]["OI"]["dataset_hashes"] == {"a": content}
+    assert "dataset_hashes" not in summary["orders"]["A1"]  # a random order has no Step 1 rows
+    clean = verify_run(root / "run")
+    assert clean.problems == [] and clean.notes == []
+
+    def copy(name: str) -> Path:
+        run_dir = tmp_path / name
+        shutil.copytree(root / "run", run_dir, ignore=shutil.ignore_patterns("report"))
+        return run_dir
+
+    def edit_store(run_dir: Path, sql: str, *args) -> None:
+        with sqlite3.connect(run_dir / "store.sqlite") as db:
+            assert db.execute(sql, args).rowcount == 1
+        db.close()
+
+    with sqlite3.connect(root / "run" / "store.sqlite") as db:
+        ((settings, matrices),) = db.execute("SELECT settings, matrices FROM importance").fetchall()
+    db.close()
+    other = "f" * 16  # a file named "a" with other content
+
+    # Beside the real row: another content's row of the same name, with other numbers, is not averaged in.
+    beside = copy("beside")
+    store = ResultStore(beside / "store.sqlite")
+    flipped = [[[1.0 - v for v in layer] for layer in epoch] for epoch in json.loads(matrices)]
+    store.put_importance("impostor", model=summary["model"]["fingerprint"], dataset="a", dataset_hash=other,
+                         seed=1, settings=json.loads(settings), matrices=flipped, device="cpu")
+    store.close()
+    assert verify_run(beside).problems == []
+
+    # Alone, with the real row's numbers: not the run's content, so the run's row is missing.
+    alone = copy("alone")
+    edit_store(alone, "UPDATE importance SET dataset_hash = ?", other)
+    problems = verify_run(alone).problems
+    assert problems == [f"Step 1 importance matrices of a (content {content[:12]}), seed 1: not in the store"]
+    code, _, err = run_cli(monkeypatch, capsys, "verify", alone)
+    assert code == 1 and "mismatch: Step 1 importance matrices of a" in err
+
+    # The run's content stored under another name (the file was renamed since): it is the run's row.
+    renamed = copy("renamed")
+    edit_store(renamed, "UPDATE importance SET dataset = 'renamed'")
+    assert verify_run(renamed).problems == []
+
+    # An older summary without the hashes: rows by name (the same-name row is averaged in), with a note.
+    for run_dir in (copy("old"), beside):
+        data = json.loads((run_dir / "summary.json").read_text())
+        del data["orders"]["OI"]["dataset_hashes"]
+        (run_dir / "summary.json").write_text(json.dumps(data))
+    old = verify_run(tmp_path / "old")
+    assert old.problems == [] and len(old.notes) == 1 and "selected by dataset name" in old.notes[0]
+    code, out, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "old")
+    assert code == 0 and out.startswith("verified: ") and "note: summary.json records no content hashes" in err
+    assert any(p.startswith("Step 1 importance matrix (OI):") for p in verify_run(beside).problems)

@@ -112,6 +112,41 @@ def test_different_seeds_split_differently(small_dataset_csv: Path) -> None:
     assert not np.array_equal(halves[2][1], halves[3][1])
 
 
+def test_score_seed_adjusts_on_one_half_and_classifies_the_other(bert, small_dataset_csv: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside `score_seed`, the adjusting (finetuning) rows are the seed's first half of
+    `split_halves`, the features and the SVM get the second half with its labels: disjoint, and
+    together the whole dataset. A model adjusted on the rows it is then scored on would be judged
+    on what it has seen. Spied on the calls, by the identity of the row lists handed over."""
+    ids, labels = encoded(bert, small_dataset_csv)
+    index = {id(row): i for i, row in enumerate(ids)}
+    seen: dict[str, list] = {}
+    real_adjust, real_features, real_svm = scoring.adjust, scoring.features, scoring.svm_f1
+
+    def adjust(model, tokenizer, rows, *args):
+        seen["adjust"] = [index[id(r)] for r in rows]
+        return real_adjust(model, tokenizer, rows, *args)
+
+    def features(model, rows, *args, **kwargs):
+        seen["features"] = [index[id(r)] for r in rows]
+        return real_features(model, rows, *args, **kwargs)
+
+    def svm_f1(x, y, *args):
+        seen["svm"] = (len(x), np.asarray(y).tolist())
+        return real_svm(x, y, *args)
+
+    for name, spy in (("adjust", adjust), ("features", features), ("svm_f1", svm_f1)):
+        monkeypatch.setattr(scoring, name, spy)
+    for seed in (1, 2):
+        seen.clear()
+        score_seed(bert.model, bert.tokenizer, ids, labels, [], seed, SETTINGS, CPU)
+        finetune, classify = split_halves(labels, seed)
+        assert seen["adjust"] == finetune.tolist() and seen["features"] == classify.tolist()
+        assert not set(seen["adjust"]) & set(seen["features"])
+        assert sorted(seen["adjust"] + seen["features"]) == list(range(len(ids)))
+        assert seen["svm"] == (len(classify), labels[classify].tolist())
+
+
 def _file_size(model, path: Path) -> int:
     from safetensors.torch import save_model
 

@@ -195,3 +195,18 @@ def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
     put(store, key_of(), 0.5)
     assert store.count_scores() == 1
     store.close()
+
+
+def test_adjusting_times_are_stored_by_device_and_a_store_reopens(tmp_path) -> None:
+    """Table 14's times (the `timings` table) are keyed by the device they were measured on, and a
+    store holding them is still recognised as a store when opened again."""
+    store = ResultStore(tmp_path / "store.sqlite")
+    here = store.timing_key("m", [(0, 1)], "h", 1, {"epochs": 1}, "cpu: x86_64, 2 threads")
+    there = store.timing_key("m", [(0, 1)], "h", 1, {"epochs": 1}, "cuda: NVIDIA H200")
+    assert here != there and store.get_timing(here) is None
+    store.put_timing(here, model="m", pruned=[(0, 1)], dataset="d", dataset_hash="h", seed=1,
+                     settings={"epochs": 1}, device="cpu: x86_64, 2 threads", seconds=1.5)
+    store.close()
+    again = ResultStore(tmp_path / "store.sqlite")
+    assert again.get_timing(here) == 1.5 and again.get_timing(there) is None
+    again.close()

@@ -286,7 +286,8 @@ class Pipeline:
                 mlm_head=base.info,
             ),
             orders={
-                name: OrderEntry(ranked=[tuple(h) for h in o.ranked], matrix=o.matrix, kind=o.kind, settings=o.settings)
+                name: OrderEntry(ranked=[tuple(h) for h in o.ranked], matrix=o.matrix, kind=o.kind, settings=o.settings,
+                                 dataset_hashes=o.dataset_hashes)
                 for name, o in orders.items()
             },
         )

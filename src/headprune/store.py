@@ -77,7 +77,8 @@ def _schema_columns() -> dict[str, list[str]]:
     """{table: columns} of SCHEMA, read from SQLite itself so that the check cannot drift from it."""
     with closing(sqlite3.connect(":memory:")) as memory:
         memory.executescript(SCHEMA)
-        return {t: [c[1] for c in memory.execute(f"PRAGMA table_info({t})")] for t in ("scores", "importance")}
+        tables = [row[0] for row in memory.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: [c[1] for c in memory.execute(f"PRAGMA table_info({t})")] for t in tables}
 
 
 def _check_existing(path: Path) -> None:
@@ -243,25 +244,29 @@ class ResultStore:
                         settings=settings, device=device)
 
     def get_timing(self, key: str) -> float | None:
-        with self._lock:
-            row = self._conn.execute("SELECT seconds FROM timings WHERE key = ?", (key,)).fetchone()
+        with self._locked() as conn:
+            row = conn.execute("SELECT seconds FROM timings WHERE key = ?", (key,)).fetchone()
         return float(row[0]) if row else None
 
     def put_timing(self, key: str, *, model: str, pruned, dataset: str, dataset_hash: str, seed: int,
                    settings: dict, device: str, seconds: float) -> None:
         values = (key, model, pruned_key(pruned), dataset, dataset_hash, int(seed),
                   json.dumps(settings, sort_keys=True), device, float(seconds), time.time())
-        with self._lock:
-            self._conn.execute("INSERT OR IGNORE INTO timings VALUES (?,?,?,?,?,?,?,?,?,?)", values)
+        with self._locked() as conn:
+            conn.execute("INSERT OR IGNORE INTO timings VALUES (?,?,?,?,?,?,?,?,?,?)", values)
 
     def importance_rows(self, model: str) -> list[dict]:
-        """Every stored Step 1 result of a model: {"dataset", "seed", "settings", "matrices"} (decoded)."""
+        """Every stored Step 1 result of a model: {"dataset", "dataset_hash", "seed", "settings",
+        "matrices"} (decoded). "dataset" is the name the row was first stored under; the row is keyed
+        by "dataset_hash", so a reader selecting rows must go by the hash (a renamed file keeps its
+        rows, an edited file of the same name gets new ones)."""
         with self._locked() as conn:
             rows = conn.execute(
-                "SELECT dataset, seed, settings, matrices FROM importance WHERE model = ? ORDER BY created", (model,)
+                "SELECT dataset, dataset_hash, seed, settings, matrices FROM importance WHERE model = ? "
+                "ORDER BY created", (model,)
             ).fetchall()
-        return [{"dataset": d, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}
-                for d, s, st, m in rows]
+        return [{"dataset": d, "dataset_hash": h, "seed": int(s), "settings": json.loads(st), "matrices": json.loads(m)}
+                for d, h, s, st, m in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -201,6 +201,11 @@ class OrderEntry(_Json):
     # Step 1 orders: the settings part of their rows' store keys (`importance.step1_key_settings`),
     # by which `headprune verify` selects the rows; absent in older summaries and for random orders.
     settings: dict | None = _optional()
+    # Step 1 orders: {dataset name: content hash} of the datasets their matrices come from, the
+    # dataset part of their rows' store keys: `headprune verify` selects the rows by these, so a
+    # file renamed or edited since the run cannot pass for the one used. Absent in older summaries
+    # (verify then goes by the names, and says so) and for random orders.
+    dataset_hashes: dict[str, str] | None = _optional()
 
     @property
     def is_random(self) -> bool:

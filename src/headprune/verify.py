@@ -1,9 +1,10 @@
 """Check a run's summary.json against its results store.
 
 Every number the summary reports is recomputed from what the store holds: the Step 1 order from the
-stored importance matrices, each H1/H2/H3 score as the mean over seeds of the stored per-seed F1,
-the rankings and chosen models from those scores, and the generalization table (per-seed scores,
-means, standard deviations, paired t-tests). A summary that passes says nothing the store does not."""
+stored importance matrices of the Step 1 datasets (selected by the content hashes the summary
+records), each H1/H2/H3 score as the mean over seeds of the stored per-seed F1, the rankings and
+chosen models from those scores, and the generalization table (per-seed scores, means, standard
+deviations, paired t-tests). A summary that passes says nothing the store does not."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ TOLERANCE = 1e-9
 class Verification:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was checked less strictly than it could be, and why
 
     def close(self, what: str, reported, recomputed) -> None:
         """Count one check; a problem when the reported and the recomputed value differ."""
@@ -114,22 +116,41 @@ def _pairs(heads) -> list[list[int]]:
 
 
 def _check_step1(store: ResultStore, summary: Summary, result: Verification) -> None:
+    """The OI matrix and order from the stored Step 1 rows of the run's datasets, seeds and keyed
+    settings. Rows are selected by the datasets' content hashes (the dataset part of their keys):
+    a row stored under a dataset's name says nothing about its content, so a file of the same name
+    with other content must not count, and a renamed file's rows must. Summaries without the hashes
+    (older runs) are checked by name, and the verification says so."""
     order = (summary.orders or {}).get("OI")
     if order is None or order.matrix is None:
         return
-    seeds = set(parse_seeds(summary.config_value("step1", "seeds")))
+    seeds = parse_seeds(summary.config_value("step1", "seeds"))
     # The keyed settings the run used (with where its pooler came from); older summaries lack them.
     settings = order.settings or {k: summary.config_value("step1", k)
                                   for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
-    names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
-             for n in expand_datasets(summary.config_value("step1", "datasets"))}
-    matrices = []
-    for row in store.importance_rows(summary.model.fingerprint):
-        if row["seed"] in seeds and row["settings"] == settings and row["dataset"] in names:
-            matrices += row["matrices"]
-    if not matrices:
-        result.close("Step 1 order OI", "an importance matrix", None)
-        return
+    rows = [row for row in store.importance_rows(summary.model.fingerprint)
+            if row["seed"] in seeds and row["settings"] == settings]
+    if order.dataset_hashes is None:
+        names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
+                 for n in expand_datasets(summary.config_value("step1", "datasets"))}
+        result.notes.append("summary.json records no content hashes of the Step 1 datasets (a run of an older "
+                            "version): Step 1 rows were selected by dataset name, which does not tell an edited "
+                            "file from the one the run used")
+        matrices = [m for row in rows if row["dataset"] in names for m in row["matrices"]]
+        if not matrices:
+            result.close("Step 1 order OI", "an importance matrix", None)
+            return
+    else:
+        by_key = {(row["dataset_hash"], row["seed"]): row["matrices"] for row in rows}
+        matrices = []
+        for name, content in order.dataset_hashes.items():
+            for seed in seeds:  # every (dataset, seed) the order averages over, as Step 1 does
+                found = by_key.get((content, seed))
+                if found is None:
+                    result.close(f"Step 1 importance matrices of {name} (content {content[:12]}), seed {seed}",
+                                 "stored matrices", None)
+                    return
+                matrices += found
     mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
     result.close("Step 1 importance matrix (OI)", order.matrix, mean.tolist())
     result.close("Step 1 order (OI)", _pairs(order.ranked), [list(h) for h in rank_heads(mean)])

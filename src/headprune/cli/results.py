@@ -38,6 +38,8 @@ def verify_command(
     from ..verify import verify_run
 
     result = verify_run(run_dir)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
     if result.problems:
         for problem in result.problems[:20]:
             typer.echo(f"mismatch: {problem}", err=True)

@@ -69,8 +69,10 @@ class StackedMLM:
             if other_shapes != shapes:
                 raise ValueError("StackedMLM: the models differ in shape (pruned differently?)")
         self.names = list(named)
-        if len(models) == 1:
-            stacked = {name: p.detach().to(self.device, torch.float32).unsqueeze(0) for name, p in named.items()}
+        if len(models) == 1:  # a copy: `.to` returns the model's own tensor when it already fits, and
+            # training the stack would then change the source model (the base model of a one-task pack)
+            stacked = {name: p.detach().to(self.device, torch.float32, copy=True).unsqueeze(0)
+                       for name, p in named.items()}
         else:
             per_model = [dict(m.named_parameters()) for m in models]
             stacked = {name: torch.stack([pm[name].detach().to(self.device, torch.float32) for pm in per_model])

@@ -262,6 +262,7 @@ class GradientImportance:
             datasets=[d.name for d in self.datasets],
             seeds=[int(s) for s in self.seeds],
             settings=key_settings,
+            dataset_hashes={d.name: d.content_hash for d in self.datasets},
         )
 
 

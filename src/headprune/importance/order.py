@@ -28,6 +28,9 @@ class Order:
     datasets: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     settings: dict | None = None  # Step 1 orders: the settings part of their rows' keys (`step1_key_settings`)
+    # Step 1 orders: {dataset name: content hash} of the datasets averaged over, the dataset part of
+    # their rows' keys (a name says nothing about a file's content; `headprune verify` goes by these).
+    dataset_hashes: dict[str, str] | None = None
 
     def least_important(self, k: int) -> list[Head]:
         """The k heads pruned first."""
@@ -49,6 +52,7 @@ class Order:
             "datasets": self.datasets,
             "seeds": self.seeds,
             "settings": self.settings,
+            "dataset_hashes": self.dataset_hashes,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "matrix": self.matrix,
@@ -75,6 +79,7 @@ class Order:
             datasets=list(data.get("datasets", [])),
             seeds=list(data.get("seeds", [])),
             settings=data.get("settings"),
+            dataset_hashes=data.get("dataset_hashes"),
         )
 
     @classmethod
