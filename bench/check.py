@@ -803,6 +803,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [p.strip() for p in args.parts.split(",") if p.strip()]
     if not names or not set(names) <= set(PART_NAMES):
         parser.error(f"--parts: a subset of {','.join(PART_NAMES)}")
+    for option, path in (("--model", args.model), ("--data-dir", args.data_dir)):
+        if not Path(path).is_dir():  # before any part spends its start-up on it
+            parser.error(f"{option} {path}: no such folder (carry .carry/minilm and .carry/data, made by "
+                         "../shared/tools/prepare-device-carry.sh --carry-data)")
     mode = "rehearsal" if args.cpu_rehearsal else "device"
     cache = Path(tempfile.mkdtemp(prefix="headprune-check-"))
     for head in PAPER_HEAD_CACHE.glob("mlm-head-*.safetensors"):  # no warm-up where the paper run's head fits
