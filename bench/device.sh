@@ -1,7 +1,18 @@
 #!/bin/bash
 # Commands for a session that has the GPU machine (the `device` tool), in the order to run them.
 # Prepare here once:  ../shared/tools/prepare-device-carry.sh --carry-data   (.carry/minilm fp16, .carry/data)
-# Each `run` call: carry [".carry/minilm", ".carry/data"], command "bash bench/device.sh <part>".
+#   (in a git worktree, where .git is a file and that script stops, copy .carry/ from the main checkout)
+#
+# FIRST, whenever a device is available: the check (bench/check.py, issue 17), at most 5 minutes:
+#   run(command="bash bench/device.sh check", carry=[".carry/minilm", ".carry/data"], timeout_s=420)
+# It writes $OUT/check.json after every part and $OUT/check.log (every traceback); both come back.
+# Then here: cp <files_at>/check.json bench/results/<date>-nvidia-h200.json (and check.log beside it
+# as <date>-nvidia-h200.log if a part failed), commit; fix what broke on CPU, rehearse it with
+# `OUT=/tmp/check bash bench/device.sh check-rehearsal` (CPU, tiny sizes), and rerun the check
+# (or only the parts that failed: `bash bench/device.sh check --parts parity,determinism`) if the
+# 15 minutes allow; give the machine back. Only after the check has passed: `slice`.
+#
+# The other commands, each `run` call: carry [".carry/minilm", ".carry/data"], command "bash bench/device.sh <part>".
 # The paper run's state is tracked in git (results/minilm-paper/run: store.sqlite + the warmed-up
 # MLM head of .carry/minilm), so it travels with the working tree; a slice brings the grown store
 # back under $OUT: copy it over results/minilm-paper/run/store.sqlite here and commit.
@@ -12,6 +23,10 @@ OUT=${OUT:-/tmp/headprune-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
 case "${1:-}" in
+  check)     # issue 17: smoke, throughput (MiniLM, BERTweet shape), parity, determinism; at most 280 s
+    python3 bench/check.py $A --out "$OUT" "${@:2}" ;;
+  check-rehearsal)  # the same on CPU with tiny sizes (here, before a device session)
+    python3 bench/check.py $A --cpu-rehearsal --out "$OUT" "${@:2}" ;;
   smoke)     # ~2 min: every part on 2 small datasets, subsampled (catches crashes before spending time)
     python3 bench/engine.py $A --quick --parts throughput,parity,packed --out "$OUT/smoke.json" ;;
   minilm)    # naive loop vs seed stacks vs packs, MiniLM, all of G2
@@ -36,5 +51,6 @@ src.backup(dst); dst.close(); src.close()   # one self-contained file (the WAL f
 PY
     cp -r "$run/orders" "$run/summary.json" "$run/report" "$OUT/" 2>/dev/null
     exit $rc ;;
-  *) echo "usage: bash bench/device.sh smoke|minilm|parity|bertweet|determinism|slice [minutes]"; exit 2 ;;
+  *) echo "usage: bash bench/device.sh check|check-rehearsal|smoke|minilm|parity|bertweet|determinism|slice [minutes]"
+     exit 2 ;;
 esac

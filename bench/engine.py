@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from naive import naive_score
+from record import deep_merge, write_json
 
 from headprune.base import WarmupSettings, load_base
 from headprune.data import GROUPS, expand_datasets, load_dataset
@@ -108,7 +109,7 @@ def build_model(key: str, args, device: torch.device):
     """(masked-LM model on CPU, tokenizer, heads in total, info) for 'minilm' or 'bertweet-shape'."""
     if key == "minilm":
         warmup = WarmupSettings(steps=args.warmup_steps) if args.warmup_steps > 0 else None
-        base = load_base(args.model, warmup=warmup, data_dir=args.data_dir, device=device,
+        base = load_base(args.model, warmup=warmup, data_dir=args.data_dir, cache_dir=args.cache_dir, device=device,
                          progress=lambda m: log(m))
         return base.model, base.tokenizer, base.n_total_heads, {"source": args.model, "warmed_up": base.warmed_up}
     from transformers import RobertaConfig, RobertaForMaskedLM
@@ -150,30 +151,48 @@ def summarize_runs(entry: dict, part: str, runs: dict, device: torch.device) -> 
 
 def throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, settings: ScoreSettings,
                device: torch.device, result: dict, save) -> None:
-    entry = result["models"].setdefault(key, {})
-    entry.update({"n_params": count_parameters(model), "n_heads": n_heads})
-    options = EngineOptions(max_models=args.max_models)
-
+    """The naive loop (unless --skip-naive), then seed stacks of the complete model."""
     if not args.skip_naive:
-        naive: dict = {}
-        reset_peak(device)
-        for name in args.naive_datasets:
-            ids, labels = data[name]
-            seed = args.seeds[0]
-            f1, t = naive_score(model, tokenizer, ids, labels, seed, device, epochs=settings.epochs,
-                                n_folds=settings.n_folds)
-            naive[name] = {"f1": f1, "seed": seed, "adjust": t.adjust, "features": t.features, "svm": t.svm,
-                           "tokens": t.tokens, "steps": t.steps, "seconds": t.total}
-            log(f"{key} naive {name}: {t.total:.1f} s (adjust {t.adjust:.1f}, features {t.features:.1f}, "
-                f"svm {t.svm:.1f}; {t.tokens / max(t.adjust, 1e-9):,.0f} tokens/s) F1 {f1:.4f}")
-        entry["naive"] = naive
-        entry["naive_tokens_per_s"] = (sum(v["tokens"] for v in naive.values())
-                                       / sum(v["adjust"] for v in naive.values()))
-        entry["naive_seconds_per_call"] = {n: v["seconds"] for n, v in naive.items()}
-        entry.setdefault("svm_seconds", {})["naive"] = {n: v["svm"] for n, v in naive.items()}
-        entry.setdefault("peak_gpu_memory_bytes", {})["naive"] = peak(device)
-        save()
+        naive_throughput(key, model, tokenizer, n_heads, data, args, settings, device, result, save)
+    stacks_throughput(key, model, tokenizer, n_heads, data, args, settings, device, result, save)
 
+
+def model_entry(result: dict, key: str, model, n_heads: int) -> dict:
+    entry = result.setdefault("models", {}).setdefault(key, {})
+    entry.update({"n_params": count_parameters(model), "n_heads": n_heads})
+    return entry
+
+
+def naive_throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, settings: ScoreSettings,
+                     device: torch.device, result: dict, save) -> None:
+    """The naive loop (bench/naive.py), one seed (the first) on each of --naive-datasets."""
+    entry = model_entry(result, key, model, n_heads)
+    naive: dict = {}
+    reset_peak(device)
+    for name in args.naive_datasets:
+        ids, labels = data[name]
+        seed = args.seeds[0]
+        f1, t = naive_score(model, tokenizer, ids, labels, seed, device, epochs=settings.epochs,
+                            n_folds=settings.n_folds)
+        naive[name] = {"f1": f1, "seed": seed, "rows": len(labels), "adjust": t.adjust, "features": t.features,
+                       "svm": t.svm, "tokens": t.tokens, "steps": t.steps, "seconds": t.total}
+        log(f"{key} naive {name}: {t.total:.1f} s (adjust {t.adjust:.1f}, features {t.features:.1f}, "
+            f"svm {t.svm:.1f}; {t.tokens / max(t.adjust, 1e-9):,.0f} tokens/s) F1 {f1:.4f}")
+    entry["naive"] = naive
+    entry["naive_tokens_per_s"] = (sum(v["tokens"] for v in naive.values())
+                                   / sum(v["adjust"] for v in naive.values()))
+    entry["naive_seconds_per_call"] = {n: v["seconds"] for n, v in naive.items()}
+    entry.setdefault("svm_seconds", {})["naive"] = {n: v["svm"] for n, v in naive.items()}
+    entry.setdefault("peak_gpu_memory_bytes", {})["naive"] = peak(device)
+    save()
+
+
+def stacks_throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, settings: ScoreSettings,
+                      device: torch.device, result: dict, save) -> None:
+    """Seed stacks of the complete model (`score_seeds_batched`, all --seeds together) on each of
+    --datasets, and the H1 projection at their seconds per call."""
+    entry = model_entry(result, key, model, n_heads)
+    options = EngineOptions(max_models=args.max_models)
     engine: dict = {}
     reset_peak(device)
     for name in args.datasets:
@@ -183,7 +202,8 @@ def throughput(key: str, model, tokenizer, n_heads: int, data: dict, args, setti
         scores = score_seeds_batched(model, tokenizer, ids, labels, (), args.seeds, settings, device, options, stats)
         wall = time.perf_counter() - start
         n = len(args.seeds)
-        engine[name] = {"f1": {str(s): sc.f1 for s, sc in zip(args.seeds, scores)}, "n_models": n, "wall": wall,
+        engine[name] = {"f1": {str(s): sc.f1 for s, sc in zip(args.seeds, scores)}, "n_models": n, "rows": len(labels),
+                        "wall": wall,
                         "adjust": stats["adjust_seconds"], "features": stats["features_seconds"],
                         "svm": stats["svm_seconds"], "tokens": stats["tokens"], "steps": stats["steps"],
                         "seconds_per_call": wall / n}
@@ -220,7 +240,7 @@ def packed(key: str, model, tokenizer, n_heads: int, data: dict, args, settings:
     the k least important heads of a (random) order for k spread over 0..N-1, each with every seed,
     trained together in masked stacks of `--pack-models` models (default: what fits). Seconds per
     evaluation = a pack's wall time (adjust + features + SVM) / its models; the H1 projection uses it."""
-    entry = result["models"].setdefault(key, {})
+    entry = model_entry(result, key, model, n_heads)
     size = args.pack_models or auto_pack_size(model, device)
     n_candidates = max(1, size // len(args.seeds))
     order = [(l, h) for l in range(model.config.num_hidden_layers) for h in range(model.config.num_attention_heads)]
@@ -241,7 +261,7 @@ def packed(key: str, model, tokenizer, n_heads: int, data: dict, args, settings:
                                  options, stats, sizes)
         wall = time.perf_counter() - start
         complete = [sc.f1 for t, sc in zip(tasks, scores) if not t.pruned]
-        out[name] = {"n_models": len(tasks), "pack_models": size, "k": ks, "wall": wall,
+        out[name] = {"n_models": len(tasks), "pack_models": size, "k": ks, "rows": len(data[name][1]), "wall": wall,
                      "adjust": stats["adjust_seconds"], "features": stats["features_seconds"],
                      "svm": stats["svm_seconds"], "tokens": stats["tokens"], "steps": stats["steps"],
                      "seconds_per_call": wall / len(tasks),
@@ -369,19 +389,7 @@ def parity(model, tokenizer, data: dict, args, settings: ScoreSettings, device: 
 # ----------------------------------------------------------------------------- main
 
 
-def deep_merge(into: dict, other: dict) -> dict:
-    """Merge `other` into `into`: dictionaries recursively, "runs" lists concatenated, the rest replaced."""
-    for key, value in other.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            deep_merge(into[key], value)
-        elif key == "runs" and isinstance(value, list) and isinstance(into.get(key), list):
-            into[key] = into[key] + value
-        else:
-            into[key] = value
-    return into
-
-
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm", help="MiniLM: 'minilm' (embedded) or a directory (.carry/minilm)")
     parser.add_argument("--data-dir", default=None)
@@ -402,28 +410,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=None, help="subsample each dataset (stratified)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--warmup-steps", type=int, default=None, help="MiniLM MLM-head warm-up (default 300)")
+    parser.add_argument("--cache-dir", default=None, help="where the warmed-up MLM head is cached (default: none)")
     parser.add_argument("--max-models", type=int, default=None, help="engine: models trained together at most")
     parser.add_argument("--pack-models", type=int, default=None, help="packed: models per pack (default: what fits)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-deterministic", action="store_true",
                         help="CUDA: let kernels be non-deterministic (headprune run is deterministic by default)")
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.combine:
-        if not args.out:
-            parser.error("--combine needs --out")
-        combined: dict = {}
-        for path in args.combine:
-            deep_merge(combined, json.loads(Path(path).read_text()))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(combined, indent=2) + "\n")
-        log(f"wrote {args.out} from {len(args.combine)} files")
-        return 0
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    device = resolve_device(args.device)
-    reproducible(device, not args.no_deterministic)
+def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
+    """Fill in the defaults that depend on --quick and the device; lists for datasets and seeds;
+    `args.settings`, the ScoreSettings of the run."""
     if args.quick:
         args.datasets = "person,hobbit" if args.datasets == "G2" else args.datasets
         args.seeds = "1-2" if args.seeds == "1-10" else args.seeds
@@ -438,7 +436,29 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup_steps = 300 if args.warmup_steps is None else args.warmup_steps
     if args.parity_workers is None:
         args.parity_workers = 8 if device.type == "cuda" else 1
-    settings = ScoreSettings(epochs=args.epochs or ScoreSettings().epochs)
+    args.settings = ScoreSettings(epochs=args.epochs or ScoreSettings().epochs)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+
+    if args.combine:
+        if not args.out:
+            parser.error("--combine needs --out")
+        combined: dict = {}
+        for path in args.combine:
+            deep_merge(combined, json.loads(Path(path).read_text()))
+        write_json(args.out, combined)
+        log(f"wrote {args.out} from {len(args.combine)} files")
+        return 0
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    device = resolve_device(args.device)
+    reproducible(device, not args.no_deterministic)
+    settings = resolve_args(args, device).settings
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not set(models) <= {"minilm", "bertweet-shape"} or not parts <= {"throughput", "parity", "packed"}:
@@ -464,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     })
 
     def save() -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
 
     log(f"device {result['device']}; models {models}; parts {sorted(parts)}; datasets {args.datasets}; "
         f"seeds {args.seeds}; -> {out}")
