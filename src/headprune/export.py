@@ -49,6 +49,10 @@ from .surgery import (
 
 FORMATS = ("pytorch", "onnx")
 MEASURE_BUDGET_S = 10.0  # the model card's timing: rounds start until then (at least two)
+# One thread per runtime for the card: with more, a runtime's threads wait on one another whenever
+# other work holds a core (PyTorch's spinning OpenMP threads took up to 50x longer on a busy 2-core
+# machine), which would make the comparison say more about the machine than about the model.
+CARD_THREADS = 1
 
 
 def export_model(
@@ -175,17 +179,23 @@ def _write(model, tokenizer, extra: dict, out: Path, fmt: str, kind: str, comple
             # The session holds the whole graph (weights inside the file), so the file can go.
             complete_onnx = export_onnx(twin, tokenizer, Path(tmp) / ONNX_FILE, kind)
             complete["onnx_bytes"] = complete_onnx.stat().st_size
-            forwards["onnxruntime", "complete"] = OnnxModel(complete_onnx, twin.config, output)
-        forwards["onnxruntime", "pruned"] = OnnxModel(out / ONNX_FILE, model.config, output)
+            forwards["onnxruntime", "complete"] = OnnxModel(complete_onnx, twin.config, output, threads=CARD_THREADS)
+        forwards["onnxruntime", "pruned"] = OnnxModel(out / ONNX_FILE, model.config, output, threads=CARD_THREADS)
     single, batch = inference_inputs(tokenizer, model.config)
-    load_before = load_average()
-    speeds = measure(forwards, single, batch, budget_s=MEASURE_BUDGET_S)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CARD_THREADS)
+    try:
+        load_before = load_average()
+        speeds = measure(forwards, single, batch, budget_s=MEASURE_BUDGET_S)
+        load_after = load_average()
+    finally:
+        torch.set_num_threads(threads)
     report = SpeedReport(
         rows=[(runtime, name, speeds[runtime, name]) for runtime, name in forwards],
         single_tokens=int(single[0].shape[1]),
         batch_tokens=int(batch[0].shape[1]),
-        threads=torch.get_num_threads(),
-        load=(load_before, load_average()),
+        threads=CARD_THREADS,
+        load=(load_before, load_after),
     )
     card = model_card(
         model, extra["base_model"], numbers, complete, context, out, fmt=fmt, kind=kind, speed=report,
@@ -228,7 +238,8 @@ class SpeedReport:
             "",
             "## Inference speed (measured at export)",
             "",
-            f"CPU ({cores} cores), {self.threads} thread{'s' if self.threads != 1 else ''} per runtime, "
+            f"CPU ({cores} cores), {self.threads} thread{'s' if self.threads != 1 else ''} per runtime (steady "
+            "on a machine doing other work too), "
             f"{date.today().isoformat()}: batch 1 is one tweet ({self.single_tokens} tokens), batch "
             f"{reference.batch_size} is {reference.batch_size} tweets padded to {self.batch_tokens} tokens; medians of "
             f"{reference.latency_samples} and {reference.throughput_samples} calls, the rows measured in turns. "
@@ -237,8 +248,8 @@ class SpeedReport:
         ]
         if busy:
             lines[-1] += (
-                f" Caution: the machine was busy (load average {max(busy):.1f} on {cores} cores), which slows "
-                "PyTorch's threads most: measure again on a quiet machine."
+                f" Caution: the machine was busy (load average {max(busy):.1f} on {cores} cores): measure again "
+                "on a quiet machine for absolute numbers."
             )
         lines += [
             "",

@@ -21,10 +21,10 @@ from .scoring import encode, pad_batch
 BATCH_SIZE = 32
 # Typical tweets, preprocessed as METHOD.md says (URLs -> someurl, mentions -> someuser, lowercase),
 # used where no dataset is at hand (the model card's timing at export).
-SAMPLE_TWEETS = (
+SAMPLE_TWEETS = (  # the first, of typical length (~25 tokens), is the batch-1 input
+    "i am thrilled the king's speech was nominated for best picture. colin firth was nominated for best actor.",
     "someuser big fan of natalie portman since closer",
     "colin firth better win the oscar. ffffffffascinating!",
-    "i am thrilled the king's speech was nominated for best picture. colin firth was nominated for best actor.",
     "i hate mondays someurl",
     "watching the hobbit again tonight with friends, cannot wait!!! someurl",
     "worst customer service ever, been on hold for an hour someuser",
