@@ -131,7 +131,8 @@ def test_cli_predict_onnx_gives_the_pytorch_labels_on_a_bundled_dataset(bert_cla
 def test_onnx_classifier_card(bert_classifiers):
     torch_dir, onnx_dir = bert_classifiers
     card = (onnx_dir / "README.md").read_text()
-    assert "(ONNX)" in card and "- Labels: negative, positive" in card
+    assert "classifier, pruned with headprune (ONNX)" in card and "- Labels: negative, positive" in card
+    assert "- Finetuned: F1-macro " in card and "held-out 12 of 60" in card
     assert "| 1 | removed | 0 |" in card
     assert re.search(r"\| ONNX file \(bytes\) \| [\d,]+ \| [\d,]+ \| -\d+\.\d\d% \|", card)
     for runtime, model in [("PyTorch eager", "complete"), ("PyTorch eager", "pruned"),

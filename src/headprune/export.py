@@ -199,7 +199,7 @@ def _write(model, tokenizer, extra: dict, out: Path, fmt: str, kind: str, comple
     )
     card = model_card(
         model, extra["base_model"], numbers, complete, context, out, fmt=fmt, kind=kind, speed=report,
-        labels=extra.get("labels"),
+        labels=extra.get("labels"), metrics=extra.get("metrics"),
     )
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
@@ -284,6 +284,7 @@ def model_card(
     kind: str = "encoder",
     speed: SpeedReport | None = None,
     labels: list[str] | None = None,
+    metrics: dict | None = None,
 ) -> str:
     """The exported model's README.md: what was pruned, how big and fast it is, what the run
     measured, how to load it."""
@@ -296,7 +297,8 @@ def model_card(
     prefix = f"{context['name']}: " if context else ""
     what = "classifier" if kind == "classifier" else "encoder"
     title = Path(str(base)).name if Path(str(base)).is_dir() else base
-    lines = [f"# {prefix}{title}, pruned with headprune" + (" (ONNX)" if fmt == "onnx" else ""), ""]
+    lines = [f"# {prefix}{title}{' classifier' if kind == 'classifier' else ''}, pruned with headprune"
+             + (" (ONNX)" if fmt == "onnx" else ""), ""]
     lines += [
         f"- Base model: `{base}`",
         f"- Heads pruned: {len(pruned)} of {total} ({100 * len(pruned) / total:.2f}%): `{spec or '-'}`",
@@ -307,6 +309,8 @@ def model_card(
         lines.append(f"- Format: ONNX ({what}), `model.onnx` with the tokenizer files beside it")
     if labels:
         lines.append(f"- Labels: {', '.join(labels)}")
+    if metrics and "f1_macro" in metrics:
+        lines.append(f"- Finetuned: F1-macro {metrics['f1_macro']:.4f} on {metrics.get('eval', 'its evaluation set')}")
     if context is not None:
         info = context["info"]
         strategy = info.strategy
