@@ -20,6 +20,9 @@ from headprune.surgery import kept_heads
 
 CLI = [sys.executable, "-c", "from headprune.cli import main; main()"]
 
+# Every export times the model for its card: one thread keeps that quick on a busy shared machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
@@ -120,3 +123,56 @@ def test_cli_export(tiny_dir, run_dir, tmp_path):
                          check=False, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: unknown model 'NOPE'") and bad.stderr.count("\n") == 1
+
+
+def test_plain_transformers_refuses_a_head_pruned_export(tiny_dir, tmp_path):
+    """A layer that lost some heads has no transformers config: plain loading must fail loudly, also
+    with `ignore_mismatched_sizes=True` (which would load random weights into that layer)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+    out = export_heads(str(tiny_dir), "0:1,2", tmp_path / "partial")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "headprune-pruned-bert"
+    assert json.loads((out / "headprune.json").read_text())["model_type"] == "bert"
+    for load, kwargs in ((AutoModel.from_pretrained, {"ignore_mismatched_sizes": True}),
+                         (AutoModelForMaskedLM.from_pretrained, {}), (AutoConfig.from_pretrained, {})):
+        with pytest.raises(ValueError, match="model type `headprune-pruned-bert`"):
+            load(out, **kwargs)
+    model, _ = headprune.load_pruned(out)
+    assert kept_heads(model) == {0: [0, 3], 1: [0, 1, 2, 3]} and model.config.model_type == "bert"
+    card = (out / "README.md").read_text()
+    assert "names the model type `headprune-pruned-bert`" in card and f"headprune export {out} --format onnx" in card
+
+
+def test_plain_transformers_loads_an_export_without_partial_layers_exactly(tiny_dir, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    out = export_heads(str(tiny_dir), "1:*", tmp_path / "layers")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
+    plain = AutoModelForMaskedLM.from_pretrained(out).eval()
+    ours, tokenizer = headprune.load_pruned(out)
+    torch.testing.assert_close(_logits(plain, tokenizer), _logits(ours, tokenizer), rtol=0, atol=0)
+    assert "plain transformers loads it exactly too" in (out / "README.md").read_text()
+
+
+def test_format_1_directories_still_load(tiny_dir, tmp_path):
+    """Before format 2, config.json kept the plain model type and headprune.json had no model_type."""
+    out = export_heads(str(tiny_dir), "0:1,2", tmp_path / "v1")
+    expected, tokenizer = headprune.load_pruned(out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    meta = json.loads((out / "headprune.json").read_text())
+    del meta["model_type"]
+    (out / "headprune.json").write_text(json.dumps({**meta, "format": "headprune-pruned-model/1"}))
+    again, _ = headprune.load_pruned(out)
+    torch.testing.assert_close(_logits(again, tokenizer), _logits(expected, tokenizer), rtol=0, atol=0)
+
+
+def test_model_card_quotes_the_speed_measured_at_export(run_dir, tmp_path):
+    import re
+
+    card = (export_model(run_dir, "MOIH1", tmp_path / "speed") / "README.md").read_text()
+    assert "## Inference speed (measured at export)" in card
+    for model in ("complete", "pruned"):
+        assert re.search(rf"\| PyTorch eager \| {model} \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \| [\d.]+x \|", card)
+    assert "| PyTorch eager | complete |" in card and "1.00x | 1.00x |" in card
+    assert "| onnxruntime |" not in card

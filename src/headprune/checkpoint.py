@@ -1,10 +1,17 @@
-"""The pruned-model format: a directory that loads back with its heads pruned, and its saved size.
+"""The pruned-model formats: a directory that loads back with its heads pruned, its saved size, and
+how to tell an ONNX export from it.
 
 A pruned-model directory holds the model's config, `model.safetensors`, the tokenizer files and
-`headprune.json` (format "headprune-pruned-model/1": architecture, original shape, kept and pruned
-heads in original coordinates, plus any extra keys the writer adds). transformers alone cannot load
-it (its config describes the pruned shape only through headprune's keys), so `load_pruned` rebuilds
-the full-shape architecture, prunes it as recorded, then loads the weights strictly."""
+`headprune.json` (format "headprune-pruned-model/2": architecture, model type, original shape, kept
+and pruned heads in original coordinates, plus any extra keys the writer adds). transformers has no
+per-layer head counts, so `load_pruned` rebuilds the full-shape architecture, prunes it as recorded,
+then loads the weights strictly. Plain transformers must not load such a model wrongly: where a layer
+lost only some of its heads, `config.json` names the model type `headprune-pruned-<type>`, which
+`AutoConfig`/`AutoModel.from_pretrained` refuse (even with `ignore_mismatched_sizes=True`, which would
+otherwise re-initialise those layers at random). A model that only lost whole layers keeps its model
+type: plain transformers loads it exactly. Format 1 (always the plain model type) still loads.
+
+An ONNX directory (`deploy.save_onnx`) holds `model.onnx`, the tokenizer files and `headprune-onnx.json`."""
 
 from __future__ import annotations
 
@@ -17,7 +24,12 @@ from .errors import HeadpruneError
 from .surgery import kept_heads, original_shape, prune_heads, pruned_heads
 
 META_FILE = "headprune.json"
-FORMAT = "headprune-pruned-model/1"
+FORMAT = "headprune-pruned-model/2"
+# config.json's model type where plain transformers would load the weights wrongly (see above).
+REFUSED_MODEL_TYPE = "headprune-pruned-{}"
+ONNX_META_FILE = "headprune-onnx.json"
+# Beside META_FILE in a classifier's directory (`classify.save_classifier`): labels, base, metrics.
+CLASSIFIER_FILE = "headprune-classifier.json"
 
 # Files that must travel unchanged with every saved model: transformers 5.x writes a corrupted
 # `bpe.codes` when it saves BertweetTokenizer.
@@ -29,6 +41,11 @@ def is_pruned_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
+def is_onnx_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory written by `deploy.save_onnx` (an ONNX graph for onnxruntime)."""
+    return (Path(path) / ONNX_META_FILE).is_file()
+
+
 def save_pruned(model, tokenizer, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write config, safetensors weights, tokenizer files and `headprune.json` (the kept-heads map)."""
     from safetensors.torch import save_model
@@ -36,16 +53,22 @@ def save_pruned(model, tokenizer, directory: str | os.PathLike, extra: dict | No
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
+    n_layers, n_heads = original_shape(model.config)
+    kept = kept_heads(model)
+    if any(len(hs) < n_heads for hs in kept.values()):
+        config = json.loads((directory / "config.json").read_text())
+        config["model_type"] = REFUSED_MODEL_TYPE.format(model.config.model_type)
+        (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory)
-    n_layers, n_heads = original_shape(model.config)
     meta = {
         "format": FORMAT,
         "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
         "original_layers": n_layers,
         "heads_per_layer": n_heads,
-        "kept": {str(k): v for k, v in kept_heads(model).items()},
+        "kept": {str(k): v for k, v in kept.items()},
         "pruned": [list(p) for p in pruned_heads(model)],
         **(extra or {}),
     }
@@ -57,13 +80,12 @@ def load_pruned(directory: str | os.PathLike):
     """Load a directory written by `save_pruned`: (model, tokenizer), outputs identical to the saved model."""
     import transformers
     from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoTokenizer
 
     directory = Path(directory)
     if not is_pruned_dir(directory):
         raise HeadpruneError(f"{directory}: not a pruned model directory (no {META_FILE})")
     meta = json.loads((directory / META_FILE).read_text())
-    config = AutoConfig.from_pretrained(directory)
+    config = read_config(directory)
     kept = {int(k): v for k, v in meta["kept"].items()}
     config.num_hidden_layers = int(meta["original_layers"])
     for attr in ("headprune_kept", "headprune_original_layers"):
@@ -80,11 +102,43 @@ def load_pruned(directory: str | os.PathLike):
         prune_heads(model, to_prune)
     load_model(model, str(directory / "model.safetensors"), strict=True)
     model.eval()
-    tokenizer = None
-    if (directory / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        tokenizer.headprune_source = str(directory)
+    tokenizer = load_saved_tokenizer(directory) if (directory / "tokenizer_config.json").is_file() else None
     return model, tokenizer
+
+
+def read_config(name_or_path: str | os.PathLike):
+    """The transformers config of a model (hub id or directory), also of a pruned directory whose
+    config.json carries the refused model type (restored here)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    file = Path(name_or_path) / "config.json"
+    if file.is_file():
+        data = json.loads(file.read_text())
+        model_type = str(data.get("model_type", ""))
+        prefix = REFUSED_MODEL_TYPE.format("")
+        if model_type.startswith(prefix):
+            data["model_type"] = model_type[len(prefix) :]
+            return CONFIG_MAPPING[data["model_type"]].from_dict(data)
+    return AutoConfig.from_pretrained(name_or_path)
+
+
+def load_saved_tokenizer(directory: str | os.PathLike):
+    """The tokenizer saved in a pruned or ONNX directory (transformers' note that config.json's model
+    type is not one it knows is expected there, so it is silenced)."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    logger = logging.getLogger("transformers.configuration_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    finally:
+        logger.setLevel(level)
+    tokenizer.headprune_source = str(directory)
+    return tokenizer
 
 
 def saved_size(model) -> int:

@@ -3,7 +3,9 @@
 The encoder comes from `headprune.load_model` (hub id, local dir, `minilm`, or a pruned dir written
 by `save_pruned`/`headprune export`); the classifier keeps exactly its pruned structure and adds a
 fresh classification head. A classifier directory is a `save_pruned` directory plus
-`headprune-classifier.json` (labels, pruned heads, base, training metrics)."""
+`headprune-classifier.json` (labels, pruned heads, base, training metrics). `load_classifier` also
+loads its ONNX export (`headprune export CLF --format onnx`), which `predict` then runs with
+onnxruntime (`deploy.OnnxModel`)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from .checkpoint import load_pruned, save_pruned
+from .checkpoint import CLASSIFIER_FILE, is_onnx_dir, load_pruned, save_pruned
 from .data import Dataset, decode, preprocess, read_lines, read_rows
 from .devices import resolve_device
 from .errors import HeadpruneError
@@ -30,13 +32,13 @@ from .models import count_parameters, load_model, max_length
 from .scoring import encode, pad_batch
 from .surgery import original_shape, prune_heads, pruned_heads
 
-CLASSIFIER_FILE = "headprune-classifier.json"
 HELD_OUT = 0.2  # share of train scored when no eval set is given
 
 
 @dataclass
 class Classifier:
-    """A loaded classifier: the model (eval mode), its tokenizer and its labels (index -> name)."""
+    """A loaded classifier: the model (eval mode; or a `deploy.OnnxModel`), its tokenizer and its
+    labels (index -> name)."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -220,13 +222,16 @@ def save_classifier(classifier: Classifier, out_dir: str | os.PathLike, base: st
 
 
 def load_classifier(directory: str | os.PathLike, device: str = "cpu") -> Classifier:
-    """Load a directory written by `finetune` (config, safetensors, tokenizer, headprune-classifier.json).
+    """Load a directory written by `finetune` (config, safetensors, tokenizer, headprune-classifier.json),
+    or its ONNX export (run with onnxruntime).
 
     A directory that is not a classifier, or one whose files are missing or damaged, is one error line
     (predicting with the wrong labels, or a traceback from deep in transformers, helps nobody)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise HeadpruneError(f"--model {directory}: no such classifier directory")
+    if is_onnx_dir(directory):
+        return _load_onnx_classifier(directory, device)
     meta_path = directory / CLASSIFIER_FILE
     if not meta_path.is_file():
         raise HeadpruneError(
@@ -268,6 +273,18 @@ def _classifier_meta(path: Path) -> dict:
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
         raise HeadpruneError(f"{path}: 'labels' must be a list of at least two label names")
     return meta
+
+
+def _load_onnx_classifier(directory: Path, device: str) -> Classifier:
+    from .deploy import load_onnx
+
+    model, tokenizer, meta = load_onnx(directory, device=device)
+    if meta.get("kind") != "classifier":
+        raise HeadpruneError(
+            f"{directory}: an ONNX encoder, not a classifier (export a `headprune finetune` directory to ONNX)"
+        )
+    # onnxruntime takes and returns host arrays, whatever provider runs the graph.
+    return Classifier(model=model, tokenizer=tokenizer, labels=list(meta["labels"]), meta=meta)
 
 
 # ----------------------------------------------------------------------------- predicting

@@ -1,18 +1,41 @@
-"""Export a pruned model people can use: a chosen model of a run, or an explicit head list.
+"""Export a pruned model people can use: a chosen model of a run, explicit heads, or a directory.
 
-The result is a `save_pruned` directory (config + safetensors + tokenizer + headprune.json) with a
-model card `README.md`; `headprune.load_pruned(DIR)` loads it back, `headprune finetune --model DIR`
-trains a classifier on it."""
+`--format pytorch` (default) writes a `save_pruned` directory (config + safetensors + tokenizer +
+headprune.json): `headprune.load_pruned(DIR)` loads it back, `headprune finetune --model DIR` trains
+a classifier on it. `--format onnx` writes a `deploy.save_onnx` directory (model.onnx + tokenizer +
+headprune-onnx.json) for onnxruntime; `export_directory` converts a pruned-model directory or a
+finetuned classifier (`headprune finetune`) that way. Every export gets a model card `README.md`:
+what was pruned, parameters and file size against the complete model, the run's scores, and the
+inference speed of the pruned and the complete model measured at export (`speed.measure`, batch 1
+and batch 32 on this machine's CPU; the complete model is an unpruned twin of the same architecture,
+since speed does not depend on the weights)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import tempfile
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
-from .checkpoint import save_pruned, saved_size
+import torch
+
+from .checkpoint import (
+    CLASSIFIER_FILE,
+    META_FILE,
+    REFUSED_MODEL_TYPE,
+    is_onnx_dir,
+    is_pruned_dir,
+    load_pruned,
+    save_pruned,
+    saved_size,
+)
 from .errors import HeadpruneError
 from .generalize import statement
 from .models import count_parameters, fingerprint, load_model
+from .speed import Speed, inference_inputs, load_average, measure
 from .summary import COMPLETE, DatasetScores, load_summary
 from .surgery import (
     format_head_spec,
@@ -24,6 +47,13 @@ from .surgery import (
     pruned_heads,
 )
 
+FORMATS = ("pytorch", "onnx")
+MEASURE_BUDGET_S = 10.0  # the model card's timing: rounds start until then (at least two)
+# One thread per runtime for the card: with more, a runtime's threads wait on one another whenever
+# other work holds a core (PyTorch's spinning OpenMP threads took up to 50x longer on a busy 2-core
+# machine), which would make the comparison say more about the machine than about the model.
+CARD_THREADS = 1
+
 
 def export_model(
     run_dir: str | os.PathLike,
@@ -31,10 +61,13 @@ def export_model(
     out_dir: str | os.PathLike,
     *,
     base_model: str | None = None,
+    fmt: str = "pytorch",
 ) -> Path:
     """Prune the base model of a run as its chosen model `model_name` (e.g. "MOIH1") and save it to `out_dir`.
 
-    `base_model` overrides the run's model.name (e.g. the same checkpoint in another folder)."""
+    `base_model` overrides the run's model.name (e.g. the same checkpoint in another folder);
+    `fmt`: "pytorch" or "onnx"."""
+    _check_format(fmt)
     summary = load_summary(run_dir)
     chosen = summary.chosen or {}
     if model_name not in chosen:
@@ -60,26 +93,62 @@ def export_model(
         "info": chosen[model_name],
         "fingerprint_matches": None if run_fingerprint is None else base_fingerprint == run_fingerprint,
     }
-    return _export(model, tokenizer, base, heads, out_dir, context)
+    return _export(model, tokenizer, base, heads, out_dir, context, fmt)
 
 
-def export_heads(base_model: str, heads, out_dir: str | os.PathLike) -> Path:
-    """Prune `heads` of `base_model` and save it to `out_dir`.
+def export_heads(base_model: str, heads, out_dir: str | os.PathLike, fmt: str = "pytorch") -> Path:
+    """Prune `heads` of `base_model` and save it to `out_dir` (`fmt`: "pytorch" or "onnx").
 
     `heads`: {layer: [heads]}, [(layer, head), ...] or a spec such as "0:1,2;3:*" (original coordinates)."""
+    _check_format(fmt)
     model, tokenizer = load_model(base_model)
     if isinstance(heads, str):
         heads = parse_head_spec(heads, *original_shape(model.config))
     pairs = [(layer, h) for layer, hs in normalize_heads(heads, model.config).items() for h in hs]
     if not pairs:
         raise HeadpruneError("no head to prune: give at least one LAYER:HEADS pair (e.g. --prune '0:1,2;3:*')")
-    return _export(model, tokenizer, base_model, pairs, out_dir, None)
+    return _export(model, tokenizer, base_model, pairs, out_dir, None, fmt)
 
 
-def _export(model, tokenizer, base: str, heads, out_dir, context: dict | None) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise HeadpruneError(f"--out {out}: exists and is not a directory")
+def export_directory(model_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx") -> Path:
+    """Convert a pruned-model directory (`headprune export`) or a classifier directory (`headprune
+    finetune`) to `fmt` ("onnx"; both already are PyTorch directories)."""
+    _check_format(fmt)
+    source = Path(model_dir)
+    if fmt == "pytorch":
+        raise HeadpruneError(f"{source}: already a PyTorch directory; --format onnx converts it to ONNX")
+    if is_onnx_dir(source):
+        raise HeadpruneError(f"{source}: already an ONNX export")
+    if not is_pruned_dir(source):
+        raise HeadpruneError(
+            f"{source}: not a run, pruned-model or classifier directory (no summary.json, {META_FILE} or "
+            f"{CLASSIFIER_FILE})"
+        )
+    meta = json.loads((source / META_FILE).read_text())
+    model, tokenizer = load_pruned(source)
+    extra = {"base_model": meta.get("base_model", str(source)), "source": str(source)}
+    kind, labels = "encoder", None
+    if (source / CLASSIFIER_FILE).is_file():
+        classifier = json.loads((source / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+        kind, labels = "classifier", list(classifier["labels"])
+        extra.update(labels=labels, base_model=classifier.get("base", extra["base_model"]),
+                     metrics=classifier.get("metrics", {}))
+    twin = complete_twin(model)
+    complete = {"n_params": count_parameters(twin), "size_bytes": saved_size(twin)}
+    return _write(model, tokenizer, extra, Path(out_dir), "onnx", kind, complete, None, twin)
+
+
+def _check_format(fmt: str) -> None:
+    """An unknown format, or ONNX without its extra, fails before any model is loaded."""
+    if fmt not in FORMATS:
+        raise HeadpruneError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
+    if fmt == "onnx":
+        from .deploy import require_export
+
+        require_export()
+
+
+def _export(model, tokenizer, base: str, heads, out_dir, context: dict | None, fmt: str) -> Path:
     # Measured on the model just loaded, as every score measures `size_bytes`, so that "vs complete"
     # compares like with like (up to the metadata bytes naming tied weights the file drops).
     complete = {"n_params": count_parameters(model), "size_bytes": saved_size(model)}
@@ -88,14 +157,137 @@ def _export(model, tokenizer, base: str, heads, out_dir, context: dict | None) -
     extra = {"base_model": base}
     if context is not None:
         extra.update(run=str(context["summary"].path), run_model=context["name"])
-    save_pruned(model, tokenizer, out, extra=extra)
-    numbers = {"n_params": count_parameters(model), "size_bytes": (out / "model.safetensors").stat().st_size}
-    (out / "README.md").write_text(model_card(model, base, numbers, complete, context, out), encoding="utf-8")
+    return _write(model, tokenizer, extra, Path(out_dir), fmt, "encoder", complete, context, complete_twin(model))
+
+
+def _write(model, tokenizer, extra: dict, out: Path, fmt: str, kind: str, complete: dict, context, twin) -> Path:
+    """Save `model` as `fmt`, time it against its complete `twin`, write the model card."""
+    from .deploy import ONNX_FILE, OnnxModel, export_onnx, graph_of, save_onnx
+
+    if out.exists() and not out.is_dir():
+        raise HeadpruneError(f"--out {out}: exists and is not a directory")
+    numbers = {"n_params": count_parameters(model)}
+    forwards = {("PyTorch eager", "complete"): graph_of(twin, kind), ("PyTorch eager", "pruned"): graph_of(model, kind)}
+    if fmt == "pytorch":
+        save_pruned(model, tokenizer, out, extra=extra)
+        numbers["size_bytes"] = (out / "model.safetensors").stat().st_size
+    else:
+        save_onnx(model, tokenizer, out, kind, extra=extra)
+        numbers["onnx_bytes"] = (out / ONNX_FILE).stat().st_size
+        output = graph_of(model, kind).output
+        with tempfile.TemporaryDirectory() as tmp:
+            # The session holds the whole graph (weights inside the file), so the file can go.
+            complete_onnx = export_onnx(twin, tokenizer, Path(tmp) / ONNX_FILE, kind)
+            complete["onnx_bytes"] = complete_onnx.stat().st_size
+            forwards["onnxruntime", "complete"] = OnnxModel(complete_onnx, twin.config, output, threads=CARD_THREADS)
+        forwards["onnxruntime", "pruned"] = OnnxModel(out / ONNX_FILE, model.config, output, threads=CARD_THREADS)
+    single, batch = inference_inputs(tokenizer, model.config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CARD_THREADS)
+    try:
+        load_before = load_average()
+        speeds = measure(forwards, single, batch, budget_s=MEASURE_BUDGET_S)
+        load_after = load_average()
+    finally:
+        torch.set_num_threads(threads)
+    report = SpeedReport(
+        rows=[(runtime, name, speeds[runtime, name]) for runtime, name in forwards],
+        single_tokens=int(single[0].shape[1]),
+        batch_tokens=int(batch[0].shape[1]),
+        threads=CARD_THREADS,
+        load=(load_before, load_after),
+    )
+    card = model_card(
+        model, extra["base_model"], numbers, complete, context, out, fmt=fmt, kind=kind, speed=report,
+        labels=extra.get("labels"), metrics=extra.get("metrics"),
+    )
+    (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
 
-def model_card(model, base: str, numbers: dict, complete: dict, context: dict | None, out: Path) -> str:
-    """The exported model's README.md: what was pruned, how big it is, what the run measured, how to load it."""
+def complete_twin(model) -> torch.nn.Module:
+    """The unpruned model of the same architecture, with random weights (the global RNG untouched):
+    what the complete model costs to run and to store."""
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = original_shape(config)[0]
+    for attr in ("headprune_kept", "headprune_original_layers"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    with torch.random.fork_rng(devices=[]):
+        return type(model)(config).eval()
+
+
+@dataclass
+class SpeedReport:
+    """The timings a model card quotes: (runtime, model, Speed) rows and the token counts timed."""
+
+    rows: list[tuple[str, str, Speed]]
+    single_tokens: int
+    batch_tokens: int
+    threads: int
+    load: tuple[float | None, float | None]  # the 1-minute load average before and after
+
+    def speed(self, runtime: str, model: str) -> Speed | None:
+        return next((s for r, m, s in self.rows if (r, m) == (runtime, model)), None)
+
+    def lines(self) -> list[str]:
+        reference = self.speed("PyTorch eager", "complete")
+        cores = os.cpu_count() or 1
+        busy = [x for x in self.load if x is not None and x > 0.5 * cores]
+        lines = [
+            "",
+            "## Inference speed (measured at export)",
+            "",
+            f"CPU ({cores} cores), {self.threads} thread{'s' if self.threads != 1 else ''} per runtime (steady "
+            "on a machine doing other work too), "
+            f"{date.today().isoformat()}: batch 1 is one tweet ({self.single_tokens} tokens), batch "
+            f"{reference.batch_size} is {reference.batch_size} tweets padded to {self.batch_tokens} tokens; medians of "
+            f"{reference.latency_samples} and {reference.throughput_samples} calls, the rows measured in turns. "
+            "A quick measurement on the machine that exported the model; the complete model is the same "
+            "architecture unpruned (speed does not depend on the weights).",
+        ]
+        if busy:
+            lines[-1] += (
+                f" Caution: the machine was busy (load average {max(busy):.1f} on {cores} cores): measure again "
+                "on a quiet machine for absolute numbers."
+            )
+        lines += [
+            "",
+            f"| Runtime | Model | Batch 1 p50 (ms) | Batch 1 p95 (ms) | Batch {reference.batch_size} (tweets/s) "
+            "| Speed-up batch 1 | Speed-up batch 32 |",
+            "|:---|:---|---:|---:|---:|---:|---:|",
+        ]
+        for runtime, model, s in self.rows:
+            lines.append(
+                f"| {runtime} | {model} | {s.p50_ms:.2f} | {s.p95_ms:.2f} | {s.per_second:.1f} | "
+                f"{reference.p50_ms / s.p50_ms:.2f}x | {s.per_second / reference.per_second:.2f}x |"
+            )
+        lines += ["", "Speed-ups are against the complete model in PyTorch eager (p50 latency, throughput)."]
+        pruned, complete = self.speed("onnxruntime", "pruned"), self.speed("onnxruntime", "complete")
+        if pruned and complete:
+            lines[-1] += (
+                f" Within onnxruntime, pruning alone: {complete.p50_ms / pruned.p50_ms:.2f}x at batch 1, "
+                f"{pruned.per_second / complete.per_second:.2f}x at batch {pruned.batch_size}."
+            )
+        return lines
+
+
+def model_card(
+    model,
+    base: str,
+    numbers: dict,
+    complete: dict,
+    context: dict | None,
+    out: Path,
+    *,
+    fmt: str = "pytorch",
+    kind: str = "encoder",
+    speed: SpeedReport | None = None,
+    labels: list[str] | None = None,
+    metrics: dict | None = None,
+) -> str:
+    """The exported model's README.md: what was pruned, how big and fast it is, what the run
+    measured, how to load it."""
     n_layers, n_heads = original_shape(model.config)
     kept = kept_heads(model)
     pruned = pruned_heads(model)
@@ -103,13 +295,22 @@ def model_card(model, base: str, numbers: dict, complete: dict, context: dict | 
     removed = [layer for layer in range(n_layers) if layer not in kept]
     spec = format_head_spec(_as_set(pruned), n_heads)
     prefix = f"{context['name']}: " if context else ""
-    lines = [f"# {prefix}{Path(str(base)).name if Path(str(base)).is_dir() else base}, pruned with headprune", ""]
+    what = "classifier" if kind == "classifier" else "encoder"
+    title = Path(str(base)).name if Path(str(base)).is_dir() else base
+    lines = [f"# {prefix}{title}{' classifier' if kind == 'classifier' else ''}, pruned with headprune"
+             + (" (ONNX)" if fmt == "onnx" else ""), ""]
     lines += [
         f"- Base model: `{base}`",
         f"- Heads pruned: {len(pruned)} of {total} ({100 * len(pruned) / total:.2f}%): `{spec or '-'}`",
         f"- Layers removed (every head pruned): {', '.join(map(str, removed)) or 'none'}",
         f"- Layers kept: {len(kept)} of {n_layers}",
     ]
+    if fmt == "onnx":
+        lines.append(f"- Format: ONNX ({what}), `model.onnx` with the tokenizer files beside it")
+    if labels:
+        lines.append(f"- Labels: {', '.join(labels)}")
+    if metrics and "f1_macro" in metrics:
+        lines.append(f"- Finetuned: F1-macro {metrics['f1_macro']:.4f} on {metrics.get('eval', 'its evaluation set')}")
     if context is not None:
         info = context["info"]
         strategy = info.strategy
@@ -127,22 +328,80 @@ def model_card(model, base: str, numbers: dict, complete: dict, context: dict | 
         hs = kept.get(layer)
         lines.append(f"| {layer} | {', '.join(map(str, hs))} | {len(hs)} |" if hs else f"| {layer} | removed | 0 |")
     lines += ["", "## Size", "", "| | Pruned | Complete | vs complete |", "|:---|---:|---:|---:|"]
-    for label, key, fmt in (("Parameters", "n_params", "{:,}"), ("Saved size (bytes)", "size_bytes", "{:,}")):
+    rows = (("Parameters", "n_params"), ("Saved size (bytes)", "size_bytes"), ("ONNX file (bytes)", "onnx_bytes"))
+    for label, key in rows:
+        if key not in numbers:
+            continue
         value, ref = numbers[key], complete.get(key)
         pct = f"{100 * (value / ref - 1):+.2f}%" if ref else "n/a"
-        lines.append(f"| {label} | {fmt.format(value)} | {fmt.format(ref) if ref else 'n/a'} | {pct} |")
+        lines.append(f"| {label} | {value:,} | {f'{ref:,}' if ref else 'n/a'} | {pct} |")
+    if speed is not None:
+        lines += speed.lines()
     if context is not None:
         lines += _run_numbers(context)
+    lines += _use_it(model, out, fmt, kind, n_heads)
+    return "\n".join(lines)
+
+
+def _use_it(model, out: Path, fmt: str, kind: str, n_heads: int) -> list[str]:
+    """How to load the export: headprune, plain transformers where it can, onnxruntime."""
+    lines = ["", "## Use it", ""]
+    if fmt == "onnx":
+        output = "logits" if kind == "classifier" else "last_hidden_state"
+        lines += [
+            "With headprune: " + (
+                f"`headprune predict --model {out} my_tweets.csv > labels.csv` (the same CSV as with the "
+                "PyTorch classifier)."
+                if kind == "classifier" else
+                f'`headprune.deploy.load_onnx("{out}")` gives (model, tokenizer, metadata); the model is called '
+                "like the PyTorch one."
+            ),
+            "",
+            "With onnxruntime alone (`pip install onnxruntime transformers`); preprocess tweets as headprune "
+            "does (URLs -> `someurl`, mentions -> `someuser`, lowercase):",
+            "",
+            "```python",
+            "import onnxruntime",
+            "from transformers import AutoTokenizer",
+            "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{out}")',
+            f'session = onnxruntime.InferenceSession("{out}/model.onnx")',
+            'batch = tokenizer(["i love this movie"], padding=True, truncation=True, max_length=128, '
+            'return_tensors="np")',
+            f"({output},) = session.run(None, {{\"input_ids\": batch[\"input_ids\"], "
+            f"\"attention_mask\": batch[\"attention_mask\"]}})",
+            "```",
+            "",
+            f"Inputs: int64 `input_ids` and `attention_mask` of shape (batch, sequence), any batch size and length; "
+            f"output `{output}`"
+            + (" (batch, labels): softmax gives the probabilities." if kind == "classifier"
+               else " (batch, sequence, hidden)."),
+            "",
+        ]
+        return lines
     lines += [
-        "",
-        "## Use it",
-        "",
         "```python",
         "import headprune",
         "",
         f'model, tokenizer = headprune.load_pruned("{out}")  # masked-LM model with the heads above removed',
         "```",
         "",
+    ]
+    if any(len(hs) < n_heads for hs in kept_heads(model).values()):
+        lines += [
+            "transformers alone cannot hold a different number of heads per layer, so `config.json` names the "
+            f"model type `{REFUSED_MODEL_TYPE.format(model.config.model_type)}`: a plain `AutoModel.from_pretrained` "
+            "refuses this directory instead of loading random weights into the pruned layers. Outside headprune, "
+            f"export it to ONNX: `headprune export {out} --format onnx --out {out}-onnx`.",
+            "",
+        ]
+    else:
+        lines += [
+            "Only whole layers were removed, so plain transformers loads it exactly too "
+            f'(`AutoModelForMaskedLM.from_pretrained("{out}")`).',
+            "",
+        ]
+    lines += [
         "Finetune a classifier on your own labelled tweets, then label new ones:",
         "",
         "```sh",
@@ -151,7 +410,7 @@ def model_card(model, base: str, numbers: dict, complete: dict, context: dict | 
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _run_numbers(context: dict) -> list[str]:

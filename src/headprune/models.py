@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import find_file, is_pruned_dir, load_pruned
+from .checkpoint import find_file, is_onnx_dir, is_pruned_dir, load_pruned
 from .errors import HeadpruneError
 from .families import Family, family_of
 
@@ -60,6 +60,11 @@ def load_model(
     path = resolve_model_path(name_or_path)
     if _is_local(path) and is_pruned_dir(path):
         return load_pruned(path)
+    if _is_local(path) and is_onnx_dir(path):
+        raise HeadpruneError(
+            f"model '{name_or_path}': an ONNX export, for inference with onnxruntime only; "
+            "give the PyTorch export (headprune export without --format onnx) instead"
+        )
     if not _is_local(path) and os.environ.get("HF_HUB_OFFLINE") == "1" and "/" not in path:
         raise HeadpruneError(f"model '{name_or_path}': no such directory, and not a hub id")
     try:

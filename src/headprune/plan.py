@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 import torch
-from transformers import AutoConfig
 
 from .base import BaseModel
+from .checkpoint import read_config
 from .data import expand_datasets
 from .models import resolve_model_path
 from .pipeline import TIMING_SEEDS, Pipeline
@@ -29,7 +29,7 @@ CALIBRATION_TWEET = "someuser this is a tweet of typical length about a movie i 
 def total_heads(model_name: str) -> int:
     """Heads of the model in original coordinates, read from its configuration alone, so that the
     plan of a dry run loads no weights."""
-    layers, heads = original_shape(AutoConfig.from_pretrained(resolve_model_path(model_name)))
+    layers, heads = original_shape(read_config(resolve_model_path(model_name)))
     return layers * heads
 
 

@@ -14,10 +14,16 @@ from .options import DEVICE, LABEL_COLUMN, MODEL, TEXT_COLUMN
 
 # Options of these commands (module-level, as typer re-uses them; see options.py).
 RUN_DIR_ARG = typer.Argument(..., help="Run directory holding summary.json.")
-EXPORT_RUN_DIR = typer.Argument(None, help="Run directory holding summary.json (with --model).")
+EXPORT_RUN_DIR = typer.Argument(
+    None,
+    help="Run directory holding summary.json (with --model), or a pruned-model or classifier directory to convert "
+    "(with --format onnx).",
+)
 EXPORT_OUT = typer.Option(..., "--out", help="Directory to write the pruned model to.")
 CLASSIFIER_OUT = typer.Option(..., "--out", help="Directory to write the classifier to.")
-CLASSIFIER_DIR = typer.Option(..., "--model", help="Classifier directory written by `headprune finetune`.")
+CLASSIFIER_DIR = typer.Option(
+    ..., "--model", help="Classifier directory written by `headprune finetune`, or its ONNX export (onnxruntime)."
+)
 
 
 def report_command(
@@ -58,25 +64,35 @@ def export_command(
     ),
     prune: str = typer.Option(None, "--prune", help="Heads to prune from --base, e.g. '0:1,2;3:*' (0-based)."),
     out: Path = EXPORT_OUT,
+    fmt: str = typer.Option(
+        "pytorch", "--format", help="pytorch (safetensors, for headprune) or onnx (model.onnx, for onnxruntime)."
+    ),
 ) -> None:
-    """Save a pruned model (config, safetensors, tokenizer, model card): a run's chosen model or explicit heads.
+    """Save a pruned model (weights, tokenizer, model card): a run's chosen model, explicit heads, or a
+    pruned-model/classifier directory converted to ONNX.
 
-    headprune export RUN_DIR --model MOIH1 --out DIR
-    headprune export --base minilm --prune "0:1,2;3:*" --out DIR"""
-    from ..export import export_heads, export_model
+    headprune export RUN_DIR --model MOIH1 --out DIR [--format onnx]
+    headprune export --base minilm --prune "0:1,2;3:*" --out DIR [--format onnx]
+    headprune export MODEL_OR_CLASSIFIER_DIR --format onnx --out DIR"""
+    from ..export import export_directory, export_heads, export_model
 
     if run_dir is not None:
         if prune is not None:
             raise HeadpruneError("give either RUN_DIR --model NAME or --base MODEL --prune HEADS, not both")
-        if model is None:
+        if model is None and not (run_dir / "summary.json").is_file():
+            if base is not None:
+                raise HeadpruneError(f"--base: {run_dir} is not a run directory; its model is its own base")
+            path = export_directory(run_dir, out, fmt=fmt)
+        elif model is None:
             raise HeadpruneError(f"which model of {run_dir}? pass --model (e.g. --model MOIH1)")
-        path = export_model(run_dir, model, out, base_model=base)
+        else:
+            path = export_model(run_dir, model, out, base_model=base, fmt=fmt)
     else:
         if model is not None:
             raise HeadpruneError("--model names a chosen model of a run: give the run directory too")
         if base is None or prune is None:
             raise HeadpruneError("give RUN_DIR --model NAME, or --base MODEL --prune HEADS (e.g. '0:1,2;3:*')")
-        path = export_heads(base, prune, out)
+        path = export_heads(base, prune, out, fmt=fmt)
     typer.echo(f"saved: {path} (model card: {path / 'README.md'})")
 
 
