@@ -858,7 +858,8 @@ def _adjust_time_section(run: _Run) -> _Section | None:
              if timed else "over the seeds of the scores")
     _add_table(section, _seconds_table(
         run, "table-adjust-time",
-        f"Mean (std) seconds of one adjusting step (continued MLM) of each model alone{where}, {seeds}, "
+        f"Mean (std) seconds of the adjusting stage (continued MLM, every epoch) of each model trained alone{where}, "
+        f"{seeds}, "
         "and the change vs CM (Table 14)", models, _alone))
     if any(c.engine_adjust_seconds for c in cells):
         _add_table(section, _seconds_table(
