@@ -79,6 +79,13 @@ def test_summary_has_every_stage(tiny_run) -> None:
             assert len(cell["adjust_seconds"]) == 3
     assert isinstance(gen["significance"], list)
     assert summary["generalization_seeds"] == [101, 102, 103]
+    # Each chosen model's CPU inference, physically pruned, beside its size (Table 13).
+    assert set(summary["inference"]) == set(summary["chosen"])
+    for speed in summary["inference"].values():
+        assert speed["p50_ms"] > 0 and speed["p95_ms"] >= speed["p50_ms"] and speed["per_second"] > 0
+        assert speed["threads"] == 1 and speed["batch_size"] == 32
+    cm = summary["inference"]["CM"]
+    assert cm["p50_speedup"] == 1.0 and cm["throughput_speedup"] == 1.0
 
 
 def test_random_order_means_are_models_with_per_seed_scores(tiny_run) -> None:

@@ -170,6 +170,23 @@ def test_table_14_times_each_model_alone_and_shows_the_engine_apart(tmp_path):
     assert "## Batched engine: each model's share of its stack's wall time" in md and "0.43 (0.00)" in md
 
 
+def test_table_13_shows_each_models_measured_inference_speed(tmp_path):
+    summary = make_summary(version=3)
+    summary["inference"] = {}
+    for n, name in enumerate(summary["chosen"]):
+        summary["inference"][name] = {
+            "p50_ms": 10.0 - n, "p95_ms": 12.0, "per_second": 150.0 + 10 * n, "batch_size": 32,
+            "latency_samples": 30, "throughput_samples": 5, "threads": 1, "device": "cpu", "load_average": 1.0,
+            "p50_speedup": 10.0 / (10.0 - n), "throughput_speedup": (150.0 + 10 * n) / 150.0,
+        }
+    write_summary(tmp_path, summary)
+    md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
+    assert "CPU inference of the encoder (PyTorch eager, 1 thread(s); speed-up vs CM)" in md
+    assert "| CPU batch 1, p50 (ms) | CPU batch 32 (tweets/s) |" in md
+    assert "| 10.00 (1.00x) | 150 (1.00x) |" in md  # CM
+    assert "| 9.00 (1.11x) | 160 (1.07x) |" in md
+
+
 def test_run_section_has_configuration_versions_device_date(page, rendered):
     text = rendered[0].read_text(encoding="utf-8")
     run = text[text.index('<section id="run">'):]

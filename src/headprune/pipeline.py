@@ -47,6 +47,7 @@ from .tasks import SeedScore, SeedTask
 
 SEARCHES = {"H2": H2Strategy, "H3": H3Strategy}
 TIMING_SEEDS = 3  # Table 14 under the batched engine: each model timed alone on this many seeds
+INFERENCE_THREADS = 1  # CPU inference timing of the chosen models (speed.measure)
 
 
 def default_cache_dir() -> Path:
@@ -257,6 +258,7 @@ class Pipeline:
             gen_executor = make_executor(self.config, "generalization")  # never packs
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
+            summary.inference = self._inference_speed(base, chosen)
         finally:
             for used in (e for e in (gen_executor, executor) if e is not None):
                 used.close()
@@ -336,6 +338,35 @@ class Pipeline:
         summary.h1, summary.h2, summary.h3 = h1 or None, greedy.get("H2"), greedy.get("H3")
         summary.chosen = chosen
         return chosen
+
+    def _inference_speed(self, base: BaseModel, chosen: dict[str, ChosenModel]) -> dict[str, dict]:
+        """What a deployed encoder gains (Table 13's companion): each chosen model's CPU inference,
+        physically pruned, timed side by side with the others (`speed.measure`: batch-1 latency on a
+        typical tweet, batch-32 throughput), on `INFERENCE_THREADS` threads so that the numbers do not
+        hinge on what else the machine runs; the speed-ups are against CM measured in the same rounds."""
+        from .deploy import graph_of
+        from .scoring import pruned_copy
+        from .speed import inference_inputs, load_average, measure
+
+        sets = {tuple(sorted(map(tuple, entry.pruned_heads))) for entry in chosen.values()}
+        forwards = {heads: graph_of(pruned_copy(base.model, heads), "encoder") for heads in sets}
+        single, batch = inference_inputs(base.tokenizer, base.model.config)
+        self.progress.log(f"inference speed of {len(forwards)} pruned sets (CPU, {INFERENCE_THREADS} thread)")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(INFERENCE_THREADS)
+        try:
+            speeds = measure(forwards, single, batch, budget_s=3.0 * len(forwards))
+        finally:
+            torch.set_num_threads(threads)
+        load = load_average()
+        cm = speeds[tuple(sorted(map(tuple, chosen[COMPLETE].pruned_heads)))]
+        out = {}
+        for name, entry in chosen.items():
+            speed = speeds[tuple(sorted(map(tuple, entry.pruned_heads)))]
+            out[name] = {**speed.to_json(), "threads": INFERENCE_THREADS, "device": "cpu", "load_average": load,
+                         "p50_speedup": cm.p50_ms / speed.p50_ms,
+                         "throughput_speedup": speed.per_second / cm.per_second}
+        return out
 
     def _per_seed(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer, stage: str
                   ) -> tuple[dict[tuple[str, str], list[SeedTask]], dict[SeedTask, SeedScore]]:

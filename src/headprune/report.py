@@ -784,6 +784,8 @@ def _size_section(run: _Run) -> _Section | None:
     section = _Section("size", "Parameters and saved size per model (Table 13)")
     ref_params, ref_size = run.complete("n_params"), run.complete("size_bytes")
     order = ([COMPLETE] if COMPLETE in models else []) + [m for m in models if m != COMPLETE]
+    inference = run.summary.inference or {}
+    with_speed = next((inference[m] for m in order if inference.get(m)), None)
     rows = []
     for name in order:
         info = run.chosen[name]
@@ -798,17 +800,26 @@ def _size_section(run: _Run) -> _Section | None:
                 cells.append(f"{fmt(value)} (100.00%)" if name == COMPLETE else fmt(value))
             else:
                 cells.append(f"{fmt(value)} ({_pct(_pct_of(value, ref))})")
-        rows.append(_cells(cells))
-    _add_table(
-        section,
-        Table(
-            "table-size",
-            "Saved size (safetensors) and number of parameters, vs the complete model (Table 13)",
-            ["Model", "Saved size", "Number of parameters"],
-            rows,
-        ),
-    )
+        rows.append(_cells(cells + _inference_cells(inference.get(name), with_speed)))
+    columns = ["Model", "Saved size", "Number of parameters"]
+    title = "Saved size (safetensors) and number of parameters, vs the complete model (Table 13)"
+    if with_speed:
+        columns += ["CPU batch 1, p50 (ms)", f"CPU batch {with_speed['batch_size']} (tweets/s)"]
+        title = ("Saved size (safetensors), number of parameters and CPU inference of the encoder "
+                 f"(PyTorch eager, {with_speed['threads']} thread(s); speed-up vs CM), vs the complete model "
+                 "(Table 13)")
+    _add_table(section, Table("table-size", title, columns, rows))
     return section
+
+
+def _inference_cells(speed: dict | None, with_speed: dict | None) -> list[str]:
+    """The encoder's measured CPU inference next to its size (with the speed-up vs CM)."""
+    if not with_speed:
+        return []
+    if not speed:
+        return ["n/a", "n/a"]
+    return [f"{speed['p50_ms']:.2f} ({speed['p50_speedup']:.2f}x)",
+            f"{speed['per_second']:.0f} ({speed['throughput_speedup']:.2f}x)"]
 
 
 def _seconds_table(run: _Run, table_id: str, title: str, models: list[str], values) -> Table:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from .errors import HeadpruneError
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
-# per-seed MAM models in the comparisons, and Table 14's per-model timing fields.
+# per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`.
 SCHEMA_VERSION = 3
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
@@ -394,6 +394,10 @@ class Summary(_Json):
     # Tables 7-10: CM, the OI models and the random-order means on the Step 2 datasets (G2), over
     # the Step 2 seeds, from the scores Step 2 stored.
     step2_comparison: Generalization | None = _optional()
+    # Per chosen model, the CPU inference of its encoder (PyTorch eager, `speed.measure`): batch-1
+    # latency p50/p95 (ms), batch-32 throughput (texts/s), threads, `p50_speedup` and
+    # `throughput_speedup` vs CM. A measurement, apart from the chosen models' (reproducible) facts.
+    inference: dict[str, dict] | None = _optional()
     elapsed_seconds: float | None = _optional()
     path: Path | None = field(default=None, compare=False, metadata={_NOT_JSON: True})  # where it was read
 
