@@ -121,7 +121,7 @@ def random_means(
             raise ValueError(f"{ds}: no score for {missing}")
         if ds not in reference:
             raise ValueError(f"{ds}: no reference (complete model) score")
-        mean, std = _mean_and_std([per_order[model][ds] for model in models])
+        mean, std = mean_and_std([per_order[model][ds] for model in models])
         result[ds] = {"mean": mean, "std": std, "pct_vs_cm": _pct(mean, float(reference[ds]))}
     if n_pruned is not None:
         result["n_pruned"] = float(np.mean([n_pruned[model] for model in models]))
@@ -132,7 +132,7 @@ def _summary_table(values: PerSeed, reference: str, keys: tuple[str, str, str, s
     """{model: {dataset: {keys[0]: per-seed values, keys[1]: mean, keys[2]: std, keys[3]: % vs reference}}}."""
     if reference not in values:
         raise ValueError(f"no reference model {reference!r} among {list(values)}")
-    ref_means = {ds: _mean_and_std(_floats(v))[0] for ds, v in values[reference].items()}
+    ref_means = {ds: mean_and_std(_floats(v))[0] for ds, v in values[reference].items()}
     out: dict[str, dict[str, dict]] = {}
     for model, per_ds in values.items():
         out[model] = {}
@@ -140,12 +140,13 @@ def _summary_table(values: PerSeed, reference: str, keys: tuple[str, str, str, s
             if ds not in ref_means:
                 raise ValueError(f"{ds}: model {model!r} has values but the reference {reference!r} has none")
             floats = _floats(seq)
-            mean, std = _mean_and_std(floats)
+            mean, std = mean_and_std(floats)
             out[model][ds] = dict(zip(keys, (floats, mean, std, _pct(mean, ref_means[ds]))))
     return out
 
 
-def _mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0.0 for one value): every mean (std) of the summary and report."""
     if len(values) == 0:
         raise ValueError("no values to summarize")
     arr = np.asarray(values, dtype=float)

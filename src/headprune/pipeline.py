@@ -430,7 +430,9 @@ class Pipeline:
                            reference=COMPLETE, alpha=self.config.generalization.alpha)
         if timed_seeds is not None:
             for name, row in table.items():
-                for ds, cell in (row.items() if name != "significance" else ()):
+                if name == "significance":
+                    continue
+                for ds, cell in row.items():
                     cell["adjust_seeds"] = timed_seeds
                     if name in engine_seconds:
                         cell["engine_adjust_seconds"] = engine_seconds[name][ds]

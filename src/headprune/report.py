@@ -14,11 +14,10 @@ import json
 import math
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .generalize import statement
+from .generalize import mean_and_std, statement
 from .summary import (
     COMPLETE,
     ChosenModel,
@@ -834,7 +833,7 @@ def _seconds_table(run: _Run, table_id: str, title: str, models: list[str], valu
             if not seconds:
                 row.append(Cell("n/a"))
                 continue
-            mean, std = _mean_std_of(seconds)
+            mean, std = mean_and_std(seconds)
             pct = _pct(cell.adjust_pct_vs_cm, m == COMPLETE) if values is _alone else None
             row.append(Cell(f"{mean:.2f} ({std:.2f})" + (f"\n{pct}" if pct else "")))
         rows.append(row)
@@ -847,11 +846,6 @@ def _alone(cell: DatasetScores) -> list[float] | None:
 
 def _stacked(cell: DatasetScores) -> list[float] | None:
     return cell.engine_adjust_seconds
-
-
-def _mean_std_of(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof=1; 0 for one value), as the summary's own means and stds."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _adjust_time_section(run: _Run) -> _Section | None:
