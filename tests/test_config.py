@@ -191,7 +191,8 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
     changes = {"model.cache_dir": "/tmp/heads", "model.trust_remote_code": True, "data.data_dir": "/tmp/data",
                "data.text_column": "text", "data.label_column": "label", "step1.workers": 3, "run.device": "cuda",
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
-               "run.ray_max_retries": 1, "run.report": False}
+               "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,
+               "step2.racing_first_test": 4}
     assert set(changes) == set(NOT_DEPARTURES) - {"source"}
     config = paper_config()
     for name, value in changes.items():
@@ -301,3 +302,24 @@ def test_engine_is_chosen_by_device_unless_configured() -> None:
     assert InProcessExecutor().store_tag is None and BatchedExecutor().store_tag == "batched"
     with pytest.raises(HeadpruneError, match="run.engine must be"):
         from_dict({"run": {"engine": "turbo"}})
+
+
+def test_racing_is_a_departure_that_names_its_settings() -> None:
+    from headprune.config import departures, paper_config
+
+    config = _with(_with(_with(paper_config(), "step2.racing", True), "step2.racing_confidence", 0.9),
+                   "step2.racing_first_test", 4)
+    (line,) = departures(config, "cpu")
+    assert line.startswith("step2.racing = True") and "confidence 0.9" in line and "after 4 seeds" in line
+
+
+def test_racing_settings_are_checked(tmp_path) -> None:
+    from headprune.config import load_config
+
+    for text, message in (("racing_confidence = 1.5", "step2.racing_confidence must be between 0 and 1"),
+                          ("racing_first_test = 1", "step2.racing_first_test must be at least 2"),
+                          ('racing = "yes"', "step2.racing: expected true or false")):
+        path = tmp_path / "c.toml"
+        path.write_text(f"[step2]\n{text}\n")
+        with pytest.raises(HeadpruneError, match=message):
+            load_config(path)

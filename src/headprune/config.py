@@ -77,6 +77,9 @@ class Step2Section:
     h1_k_step: int = 1  # > 1 evaluates k = 0, step, 2*step, ...: a departure from the paper, for speed
     h1_k_values: list[int] = field(default_factory=list)  # explicit k values (overrides h1_k_step)
     group_size: int = 1  # H2/H3 heads added per step; > 1 is a departure from the paper, for speed
+    racing: bool = False  # race over seeds (racing.py): F-Race for H1 and cross-scoring, sequential tests for walks
+    racing_confidence: float = 0.95  # 1 - the significance level of every racing test
+    racing_first_test: int = 3  # seeds before the first racing test
 
 
 @dataclass
@@ -231,6 +234,10 @@ def validate(config: Config, where: str = "") -> None:
         bad("step2.h1_k_values must be 0 or more")
     if config.step2.group_size < 1:
         bad(f"step2.group_size must be at least 1, got {config.step2.group_size}")
+    if not 0 < config.step2.racing_confidence < 1:
+        bad(f"step2.racing_confidence must be between 0 and 1, got {config.step2.racing_confidence}")
+    if config.step2.racing_first_test < 2:
+        bad(f"step2.racing_first_test must be at least 2 seeds, got {config.step2.racing_first_test}")
     if not 0 < config.generalization.alpha < 1:
         bad(f"generalization.alpha must be between 0 and 1, got {config.generalization.alpha}")
     if not 0 < config.run.ray_gpus_per_task <= 1:
@@ -308,6 +315,7 @@ PAPER_PROTOCOL: dict[str, Any] = {
     "step2.h1_k_step": 1,
     "step2.h1_k_values": [],
     "step2.group_size": 1,
+    "step2.racing": False,
     "generalization.datasets": ["G3"],
     "generalization.seeds": list(range(101, 111)),
     "generalization.alpha": 0.05,
@@ -338,6 +346,8 @@ NOT_DEPARTURES: dict[str, str] = {
     "run.ray_gpus_per_task": "GPU share of a Ray task (speed)",
     "run.ray_max_retries": "retries of a Ray task whose worker died",
     "run.report": "whether the HTML report is written",
+    "step2.racing_confidence": "a racing setting: part of the step2.racing line when racing is on, else unused",
+    "step2.racing_first_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
 }
 
 # Lists compared as sets: their order does not change what is computed.
@@ -432,11 +442,25 @@ def departures(config: Config, device: str | None = None, fresh_mlm_head: bool |
         if name == "model.mlm_head_warmup_steps":
             out += _warmup_departure(config, fresh_mlm_head)
             continue
+        if name == "step2.racing":
+            out += _racing_departure(config)
+            continue
         value = config_value(config, name)
         same = set(value) == set(expected) if name in _UNORDERED else value == expected
         if not same:
             out.append(f"{name} = {value} (paper: {expected})")
     return out + engine_departures(config, device)
+
+
+def _racing_departure(config: Config) -> list[str]:
+    """The racing line, with its settings, when racing is on."""
+    step2 = config.step2
+    if not step2.racing:
+        return []
+    return [f"step2.racing = True: seeds raced (racing.py: F-Race with Friedman and Conover tests for H1 and the "
+            f"cross-scoring, paired sequential t-tests for H2/H3's steps), confidence {step2.racing_confidence}, "
+            f"first test after {step2.racing_first_test} seeds; the paper scores every candidate with every seed "
+            "(paper: False)"]
 
 
 def _warmup_departure(config: Config, fresh_mlm_head: bool | None) -> list[str]:

@@ -26,6 +26,7 @@ from .executors import make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
 from .importance import ImportanceSettings, Order, criterion_for
 from .progress import RunProgress
+from .racing import Race, RacingSettings
 from .scorer import Scorer
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
 from .settings import ScoreSettings
@@ -315,9 +316,18 @@ class Pipeline:
             return chosen
         labels = [f"{strategy} {name}" for name, strategy in searches]
         total = sum(self.search_evaluations(s, n_heads) for _, s in searches)  # every dataset about equally often
-        self.progress.start_stage("Step 2: " + ", ".join(labels), total,
+        step2 = self.config.step2
+        raced = step2.racing
+        self.progress.start_stage("Step 2: " + ", ".join(labels) + (" (raced: at most)" if raced else ""), total,
                                   total * float(np.mean([self.rows(ds) for ds in datasets])))
-        results = run_strategies(searches, scorer.evaluate)
+        if raced:
+            settings = RacingSettings(step2.racing_confidence, step2.racing_first_test)
+            races = {key: Race(search, scorer.seeds, settings) for key, search in searches.items()}
+            results = run_strategies(races, scorer.evaluate_seeds)
+        else:
+            results = run_strategies(searches, scorer.evaluate)
+            for key, result in results.items():  # the full protocol: every request with every seed
+                result["evaluations"] = result["grid_evaluations"] = len(searches[key].asked) * len(scorer.seeds)
         self.progress.set_total(self.progress.done)
         self.progress.end_stage()
         h1: dict[str, H1Result] = {}

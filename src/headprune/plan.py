@@ -22,6 +22,9 @@ from .scoring import adjust, encode
 from .settings import ScoreSettings
 from .surgery import original_shape
 
+# What racing saved where it was measured (`headprune replay` of results/racing-check).
+RACED_TYPICAL = "how many depends on how clearly the candidates differ (see results/racing-check/README.md)"
+
 # A tweet of typical length (~30 tokens): what a calibration step trains on.
 CALIBRATION_TWEET = "someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"
 
@@ -33,8 +36,16 @@ def total_heads(model_name: str) -> int:
     return layers * heads
 
 
+def raced_least(evaluations: int, config) -> int:
+    """The fewest evaluations a raced search of `evaluations` (its full grid) can make: every
+    candidate and every step gets at least `racing_first_test` seeds of the Step 2 seeds (racing.py)."""
+    seeds = len(config.step2_seeds)
+    return math.ceil(evaluations * min(config.step2.racing_first_test, seeds) / seeds)
+
+
 def plan(pipeline: Pipeline) -> list[dict]:
-    """Stages with their number of evaluations (H2/H3: at most), in the order `Pipeline.run` runs them."""
+    """Stages with their number of evaluations (H2/H3: at most), in the order `Pipeline.run` runs them.
+    With racing on, each search stage also has "least": the fewest it can make (`raced_least`)."""
     config = pipeline.config
     n_heads = total_heads(config.model.name)
     g3 = expand_datasets(config.generalization.datasets)
@@ -55,6 +66,8 @@ def plan(pipeline: Pipeline) -> list[dict]:
             stage = {"stage": f"{strategy} {order}", "evaluations": pipeline.search_evaluations(strategy, n_heads)}
             if strategy != "H1":
                 stage["at_most"] = True
+            if config.step2.racing:
+                stage["least"] = raced_least(stage["evaluations"], config)
             stages.append(stage)
     # Tables 7-10 come from the scores the searches stored; only CM may be missing on G2 (when no
     # H1 grid holds k = 0 and no H3 walk scored the complete model).
@@ -151,25 +164,40 @@ def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
         f"device {pipeline.device}):"
     ]
     times = estimate(pipeline, stages) if with_estimate else None
-    total = 0
+    total = least = 0
     for stage in stages:
         if "finetunings" in stage:
             count = f"{stage['finetunings']} finetunings"
         elif "adjustings" in stage:
             count = f"{stage['adjustings']} adjusting runs timed alone"
+        elif "least" in stage:
+            count = f"{stage['least']} to {stage['evaluations']} evaluations (raced)"
         else:
             count = f"{'at most ' if stage.get('at_most') else ''}{stage['evaluations']} evaluations"
         total += stage.get("evaluations", 0)
-        eta = f"  ~{format_seconds(stage['seconds'])}" if times else ""
+        least += stage.get("least", stage.get("evaluations", 0))
+        eta = ""
+        if times:
+            eta = f"  ~{format_seconds(stage['seconds'])}"
+            if "least" in stage and stage["evaluations"]:
+                eta = (f"  ~{format_seconds(stage['seconds'] * stage['least'] / stage['evaluations'])}"
+                       f" to {format_seconds(stage['seconds'])}")
         lines.append(f"  {stage['stage']:<22s} {count}{eta}")
-    lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
+    if least < total:
+        lines.append(f"  total: {least} to {total} evaluations (each = one seed of PRUN_ADJ_EVAL); racing "
+                     f"(step2.racing, confidence {pipeline.config.step2.racing_confidence}) gives each candidate and "
+                     f"step {pipeline.config.step2.racing_first_test} seeds at least and all "
+                     f"{len(pipeline.config.step2_seeds)} at most; {RACED_TYPICAL}")
+    else:
+        lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
     if times:
         lines.append(
-            f"  estimate on this device: ~{format_seconds(times['total_seconds'])} "
+            f"  estimate on this device: ~{format_seconds(times['total_seconds'])}"
+            f"{' at most' if least < total else ''} "
             f"({times['engine']}; one adjusting step per model = "
             f"{times['model_step_seconds']['step2']:.3f} s; stored evaluations are skipped)"
         )
     return "\n".join(lines)
 
 
-__all__ = ["calibrate", "calibrate_batched", "dry_run_text", "estimate", "plan", "total_heads"]
+__all__ = ["calibrate", "calibrate_batched", "dry_run_text", "estimate", "plan", "raced_least", "total_heads"]

@@ -631,6 +631,60 @@ def _greedy_section(run: _Run, key: str, directory: Path) -> _Section | None:
     return section
 
 
+def _searches(run: _Run) -> list[tuple[str, str, H1Result | GreedyResult]]:
+    """(strategy, order, entry) of every search of the run, H1 first."""
+    summary = run.summary
+    out: list[tuple[str, str, H1Result | GreedyResult]] = [("H1", o, e) for o, e in (summary.h1 or {}).items()]
+    for key in ("h2", "h3"):
+        out += [(key.upper(), o, e) for o, e in summary.greedy(key).items()]
+    return out
+
+
+def _racing_section(run: _Run) -> _Section | None:
+    """Racing (step2.racing): per search the evaluations made against the full grid's, which
+    candidates were dropped after how many seeds (with the test's p-value), and how many seeds the
+    H2/H3 steps' sequential decisions used."""
+    raced = [(strategy, order, entry) for strategy, order, entry in _searches(run) if entry.racing is not None]
+    if not raced:
+        return None
+    racing = raced[0][2].racing
+    section = _Section("racing", "Racing: the evaluations saved, the candidates dropped")
+    section.blocks.append(
+        f'<p class="note">Seeds were raced (confidence {racing.confidence:g}, first test after {racing.first_test} '
+        "seeds; seed order " + ", ".join(map(str, racing.seeds)) + "). H1 and the cross-scoring of H2/H3: a "
+        "candidate significantly worse than the best (Friedman and Conover's post-hoc test over (dataset, seed) "
+        "rows; Wilcoxon for two) is dropped and keeps the mean of the seeds it had; only a survivor can be chosen. "
+        "H2/H3's steps: a paired sequential t-test against the step's reference decides as soon as it is clear, "
+        "else every seed and the paper's rule.</p>")
+    rows = []
+    for strategy, order, entry in raced:
+        done, grid = entry.evaluations or 0, entry.grid_evaluations or 0
+        decisions = entry.racing.decisions
+        early = sum(1 for d in decisions if d.seeds < len(entry.racing.seeds))
+        rows.append(_cells([
+            f"{strategy} {order}", str(done), str(grid), f"{100 * done / grid:.1f}%" if grid else "n/a",
+            str(len(entry.racing.eliminations)),
+            f"{early} of {len(decisions)} ({sum(d.seeds for d in decisions) / len(decisions):.1f} seeds on average)"
+            if decisions else "none",
+            "yes: " + str(entry.racing.chosen_instead["model"]) if entry.racing.chosen_instead else "no",
+        ]))
+    _add_table(section, Table(
+        "table-racing-evaluations", "Seed evaluations of each search, raced and in the full grid",
+        ["Search", "Evaluations", "Full grid", "Share", "Candidates dropped", "Steps decided early",
+         "Rank sum put a dropped candidate first"], rows))
+    rows = []
+    for strategy, order, entry in raced:
+        for e in entry.racing.eliminations:
+            where = "H1 grid" if strategy == "H1" else "cross-scoring"
+            rows.append(_cells([f"{strategy} {order}", where, str(e.n_pruned), str(e.after_seeds),
+                                f"{e.p_value:.2g}", e.test]))
+    if rows:
+        _add_table(section, Table(
+            "table-racing-eliminations", "Candidates dropped by the race (heads pruned; after how many seeds)",
+            ["Search", "Round", "Heads pruned", "After seeds", "p-value", "Test"], rows))
+    return section
+
+
 def _model_stats(run: _Run, name: str, source: Generalization | None = None
                  ) -> dict[str, DatasetScores] | dict[str, MeanScore]:
     """{dataset: scores with mean, std and pct_vs_cm} of a model in `source` (the G3 generalization
@@ -925,6 +979,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             lambda: _h1_section(run, figures),
             lambda: _greedy_section(run, "h2", figures),
             lambda: _greedy_section(run, "h3", figures),
+            lambda: _racing_section(run),
             lambda: _step2_comparison_section(run),
             lambda: _comparison_section(run),
             lambda: _heads_pruned_section(run),

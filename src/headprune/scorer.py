@@ -262,6 +262,13 @@ class Scorer:
             size_bytes=scores[0].size_bytes,
         )
 
+    def evaluate_seeds(self, requests: Sequence[tuple[Iterable[Head], str, int]]) -> list[float]:
+        """The batch evaluator of a race (`racing.Race`): [(pruned set, dataset, seed)] -> that seed's F1."""
+        tasks = [SeedTask(tuple(sorted((int(l), int(h)) for l, h in pruned)), name, int(seed))
+                 for pruned, name, seed in requests]
+        results = self.run(tasks)
+        return [float(results[t].f1) for t in tasks]
+
     def evaluate(self, requests: Sequence[tuple[Iterable[Head], str]]) -> list[float]:
         tasks = self.tasks_for(requests)
         results = self.run(tasks)

@@ -12,15 +12,13 @@ Rounds: H1 asks every candidate at once; H3 first asks the complete model on eve
 H2/H3 then ask one step of every dataset's walk per round (lockstep), then the cross-scoring
 batch (identical requests once). `h1_search`, `h2_search` and `h3_search` run one strategy.
 
-Racing (F-Race; not built) is a scheduler, not part of a strategy (Ray Tune's split of searcher
-and scheduler): it would implement the same protocol around a strategy and sit between it and
-`run_strategies`. A request's candidate is its pruned set: in H1's round and in the
-cross-scoring round the requests sharing `pruned` are one candidate's row for RANKING_MODELS and
-the datasets (x seeds) are the race's instances. The scheduler would answer such a round over
-several of its own rounds (one seed block at a time, from an evaluator that takes seeds, dropping
-the candidates a Friedman test rules out), then tell the wrapped strategy one score per request
-(a stopped candidate's mean so far), so the strategy never knows. A walk round compares each
-dataset's one trial with a threshold rather than candidates with each other; it passes through.
+Racing (`racing.Race`) is a scheduler, not part of a strategy (Ray Tune's split of searcher and
+scheduler): it wraps a strategy, answers each of its rounds over several rounds of its own (one
+seed block at a time) and tells the strategy one score per request, so the strategy never knows.
+What it needs to know of a round, a strategy declares (`Strategy.round()`, a `Round`): "compare"
+(H1's round, the cross-scoring round: the requests sharing `pruned` are one candidate, the datasets
+its instances), "walk" (each request's score is compared with what `Round.versus` names: the
+last kept step, the complete model, or the constant 0), "baseline" (H3's complete model).
 """
 
 from __future__ import annotations
@@ -46,9 +44,26 @@ class Request(NamedTuple):
     dataset: str
 
 
+class Round(NamedTuple):
+    """A round's requests and what racing needs to know of them (`kind`):
+
+    - "compare": candidates (the requests sharing `pruned`, one per dataset) are ranked against
+      each other (H1's round; the cross-scoring round);
+    - "walk": each request is kept or not by comparing its score with `versus[i]`'s (a request told
+      earlier in this search), or, where `versus[i]` is None, with the constant 0 ("score >= ..."
+      always: H2 before anything is kept);
+    - "baseline": scores other rounds are compared with (H3's complete model).
+    """
+
+    kind: str
+    requests: list[Request]
+    versus: list[Request | None] | None = None
+
+
 Evaluate = Callable[[list[Request]], Sequence[float]]
 KeepRule = Callable[[str, float, float], bool]
-Rounds = Generator[list[Request], list[float], dict]
+VersusRule = Callable[[str, "frozenset[Head] | None"], "Request | None"]
+Rounds = Generator[Round, list[float], dict]
 K = TypeVar("K", bound=Hashable)
 
 PAPER_GRID = "(paper: every k)"
@@ -68,6 +83,10 @@ class Strategy(Protocol):
 
     def tell(self, scores: Sequence[float]) -> None:
         """The mean F1 of each request of the last `ask()`, same order."""
+        ...
+
+    def round(self) -> Round | None:
+        """The round `ask()` returns, with its kind (what a racing scheduler needs); None when done."""
         ...
 
     def result(self) -> dict:
@@ -132,8 +151,9 @@ class _RoundStrategy:
 
     def _start(self) -> None:
         self._rounds = self._play()
-        self._asked: list[Request] = []
+        self._round: Round | None = None
         self._result: dict | None = None
+        self.asked: set[Request] = set()  # every distinct request of every round so far
         self._advance(None)
 
     def _play(self) -> Rounds:
@@ -142,26 +162,31 @@ class _RoundStrategy:
     def _advance(self, scores: list[float] | None) -> None:
         try:
             asked = self._rounds.send(scores)
-            while not asked:  # a round with nothing to ask is no round
+            while not asked.requests:  # a round with nothing to ask is no round
                 asked = self._rounds.send([])
         except StopIteration as stop:
-            self._asked, self._result = [], stop.value
+            self._round, self._result = None, stop.value
         else:
-            self._asked = list(asked)
+            self._round = asked
+            self.asked.update(asked.requests)
 
     @property
     def done(self) -> bool:
         return self._result is not None
 
     def ask(self) -> list[Request]:
-        return list(self._asked)
+        return list(self._round.requests) if self._round is not None else []
+
+    def round(self) -> Round | None:
+        return self._round
 
     def tell(self, scores: Sequence[float]) -> None:
         name = type(self).__name__
         if self.done:
             raise RuntimeError(f"{name} is done: it has asked for nothing")
-        if len(scores) != len(self._asked):
-            raise ValueError(f"{name} was told {len(scores)} scores for {len(self._asked)} requests")
+        asked = self.ask()
+        if len(scores) != len(asked):
+            raise ValueError(f"{name} was told {len(scores)} scores for {len(asked)} requests")
         self._advance([float(score) for score in scores])
 
     def result(self) -> dict:
@@ -190,7 +215,7 @@ class H1Strategy(_RoundStrategy):
         order, datasets, ks = self.order, self.datasets, self.k_values
         n_heads = len(order)
         candidates = {k: _least_important(order, k) for k in ks}
-        results = iter((yield [Request(candidates[k], ds) for k in ks for ds in datasets]))
+        results = iter((yield Round("compare", [Request(candidates[k], ds) for k in ks for ds in datasets])))
         by_model = {_k_name(k): {ds: next(results) for ds in datasets} for k in ks}
         ranking = rank_models(by_model, {_k_name(k): k for k in ks})
         for row in ranking:
@@ -216,7 +241,7 @@ class _GreedyStrategy(_RoundStrategy):
         self.group_size = group_size
         self._start()
 
-    def _greedy(self, keep: KeepRule, complete: dict[str, float] | None) -> Rounds:
+    def _greedy(self, keep: KeepRule, versus: VersusRule, complete: dict[str, float] | None) -> Rounds:
         """The walk, then the datasets x datasets cross-scoring and RANKING_MODELS.
 
         Returns {"per_dataset": {ds: {"pruned_heads", "n_pruned", "score"}}, "cross": {source:
@@ -226,7 +251,7 @@ class _GreedyStrategy(_RoundStrategy):
         complete model's score when no head was kept; None if nothing was ever scored).
         """
         datasets, group_size = self.datasets, self.group_size
-        pruned, walk_scores = yield from _greedy_walk(self.order, datasets, keep, group_size)
+        pruned, walk_scores = yield from _greedy_walk(self.order, datasets, keep, versus, group_size)
         if complete is not None:
             walk_scores = {ds: walk_scores.get(ds, complete[ds]) for ds in datasets}
         cross = yield from _cross_scores(pruned, datasets)
@@ -268,7 +293,10 @@ class H2Strategy(_GreedyStrategy):
         def keep(ds: str, score: float, best_so_far: float) -> bool:
             return score >= best_so_far
 
-        return (yield from self._greedy(keep, complete=None))
+        def versus(ds: str, kept: frozenset[Head] | None) -> Request | None:
+            return None if kept is None else Request(kept, ds)  # the best so far is the last kept step
+
+        return (yield from self._greedy(keep, versus, complete=None))
 
 
 class H3Strategy(_GreedyStrategy):
@@ -281,13 +309,16 @@ class H3Strategy(_GreedyStrategy):
     name = "H3"
 
     def _play(self) -> Rounds:
-        scores = yield [Request(frozenset(), ds) for ds in self.datasets]
+        scores = yield Round("baseline", [Request(frozenset(), ds) for ds in self.datasets])
         complete = dict(zip(self.datasets, scores))
 
         def keep(ds: str, score: float, _: float) -> bool:
             return score >= complete[ds]
 
-        return (yield from self._greedy(keep, complete=complete))
+        def versus(ds: str, _: frozenset[Head] | None) -> Request:
+            return Request(frozenset(), ds)
+
+        return (yield from self._greedy(keep, versus, complete=complete))
 
 
 def run_strategies(strategies: Mapping[K, Strategy], evaluate: Evaluate) -> dict[K, dict]:
@@ -335,12 +366,13 @@ def _run_one(strategy: Strategy, evaluate: Evaluate) -> dict:
 
 
 def _greedy_walk(
-    order: list[Head], datasets: list[str], keep: KeepRule, group_size: int
-) -> Generator[list[Request], list[float], tuple[dict[str, frozenset[Head]], dict[str, float]]]:
+    order: list[Head], datasets: list[str], keep: KeepRule, versus: VersusRule, group_size: int
+) -> Generator[Round, list[float], tuple[dict[str, frozenset[Head]], dict[str, float]]]:
     """Walk `order` from its least important end, all datasets in lockstep; returns kept sets and scores.
 
     Each step asks one request per dataset whose candidate would not prune every head. The
-    keep rule sees the score of the last kept step (0.0 before any), which for H2 is the best so far.
+    keep rule sees the score of the last kept step (0.0 before any), which for H2 is the best so far;
+    `versus(ds, last kept set or None)` names the request that score belongs to (the round's `versus`).
     """
     all_heads = frozenset(order)
     least_first = order[::-1]
@@ -352,7 +384,8 @@ def _greedy_walk(
         if not trial:
             continue
         walking = list(trial)
-        scores = yield [Request(trial[ds], ds) for ds in walking]
+        scores = yield Round("walk", [Request(trial[ds], ds) for ds in walking],
+                             [versus(ds, pruned[ds] if ds in kept_scores else None) for ds in walking])
         for ds, score in zip(walking, scores):
             if keep(ds, score, kept_scores.get(ds, 0.0)):
                 pruned[ds] = trial[ds]
@@ -362,14 +395,14 @@ def _greedy_walk(
 
 def _cross_scores(
     pruned: Mapping[str, frozenset[Head]], datasets: list[str]
-) -> Generator[list[Request], list[float], dict[str, dict[str, float]]]:
+) -> Generator[Round, list[float], dict[str, dict[str, float]]]:
     """Score each dataset's model on every dataset in one round; identical requests are asked once."""
     unique = list(dict.fromkeys(Request(pruned[source], ds) for source in datasets for ds in datasets))
-    score_of = dict(zip(unique, (yield unique)))
+    score_of = dict(zip(unique, (yield Round("compare", unique))))
     return {source: {ds: score_of[Request(pruned[source], ds)] for ds in datasets} for source in datasets}
 
 
-def _evaluate(evaluate: Evaluate, requests: list[Request]) -> list[float]:
+def _evaluate(evaluate: Callable[[list], Sequence[float]], requests: list) -> list[float]:
     """Call the evaluator and check it answered one finite float per request."""
     results = [float(score) for score in evaluate(requests)]
     if len(results) != len(requests):

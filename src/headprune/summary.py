@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 from .errors import HeadpruneError
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
-# per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`.
-SCHEMA_VERSION = 3
+# per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
+# each search's `evaluations`, `grid_evaluations` and `racing`.
+SCHEMA_VERSION = 4
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
 
@@ -123,6 +124,10 @@ def _read(value: Any, hint: Any, key: str, minimum: int | None = None) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong(key, "a number", value)
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _wrong(key, "true or false", value)
         return value
     raise TypeError(f"no JSON reader for the annotation {hint!r} of '{key}'")
 
@@ -229,8 +234,48 @@ class RankingRow(_Json):
 
 
 @dataclass(kw_only=True)
+class Elimination(_Json):
+    """A candidate a race dropped (racing.py): in which of the search's rounds, after how many seeds."""
+
+    round: int = field(metadata={_MINIMUM: 1})
+    n_pruned: int = field(metadata={_MINIMUM: 0})
+    pruned_heads: list[tuple[int, int]]
+    after_seeds: int = field(metadata={_MINIMUM: 1})
+    p_value: float
+    test: str  # "friedman+conover" or "wilcoxon"
+
+
+@dataclass(kw_only=True)
+class Decision(_Json):
+    """One H2/H3 step a race decided with a paired sequential test (racing.py)."""
+
+    round: int = field(metadata={_MINIMUM: 1})
+    dataset: str
+    n_pruned: int = field(metadata={_MINIMUM: 0})
+    versus_n_pruned: int | None = None  # the reference's heads pruned; None: the constant 0 (H2's first keep)
+    seeds: int = field(metadata={_MINIMUM: 1})
+    p_value: float | None = None  # None: no test (every difference zero, or the constant 0)
+    keep: bool
+    mean_difference: float
+
+
+@dataclass(kw_only=True)
+class Racing(_Json):
+    """How a search was raced: its settings, seed order, eliminations and decisions."""
+
+    confidence: float
+    first_test: int = field(metadata={_MINIMUM: 2})
+    seeds: list[int]
+    eliminations: list[Elimination]
+    decisions: list[Decision]
+    chosen_instead: dict | None = None  # the dropped candidate the rank sum put first, if any
+
+
+@dataclass(kw_only=True)
 class H1Result(_Json):
-    """H1 with one order (summary["h1"][order]): mean F1 per dataset and k, the ranking, the chosen k."""
+    """H1 with one order (summary["h1"][order]): mean F1 per dataset and k, the ranking, the chosen k.
+    `evaluations`: the seed evaluations the search made; `grid_evaluations`: what the full protocol
+    makes on the same path (equal without racing); `racing`: present when it was raced."""
 
     k_values: list[int]
     departure: str | None = None
@@ -238,6 +283,9 @@ class H1Result(_Json):
     ranking: list[RankingRow]
     chosen_k: int
     pruned_heads: list[tuple[int, int]] | None = _optional()
+    evaluations: int | None = _optional()
+    grid_evaluations: int | None = _optional()
+    racing: Racing | None = _optional()
 
 
 @dataclass(kw_only=True)
@@ -261,6 +309,9 @@ class GreedyResult(_Json):
     group_size: int | None = _optional()
     departure: str | None = None
     complete: dict[str, float] | None = _optional()  # H3: the complete model's F1 per dataset
+    evaluations: int | None = _optional()  # as H1Result's
+    grid_evaluations: int | None = _optional()
+    racing: Racing | None = _optional()
 
 
 @dataclass(kw_only=True)

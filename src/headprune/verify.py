@@ -53,7 +53,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-class _Scores:
+class StoredScores:
     """Stored per-seed F1 of the run's model and scoring settings, by (pruned set, dataset, seed)."""
 
     def __init__(self, store: ResultStore, model: str, scoring: dict):
@@ -85,6 +85,21 @@ class _Scores:
         scores = self.seed_scores(pruned, dataset, seeds)
         return None if scores is None else float(np.mean(scores))
 
+    def evaluate_seeds(self, requests) -> list[float]:
+        """A race's evaluator (`racing.SeedRequest`s -> F1) answered from the store alone; a request
+        the store lacks raises `NotInStore`."""
+        out = []
+        for pruned, dataset, seed in requests:
+            found = self.seed_scores(pruned, dataset, [int(seed)])
+            if found is None:
+                raise NotInStore(f"the store holds no score for {dataset}, seed {seed}, pruned {pruned_key(pruned)}")
+            out += found
+        return out
+
+
+class NotInStore(LookupError):
+    """A score a store-only evaluation needed is not in the store."""
+
 
 def verify_run(run_dir: str | Path) -> Verification:
     """Recompute the summary's numbers from the store of `run_dir` (summary.json + store.sqlite)."""
@@ -97,7 +112,7 @@ def verify_run(run_dir: str | Path) -> Verification:
     store = ResultStore(store_path)
     try:
         result = Verification()
-        scores = _Scores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
+        scores = StoredScores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
                          summary.config_value("scoring"))
         _check_step1(store, summary, result)
         _check_step2(summary, scores, parse_seeds(summary.config_value("step2", "seeds")), result)
@@ -156,10 +171,48 @@ def _check_step1(store: ResultStore, summary: Summary, result: Verification) -> 
     result.close("Step 1 order (OI)", _pairs(order.ranked), [list(h) for h in rank_heads(mean)])
 
 
-def _check_step2(summary: Summary, scores: _Scores, seeds: list[int], result: Verification) -> None:
+def _raced(strategy, entry, scores: StoredScores) -> dict | None:
+    """A raced search re-run from the store with its recorded seed order and settings (a race is
+    deterministic given its scores), so that every number it reported can be compared; None when
+    the store lacks a score the race needs."""
+    from .racing import Race, RacingSettings
+    from .search import run_strategies
+
+    racing = entry.racing
+    race = Race(strategy, racing.seeds, RacingSettings(racing.confidence, racing.first_test))
+    try:
+        return run_strategies({"race": race}, scores.evaluate_seeds)["race"]
+    except NotInStore:
+        return None
+
+
+def _check_raced(key: str, entry, rerun: dict | None, result: Verification) -> None:
+    """Every number of a raced search's entry against the race re-run from the store."""
+    if rerun is None:
+        result.close(f"{key} (raced)", "a race", None)
+        return
+    reported = entry.to_json()
+    for part in ("scores", "cross", "complete", "chosen_k", "chosen", "pruned_heads", "evaluations",
+                 "grid_evaluations"):
+        if part in reported or part in rerun:
+            result.close(f"{key}.{part}", reported.get(part), rerun.get(part))
+    if "per_dataset" in reported:
+        for ds, model in reported["per_dataset"].items():
+            result.close(f"{key}.per_dataset.{ds}", model, rerun["per_dataset"].get(ds))
+    for part in ("eliminations", "decisions"):
+        result.close(f"{key}.racing.{part}", reported["racing"][part], rerun["racing"][part])
+
+
+def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], result: Verification) -> None:
+    from .search import H1Strategy, H2Strategy, H3Strategy
+
     orders = summary.orders or {}
     for name, h1 in (summary.h1 or {}).items():
         ranked = summary.need(orders.get(name), f"orders.{name}").ranked
+        if h1.racing is not None:
+            strategy = H1Strategy([tuple(h) for h in ranked], list(h1.scores), k_values=h1.k_values)
+            _check_raced(f"h1.{name}", h1, _raced(strategy, h1, scores), result)
+            continue
         by_k: dict[str, dict[str, float]] = {}
         for ds, per_k in h1.scores.items():
             for k, reported in per_k.items():
@@ -172,6 +225,12 @@ def _check_step2(summary: Summary, scores: _Scores, seeds: list[int], result: Ve
     for strategy in ("h2", "h3"):
         for name, entry in summary.greedy(strategy).items():
             per_dataset = entry.per_dataset
+            if entry.racing is not None:
+                ranked = [tuple(h) for h in summary.need(orders.get(name), f"orders.{name}").ranked]
+                search = {"h2": H2Strategy, "h3": H3Strategy}[strategy](ranked, list(per_dataset),
+                                                                         group_size=entry.group_size or 1)
+                _check_raced(f"{strategy}.{name}", entry, _raced(search, entry, scores), result)
+                continue
             for ds, model in per_dataset.items():
                 if model.score is not None:
                     result.close(f"{strategy}.{name}.per_dataset.{ds}.score", model.score,
@@ -192,7 +251,7 @@ def _check_step2(summary: Summary, scores: _Scores, seeds: list[int], result: Ve
                          _pairs(per_dataset[ranking[0]["model"]].pruned_heads))
 
 
-def _check_generalization(summary: Summary, scores: _Scores, result: Verification) -> None:
+def _check_generalization(summary: Summary, scores: StoredScores, result: Verification) -> None:
     if summary.generalization is not None:
         _check_comparison("generalization", summary.generalization, summary, scores,
                           list(summary.generalization_seeds or []), result)
@@ -201,7 +260,7 @@ def _check_generalization(summary: Summary, scores: _Scores, result: Verificatio
                           parse_seeds(summary.config_value("step2", "seeds")), result)
 
 
-def _check_comparison(key: str, table: Generalization, summary: Summary, scores: _Scores, seeds: list[int],
+def _check_comparison(key: str, table: Generalization, summary: Summary, scores: StoredScores, seeds: list[int],
                       result: Verification) -> None:
     """A comparison table (G3: Tables 12, 15; G2: Tables 7-10) from the stored per-seed scores: each
     chosen model's scores, the per-seed random-order means (MAM), their means, stds, % vs CM and the

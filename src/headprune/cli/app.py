@@ -12,7 +12,14 @@ import typer
 from ..errors import HeadpruneError, Stopped
 from .compute import datasets_command, importance_command, run_command, score_command
 from .options import quiet_libraries
-from .results import export_command, finetune_command, predict_command, report_command, verify_command
+from .results import (
+    export_command,
+    finetune_command,
+    predict_command,
+    replay_command,
+    report_command,
+    verify_command,
+)
 
 
 def _root() -> None:
@@ -34,6 +41,7 @@ def build_app() -> typer.Typer:
     app.command("run")(run_command)
     app.command("report")(report_command)
     app.command("verify")(verify_command)
+    app.command("replay")(replay_command)
     app.command("export")(export_command)
     app.command("finetune")(finetune_command)
     app.command("predict")(predict_command)

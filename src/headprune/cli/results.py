@@ -56,6 +56,44 @@ def verify_command(
     typer.echo(f"verified: {result.checked} numbers of {run_dir / 'summary.json'} recomputed from the store; all match")
 
 
+def replay_command(
+    run_dir: Path = RUN_DIR_ARG,
+    repeats: int = typer.Option(200, "--repeats", help="Races replayed per search, each with the seed order permuted."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the permutations."),
+    confidence: float = typer.Option(None, "--confidence", help="Racing confidence (default: the run's "
+                                     "step2.racing_confidence)."),
+    first_test: int = typer.Option(None, "--first-test", help="Seeds before the first test (default: the run's "
+                                   "step2.racing_first_test)."),
+) -> None:
+    """Replay racing on a run that scored the complete grid (racing off): RUN_DIR/replay.json with how
+    often a race chooses the grid's model and what fraction of the evaluations it needs."""
+    from ..racing import RacingSettings
+    from ..replay import REPLAY_FILE, replay_run
+    from ..summary import load_summary
+
+    settings = None
+    if confidence is not None or first_test is not None:
+        step2 = load_summary(run_dir / "summary.json").config_value("step2") if (run_dir / "summary.json").is_file() \
+            else {}
+        settings = RacingSettings(step2.get("racing_confidence", 0.95) if confidence is None else confidence,
+                                  step2.get("racing_first_test", 3) if first_test is None else first_test)
+    out = replay_run(run_dir, repeats=repeats, seed=seed, settings=settings,
+                     progress=lambda line: typer.echo(line, err=True))
+    for key, entry in out["searches"].items():
+        line = f"{key}: agreement {_fraction(entry['agreement'])}, evaluations {_fraction(entry['evaluation_fraction'])} " \
+               "of the grid"
+        if "steps" in entry:
+            steps = entry["steps"]
+            line += (f"; steps: {steps['decisions']} decisions, agreement {_fraction(steps['agreement'])}, "
+                     f"seeds {_fraction(steps['seed_fraction'])}")
+        typer.echo(line)
+    typer.echo(f"replay: {run_dir / REPLAY_FILE}")
+
+
+def _fraction(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def export_command(
     run_dir: Path = EXPORT_RUN_DIR,
     model: str = typer.Option(None, "--model", help="Chosen model of the run to export, e.g. MOIH1."),

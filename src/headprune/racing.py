@@ -1,0 +1,369 @@
+"""Racing over seeds (F-Race, Birattari et al. 2002; irace, López-Ibáñez et al. 2016): a scheduler
+that wraps a Step 2 strategy and spends seeds only where a decision is still open.
+
+A `Race` is itself an ask/tell strategy whose requests are single seeds, `SeedRequest(pruned,
+dataset, seed)`, answered with that seed's F1 (`Scorer.evaluate_seeds`); `search.run_strategies`
+drives races as it drives strategies, so one round of every race is one executor batch (the
+in-process loop, Ray, or a pack of the batched engine). The wrapped strategy is told one score
+per request, as without racing, and never knows. Per round kind (`search.Round`):
+
+- "compare" (H1's round, H2/H3's cross-scoring): the race proper. Every candidate (the requests
+  sharing a pruned set; the datasets are its instances) gets the same seeds in the same order, one
+  seed block at a time: a block is one seed on every dataset for every candidate still racing.
+  From block `first_test` on, the blocks so far, one row per (dataset, seed), are tested: with
+  three or more candidates the Friedman test (`scipy.stats.friedmanchisquare`, candidates ranked
+  within each row, as the paper ranks models within each dataset) and, when it rejects, Conover's
+  post-hoc test for Friedman rankings (`scikit_posthocs.posthoc_conover_friedman`, unadjusted, as
+  irace compares each candidate with the best); with two, the paired Wilcoxon signed-rank test
+  (`scipy.stats.wilcoxon`, as F-Race does). A candidate significantly worse than the best (the
+  highest rank sum) at `confidence` is dropped. The survivors get every seed (once one is left, it
+  alone is scored on the rest). Each request is then told its mean over the seeds it got: the
+  survivors' over every seed, a dropped candidate's over the seeds before it was dropped. So the paper's
+  rule (Algorithm 5: per-dataset means, ranks, lowest rank sum) still ranks every candidate, a
+  dropped one sitting between survivors with its partial means (a Borda count needs every
+  candidate), but only a survivor can be chosen: if the rank sum puts a dropped candidate first,
+  the best-ranked survivor is chosen instead (`result()`, "racing.chosen_instead").
+- "walk" (H2/H3's greedy steps): each accept/reject decision ("score >= the best so far", ">=
+  the complete model's") is a paired sequential test over seeds: after `first_test` seeds, and
+  after each further one, a paired t-test (`scipy.stats.ttest_rel`) of the step's per-seed F1
+  against its reference's on the same seeds; once p < 1 - confidence the decision is the sign of
+  the mean difference, else the next seed is added, and with every seed used the paper's rule
+  decides (mean difference >= 0). The reference's seeds are evaluated as the test needs them.
+  The strategy is told the reference's score plus the mean paired difference (the control-variate
+  estimate of the step's mean; with every seed, exactly its mean), so its own rule reaches the
+  same decision. A step compared with the constant 0 (H2 before anything is kept) is always kept;
+  it gets `first_test` seeds.
+- "baseline" (H3's complete model): every seed (its score is every later step's reference).
+
+`result()` is the wrapped strategy's result plus `evaluations` (distinct seed evaluations this race
+asked for), `grid_evaluations` (what the full protocol would have asked on the same path: every
+distinct request of every round with every seed) and `racing` (settings, eliminations with the seeds they
+had and the p-value, the walk's decisions)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats
+
+from .errors import HeadpruneError
+from .search import Head, Request, Round, Strategy
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_FIRST_TEST = 3
+
+
+class SeedRequest(NamedTuple):
+    """One seed of one request: `pruned` heads removed, scored on `dataset` with `seed`."""
+
+    pruned: frozenset[Head]
+    dataset: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class RacingSettings:
+    """`confidence`: 1 - the significance level of every test; `first_test`: the seeds (blocks)
+    before the first test."""
+
+    confidence: float = DEFAULT_CONFIDENCE
+    first_test: int = DEFAULT_FIRST_TEST
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise HeadpruneError(f"racing confidence must be between 0 and 1, got {self.confidence}")
+        if isinstance(self.first_test, bool) or not isinstance(self.first_test, int) or self.first_test < 2:
+            raise HeadpruneError(f"racing first test must be an integer of at least 2 seeds, got {self.first_test!r}")
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+
+Steps = Generator[list[SeedRequest], None, list[float]]
+
+
+class Race:
+    """`strategy` raced over `seeds` (in this order; see the module's docstring)."""
+
+    def __init__(self, strategy: Strategy, seeds: Sequence[int], settings: RacingSettings = RacingSettings()):
+        self.strategy = strategy
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise HeadpruneError(f"a race needs distinct seeds, got {list(seeds)}")
+        self.settings = settings
+        self._f1: dict[SeedRequest, float] = {}  # every seed score seen (what this race asked for)
+        self._told: dict[Request, float] = {}  # what the strategy was told for each request
+        self._grid: set[Request] = set()  # every distinct request of the strategy's rounds
+        self._eliminations: list[dict] = []
+        self._decisions: list[dict] = []
+        self._rounds = 0
+        self._steps: Steps | None = None
+        self._asked: list[SeedRequest] = []
+        self._compared: list[frozenset[Head]] = []  # the candidates of the last compared round
+        self._next()
+
+    # ------------------------------------------------------------------ ask/tell
+    @property
+    def done(self) -> bool:
+        return self._steps is None
+
+    def ask(self) -> list[SeedRequest]:
+        return list(self._asked)
+
+    def round(self) -> Round | None:
+        return None  # a race's requests are seeds, not a strategy's round
+
+    def tell(self, scores: Sequence[float]) -> None:
+        if self.done:
+            raise RuntimeError("the race is done: it has asked for nothing")
+        if len(scores) != len(self._asked):
+            raise ValueError(f"the race was told {len(scores)} scores for {len(self._asked)} requests")
+        for request, score in zip(self._asked, scores):
+            self._f1[request] = float(score)
+        if not self._run_steps():
+            self._next()
+
+    def result(self) -> dict:
+        if not self.done:
+            raise RuntimeError("the race is not done: ask() still has requests")
+        result = dict(self.strategy.result())
+        dropped = {frozenset(map(tuple, e["pruned_heads"])) for e in self._eliminations if "pruned_heads" in e}
+        instead = _survivor_choice(result, dropped, self._compared)
+        result["evaluations"] = len(self._f1)
+        result["grid_evaluations"] = len(self._grid) * len(self.seeds)
+        result["racing"] = {
+            **asdict(self.settings),
+            "seeds": self.seeds,
+            "eliminations": self._eliminations,
+            "decisions": self._decisions,
+            "chosen_instead": instead,
+        }
+        return result
+
+    # ------------------------------------------------------------------ rounds
+    def _next(self) -> None:
+        """Start the wrapped strategy's next round that needs seeds not yet seen (or finish)."""
+        while not self.strategy.done:
+            round_ = self.strategy.round()
+            if round_ is None:
+                raise HeadpruneError(f"{type(self.strategy).__name__} does not declare its rounds: it cannot be raced")
+            self._rounds += 1
+            self._grid.update(round_.requests)
+            self._round, self._steps = round_, self._play(round_)
+            if self._run_steps():
+                return
+        self._steps, self._asked = None, []
+
+    def _run_steps(self) -> bool:
+        """Run the round's steps until one needs seeds not yet seen (True); else tell the strategy
+        the round's scores (False)."""
+        assert self._steps is not None
+        try:
+            while True:
+                missing = list(dict.fromkeys(r for r in next(self._steps) if r not in self._f1))
+                if missing:
+                    self._asked = missing
+                    return True
+        except StopIteration as stop:
+            told = stop.value
+        for request, score in zip(self._round.requests, told):
+            self._told[request] = score
+        self.strategy.tell(told)
+        return False
+
+    def _play(self, round_: Round) -> Steps:
+        if round_.kind == "compare":
+            return self._compare(round_.requests)
+        if round_.kind == "walk":
+            return self._walk(round_.requests, round_.versus or [None] * len(round_.requests))
+        if round_.kind == "baseline":
+            return self._every_seed(round_.requests)
+        raise HeadpruneError(f"unknown round kind {round_.kind!r}")
+
+    def _mean(self, request: Request, seeds: Sequence[int]) -> float:
+        return float(np.mean([self._f1[SeedRequest(request.pruned, request.dataset, s)] for s in seeds]))
+
+    def _every_seed(self, requests: list[Request]) -> Steps:
+        yield [SeedRequest(r.pruned, r.dataset, s) for r in requests for s in self.seeds]
+        return [self._mean(r, self.seeds) for r in requests]
+
+    def _compare(self, requests: list[Request]) -> Steps:
+        """The race proper: seed blocks for the candidates still in it, tests from `first_test` on."""
+        alpha, first = self.settings.alpha, self.settings.first_test
+        candidates: dict[frozenset[Head], list[Request]] = {}
+        for request in requests:
+            candidates.setdefault(request.pruned, []).append(request)
+        datasets = sorted(r.dataset for r in next(iter(candidates.values())))
+        for pruned, mine in candidates.items():
+            if sorted(r.dataset for r in mine) != datasets:
+                raise HeadpruneError("a compared round must score every candidate on the same datasets")
+        alive = list(candidates)
+        self._compared = list(candidates)
+        seeds_of: dict[frozenset[Head], int] = {}
+        used = 0
+        for block, seed in enumerate(self.seeds, start=1):
+            yield [SeedRequest(p, ds, seed) for p in alive for ds in datasets]
+            used = block
+            if block < first or len(alive) < 2:
+                continue
+            seen = self.seeds[:block]
+            table = np.array([[self._f1[SeedRequest(p, ds, s)] for p in alive] for ds in datasets for s in seen])
+            for index, p_value, test in _worse_than_best(table, alpha):
+                pruned = alive[index]
+                seeds_of[pruned] = block
+                self._eliminations.append({
+                    "round": self._rounds, "n_pruned": len(pruned), "pruned_heads": _pairs(pruned),
+                    "after_seeds": block, "p_value": p_value, "test": test,
+                })
+            alive = [p for p in alive if p not in seeds_of]
+        for pruned in alive:
+            seeds_of[pruned] = used
+        return [self._mean(r, self.seeds[: seeds_of[r.pruned]]) for r in requests]
+
+    def _walk(self, requests: list[Request], versus: list[Request | None]) -> Steps:
+        """Each step's paired sequential test against its reference, all steps of the round in lockstep."""
+        alpha, n_seeds = self.settings.alpha, len(self.seeds)
+        n = min(self.settings.first_test, n_seeds)
+        told: dict[int, float] = {}
+        open_ = list(range(len(requests)))
+        while open_:
+            seeds = self.seeds[:n]
+            need = []
+            for i in open_:
+                need += [SeedRequest(requests[i].pruned, requests[i].dataset, s) for s in seeds]
+                if versus[i] is not None:
+                    need += [SeedRequest(versus[i].pruned, versus[i].dataset, s) for s in seeds]
+            yield need
+            still = []
+            for i in open_:
+                request, reference = requests[i], versus[i]
+                trial = np.array([self._f1[SeedRequest(request.pruned, request.dataset, s)] for s in seeds])
+                base = None if reference is None else np.array(
+                    [self._f1[SeedRequest(reference.pruned, reference.dataset, s)] for s in seeds])
+                decided, keep, p_value = walk_decision(trial, base, self.settings, n_seeds)
+                if not decided:
+                    still.append(i)
+                    continue
+                difference = 0.0 if base is None else float(np.mean(trial - base))
+                told[i] = float(np.mean(trial)) if reference is None else _told(self._told[reference], difference, keep)
+                self._decide(request, reference, n, p_value, keep, difference)
+            open_ = still
+            n += 1
+        return [told[i] for i in range(len(requests))]
+
+    def _decide(self, request: Request, reference: Request | None, seeds: int, p_value: float | None, keep: bool,
+                difference: float) -> None:
+        self._decisions.append({
+            "round": self._rounds, "dataset": request.dataset, "n_pruned": len(request.pruned),
+            "versus_n_pruned": None if reference is None else len(reference.pruned),
+            "seeds": seeds, "p_value": p_value, "keep": bool(keep), "mean_difference": difference,
+        })
+
+
+def walk_decision(trial: np.ndarray, base: np.ndarray | None, settings: RacingSettings, n_seeds: int
+                  ) -> tuple[bool, bool, float | None]:
+    """One H2/H3 step's sequential decision on its first seeds: (decided, keep, p-value).
+
+    `trial` and `base`: the step's and its reference's F1 on the same seeds, in race order (`base`
+    None: the constant 0, always kept). Decided once the paired t-test's p < 1 - confidence (keep =
+    the step is better) or when all `n_seeds` are in (keep = mean difference >= 0, the paper's rule)."""
+    if base is None:
+        return True, True, None
+    difference = float(np.mean(trial - base))
+    p_value = _paired_p(trial, base)
+    if len(trial) >= n_seeds:
+        return True, difference >= 0, p_value
+    if p_value is not None and p_value < settings.alpha:
+        return True, difference > 0, p_value
+    return False, False, p_value
+
+
+def _told(reference: float, difference: float, keep: bool) -> float:
+    """The reference's told score plus the mean paired difference, on the side of the decision (a
+    difference too small to move a float must not flip what the strategy's own rule decides)."""
+    score = reference + difference
+    if keep and score < reference:
+        return reference
+    if not keep and score >= reference:
+        return float(np.nextafter(reference, -math.inf))
+    return score
+
+
+def _paired_p(trial: np.ndarray, base: np.ndarray) -> float | None:
+    """Two-sided p of the paired t-test; None where it is undefined (every difference zero)."""
+    difference = trial - base
+    if np.all(difference == 0):
+        return None
+    if np.all(difference == difference[0]):
+        return 0.0  # a constant non-zero difference: as clear as it gets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_value = float(stats.ttest_rel(trial, base).pvalue)
+    return None if math.isnan(p_value) else p_value
+
+
+def _worse_than_best(table: np.ndarray, alpha: float) -> list[tuple[int, float, str]]:
+    """Columns (candidates) of `table` (rows: blocks) significantly worse than the best at `alpha`:
+    [(column, p-value, test)]. Friedman then Conover's post-hoc (three or more), Wilcoxon (two)."""
+    n_rows, n_cols = table.shape
+    ranks = stats.rankdata(table, axis=1)  # within each row, highest F1 = highest rank
+    sums = ranks.sum(axis=0)
+    best = int(np.argmax(sums))
+    if n_cols == 2:
+        if np.all(table[:, 0] == table[:, 1]):
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p_value = float(stats.wilcoxon(table[:, 0], table[:, 1]).pvalue)
+        worse = 1 - best
+        return [(worse, p_value, "wilcoxon")] if p_value < alpha and sums[worse] < sums[best] else []
+    if np.all(table == table[:, :1]):
+        return []  # every candidate scores the same in every row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        friedman = float(stats.friedmanchisquare(*table.T).pvalue)
+    if not friedman < alpha:
+        return []
+    import scikit_posthocs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heavy ties can make Conover's variance estimate vanish (p = nan: no drop)
+        posthoc = np.asarray(scikit_posthocs.posthoc_conover_friedman(table), dtype=float)
+    return [(j, float(posthoc[best, j]), "friedman+conover") for j in range(n_cols)
+            if j != best and sums[j] < sums[best] and posthoc[best, j] < alpha]
+
+
+def _pairs(heads: frozenset[Head]) -> list[list[int]]:
+    return [[layer, head] for layer, head in sorted(heads)]
+
+
+def _survivor_choice(result: dict, dropped: set[frozenset[Head]], compared: list[frozenset[Head]]) -> dict | None:
+    """Where the rank sum puts a dropped candidate first, choose the best-ranked survivor instead
+    (in place); returns what was replaced, or None. Rows name a k (H1: the candidate of `compared`
+    with k heads) or a source dataset (H2/H3: its walk's pruned set)."""
+    ranking = result.get("ranking") or []
+    greedy = "per_dataset" in result
+
+    def pruned_of(row: dict) -> frozenset[Head]:
+        if greedy:
+            return frozenset(tuple(h) for h in result["per_dataset"][row["model"]]["pruned_heads"])
+        return next(p for p in compared if len(p) == row["k"])
+
+    if not ranking or pruned_of(ranking[0]) not in dropped:
+        return None
+    survivor = next((row for row in ranking if pruned_of(row) not in dropped), None)
+    if survivor is None:
+        return None
+    replaced = {"model": ranking[0]["model"], "n_pruned": ranking[0]["n_pruned"]}
+    if greedy:
+        result["chosen"] = survivor["model"]
+    else:
+        result["chosen_k"] = survivor["k"]
+    result["pruned_heads"] = _pairs(pruned_of(survivor))
+    return replaced

@@ -1,0 +1,245 @@
+"""`headprune replay RUN_DIR`: how well racing would have done on a run that scored the complete grid.
+
+A run with racing off holds, in its store, every seed of every candidate its searches asked for.
+Replaying a race on it costs no evaluation: each race (`racing.Race`, the run's racing settings or
+the defaults) is answered from the store, many times with the seed order permuted (seeded), and
+compared with the grid's choice:
+
+- H1 (and H2/H3 as whole searches): `agreement`, the fraction of replays choosing the grid's pruned
+  set; `evaluation_fraction`, the mean of the race's seed evaluations over the grid's; for each
+  model a race chose instead, how often, its rank in the grid's ranking, its rank-sum gap to the
+  grid's choice, and whether it is within the noise of the grid's choice: the paired Wilcoxon
+  signed-rank test over every (dataset, seed) of the two finds no difference at the racing
+  confidence. An H2/H3 race that leaves the grid's path asks for scores the store lacks; such
+  replays are counted as `left_the_grid` and are not in the agreement.
+- H2/H3 step by step: on the path the full run took, each step's sequential decision
+  (`racing.walk_decision`, seeds in the replay's order) against the full-seed rule: `agreement`
+  of the decisions and `seed_fraction`, the seeds the decisions used over all seeds.
+
+Writes RUN_DIR/replay.json and returns its content."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .config import parse_seeds
+from .errors import HeadpruneError
+from .racing import Race, RacingSettings, walk_decision
+from .search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
+from .store import ResultStore
+from .summary import SUMMARY_FILE, load_summary, malformed
+from .verify import NotInStore, StoredScores
+
+REPLAY_FILE = "replay.json"
+DEFAULT_REPEATS = 200
+
+
+def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 0,
+               settings: RacingSettings | None = None,
+               progress: Callable[[str], None] | None = None) -> dict:
+    """Replay races on the complete grid of `run_dir` (see the module docstring); writes replay.json."""
+    run_dir = Path(run_dir)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise HeadpruneError(f"--repeats must be a positive integer, got {repeats!r}")
+    summary_path, store_path = run_dir / SUMMARY_FILE, run_dir / "store.sqlite"
+    for path in (summary_path, store_path):
+        if not path.is_file():
+            raise HeadpruneError(f"{path}: file not found (is {run_dir} a finished run directory?)")
+    summary = load_summary(summary_path)
+    step2 = summary.config_value("step2")
+    if step2.get("racing"):
+        raise HeadpruneError(f"{run_dir}: this run raced (step2.racing = true), so its store lacks the complete grid "
+                             "a replay needs; replay a run made with racing off")
+    if settings is None:
+        settings = RacingSettings(step2.get("racing_confidence", 0.95), step2.get("racing_first_test", 3))
+    seeds = parse_seeds(step2["seeds"], "step2.seeds")
+    if settings.first_test > len(seeds):
+        raise HeadpruneError(f"racing first test {settings.first_test} exceeds the run's {len(seeds)} Step 2 seeds")
+    store = ResultStore(store_path)
+    try:
+        scores = StoredScores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
+                              summary.config_value("scoring"))
+    finally:
+        store.close()
+    memo: dict = {}
+
+    def evaluate(requests):
+        missing = [r for r in requests if r not in memo]
+        for request, f1 in zip(missing, scores.evaluate_seeds(missing)):
+            memo[request] = f1
+        return [memo[r] for r in requests]
+
+    rng = np.random.default_rng(seed)
+    out: dict = {
+        "run_dir": str(run_dir), "repeats": repeats, "seed": seed, "seeds": seeds,
+        "racing": {"confidence": settings.confidence, "first_test": settings.first_test},
+        "searches": {},
+    }
+    try:
+        for key, make, grid, row_set in _searches(summary, step2):
+            if progress:
+                progress(f"replaying {key} {repeats} times")
+            out["searches"][key] = _replay_search(make, grid, row_set, seeds, settings, repeats, rng, evaluate, scores)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        raise malformed(summary_path, f"{type(error).__name__}: {error}") from None
+    h1 = [entry for key, entry in out["searches"].items() if key.startswith("h1.")]
+    if h1:
+        out["agreement"] = float(np.mean([e["agreement"] for e in h1]))
+        out["evaluation_fraction"] = float(np.mean([e["evaluation_fraction"] for e in h1]))
+    steps = [e["steps"] for e in out["searches"].values() if e.get("steps")]
+    if steps:
+        total = sum(s["decisions"] for s in steps)
+        out["step_agreement"] = sum(s["agreement"] * s["decisions"] for s in steps) / total
+        out["step_seed_fraction"] = sum(s["seed_fraction"] * s["decisions"] for s in steps) / total
+    (run_dir / REPLAY_FILE).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _searches(summary, step2: dict):
+    """(key, strategy factory, the grid's result as a dict) for each search of the summary."""
+    orders = summary.orders or {}
+    for name, entry in (summary.h1 or {}).items():
+        ranked = [tuple(h) for h in summary.need(orders.get(name), f"orders.{name}").ranked]
+        datasets = list(entry.scores)
+        yield (f"h1.{name}", lambda ranked=ranked, ds=datasets, ks=entry.k_values: H1Strategy(ranked, ds, k_values=ks),
+               entry.to_json(), lambda row, ranked=ranked: frozenset(ranked[len(ranked) - row["k"]:] if row["k"] else []))
+    for strategy, cls in (("h2", H2Strategy), ("h3", H3Strategy)):
+        for name, entry in summary.greedy(strategy).items():
+            ranked = summary.need(orders.get(name), f"orders.{name}").ranked
+            names = list(entry.per_dataset)
+            group = entry.group_size or step2.get("group_size", 1)
+            grid = entry.to_json()
+            yield (f"{strategy}.{name}", lambda ranked=ranked, ds=names, g=group, c=cls: c(ranked, ds, group_size=g),
+                   grid, lambda row, grid=grid: frozenset(tuple(h) for h in grid["per_dataset"][row["model"]]["pruned_heads"]))
+
+
+def _chosen_set(result: dict) -> frozenset:
+    return frozenset(tuple(h) for h in result["pruned_heads"])
+
+
+def _replay_search(make: Callable[[], Strategy], grid: dict, row_set: Callable[[dict], frozenset], seeds: list[int],
+                   settings: RacingSettings, repeats: int, rng: np.random.Generator, evaluate,
+                   scores: StoredScores) -> dict:
+    grid_set = _chosen_set(grid)
+    greedy = "per_dataset" in grid
+    agree = left = 0
+    fractions: list[float] = []
+    instead: dict[frozenset, int] = {}
+    full = _full_result(make, seeds, evaluate)
+    if _chosen_set(full[0]) != grid_set:
+        raise HeadpruneError("the store's complete grid does not give the summary's choice "
+                             f"({sorted(_chosen_set(full[0]))} vs {sorted(grid_set)}): run `headprune verify` first")
+    grid_evaluations = len(full[1]) * len(seeds)
+    step_stats = _StepStats() if greedy else None
+    for _ in range(repeats):
+        order = [int(s) for s in rng.permutation(seeds)]
+        if step_stats is not None:
+            step_stats.replay(full[2], order, settings, len(seeds), evaluate)
+        try:
+            result = run_strategies({"race": Race(make(), order, settings)}, evaluate)["race"]
+        except NotInStore:
+            left += 1
+            continue
+        fractions.append(result["evaluations"] / grid_evaluations)
+        chosen = _chosen_set(result)
+        if chosen == grid_set:
+            agree += 1
+        else:
+            instead[chosen] = instead.get(chosen, 0) + 1
+    replayed = repeats - left
+    entry: dict = {
+        "grid_choice": _describe(grid, grid_set, row_set),
+        "agreement": agree / replayed if replayed else None,
+        "evaluation_fraction": float(np.mean(fractions)) if fractions else None,
+        "grid_evaluations": grid_evaluations,
+        "replayed": replayed,
+        "disagreements": [_disagreement(grid, row_set, chosen, count, seeds, settings, scores)
+                          for chosen, count in sorted(instead.items(), key=lambda item: -item[1])],
+    }
+    if greedy:
+        entry["left_the_grid"] = left
+        entry["steps"] = step_stats.to_json()
+    return entry
+
+
+def _full_result(make: Callable[[], Strategy], seeds: list[int], evaluate):
+    """The grid's own search, re-run from the store with every seed: (result, its distinct requests,
+    its walk steps [(request, versus)])."""
+    strategy = make()
+    steps: list[tuple[Request, Request | None]] = []
+    while not strategy.done:
+        round_ = strategy.round()
+        if round_.kind == "walk":
+            steps += list(zip(round_.requests, round_.versus))
+        requests = round_.requests
+        values = evaluate([(r.pruned, r.dataset, s) for r in requests for s in seeds])
+        n = len(seeds)
+        strategy.tell([float(np.mean(values[i * n:(i + 1) * n])) for i in range(len(requests))])
+    return strategy.result(), strategy.asked, steps
+
+
+class _StepStats:
+    """H2/H3's decisions on the full run's path, sequential (seeds in a replay's order) vs all seeds."""
+
+    def __init__(self) -> None:
+        self.decisions = self.agree = self.seeds_used = self.seeds_total = 0
+
+    def replay(self, steps, order: list[int], settings: RacingSettings, n_seeds: int, evaluate) -> None:
+        for request, versus in steps:
+            trial = np.array(evaluate([(request.pruned, request.dataset, s) for s in order]))
+            base = None if versus is None else np.array(evaluate([(versus.pruned, versus.dataset, s) for s in order]))
+            full = True if base is None else float(np.mean(trial - base)) >= 0
+            n = min(settings.first_test, n_seeds)
+            while True:
+                decided, keep, _ = walk_decision(trial[:n], None if base is None else base[:n], settings, n_seeds)
+                if decided:
+                    break
+                n += 1
+            self.decisions += 1
+            self.agree += int(keep == full)
+            self.seeds_used += n
+            self.seeds_total += n_seeds
+
+    def to_json(self) -> dict:
+        return {"decisions": self.decisions,
+                "agreement": self.agree / self.decisions if self.decisions else None,
+                "seed_fraction": self.seeds_used / self.seeds_total if self.seeds_total else None}
+
+
+def _describe(grid: dict, pruned: frozenset, row_set: Callable[[dict], frozenset]) -> dict:
+    """A candidate as the grid's ranking names it: its row's model, heads pruned, rank and rank sum."""
+    for rank, row in enumerate(grid["ranking"], start=1):
+        if row_set(row) == pruned:
+            return {"model": row["model"], "n_pruned": row["n_pruned"], "grid_rank": rank, "rank_sum": row["rank_sum"]}
+    return {"model": None, "n_pruned": len(pruned), "grid_rank": None, "rank_sum": None}
+
+
+def _disagreement(grid: dict, row_set: Callable[[dict], frozenset], chosen: frozenset, count: int, seeds: list[int],
+                  settings: RacingSettings, scores: StoredScores) -> dict:
+    """How far a race's other choice is from the grid's: grid rank, rank-sum gap, and the paired
+    Wilcoxon test over every (dataset, seed) of the two."""
+    described = _describe(grid, chosen, row_set)
+    datasets = list(grid["ranking"][0]["ranks"])
+    best = grid["ranking"][0]["rank_sum"]
+    mine = [x for ds in datasets for x in scores.seed_scores(sorted(chosen), ds, seeds)]
+    theirs = [x for ds in datasets for x in scores.seed_scores(sorted(_chosen_set(grid)), ds, seeds)]
+    p_value = 1.0
+    if any(a != b for a, b in zip(mine, theirs)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p_value = float(stats.wilcoxon(mine, theirs).pvalue)
+    return {**described, "count": count,
+            "rank_sum_gap": None if described["rank_sum"] is None else described["rank_sum"] - best,
+            "mean_f1_difference": float(np.mean(np.subtract(mine, theirs))),
+            "p_value": None if math.isnan(p_value) else p_value,
+            "within_noise": math.isnan(p_value) or not p_value < settings.alpha}
+
+
+__all__ = ["DEFAULT_REPEATS", "REPLAY_FILE", "replay_run"]

@@ -1,0 +1,312 @@
+"""Racing (racing.py): F-Race over seeds for compared rounds, sequential tests for H2/H3's steps;
+and `headprune replay` on a run that scored the complete grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headprune.errors import HeadpruneError
+from headprune.racing import Race, RacingSettings, SeedRequest, walk_decision
+from headprune.search import H1Strategy, H2Strategy, H3Strategy, Request, Round, run_strategies
+
+ORDER = [(layer, head) for layer in range(2) for head in range(6)]  # most important first
+DATASETS = ["a", "b", "c", "d"]
+SEEDS = list(range(1, 11))
+
+
+def _grid(shape, spread: float = 0.01, seed: int = 0):
+    """F1 of (pruned, dataset, seed): `shape(k)` plus noise shared by a (dataset, seed) block and a
+    small candidate-specific part (so that the ranking within a block is not always the same)."""
+    rng = np.random.default_rng(seed)
+    block = {(ds, s): rng.normal(0, spread) for ds in DATASETS for s in SEEDS}
+    own: dict = {}
+
+    def f1(pruned, ds, s):
+        key = (frozenset(pruned), ds, s)
+        if key not in own:
+            own[key] = float(np.random.default_rng(abs(hash(key)) % 2**32).normal(0, spread / 4))
+        return shape(len(pruned)) + block[(ds, s)] + own[key]
+
+    def seeds(requests):
+        return [f1(p, ds, s) for p, ds, s in requests]
+
+    def means(requests):
+        return [float(np.mean([f1(p, ds, s) for s in SEEDS])) for p, ds in requests]
+
+    return seeds, means
+
+
+def _peaked(k: int) -> float:
+    return 0.8 - 0.004 * (k - 4) ** 2
+
+
+def test_a_clear_race_drops_the_worse_candidates_early_and_keeps_the_grids_choice() -> None:
+    by_seed, by_mean = _grid(_peaked)
+    grid = run_strategies({"h1": H1Strategy(ORDER, DATASETS)}, by_mean)["h1"]
+    raced = run_strategies({"h1": Race(H1Strategy(ORDER, DATASETS), SEEDS)}, by_seed)["h1"]
+    assert raced["chosen_k"] == grid["chosen_k"] == 4
+    assert raced["grid_evaluations"] == 12 * 4 * 10
+    assert raced["evaluations"] < 0.5 * raced["grid_evaluations"]
+    eliminations = raced["racing"]["eliminations"]
+    assert {e["n_pruned"] for e in eliminations} <= set(range(12)) - {4}
+    assert all(e["after_seeds"] >= 3 and e["p_value"] < 0.05 for e in eliminations)
+    assert {e["test"] for e in eliminations} <= {"friedman+conover", "wilcoxon"}
+    # A dropped candidate is told its mean over the seeds it had: k = 11 (far worse) had 3.
+    dropped = next(e for e in eliminations if e["n_pruned"] == 11)
+    seeds = SEEDS[: dropped["after_seeds"]]
+    least = frozenset(ORDER[-11:])
+    expected = np.mean(by_seed([SeedRequest(least, "a", s) for s in seeds]))
+    assert raced["scores"]["a"]["11"] == pytest.approx(expected)
+
+
+def test_candidates_that_do_not_differ_race_to_the_end() -> None:
+    """Identical scores for every candidate: no test rejects, every seed of every candidate is used,
+    and the result is the grid's exactly."""
+    by_seed, by_mean = _grid(lambda k: 0.75, spread=0.0)
+    grid = run_strategies({"h1": H1Strategy(ORDER, DATASETS)}, by_mean)["h1"]
+    raced = run_strategies({"h1": Race(H1Strategy(ORDER, DATASETS), SEEDS)}, by_seed)["h1"]
+    assert raced["evaluations"] == raced["grid_evaluations"]
+    assert raced["racing"]["eliminations"] == []
+    assert raced["chosen_k"] == grid["chosen_k"] and raced["scores"] == grid["scores"]
+
+
+def test_a_race_whose_first_test_is_the_last_seed_is_the_grid() -> None:
+    """first_test = every seed: no early decision anywhere, so each search gives the grid's result."""
+    by_seed, by_mean = _grid(_peaked)
+    settings = RacingSettings(first_test=len(SEEDS))
+    for make in (lambda: H1Strategy(ORDER, DATASETS, k_values=[0, 3, 6, 9]),
+                 lambda: H2Strategy(ORDER, DATASETS, group_size=3), lambda: H3Strategy(ORDER, DATASETS, group_size=3)):
+        grid = run_strategies({"s": make()}, by_mean)["s"]
+        raced = run_strategies({"s": Race(make(), SEEDS, settings)}, by_seed)["s"]
+        assert raced["pruned_heads"] == grid["pruned_heads"]
+        for key in ("ranking", "scores", "cross", "per_dataset", "complete"):
+            if key in grid:
+                assert json.dumps(raced[key]) == json.dumps(grid[key]) or _close(raced[key], grid[key]), key
+        assert raced["evaluations"] <= raced["grid_evaluations"]
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) < 1e-12
+    return a == b
+
+
+def test_walk_decisions_are_sequential_and_the_strategy_agrees_with_them() -> None:
+    """H3 on a model that loses F1 with every head pruned beyond 4: each step's decision is a paired
+    sequential test; the strategy, told the reference's score plus the mean paired difference, keeps
+    exactly the steps the race kept."""
+    by_seed, by_mean = _grid(lambda k: 0.8 if k <= 4 else 0.8 - 0.01 * (k - 4), spread=0.005)
+    raced = run_strategies({"h3": Race(H3Strategy(ORDER, DATASETS, group_size=2), SEEDS)}, by_seed)["h3"]
+    decisions = raced["racing"]["decisions"]
+    assert decisions and all(d["seeds"] >= 3 for d in decisions)
+    assert any(d["seeds"] < len(SEEDS) for d in decisions)  # clear steps stop early
+    kept = {ds: max([d["n_pruned"] for d in decisions if d["dataset"] == ds and d["keep"]], default=0)
+            for ds in DATASETS}
+    assert {ds: m["n_pruned"] for ds, m in raced["per_dataset"].items()} == kept
+    for d in decisions:  # a clear decision follows the sign of the mean difference
+        if d["p_value"] is not None and d["p_value"] < 0.05:
+            assert d["keep"] == (d["mean_difference"] > 0)
+    assert raced["evaluations"] < raced["grid_evaluations"]
+
+
+def test_walk_decision_rules() -> None:
+    settings = RacingSettings(confidence=0.95, first_test=3)
+    worse = np.array([0.70, 0.71, 0.69])
+    same = np.array([0.80, 0.81, 0.79])
+    assert walk_decision(worse, same, settings, 10)[:2] == (True, False)  # clearly worse: reject after 3
+    assert walk_decision(same, worse, settings, 10)[:2] == (True, True)
+    noisy, base = np.array([0.80, 0.70, 0.75]), np.array([0.72, 0.79, 0.74])
+    assert walk_decision(noisy, base, settings, 10)[0] is False  # not clear: add a seed
+    assert walk_decision(noisy, base, settings, 3)[:2] == (True, bool(np.mean(noisy - base) >= 0))  # the paper's rule
+    assert walk_decision(same, same, settings, 10) == (False, False, None)  # identical: no test yet
+    assert walk_decision(same, same, settings, 3)[:2] == (True, True)  # ties are kept (">=")
+    assert walk_decision(worse, None, settings, 10)[:2] == (True, True)  # against the constant 0
+
+
+def test_races_run_together_give_what_each_gives_alone() -> None:
+    by_seed, _ = _grid(_peaked)
+    makes = {"h1": lambda: H1Strategy(ORDER, DATASETS), "h2": lambda: H2Strategy(ORDER, DATASETS, group_size=3),
+             "h3": lambda: H3Strategy(ORDER, DATASETS, group_size=3)}
+    calls: list[int] = []
+
+    def counted(requests):
+        calls.append(len(requests))
+        return by_seed(requests)
+
+    together = run_strategies({k: Race(m(), SEEDS) for k, m in makes.items()}, counted)
+    alone = {k: run_strategies({k: Race(m(), SEEDS)}, by_seed)[k] for k, m in makes.items()}
+    assert together == alone
+    assert max(calls) > 12 * 4  # one call holds several races' seed blocks
+
+
+def test_a_dropped_candidate_the_rank_sum_puts_first_is_not_chosen() -> None:
+    """Borda with partial means can rank a dropped candidate first; the race then chooses the best
+    survivor and says so."""
+    from headprune.racing import _survivor_choice
+
+    result = {"ranking": [{"model": "k=3", "n_pruned": 3, "k": 3, "rank_sum": 3.0},
+                          {"model": "k=0", "n_pruned": 0, "k": 0, "rank_sum": 4.0}],
+              "chosen_k": 3, "pruned_heads": [[1, 5], [1, 4], [1, 3]]}
+    compared = [frozenset(), frozenset(ORDER[-3:])]
+    instead = _survivor_choice(result, {frozenset(ORDER[-3:])}, compared)
+    assert instead == {"model": "k=3", "n_pruned": 3}
+    assert result["chosen_k"] == 0 and result["pruned_heads"] == []
+
+
+def test_racing_settings_are_checked() -> None:
+    with pytest.raises(HeadpruneError, match="confidence must be between 0 and 1"):
+        RacingSettings(confidence=1.0)
+    with pytest.raises(HeadpruneError, match="at least 2 seeds"):
+        RacingSettings(first_test=1)
+    with pytest.raises(HeadpruneError, match="distinct seeds"):
+        Race(H1Strategy(ORDER, DATASETS), [1, 1, 2])
+
+
+def test_strategies_declare_their_rounds() -> None:
+    h3 = H3Strategy(ORDER, ["a", "b"], group_size=6)
+    first = h3.round()
+    assert first.kind == "baseline" and first.requests == [Request(frozenset(), "a"), Request(frozenset(), "b")]
+    h3.tell([0.8, 0.7])
+    walk = h3.round()
+    assert walk.kind == "walk" and walk.versus == [Request(frozenset(), "a"), Request(frozenset(), "b")]
+    h2 = H2Strategy(ORDER, ["a"], group_size=3)
+    assert h2.round() == Round("walk", [Request(frozenset(ORDER[-3:]), "a")], [None])
+    h2.tell([0.5])
+    assert h2.round().versus == [Request(frozenset(ORDER[-3:]), "a")]  # the last kept step
+    assert H1Strategy(ORDER, ["a"]).round().kind == "compare"
+
+
+# ----------------------------------------------------------------------------- on a tiny model, end to end
+
+
+@pytest.fixture(scope="module")
+def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, air_data_dir: Path):
+    """The tiny pipeline with 4 Step 2 seeds: once with racing off (the complete grid), once with
+    racing on (first test after 2 seeds, confidence 0.6). A random tiny model's SVM scores every
+    candidate the same, so each score is replaced by one that falls with the heads pruned (plus
+    noise per (dataset, seed) and per evaluation): the race then has something to decide."""
+    import dataclasses
+    import hashlib
+
+    from test_pipeline import _config, _write_csvs
+
+    import headprune.scorer
+    from headprune.config import from_dict
+    from headprune.pipeline import Pipeline
+    from headprune.progress import RunProgress
+    from headprune.scoring import run_task
+
+    def noise(*parts) -> float:
+        digest = hashlib.sha256(repr(parts).encode()).digest()
+        return int.from_bytes(digest[:4], "little") / 2**32 - 0.5
+
+    def structured(context, task):
+        real = run_task(context, task)
+        f1 = 0.8 - 0.01 * len(task.pruned) + 0.01 * noise(task.dataset, task.seed) + 0.004 * noise(task)
+        return dataclasses.replace(real, f1=f1)
+
+    root = tmp_path_factory.mktemp("racing")
+    csvs = _write_csvs(root, air_data_dir)
+    data = _config(tiny_bert_dir, csvs)
+    data["step2"].update(seeds="1-4")
+    data["generalization"].update(seeds="101-102")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(headprune.scorer, "run_task", structured)
+        grid = Pipeline(from_dict(data, source="grid.toml"), root / "grid", progress=RunProgress(enabled=False)).run()
+        data["step2"].update(racing=True, racing_first_test=2, racing_confidence=0.6)
+        raced = Pipeline(from_dict(data, source="raced.toml"), root / "raced",
+                         progress=RunProgress(enabled=False)).run()
+    return root, data, grid, raced
+
+
+def test_a_raced_run_records_its_race_and_verifies(grid_and_race, monkeypatch, capsys) -> None:
+    from _cli import run_cli
+
+    root, _, grid, raced = grid_and_race
+    assert any(line.startswith("step2.racing = True") for line in raced["departures"])
+    assert not any(line.startswith("step2.racing") for line in grid["departures"])
+    for key in ("h1", "h2", "h3"):
+        for order, entry in raced[key].items():
+            assert entry["racing"]["confidence"] == 0.6 and entry["racing"]["first_test"] == 2
+            assert 0 < entry["evaluations"] <= entry["grid_evaluations"]
+            plain = grid[key][order]
+            assert plain["evaluations"] == plain["grid_evaluations"] and "racing" not in plain
+    entries = [e for key in ("h1", "h2", "h3") for e in raced[key].values()]
+    assert sum(e["evaluations"] for e in entries) < sum(e["grid_evaluations"] for e in entries)  # it saved some
+    h1 = raced["h1"]["OI"]
+    assert h1["grid_evaluations"] == grid["h1"]["OI"]["grid_evaluations"] == len(h1["k_values"]) * 2 * 4
+    code, out, err = run_cli(monkeypatch, capsys, "verify", root / "raced")
+    assert code == 0 and out.startswith("verified: "), err
+    # A changed race record is caught: verify re-runs the race from the store.
+    tampered = root / "tampered"
+    shutil.copytree(root / "raced", tampered, ignore=shutil.ignore_patterns("report"))
+    changed = json.loads((tampered / "summary.json").read_text())
+    changed["h1"]["OI"]["evaluations"] += 1
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
+    assert code == 1 and "h1.OI.evaluations" in err
+
+
+def test_the_report_shows_the_race(grid_and_race) -> None:
+    from headprune.report import write_report
+
+    root, _, _, raced = grid_and_race
+    page = write_report(root / "raced").read_text()
+    assert 'id="racing"' in page and "table-racing-evaluations" in page
+    total = sum(e["evaluations"] for key in ("h1", "h2", "h3") for e in raced[key].values())
+    assert f">{raced['h1']['OI']['evaluations']}<" in page and total > 0
+    assert 'id="racing"' not in write_report(root / "grid").read_text()
+
+
+def test_the_dry_run_gives_the_raced_range(grid_and_race, monkeypatch, capsys, tmp_path: Path) -> None:
+    from headprune.config import from_dict
+    from headprune.pipeline import Pipeline
+    from headprune.plan import dry_run_text, raced_least
+
+    _, data, _, _ = grid_and_race
+    config = from_dict(data, source="raced.toml")
+    text = dry_run_text(Pipeline(config, tmp_path / "dry"), with_estimate=False)
+    h1 = next(line for line in text.splitlines() if line.strip().startswith("H1 OI"))
+    n = len(range(0, 12, 4)) * 2 * 4  # tiny BERT: 12 heads, k step 4; 2 datasets; 4 seeds
+    assert f"{raced_least(n, config)} to {n} evaluations (raced)" in h1 and raced_least(n, config) == n // 2
+    assert "racing (step2.racing, confidence 0.6)" in text
+
+
+def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None:
+    from _cli import run_cli
+
+    root, _, grid, _ = grid_and_race
+    code, out, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--repeats", "12", "--seed", "3")
+    assert code == 0, err
+    replay = json.loads((root / "grid" / "replay.json").read_text())
+    assert replay["repeats"] == 12 and replay["seeds"] == [1, 2, 3, 4]
+    assert set(replay["searches"]) == {"h1.OI", "h1.A1", "h2.OI", "h3.OI"}
+    for key, entry in replay["searches"].items():
+        assert entry["replayed"] + entry.get("left_the_grid", 0) == 12
+        if entry["replayed"]:
+            assert 0 <= entry["agreement"] <= 1 and 0 < entry["evaluation_fraction"] <= 1
+        for other in entry["disagreements"]:
+            assert other["grid_rank"] is None or other["grid_rank"] > 1
+            assert other["count"] >= 1 and isinstance(other["within_noise"], bool)
+    steps = replay["searches"]["h3.OI"]["steps"]
+    assert steps["decisions"] > 0 and 0 < steps["seed_fraction"] <= 1
+    assert out.splitlines()[-1] == f"replay: {root / 'grid' / 'replay.json'}"
+    # With the first test at the last seed nothing is decided early: every replay is the grid.
+    code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--repeats", "5", "--first-test", "4")
+    assert code == 0, err
+    exact = json.loads((root / "grid" / "replay.json").read_text())
+    for key, entry in exact["searches"].items():
+        assert entry["agreement"] == 1.0 and entry["disagreements"] == [], key
+    assert exact["agreement"] == 1.0 and exact["step_agreement"] == 1.0 and exact["step_seed_fraction"] == 1.0
+    # A raced run has no complete grid: one line, exit 2.
+    code, _, err = run_cli(monkeypatch, capsys, "replay", root / "raced")
+    assert code == 2 and err.count("\n") == 1 and "this run raced" in err
