@@ -212,6 +212,8 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     def structured(context, task):
         real = run_task(context, task)
         f1 = 0.8 - 0.01 * len(task.pruned) + 0.01 * noise(task.dataset, task.seed) + 0.004 * noise(task)
+        if context.settings.epochs == 0:  # the low fidelity: lower, and with noise of its own
+            f1 = f1 - 0.02 + 0.006 * noise("low", task)
         return dataclasses.replace(real, f1=f1)
 
     root = tmp_path_factory.mktemp("racing")
@@ -222,6 +224,10 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(headprune.scorer, "run_task", structured)
         grid = Pipeline(from_dict(data, source="grid.toml"), root / "grid", progress=RunProgress(enabled=False)).run()
+        low = json.loads(json.dumps(data))
+        low["scoring"]["epochs"] = 0
+        low["step2"]["strategies"] = ["H1"]
+        Pipeline(from_dict(low, source="low.toml"), root / "low", progress=RunProgress(enabled=False)).run()
         data["step2"].update(racing=True, racing_first_test=2, racing_confidence=0.6)
         raced = Pipeline(from_dict(data, source="raced.toml"), root / "raced",
                          progress=RunProgress(enabled=False)).run()
@@ -310,3 +316,25 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     # A raced run has no complete grid: one line, exit 2.
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "raced")
     assert code == 2 and err.count("\n") == 1 and "this run raced" in err
+
+
+def test_replay_measures_a_low_fidelity_and_screens_with_it(grid_and_race, monkeypatch, capsys) -> None:
+    from _cli import run_cli
+
+    root, _, grid, _ = grid_and_race
+    code, out, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--repeats", "8",
+                             "--low-fidelity", root / "low", "--screen-cost", "0.25")
+    assert code == 0, err
+    replay = json.loads((root / "grid" / "replay.json").read_text())
+    assert replay["low_fidelity"]["scoring"]["epochs"] == 0 and replay["low_fidelity"]["screen_cost"] == 0.25
+    assert set(replay["fidelity"]) == set(replay["screened"]) == {"h1.OI", "h1.A1"}
+    for per_dataset in replay["fidelity"].values():
+        assert set(per_dataset) == set(grid["h1"]["OI"]["scores"])
+        for cell in per_dataset.values():
+            assert cell["spearman"] > 0.9  # both fidelities fall with the heads pruned
+            assert cell["mean_difference"] == pytest.approx(-0.02, abs=0.005)
+    for entry in replay["screened"].values():
+        assert 0 <= entry["agreement"] <= 1 and entry["cost_fraction"] > entry["evaluation_fraction"] > 0
+    assert "screened at the low fidelity" in out
+    code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--low-fidelity", root / "nowhere")
+    assert code == 2 and err.count("\n") == 1 and "--low-fidelity" in err

@@ -206,8 +206,11 @@ def validate(config: Config, where: str = "") -> None:
     for name in ("step1", "scoring"):
         section = getattr(config, name)
         for key in ("epochs", "batch_size"):
-            if getattr(section, key) < 1:
-                bad(f"{name}.{key} must be at least 1, got {getattr(section, key)}")
+            # scoring.epochs = 0 scores the pruned model without adjusting it (prune, features, SVM):
+            # the low fidelity racing can screen with (issue 18)
+            least = 0 if (name, key) == ("scoring", "epochs") else 1
+            if getattr(section, key) < least:
+                bad(f"{name}.{key} must be at least {least}, got {getattr(section, key)}")
         if not section.learning_rate > 0:
             bad(f"{name}.learning_rate must be positive")
     if not 0 < config.scoring.mlm_probability < 1:

@@ -39,12 +39,23 @@ from .verify import NotInStore, StoredScores
 
 REPLAY_FILE = "replay.json"
 DEFAULT_REPEATS = 200
+# What one low-fidelity evaluation (scoring.epochs = 0: prune, features, SVM) costs against one of
+# the full grid, measured on one CPU core for configs/racing-check*.toml (300 tweets, 2 adjusting
+# epochs): about 2.5 s against 13 s.
+DEFAULT_SCREEN_COST = 0.2
 
 
 def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 0,
                settings: RacingSettings | None = None,
-               progress: Callable[[str], None] | None = None) -> dict:
-    """Replay races on the complete grid of `run_dir` (see the module docstring); writes replay.json."""
+               progress: Callable[[str], None] | None = None,
+               low_fidelity: str | Path | None = None, screen_cost: float = DEFAULT_SCREEN_COST) -> dict:
+    """Replay races on the complete grid of `run_dir` (see the module docstring); writes replay.json.
+
+    `low_fidelity`: a run of the same H1 grid scored at a lower fidelity (e.g. scoring.epochs = 0):
+    replay.json then has, per H1 search and dataset, the rank correlation of the candidates' means
+    at both fidelities (`fidelity`), and the replayed races screened at the low fidelity first
+    (`screened`: an F-Race at the low fidelity, then one among its survivors at the full fidelity),
+    with their cost in full evaluations (a low one costs `screen_cost`)."""
     run_dir = Path(run_dir)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise HeadpruneError(f"--repeats must be a positive integer, got {repeats!r}")
@@ -52,6 +63,10 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     for path in (summary_path, store_path):
         if not path.is_file():
             raise HeadpruneError(f"{path}: file not found (is {run_dir} a finished run directory?)")
+    low_paths = [] if low_fidelity is None else [Path(low_fidelity) / SUMMARY_FILE, Path(low_fidelity) / "store.sqlite"]
+    for path in low_paths:  # before any replay: a mistake costs nothing
+        if not path.is_file():
+            raise HeadpruneError(f"--low-fidelity: {path}: file not found")
     summary = load_summary(summary_path)
     step2 = summary.config_value("step2")
     if step2.get("racing"):
@@ -98,8 +113,96 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
         total = sum(s["decisions"] for s in steps)
         out["step_agreement"] = sum(s["agreement"] * s["decisions"] for s in steps) / total
         out["step_seed_fraction"] = sum(s["seed_fraction"] * s["decisions"] for s in steps) / total
+    if low_fidelity is not None:
+        out.update(_fidelity(summary, scores, Path(low_fidelity), seeds, settings, repeats, seed, evaluate,
+                             screen_cost, out["searches"], progress))
     (run_dir / REPLAY_FILE).write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], settings: RacingSettings,
+              repeats: int, seed: int, evaluate, screen_cost: float, searches: dict, progress) -> dict:
+    """The low fidelity against the full one: rank correlations, and races screened at it."""
+    low_path, store_path = low_dir / SUMMARY_FILE, low_dir / "store.sqlite"
+    low = load_summary(low_path)
+    if low.model.fingerprint != summary.model.fingerprint:
+        raise HeadpruneError(f"--low-fidelity: {low_dir} scored model {low.model.fingerprint}, not "
+                             f"{summary.model.fingerprint}")
+    if parse_seeds(low.config_value("step2", "seeds"), "step2.seeds") != seeds:
+        raise HeadpruneError(f"--low-fidelity: {low_dir} used other Step 2 seeds than {seeds}")
+    store = ResultStore(store_path)
+    try:
+        low_scores = StoredScores(store, low.model.fingerprint, low.config_value("scoring"))
+    finally:
+        store.close()
+    low_memo: dict = {}
+
+    def low_evaluate(requests):
+        missing = [r for r in requests if r not in low_memo]
+        for request, f1 in zip(missing, low_scores.evaluate_seeds(missing)):
+            low_memo[request] = f1
+        return [low_memo[r] for r in requests]
+
+    fidelity: dict = {}
+    screened: dict = {}
+    rng = np.random.default_rng(seed)
+    for name, entry in (summary.h1 or {}).items():
+        low_entry = (low.h1 or {}).get(name)
+        if low_entry is None:
+            continue
+        ranked = [tuple(h) for h in summary.need((summary.orders or {}).get(name), f"orders.{name}").ranked]
+        low_ranked = [tuple(h) for h in low.need((low.orders or {}).get(name), f"orders.{name}").ranked]
+        if low_ranked != ranked or low_entry.k_values != entry.k_values:
+            raise HeadpruneError(f"--low-fidelity: order {name} or its k values differ in {low_dir}")
+        datasets, ks = list(entry.scores), entry.k_values
+        sets = {k: frozenset(ranked[len(ranked) - k:] if k else []) for k in ks}
+        per_dataset = {}
+        for ds in datasets:
+            full = np.array([[scores.seed_scores(sorted(sets[k]), ds, [s])[0] for s in seeds] for k in ks])
+            cheap = np.array([[low_scores.seed_scores(sorted(sets[k]), ds, [s])[0] for s in seeds] for k in ks])
+            per_dataset[ds] = {
+                "spearman": _corr(stats.spearmanr, full.mean(1), cheap.mean(1)),
+                "pearson": _corr(stats.pearsonr, full.mean(1), cheap.mean(1)),
+                "per_seed_spearman": float(np.nanmean([_corr(stats.spearmanr, full[:, i], cheap[:, i])
+                                                       for i in range(len(seeds))])),
+                "mean_difference": float(np.mean(cheap - full)),
+            }
+        fidelity[f"h1.{name}"] = per_dataset
+        if progress:
+            progress(f"replaying h1.{name} screened at the low fidelity {repeats} times")
+        grid_set = frozenset(tuple(h) for h in entry.pruned_heads or [])
+        grid_evaluations = len(ks) * len(datasets) * len(seeds)
+        agree, costs, full_fractions = 0, [], []
+        for _ in range(repeats):
+            order = [int(s) for s in rng.permutation(seeds)]
+            screen = run_strategies({"s": Race(H1Strategy(ranked, datasets, k_values=ks), order, settings)},
+                                    low_evaluate)["s"]
+            dropped = {e["n_pruned"] for e in screen["racing"]["eliminations"]}
+            survivors = [k for k in ks if k not in dropped]
+            final = run_strategies({"s": Race(H1Strategy(ranked, datasets, k_values=survivors), order, settings)},
+                                   evaluate)["s"]
+            agree += frozenset(tuple(h) for h in final["pruned_heads"]) == grid_set
+            full_fractions.append(final["evaluations"] / grid_evaluations)
+            costs.append((final["evaluations"] + screen_cost * screen["evaluations"]) / grid_evaluations)
+        screened[f"h1.{name}"] = {
+            "agreement": agree / repeats, "evaluation_fraction": float(np.mean(full_fractions)),
+            "cost_fraction": float(np.mean(costs)),
+            "unscreened": {"agreement": searches[f"h1.{name}"]["agreement"],
+                           "evaluation_fraction": searches[f"h1.{name}"]["evaluation_fraction"]},
+        }
+    return {"low_fidelity": {"run_dir": str(low_dir), "scoring": low.config_value("scoring"),
+                             "screen_cost": screen_cost},
+            "fidelity": fidelity, "screened": screened}
+
+
+def _corr(test, x: np.ndarray, y: np.ndarray) -> float | None:
+    """A correlation coefficient; None where one side is constant (undefined)."""
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(test(x, y)[0])
+    return None if math.isnan(value) else value
 
 
 def _searches(summary, step2: dict):

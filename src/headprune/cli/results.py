@@ -64,6 +64,10 @@ def replay_command(
                                      "step2.racing_confidence)."),
     first_test: int = typer.Option(None, "--first-test", help="Seeds before the first test (default: the run's "
                                    "step2.racing_first_test)."),
+    low_fidelity: Path = typer.Option(None, "--low-fidelity", help="A run of the same H1 grid scored at a lower "
+                                      "fidelity (e.g. [scoring] epochs = 0): correlations, and races screened at it."),
+    screen_cost: float = typer.Option(0.2, "--screen-cost", min=0.0, help="Cost of one low-fidelity evaluation "
+                                      "in full ones."),
 ) -> None:
     """Replay racing on a run that scored the complete grid (racing off): RUN_DIR/replay.json with how
     often a race chooses the grid's model and what fraction of the evaluations it needs."""
@@ -78,7 +82,8 @@ def replay_command(
         settings = RacingSettings(step2.get("racing_confidence", 0.95) if confidence is None else confidence,
                                   step2.get("racing_first_test", 3) if first_test is None else first_test)
     out = replay_run(run_dir, repeats=repeats, seed=seed, settings=settings,
-                     progress=lambda line: typer.echo(line, err=True))
+                     progress=lambda line: typer.echo(line, err=True), low_fidelity=low_fidelity,
+                     screen_cost=screen_cost)
     for key, entry in out["searches"].items():
         line = f"{key}: agreement {_fraction(entry['agreement'])}, evaluations {_fraction(entry['evaluation_fraction'])} " \
                "of the grid"
@@ -87,6 +92,11 @@ def replay_command(
             line += (f"; steps: {steps['decisions']} decisions, agreement {_fraction(steps['agreement'])}, "
                      f"seeds {_fraction(steps['seed_fraction'])}")
         typer.echo(line)
+    for key, entry in out.get("screened", {}).items():
+        rho = [v["spearman"] for v in out["fidelity"][key].values() if v["spearman"] is not None]
+        typer.echo(f"{key} screened at the low fidelity: agreement {_fraction(entry['agreement'])}, cost "
+                   f"{_fraction(entry['cost_fraction'])} of the grid (Spearman of the means per dataset: "
+                   + ", ".join(f"{r:.2f}" for r in rho) + ")")
     typer.echo(f"replay: {run_dir / REPLAY_FILE}")
 
 
