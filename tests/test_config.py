@@ -319,7 +319,9 @@ def test_racing_settings_are_checked(tmp_path) -> None:
 
     for text, message in (("racing_confidence = 1.5", "step2.racing_confidence must be between 0 and 1"),
                           ("racing_first_test = 1", "step2.racing_first_test must be at least 2"),
-                          ('racing = "yes"', "step2.racing: expected true or false")):
+                          ('racing = "yes"', "step2.racing: expected true or false"),
+                          ('racing = true\nseeds = "1-3"\nracing_first_test = 4',
+                           "step2.racing_first_test = 4 exceeds the 3 Step 2 seeds")):
         path = tmp_path / "c.toml"
         path.write_text(f"[step2]\n{text}\n")
         with pytest.raises(HeadpruneError, match=message):

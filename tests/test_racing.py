@@ -257,9 +257,14 @@ def test_a_raced_run_records_its_race_and_verifies(grid_and_race, monkeypatch, c
     shutil.copytree(root / "raced", tampered, ignore=shutil.ignore_patterns("report"))
     changed = json.loads((tampered / "summary.json").read_text())
     changed["h1"]["OI"]["evaluations"] += 1
+    changed["h1"]["OI"]["ranking"][0]["rank_sum"] += 0.5
+    changed["h1"]["A1"]["racing"]["seeds"] = [2, 1, 3, 4]
+    changed["h2"]["OI"]["racing"]["decisions"][-1]["seeds"] += 1
     (tampered / "summary.json").write_text(json.dumps(changed))
     code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
-    assert code == 1 and "h1.OI.evaluations" in err
+    assert code == 1
+    for key in ("h1.OI.evaluations", "h1.OI.ranking", "h1.A1.racing.seeds", "h2.OI.racing.decisions"):
+        assert f"mismatch: {key}:" in err, key
 
 
 def test_the_report_shows_the_race(grid_and_race) -> None:
@@ -338,3 +343,26 @@ def test_replay_measures_a_low_fidelity_and_screens_with_it(grid_and_race, monke
     assert "screened at the low fidelity" in out
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--low-fidelity", root / "nowhere")
     assert code == 2 and err.count("\n") == 1 and "--low-fidelity" in err
+
+
+def test_identical_rankings_in_every_row_drop_every_worse_candidate() -> None:
+    """Conover's variance term vanishes when every row ranks the candidates alike (scikit-posthocs
+    then gives 0 or nan by rounding): the race drops every candidate below the best, whatever the size."""
+    from headprune.racing import _worse_than_best
+
+    for n, k in ((4, 4), (8, 4), (10, 4), (6, 3), (40, 12)):
+        table = np.tile(np.arange(k, dtype=float) / 100, (n, 1)) + 0.5  # column k-1 best in every row
+        dropped = _worse_than_best(table, 0.05)
+        assert sorted(j for j, _, _ in dropped) == list(range(k - 1)), (n, k)
+        assert all(test == "friedman (identical rankings)" for _, _, test in dropped)
+
+
+def test_two_candidates_drop_the_one_the_wilcoxon_test_finds_worse() -> None:
+    """A wins 21 rows by 0.001 and loses 19 by 0.02: fewer row wins for B, but B is better."""
+    from headprune.racing import _worse_than_best
+
+    a = np.full(40, 0.8)
+    b = np.concatenate([np.full(21, 0.799), np.full(19, 0.82)])
+    dropped = _worse_than_best(np.column_stack([a, b]), 0.05)
+    assert [(j, test) for j, _, test in dropped] == [(0, "wilcoxon")] and dropped[0][1] < 0.05
+    assert _worse_than_best(np.column_stack([b, a]), 0.05)[0][0] == 1

@@ -261,6 +261,10 @@ def validate(config: Config, where: str = "") -> None:
         ("generalization.seeds", config.generalization.seeds),
     ):
         parse_seeds(spec, f"{where}{name}")
+    n_seeds = len(parse_seeds(config.step2.seeds, "step2.seeds"))
+    if config.step2.racing and config.step2.racing_first_test > n_seeds:
+        bad(f"step2.racing_first_test = {config.step2.racing_first_test} exceeds the {n_seeds} Step 2 seeds: "
+            "the race would never test (lower it, or give more seeds)")
     for name in ("step1", "step2", "generalization"):
         datasets = getattr(config, name).datasets
         if not datasets or not all(isinstance(d, str) for d in datasets):

@@ -71,7 +71,9 @@ def plan(pipeline: Pipeline) -> list[dict]:
             stages.append(stage)
     # Tables 7-10 come from the scores the searches stored; only CM may be missing on G2 (when no
     # H1 grid holds k = 0 and no H3 walk scored the complete model).
-    cm_scored = ("H1" in config.step2.strategies and 0 in pipeline.k_values(n_heads)) or "H3" in config.step2.strategies
+    # (A race may drop k = 0 early; H3's baseline has every seed of the complete model.)
+    cm_scored = ("H1" in config.step2.strategies and 0 in pipeline.k_values(n_heads) and not config.step2.racing
+                 ) or "H3" in config.step2.strategies
     if n_models > 1:
         stages.append({"stage": "Tables 7-10 (G2)", "evaluations": 0 if cm_scored else
                        len(expand_datasets(config.step2.datasets)) * len(config.step2_seeds)})

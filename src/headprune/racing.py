@@ -29,9 +29,11 @@ per request, as without racing, and never knows. Per round kind (`search.Round`)
   against its reference's on the same seeds; once p < 1 - confidence the decision is the sign of
   the mean difference, else the next seed is added, and with every seed used the paper's rule
   decides (mean difference >= 0). The reference's seeds are evaluated as the test needs them.
-  The strategy is told the reference's score plus the mean paired difference (the control-variate
-  estimate of the step's mean; with every seed, exactly its mean), so its own rule reaches the
-  same decision. A step compared with the constant 0 (H2 before anything is kept) is always kept;
+  The strategy is told the reference's told score plus the mean paired difference (a
+  control-variate estimate of the step's mean), so its own rule reaches the same decision; these
+  estimates chain along an H2 walk (the reference is the last kept step, itself told an estimate),
+  so in `result()` each kept model's walk score is replaced by its mean over the seeds the race
+  scored it with. A step compared with the constant 0 (H2 before anything is kept) is always kept;
   it gets `first_test` seeds.
 - "baseline" (H3's complete model): every seed (its score is every later step's reference).
 
@@ -135,6 +137,13 @@ class Race:
         result = dict(self.strategy.result())
         dropped = {frozenset(map(tuple, e["pruned_heads"])) for e in self._eliminations if "pruned_heads" in e}
         instead = _survivor_choice(result, dropped, self._compared)
+        for ds, model in (result.get("per_dataset") or {}).items():
+            # The walk was told estimates (see the module docstring); the summary gets each kept
+            # model's mean over the seeds the race scored it with.
+            pruned = frozenset(tuple(h) for h in model["pruned_heads"])
+            scored = [self._f1[r] for r in (SeedRequest(pruned, ds, s) for s in self.seeds) if r in self._f1]
+            if scored and model.get("score") is not None:
+                model["score"] = float(np.mean(scored))
         result["evaluations"] = len(self._f1)
         result["grid_evaluations"] = len(self._grid) * len(self.seeds)
         result["racing"] = {
@@ -310,33 +319,53 @@ def _paired_p(trial: np.ndarray, base: np.ndarray) -> float | None:
 
 def _worse_than_best(table: np.ndarray, alpha: float) -> list[tuple[int, float, str]]:
     """Columns (candidates) of `table` (rows: blocks) significantly worse than the best at `alpha`:
-    [(column, p-value, test)]. Friedman then Conover's post-hoc (three or more), Wilcoxon (two)."""
+    [(column, p-value, test)].
+
+    Three or more candidates: the Friedman test, then Conover's post-hoc comparisons with the best
+    (the highest rank sum), unadjusted, as irace does. Where every row ranks the candidates the same
+    way, Conover's variance term is zero (scikit-posthocs then returns 0 or nan by rounding): that is
+    the strongest evidence there is, so, as irace's formula gives, every candidate whose rank sum is
+    below the best's is dropped ("friedman (identical rankings)", p = Friedman's). Two candidates:
+    the paired Wilcoxon signed-rank test, two-sided, the worse side named by the test's direction."""
     n_rows, n_cols = table.shape
+    if n_cols == 2:
+        return _wilcoxon_worse(table, alpha)
+    if np.all(table == table[:, :1]):
+        return []  # every candidate scores the same in every row
     ranks = stats.rankdata(table, axis=1)  # within each row, highest F1 = highest rank
     sums = ranks.sum(axis=0)
     best = int(np.argmax(sums))
-    if n_cols == 2:
-        if np.all(table[:, 0] == table[:, 1]):
-            return []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p_value = float(stats.wilcoxon(table[:, 0], table[:, 1]).pvalue)
-        worse = 1 - best
-        return [(worse, p_value, "wilcoxon")] if p_value < alpha and sums[worse] < sums[best] else []
-    if np.all(table == table[:, :1]):
-        return []  # every candidate scores the same in every row
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         friedman = float(stats.friedmanchisquare(*table.T).pvalue)
     if not friedman < alpha:
         return []
+    residual = n_rows * float(np.sum(ranks**2)) - float(np.sum(sums**2))  # zero: every row ranks alike
+    if residual <= 1e-9 * n_rows * float(np.sum(ranks**2)):
+        return [(j, friedman, "friedman (identical rankings)") for j in range(n_cols) if sums[j] < sums[best]]
     import scikit_posthocs
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # heavy ties can make Conover's variance estimate vanish (p = nan: no drop)
+        warnings.simplefilter("ignore")
         posthoc = np.asarray(scikit_posthocs.posthoc_conover_friedman(table), dtype=float)
     return [(j, float(posthoc[best, j]), "friedman+conover") for j in range(n_cols)
             if j != best and sums[j] < sums[best] and posthoc[best, j] < alpha]
+
+
+def _wilcoxon_worse(table: np.ndarray, alpha: float) -> list[tuple[int, float, str]]:
+    """Two candidates: the one the two-sided paired Wilcoxon test finds worse at `alpha`, if any."""
+    first, second = table[:, 0], table[:, 1]
+    if np.all(first == second):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        greater = float(stats.wilcoxon(first, second, alternative="greater").pvalue)
+        less = float(stats.wilcoxon(first, second, alternative="less").pvalue)
+    if 2 * greater < alpha:
+        return [(1, 2 * greater, "wilcoxon")]
+    if 2 * less < alpha:
+        return [(0, 2 * less, "wilcoxon")]
+    return []
 
 
 def _pairs(heads: frozenset[Head]) -> list[list[int]]:

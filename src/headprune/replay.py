@@ -6,15 +6,18 @@ the defaults) is answered from the store, many times with the seed order permute
 compared with the grid's choice:
 
 - H1 (and H2/H3 as whole searches): `agreement`, the fraction of replays choosing the grid's pruned
-  set; `evaluation_fraction`, the mean of the race's seed evaluations over the grid's; for each
+  set (`agreement_on_grid`: among the replays that stayed on the grid's path, below); `evaluation_fraction`, the mean of the race's seed evaluations over the grid's; for each
   model a race chose instead, how often, its rank in the grid's ranking, its rank-sum gap to the
   grid's choice, and whether it is within the noise of the grid's choice: the paired Wilcoxon
   signed-rank test over every (dataset, seed) of the two finds no difference at the racing
   confidence. An H2/H3 race that leaves the grid's path asks for scores the store lacks; such
-  replays are counted as `left_the_grid` and are not in the agreement.
+  replays are counted as `left_the_grid` and as disagreements in `agreement` (a lower bound).
 - H2/H3 step by step: on the path the full run took, each step's sequential decision
   (`racing.walk_decision`, seeds in the replay's order) against the full-seed rule: `agreement`
-  of the decisions and `seed_fraction`, the seeds the decisions used over all seeds.
+  of the decisions and `seed_fraction`, the step's own seeds the decisions used over all seeds
+  (the reference's extra seeds are in the whole race's `evaluation_fraction`). H2's steps compared
+  with the constant 0 (before anything is kept) are always kept after `first_test` seeds; they are
+  counted apart (`against_zero`), not in the agreement.
 
 Writes RUN_DIR/replay.json and returns its content."""
 
@@ -102,6 +105,9 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
             if progress:
                 progress(f"replaying {key} {repeats} times")
             out["searches"][key] = _replay_search(make, grid, row_set, seeds, settings, repeats, rng, evaluate, scores)
+    except NotInStore as error:
+        raise HeadpruneError(f"{store_path}: {error}: a replay needs every score of the grid the summary "
+                             "reports (run `headprune verify` on it)") from None
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
         raise malformed(summary_path, f"{type(error).__name__}: {error}") from None
     h1 = [entry for key, entry in out["searches"].items() if key.startswith("h1.")]
@@ -114,8 +120,12 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
         out["step_agreement"] = sum(s["agreement"] * s["decisions"] for s in steps) / total
         out["step_seed_fraction"] = sum(s["seed_fraction"] * s["decisions"] for s in steps) / total
     if low_fidelity is not None:
-        out.update(_fidelity(summary, scores, Path(low_fidelity), seeds, settings, repeats, seed, evaluate,
-                             screen_cost, out["searches"], progress))
+        try:
+            out.update(_fidelity(summary, scores, Path(low_fidelity), seeds, settings, repeats, seed, evaluate,
+                                 screen_cost, out["searches"], progress))
+        except NotInStore as error:
+            raise HeadpruneError(f"--low-fidelity {low_fidelity}: {error}: it must score the same H1 grid "
+                                 "(datasets, seeds, orders, k values)") from None
     (run_dir / REPLAY_FILE).write_text(json.dumps(out, indent=1) + "\n")
     return out
 
@@ -155,16 +165,19 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
         if low_ranked != ranked or low_entry.k_values != entry.k_values:
             raise HeadpruneError(f"--low-fidelity: order {name} or its k values differ in {low_dir}")
         datasets, ks = list(entry.scores), entry.k_values
+        if sorted(low_entry.scores) != sorted(datasets):
+            raise HeadpruneError(f"--low-fidelity: {low_dir} scored H1 {name} on {sorted(low_entry.scores)}, "
+                                 f"not {sorted(datasets)}")
         sets = {k: frozenset(ranked[len(ranked) - k:] if k else []) for k in ks}
         per_dataset = {}
         for ds in datasets:
-            full = np.array([[scores.seed_scores(sorted(sets[k]), ds, [s])[0] for s in seeds] for k in ks])
-            cheap = np.array([[low_scores.seed_scores(sorted(sets[k]), ds, [s])[0] for s in seeds] for k in ks])
+            full = np.array([evaluate([(sets[k], ds, s) for s in seeds]) for k in ks])
+            cheap = np.array([low_evaluate([(sets[k], ds, s) for s in seeds]) for k in ks])
             per_dataset[ds] = {
                 "spearman": _corr(stats.spearmanr, full.mean(1), cheap.mean(1)),
                 "pearson": _corr(stats.pearsonr, full.mean(1), cheap.mean(1)),
-                "per_seed_spearman": float(np.nanmean([_corr(stats.spearmanr, full[:, i], cheap[:, i])
-                                                       for i in range(len(seeds))])),
+                "per_seed_spearman": _mean_defined([_corr(stats.spearmanr, full[:, i], cheap[:, i])
+                                                    for i in range(len(seeds))]),
                 "mean_difference": float(np.mean(cheap - full)),
             }
         fidelity[f"h1.{name}"] = per_dataset
@@ -195,6 +208,12 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
             "fidelity": fidelity, "screened": screened}
 
 
+def _mean_defined(values: list[float | None]) -> float | None:
+    """The mean of the values that are defined; None if none is."""
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
 def _corr(test, x: np.ndarray, y: np.ndarray) -> float | None:
     """A correlation coefficient; None where one side is constant (undefined)."""
     if np.all(x == x[0]) or np.all(y == y[0]):
@@ -212,7 +231,7 @@ def _searches(summary, step2: dict):
         ranked = [tuple(h) for h in summary.need(orders.get(name), f"orders.{name}").ranked]
         datasets = list(entry.scores)
         yield (f"h1.{name}", lambda ranked=ranked, ds=datasets, ks=entry.k_values: H1Strategy(ranked, ds, k_values=ks),
-               entry.to_json(), lambda row, ranked=ranked: frozenset(ranked[len(ranked) - row["k"]:] if row["k"] else []))
+               entry.to_json(), lambda row, ranked=ranked: _least(ranked, row))
     for strategy, cls in (("h2", H2Strategy), ("h3", H3Strategy)):
         for name, entry in summary.greedy(strategy).items():
             ranked = summary.need(orders.get(name), f"orders.{name}").ranked
@@ -221,6 +240,13 @@ def _searches(summary, step2: dict):
             grid = entry.to_json()
             yield (f"{strategy}.{name}", lambda ranked=ranked, ds=names, g=group, c=cls: c(ranked, ds, group_size=g),
                    grid, lambda row, grid=grid: frozenset(tuple(h) for h in grid["per_dataset"][row["model"]]["pruned_heads"]))
+
+
+def _least(ranked: list, row: dict) -> frozenset:
+    """H1's candidate of a ranking row: its k least important heads (k is n_pruned where a row has no k)."""
+    k = row.get("k")
+    k = row["n_pruned"] if k is None else k
+    return frozenset(ranked[len(ranked) - k:] if k else [])
 
 
 def _chosen_set(result: dict) -> frozenset:
@@ -259,7 +285,8 @@ def _replay_search(make: Callable[[], Strategy], grid: dict, row_set: Callable[[
     replayed = repeats - left
     entry: dict = {
         "grid_choice": _describe(grid, grid_set, row_set),
-        "agreement": agree / replayed if replayed else None,
+        "agreement": agree / repeats,  # a replay that left the grid counts as a disagreement
+        "agreement_on_grid": agree / replayed if replayed else None,
         "evaluation_fraction": float(np.mean(fractions)) if fractions else None,
         "grid_evaluations": grid_evaluations,
         "replayed": replayed,
@@ -292,10 +319,13 @@ class _StepStats:
     """H2/H3's decisions on the full run's path, sequential (seeds in a replay's order) vs all seeds."""
 
     def __init__(self) -> None:
-        self.decisions = self.agree = self.seeds_used = self.seeds_total = 0
+        self.decisions = self.agree = self.seeds_used = self.seeds_total = self.against_zero = 0
 
     def replay(self, steps, order: list[int], settings: RacingSettings, n_seeds: int, evaluate) -> None:
         for request, versus in steps:
+            if versus is None:
+                self.against_zero += 1
+                continue
             trial = np.array(evaluate([(request.pruned, request.dataset, s) for s in order]))
             base = None if versus is None else np.array(evaluate([(versus.pruned, versus.dataset, s) for s in order]))
             full = True if base is None else float(np.mean(trial - base)) >= 0
@@ -311,7 +341,7 @@ class _StepStats:
             self.seeds_total += n_seeds
 
     def to_json(self) -> dict:
-        return {"decisions": self.decisions,
+        return {"decisions": self.decisions, "against_zero": self.against_zero,
                 "agreement": self.agree / self.decisions if self.decisions else None,
                 "seed_fraction": self.seeds_used / self.seeds_total if self.seeds_total else None}
 

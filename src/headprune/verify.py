@@ -50,6 +50,8 @@ def _same(a, b) -> bool:
         return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=TOLERANCE) or (math.isnan(a) and math.isnan(b))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b
 
 
@@ -186,21 +188,31 @@ def _raced(strategy, entry, scores: StoredScores) -> dict | None:
         return None
 
 
-def _check_raced(key: str, entry, rerun: dict | None, result: Verification) -> None:
-    """Every number of a raced search's entry against the race re-run from the store."""
+def _check_raced(key: str, entry, rerun: dict | None, summary: Summary, result: Verification) -> None:
+    """Every number of a raced search's entry against the race re-run from the store; its racing
+    settings and seed order against the run's configuration."""
+    step2 = summary.config_value("step2")
+    racing = entry.racing
+    result.close(f"{key}.racing.seeds", racing.seeds, parse_seeds(step2["seeds"], "step2.seeds"))
+    result.close(f"{key}.racing.confidence", racing.confidence, step2.get("racing_confidence"))
+    result.close(f"{key}.racing.first_test", racing.first_test, step2.get("racing_first_test"))
     if rerun is None:
         result.close(f"{key} (raced)", "a race", None)
         return
     reported = entry.to_json()
-    for part in ("scores", "cross", "complete", "chosen_k", "chosen", "pruned_heads", "evaluations",
-                 "grid_evaluations"):
+    for part in ("k_values", "scores", "cross", "complete", "ranking", "chosen_k", "chosen", "pruned_heads",
+                 "evaluations", "grid_evaluations"):
         if part in reported or part in rerun:
             result.close(f"{key}.{part}", reported.get(part), rerun.get(part))
     if "per_dataset" in reported:
         for ds, model in reported["per_dataset"].items():
             result.close(f"{key}.per_dataset.{ds}", model, rerun["per_dataset"].get(ds))
-    for part in ("eliminations", "decisions"):
-        result.close(f"{key}.racing.{part}", reported["racing"][part], rerun["racing"][part])
+    for part in ("eliminations", "decisions", "chosen_instead"):
+        mine, theirs = reported["racing"].get(part), rerun["racing"][part]
+        if mine is None and theirs is None:  # nothing chosen instead, in both
+            result.checked += 1
+        else:
+            result.close(f"{key}.racing.{part}", mine, theirs)
 
 
 def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], result: Verification) -> None:
@@ -211,7 +223,7 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
         ranked = summary.need(orders.get(name), f"orders.{name}").ranked
         if h1.racing is not None:
             strategy = H1Strategy([tuple(h) for h in ranked], list(h1.scores), k_values=h1.k_values)
-            _check_raced(f"h1.{name}", h1, _raced(strategy, h1, scores), result)
+            _check_raced(f"h1.{name}", h1, _raced(strategy, h1, scores), summary, result)
             continue
         by_k: dict[str, dict[str, float]] = {}
         for ds, per_k in h1.scores.items():
@@ -229,7 +241,7 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
                 ranked = [tuple(h) for h in summary.need(orders.get(name), f"orders.{name}").ranked]
                 search = {"h2": H2Strategy, "h3": H3Strategy}[strategy](ranked, list(per_dataset),
                                                                          group_size=entry.group_size or 1)
-                _check_raced(f"{strategy}.{name}", entry, _raced(search, entry, scores), result)
+                _check_raced(f"{strategy}.{name}", entry, _raced(search, entry, scores), summary, result)
                 continue
             for ds, model in per_dataset.items():
                 if model.score is not None:
