@@ -56,7 +56,8 @@ def _f1(base: float, i: int, j: int) -> float:
 def make_summary(model_name: str = "tiny-bert", version: int = 1) -> dict:
     """A small but complete summary.json (2 layers x 4 heads, OI and A1) of schema version 1 (no
     `schema_version` key), or of `version` 3: with the per-seed random-order means (MAM<strategy>)
-    among the generalization models and the Step 2 comparison on G2 (Tables 7-10)."""
+    among the generalization models and the Step 2 comparison on G2 (Tables 7-10), or of `version` 4:
+    also OI-layer, fisher and magnitude (H1 only), each order's stability and H1's per-seed scores."""
     heads = [[l, h] for l in range(N_LAYERS) for h in range(N_HEADS)]
     # MOIH1 (k = 5) is exactly the 5 least important heads of OI.
     oi_ranked = [[0, 0], [0, 1], [0, 3], [1, 3], [0, 2], [1, 0], [1, 1], [1, 2]]
@@ -163,7 +164,49 @@ def make_summary(model_name: str = "tiny-bert", version: int = 1) -> dict:
                 step2[name][ds]["pct_vs_cm"] = 100 * (step2[name][ds]["mean"] / step2["CM"][ds]["mean"] - 1)
         step2["significance"] = [{"dataset": "person", "better": "MOIH1", "worse": "CM", "p_value": 0.0321}]
         summary = {"schema_version": 3, **summary, "step2_comparison": step2}
+    if version >= 4:
+        _add_orders(summary, h1)
     return summary
+
+
+# Version 4: the orders beside OI and A1 (H1 only), each order's stability, H1's per-seed scores.
+EXTRA_ORDERS = {"OI-layer": "importance", "fisher": "importance", "magnitude": "weights"}
+
+
+def _add_orders(summary: dict, h1) -> None:
+    """OI-layer, fisher and magnitude with H1 (the OI ranking rotated), `stability` on every order (a
+    note for A1 and magnitude), and per seed of the Step 2 seeds (the two of Tables 7-10) every H1
+    score, k = 0 being the complete model of the G2 comparison in every order."""
+    summary["schema_version"] = 4
+    oi = summary["orders"]["OI"]
+    summary["orders"]["OI"]["kind"], summary["orders"]["A1"]["kind"] = "importance", "random"
+    for i, (name, kind) in enumerate(EXTRA_ORDERS.items(), start=1):
+        summary["orders"][name] = {"ranked": oi["ranked"][i:] + oi["ranked"][:i], "matrix": oi["matrix"], "kind": kind}
+        summary["h1"][name] = h1(1 + i, 2 * i)
+    frequency = [[0.5] * N_HEADS for _ in range(N_LAYERS)]
+    for order in summary["orders"].values():
+        if order["kind"] == "importance":
+            order["stability"] = {
+                "runs": 4,
+                "seeds": {"pairs": 2, "spearman": 0.61, "spearman_within_layers": -0.05},
+                "datasets": {"pairs": 2, "spearman": 0.47, "spearman_within_layers": None},
+                "bootstrap": {"resamples": 1000, "seed": 0, "bottom_k": {
+                    "2": {"agreement": 0.75, "frequency": frequency},
+                    "4": {"agreement": 0.55, "frequency": frequency}}},
+            }
+        else:
+            order["stability"] = {"note": f"a {order['kind']} order"}
+    cm = summary["step2_comparison"]["CM"]
+    for entry in summary["h1"].values():
+        entry["seeds"] = [1, 2]
+        entry["seed_scores"] = {}
+        for ds, per_k in entry["scores"].items():
+            per_k["0"] = cm[ds]["mean"]
+            entry["seed_scores"][ds] = {k: [v - 0.01, v + 0.01] for k, v in per_k.items()}
+            entry["seed_scores"][ds]["0"] = list(cm[ds]["scores"])
+        for row in entry["ranking"]:
+            if row["k"] == 0:
+                row["scores"] = {ds: entry["scores"][ds]["0"] for ds in entry["scores"]}
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:

@@ -12,7 +12,7 @@ from headprune.errors import HeadpruneError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["paper.toml", "paper-minilm.toml", "quick.toml"])
+@pytest.mark.parametrize("name", ["paper.toml", "paper-minilm.toml", "quick.toml", "orders-minilm.toml"])
 def test_shipped_configs_load(name: str) -> None:
     config = load_config(ROOT / "configs" / name)
     assert isinstance(config, Config)
@@ -52,6 +52,21 @@ def test_quick_profile_runs_every_stage() -> None:
     assert len(config.generalization_seeds) >= 2  # t-tests need paired seeds
 
 
+def test_every_importance_criterion_is_an_order_name() -> None:
+    """[step2] orders: OI, OI-layer, fisher, magnitude and A<seed>; the orders profile runs them all."""
+    names = ["OI", "OI-layer", "fisher", "magnitude", "A1", "A2", "A12"]
+    assert from_dict({"step2": {"orders": names}}).step2.orders == names
+    config = load_config(ROOT / "configs" / "orders-minilm.toml")
+    assert config.step2.orders == ["OI", "OI-layer", "fisher", "magnitude", "A1", "A2", "A3"]
+    assert config.step2.strategies == ["H1"] and config.step2.h1_k_step == 6 and config.data.max_examples > 0
+    assert config.step2_seeds == [1, 2, 3, 4, 5] and config.scoring.epochs == 2
+    assert "# racing = true  (issue 18)" in (ROOT / "configs" / "orders-minilm.toml").read_text()
+    for order in ("magnitude", "fisher"):  # any order that is not random needs the strategies
+        with pytest.raises(HeadpruneError, match="step2.strategies is empty"):
+            from_dict({"step2": {"orders": [order], "strategies": []}})
+    assert from_dict({"step2": {"orders": ["A1"], "strategies": []}}).step2.orders == ["A1"]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -63,7 +78,10 @@ def test_quick_profile_runs_every_stage() -> None:
         ({"scoring": {"mlm_probability": 1.5}}, "scoring.mlm_probability must be between 0 and 1"),
         ({"scoring": {"n_folds": 1}}, "scoring.n_folds must be at least 2"),
         ({"step2": {"strategies": ["H4"]}}, "step2 strategy 'H4' is unknown"),
-        ({"step2": {"orders": ["B1"]}}, "step2.orders: 'B1' is unknown"),
+        ({"step2": {"orders": ["B1"]}}, "step2.orders: 'B1' is unknown (use OI, OI-layer, fisher, magnitude, or "
+                                        "A<seed> for a random order (A1, A2, ...))"),
+        ({"step2": {"orders": ["OI", "oi-layer"]}}, "step2.orders: 'oi-layer' is unknown (use OI, OI-layer,"),
+        ({"step2": {"orders": ["A0"]}}, "step2.orders: 'A0' is unknown"),
         ({"step2": {"group_size": 0}}, "step2.group_size must be at least 1"),
         ({"step2": {"seeds": "3-1"}}, "step2.seeds: cannot read '3-1'"),
         ({"generalization": {"alpha": 2.0}}, "generalization.alpha must be between 0 and 1"),

@@ -211,13 +211,13 @@ def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
 
     calls: list[int] = []
-    real = importance_module.importance_matrices
+    real = importance_module.finetune
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(importance_module, "importance_matrices", counting)
+    monkeypatch.setattr(importance_module, "finetune", counting)
     store = ResultStore(tmp_path / "store.sqlite")
     events: list[tuple[str, int, bool]] = []
     second = importance_order(base, [dataset], [1], settings, store=store,
@@ -254,8 +254,9 @@ def test_importance_order_in_worker_processes_equals_in_process(tiny_bert_dir: P
     np.testing.assert_allclose(np.array(there.matrix), np.array(here.matrix), atol=1e-9)
     assert there.ranked == here.ranked
     assert sorted(events) == [("small", 1, False), ("small", 2, True), ("small", 3, False)]
-    with store._conn as db:
-        assert db.execute("SELECT COUNT(*) FROM importance").fetchone()[0] == 3
+    with store._conn as db:  # each finetuning once: its OI row and its statistics row
+        rows = db.execute("SELECT settings FROM importance").fetchall()
+    assert len(rows) == 6 and sum('"statistics"' in settings for (settings,) in rows) == 3
     store.close()
 
 

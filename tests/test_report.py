@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import subprocess
@@ -18,16 +19,16 @@ from headprune.report import rank_matrix, write_report
 from headprune.summary import load_summary
 
 SECTIONS = [
-    "overview", "importance", "architectures", "h1", "h2", "h3", "step2-comparison", "comparison", "heads-pruned",
-    "size", "adjust-time", "run",
+    "overview", "importance", "architectures", "h1", "orders", "h2", "h3", "step2-comparison", "comparison",
+    "heads-pruned", "size", "adjust-time", "run",
 ]
 FIGURES = {
     "importance_OI.png", "importance_A1.png", "architectures_H1.png", "architectures_H2.png",
     "architectures_H3.png", "h1_OI.png", "h1_A1.png", "h2_models_OI.png", "h2_models_A1.png",
-    "h3_models_OI.png", "h3_models_A1.png",
+    "h3_models_OI.png", "h3_models_A1.png", "orders_person.png", "orders_hobbit.png", "orders_movie.png",
 }
 TABLES = [
-    "table-overview", "table-h1-top5-OI", "table-h1-top5-A1", "table-h1-best-k",
+    "table-overview", "table-h1-top5-OI", "table-h1-top5-A1", "table-h1-best-k", "table-orders",
     *[f"table-{h}-{kind}-{order}" for h in ("h2", "h3") for order in ("OI", "A1") for kind in ("cross", "ranking")],
     "table-g2-h1", "table-g2-h2", "table-g2-h3", "table-g2-all", "table-comparison-all", "table-comparison-individual",
     "table-heads-pruned", "table-size", "table-adjust-time", "table-run",
@@ -259,3 +260,39 @@ def test_cli_report_errors_exit_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "summary.json: not found" in result.stderr
+
+
+def test_which_order_prunes_best_with_several_orders(tmp_path):
+    """Schema 4 (five orders, per-seed H1 scores, stability): one plot per dataset with every order's
+    curve, the mean F1 over k and the largest k not below CM per order, the pairwise paired tests, the
+    stability beside the scores, and one sentence of answer."""
+    from headprune.curves import answer, compare_orders
+    from headprune.summary import Summary
+
+    data = make_summary(version=4)
+    write_summary(tmp_path, data)
+    path = write_report(tmp_path)
+    parser = _Page()
+    parser.feed(path.read_text(encoding="utf-8"))
+    assert {"orders", "table-orders", "table-orders-pairs"} <= set(parser.ids)
+    figures = {img["data-file"] for img in parser.images}
+    assert {f"figures/orders_{ds}.png" for ds in ("person", "hobbit", "movie")} <= figures
+    md = (path.parent / "tables.md").read_text(encoding="utf-8")
+    section = md[md.index("## Which order prunes best"):md.index("## Pairwise")]
+    rows = {line.split(" | ")[0].strip("| *"): line for line in section.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"OI", "OI-layer", "fisher", "magnitude", "A1"}
+    summary = Summary.from_json(data)
+    cm = {ds: cell.scores for ds, cell in summary.step2_comparison.models["CM"].items()}
+    found = compare_orders({o: e.seed_scores for o, e in summary.h1.items()}, cm)
+    for order in ("OI", "fisher", "A1"):
+        assert f"{100 * found['orders'][order]['mean_area']:.2f}" in rows[order]
+    assert "0.61 (-0.05) 2 pairs" in rows["fisher"] and "0.47 (n/a) 2 pairs" in rows["fisher"]
+    assert "| 0.65 |" in rows["fisher"]  # bootstrap agreement: the mean over k of 0.75 and 0.55
+    assert "nil (random)" in rows["A1"] and "deterministic" in rows["magnitude"]
+    sentence = answer(found)
+    assert found["best"] in sentence and sentence in md
+    assert html.escape(sentence) in path.read_text(encoding="utf-8")
+    pairs = md[md.index("## Pairwise"):]
+    pairs = pairs[:pairs.index("\n## ")]
+    assert pairs.count("\n| ") == 1 + 10  # the header and the 10 pairs of 5 orders
+    assert "Holm" in pairs

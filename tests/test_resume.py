@@ -194,11 +194,24 @@ def test_importance_command_writes_a_loadable_order_and_resumes(tiny_bert_dir: P
     assert (order.n_layers, order.n_heads, order.kind) == (3, 4, "importance")
     assert order.seeds == [1, 2] and len(order.ranked) == 12
     assert "12 heads ranked" in stdout
-    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM importance").fetchone()[0] == 2
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:  # per finetuning: its OI and statistics rows
+        assert db.execute("SELECT COUNT(*) FROM importance WHERE settings NOT LIKE '%statistics%'").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM importance").fetchone()[0] == 4
     code, _, err = run_cli(monkeypatch, capsys, *args)  # answered by the store: same order
     assert code == 0 and "2 from store" in err
     assert Order.load(out).ranked == order.ranked
+    # The other Step 1 criteria read the statistics rows of the same finetunings: nothing runs again.
+    code, stdout, err = run_cli(monkeypatch, capsys, *args[:-1], tmp_path / "fisher.json", "--criterion", "fisher")
+    assert code == 0 and "2 from store" in err, err
+    fisher = Order.load(tmp_path / "fisher.json")
+    assert fisher.name == "fisher" and fisher.settings["statistics"] == "raw-abs-sq" and len(fisher.runs) == 2
+    code, _, err = run_cli(monkeypatch, capsys, "importance", "--model", tiny_bert_dir, "--criterion", "magnitude",
+                           "--datasets", "nope", "--warmup-steps", "0", "--run-dir", tmp_path / "run", "--out",
+                           tmp_path / "magnitude.json")  # no data: the datasets are not even read
+    assert code == 0, err
+    assert Order.load(tmp_path / "magnitude.json").kind == "weights"
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--criterion", "OI-Layer")
+    assert code == 2 and err.count("\n") == 1 and "unknown order 'OI-Layer': use OI, OI-layer, fisher" in err
 
     code, _, err = run_cli(monkeypatch, capsys, "importance", "--model", tiny_bert_dir, "--random", "3",
                            "--warmup-steps", "0", "--run-dir", tmp_path / "run", "--out", tmp_path / "a3.json")

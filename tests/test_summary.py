@@ -41,6 +41,22 @@ def test_write_summary_then_load_summary_is_the_same_summary(tmp_path):
     assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION
 
 
+def test_orders_stability_and_h1_seed_scores_round_trip(tmp_path):
+    """Schema 4: each order's stability (measured, or a note) and H1's per-seed scores are typed parts."""
+    data = _v1(make_summary(version=4))
+    summary = load_summary(write_summary(tmp_path, data))
+    assert summary.schema_version == 4 == SCHEMA_VERSION
+    fisher = summary.orders["fisher"].stability
+    assert fisher.runs == 4 and fisher.seeds.spearman == 0.61 and fisher.datasets.spearman_within_layers is None
+    assert fisher.bootstrap.bottom_k["2"].agreement == 0.75 and len(fisher.bootstrap.bottom_k["4"].frequency) == 2
+    assert summary.orders["magnitude"].kind == "weights" and summary.orders["magnitude"].stability.note
+    assert summary.orders["magnitude"].stability.runs is None
+    assert summary.h1["OI-layer"].seeds == [1, 2] and len(summary.h1["OI-layer"].seed_scores["person"]["2"]) == 2
+    assert summary.to_json() == data
+    older = load_summary(write_summary(tmp_path / "v3", _v1(make_summary(version=3))))
+    assert older.orders["OI"].stability is None and older.h1["OI"].seed_scores is None
+
+
 def _drop(*keys):
     def change(summary: dict) -> None:
         part = summary
@@ -77,10 +93,16 @@ def _set(value, *keys):
         (_set(1, "h2", "OI", "extra"), "unknown key 'h2.OI.extra'"),
         (_set(SCHEMA_VERSION + 1, "schema_version"), f"schema_version {SCHEMA_VERSION + 1} is newer than this version"),
         (_set("2", "schema_version"), "'schema_version' must be a positive integer, got \"2\""),
+        (_set("high", "orders", "fisher", "stability", "seeds", "spearman"),
+         "'orders.fisher.stability.seeds.spearman' must be a number, got \"high\""),
+        (_drop("orders", "OI", "stability", "bootstrap", "bottom_k", "2", "frequency"),
+         "missing or invalid 'orders.OI.stability.bootstrap.bottom_k.2.frequency' (absent)"),
+        (_set(["0.8"], "h1", "OI", "seed_scores", "person", "4"),
+         "'h1.OI.seed_scores.person.4[0]' must be a number, got \"0.8\""),
     ],
 )
 def test_a_malformed_summary_is_one_error_line_naming_the_key(tmp_path, change, message):
-    data = make_summary()
+    data = make_summary(version=4)
     change(data)
     path = write_summary(tmp_path, data)
     with pytest.raises(HeadpruneError, match=re.escape(message)) as info:

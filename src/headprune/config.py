@@ -16,7 +16,7 @@ from typing import Any
 import tomllib
 
 from .errors import HeadpruneError
-from .settings import ScoreSettings
+from .settings import ORDER_NAMES, ScoreSettings, order_criterion
 
 STRATEGIES = ("H1", "H2", "H3")
 
@@ -229,8 +229,8 @@ def validate(config: Config, where: str = "") -> None:
         if s not in STRATEGIES:
             bad(f"step2 strategy '{s}' is unknown (use H1, H2, H3)")
     for order in config.step2.orders:
-        if order != "OI" and not re.fullmatch(r"A[1-9]\d*", order):
-            bad(f"step2.orders: '{order}' is unknown (use OI for the Step 1 order, A1, A2, ... for random orders)")
+        if order_criterion(order) is None:
+            bad(f"step2.orders: '{order}' is unknown (use {ORDER_NAMES})")
     if config.step2.h1_k_step < 1:
         bad(f"step2.h1_k_step must be at least 1, got {config.step2.h1_k_step}")
     if any(k < 0 for k in config.step2.h1_k_values):
@@ -269,7 +269,7 @@ def validate(config: Config, where: str = "") -> None:
         datasets = getattr(config, name).datasets
         if not datasets or not all(isinstance(d, str) for d in datasets):
             bad(f"{name}.datasets must be a non-empty list of dataset or group names")
-    if "OI" in config.step2.orders and not config.step2.strategies:
+    if any(order_criterion(o) != "random" for o in config.step2.orders) and not config.step2.strategies:
         bad("step2.strategies is empty")
 
 

@@ -24,7 +24,7 @@ from .devices import device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
-from .importance import ImportanceSettings, Order, criterion_for
+from .importance import ImportanceSettings, Order, criterion_for, order_stability
 from .progress import RunProgress
 from .racing import Race, RacingSettings
 from .scorer import Scorer
@@ -41,6 +41,7 @@ from .summary import (
     ModelInfo,
     OrderEntry,
     RandomMean,
+    Stability,
     Summary,
     write_summary,
 )
@@ -176,11 +177,12 @@ class Pipeline:
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
-        """The order `name` of `[step2] orders` by its criterion (`importance.criterion_for`); a
-        data-driven one (Step 1) runs its finetunings through the store and the Step 1 executor."""
+        """The order `name` of `[step2] orders` by its criterion (`importance.criterion_for`); one read
+        from Step 1 (kind "importance") runs its finetunings through the store and the Step 1 executor
+        (the Step 1 orders share them), a random or weights order needs only the base model."""
         criterion = criterion_for(name, lambda: self.datasets(self.config.step1.datasets, check_folds=False),
                                   self.config.step1_seeds, importance_settings(self.config))
-        if criterion.kind == "random":
+        if criterion.kind != "importance":
             return criterion.order(base)
         datasets, seeds = criterion.datasets, criterion.seeds
         rows = {d.name: len(d) for d in datasets}  # the time left weighs each finetuning by its rows
@@ -254,6 +256,7 @@ class Pipeline:
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
+            self._h1_seed_scores(orders, scorer, summary)
             random_orders = {name for name, order in orders.items() if order.kind == "random"}
             self._step2_comparison(chosen, step2_names, scorer, summary, random_orders)
             gen_executor = make_executor(self.config, "generalization")  # never packs
@@ -290,10 +293,26 @@ class Pipeline:
             ),
             orders={
                 name: OrderEntry(ranked=[tuple(h) for h in o.ranked], matrix=o.matrix, kind=o.kind, settings=o.settings,
-                                 dataset_hashes=o.dataset_hashes)
+                                 dataset_hashes=o.dataset_hashes,
+                                 stability=Stability.from_json(order_stability(o, self.k_values(len(o.ranked))),
+                                                               key=f"orders.{name}.stability"))
                 for name, o in orders.items()
             },
         )
+
+    def _h1_seed_scores(self, orders: dict[str, Order], scorer: Scorer, summary: Summary) -> None:
+        """Beside each H1 mean, its per-seed F1 (`H1Result.seed_scores`), for the paired tests of the
+        report's "Which order prunes best". Only looked up in the store the search filled, never
+        computed: a cell some seed of which is not stored is left out."""
+        for name, entry in (summary.h1 or {}).items():
+            cells: dict[str, dict[str, list[float]]] = {}
+            for ds, per_k in entry.scores.items():
+                for k in per_k:
+                    tasks = scorer.tasks_for([(orders[name].least_important(int(k)), ds)])
+                    found = [score.f1 for task in tasks if (score := scorer.lookup(task)) is not None]
+                    if len(found) == len(tasks):
+                        cells.setdefault(ds, {})[k] = found
+            entry.seeds, entry.seed_scores = list(scorer.seeds), cells
 
     def _step2(self, orders: dict[str, Order], datasets: list[str], scorer: Scorer,
                summary: Summary) -> dict[str, ChosenModel]:

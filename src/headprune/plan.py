@@ -15,6 +15,7 @@ import torch
 from .base import BaseModel
 from .checkpoint import read_config
 from .data import expand_datasets
+from .importance import criterion_for
 from .models import resolve_model_path
 from .pipeline import TIMING_SEEDS, Pipeline
 from .progress import format_seconds
@@ -51,16 +52,19 @@ def plan(pipeline: Pipeline) -> list[dict]:
     g3 = expand_datasets(config.generalization.datasets)
     stages: list[dict] = []
     n_models = 1
+    kinds = {order: criterion_for(order).kind for order in config.step2.orders}
+    step1 = [order for order, kind in kinds.items() if kind == "importance"]
     for order in config.step2.orders:
-        if order == "OI":
+        if step1 and order == step1[0]:  # the Step 1 orders share one set of finetunings
             stages.append(
                 {
-                    "stage": "Step 1: importance",
+                    "stage": f"Step 1: importance ({', '.join(step1)})",
                     "finetunings": len(expand_datasets(config.step1.datasets)) * len(config.step1_seeds),
                     "evaluations": 0,
                 }
             )
-        strategies = config.step2.strategies if order == "OI" else config.step2.random_order_strategies
+        strategies = (config.step2.random_order_strategies if kinds[order] == "random"
+                      else config.step2.strategies)
         for strategy in strategies:
             n_models += 1
             stage = {"stage": f"{strategy} {order}", "evaluations": pipeline.search_evaluations(strategy, n_heads)}

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .curves import answer, compare_orders
 from .generalize import mean_and_std, statement
 from .summary import (
     COMPLETE,
@@ -370,24 +371,30 @@ def _h1_figure(run: _Run, order: str, entry: H1Result, directory: Path) -> str:
     fig = _figure(8.5, 4.6)
     ax = fig.add_subplot()
     for ds, by_k in entry.scores.items():
-        points = sorted((int(k), 100 * float(v)) for k, v in by_k.items())
-        if points:
-            ax.plot(
-                [p[0] for p in points],
-                [p[1] for p in points],
-                marker="." if len(points) < 40 else None,
-                linewidth=1.3,
-                label=ds,
-            )
+        _plot_curve(ax, by_k, ds)
     chosen = entry.chosen_k
     ax.axvline(int(chosen), color=_HIGHLIGHT, linestyle="--", linewidth=1.5, label=f"chosen k = {chosen}")
-    ax.set_xlabel(f"number of heads pruned (k, least important first in {order})")
+    _h1_axes(fig, ax, f"number of heads pruned (k, least important first in {order})",
+             f"H1 with order {order}: F1 of the model with the k least important heads pruned")
+    return _save(run, fig, directory, f"h1_{order}")
+
+
+def _plot_curve(ax, by_k: dict[str, float], label: str, linestyle: str = "-") -> None:
+    """One H1 curve, {str(k): mean F1}, as F1 x100 against k."""
+    points = sorted((int(k), 100 * float(v)) for k, v in by_k.items())
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None,
+                linewidth=1.3, linestyle=linestyle, label=label)
+
+
+def _h1_axes(fig, ax, xlabel: str, title: str) -> None:
+    """The labels, grid, title and legend of a figure of H1 curves."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("F1-macro (%)")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.set_title(f"H1 with order {order}: F1 of the model with the k least important heads pruned")
+    ax.set_title(title)
     fig.legend(loc="outside right upper", fontsize=8)
-    return _save(run, fig, directory, f"h1_{order}")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -538,6 +545,131 @@ def _h1_section(run: _Run, directory: Path) -> _Section | None:
                 best_rows,
             ),
         )
+    return section
+
+
+def _orders_figure(run: _Run, dataset: str, h1: dict[str, H1Result], band: tuple[float, float] | None,
+                   directory: Path) -> str:
+    """The H1 curves of every order on one dataset, with the complete model's band (mean +- std)."""
+    fig = _figure(8.5, 4.6)
+    ax = fig.add_subplot()
+    for order, entry in h1.items():
+        _plot_curve(ax, entry.scores.get(dataset, {}), order, "--" if order in run.random_orders else "-")
+    if band is not None:
+        mean, std = band
+        ax.axhspan(100 * (mean - std), 100 * (mean + std), color="#a0aec0", alpha=0.3,
+                   label="complete model, mean +- std over seeds")
+        ax.axhline(100 * mean, color="#4a5568", linewidth=1.0)
+    _h1_axes(fig, ax, "number of heads pruned (k, least important first in each order)",
+             f"H1 on {dataset}: every order (dashed: random orders)")
+    return _save(run, fig, directory, f"orders_{dataset}")
+
+
+def _complete_scores(run: _Run, h1: dict[str, H1Result]) -> dict[str, list[float]]:
+    """The complete model's per-seed F1 on each Step 2 dataset: from the G2 comparison (Tables 7-10),
+    else from H1's k = 0 (the complete model in every order)."""
+    out: dict[str, list[float]] = {}
+    comparison = run.summary.step2_comparison
+    if comparison is not None and COMPLETE in comparison.models:
+        out.update({ds: list(cell.scores) for ds, cell in comparison.models[COMPLETE].items()})
+    for entry in h1.values():
+        for ds, per_k in (entry.seed_scores or {}).items():
+            if "0" in per_k:
+                out.setdefault(ds, list(per_k["0"]))
+    return out
+
+
+def _stability_cells(run: _Run, order: str) -> list[str]:
+    """Spearman between seeds, between datasets (each with its within-layer mean) and the bootstrap
+    agreement (mean over k) of an order, or why it has none."""
+    entry = (run.summary.orders or {}).get(order)
+    stability = entry.stability if entry else None
+    if stability is None:
+        return ["n/a", "n/a", "n/a"]
+    if stability.note is not None:
+        word = {"random": "nil (random)", "weights": "deterministic"}.get(entry.kind or "", "n/a")
+        return [word, word, word]
+
+    def pair(agreement) -> str:
+        if agreement is None or agreement.pairs == 0:
+            return "n/a (no pairs)"
+        overall = "n/a" if agreement.spearman is None else f"{agreement.spearman:.2f}"
+        inner = "n/a" if agreement.spearman_within_layers is None else f"{agreement.spearman_within_layers:.2f}"
+        return f"{overall} ({inner})\n{agreement.pairs} pair{'' if agreement.pairs == 1 else 's'}"
+
+    bottom = stability.bootstrap.bottom_k if stability.bootstrap else {}
+    boot = f"{sum(b.agreement for b in bottom.values()) / len(bottom):.2f}" if bottom else "n/a"
+    return [pair(stability.seeds), pair(stability.datasets), boot]
+
+
+def _orders_section(run: _Run, directory: Path) -> _Section | None:
+    """Which order prunes best: every order's H1 curves on one plot per dataset with the complete
+    model's band, the mean F1 over k, the largest k not significantly below the complete model,
+    pairwise paired tests between orders (`curves.compare_orders`), the stability of each order
+    beside its scores, and one sentence of answer."""
+    h1 = run.summary.h1 or {}
+    if len(h1) < 2:
+        return None
+    section = _Section("orders", "Which order prunes best")
+    alpha = float((run.summary.config or {}).get("generalization", {}).get("alpha", 0.05))
+    complete = _complete_scores(run, h1)
+    seeded = all(entry.seed_scores for entry in h1.values())
+    curves = ({o: e.seed_scores or {} for o, e in h1.items()} if seeded else
+              {o: {ds: {k: [v] for k, v in per_k.items()} for ds, per_k in e.scores.items()} for o, e in h1.items()})
+    found = compare_orders(curves, complete if seeded else {}, alpha)
+    sentence = answer(found) if seeded else (
+        f"{found['best']} has the highest mean F1 over k; this summary holds no per-seed H1 scores (a run "
+        "before schema 4), so nothing is tested.")
+    section.blocks.append(f"<p><b>Answer:</b> {html.escape(sentence)}</p>")
+    for ds in _datasets_of({o: e.scores for o, e in h1.items()}):
+        band = mean_and_std(complete[ds]) if complete.get(ds) else None
+        filename = _orders_figure(run, ds, h1, band, directory)
+        section.blocks.append(_img(run, filename, f"H1 on {ds}: F1-macro of every order against heads pruned"))
+    datasets = _datasets_of({o: found["orders"][o]["area"] for o in h1})
+    rows = []
+    for order in sorted(h1, key=lambda o: -(found["orders"][o]["mean_area"] or 0.0)):
+        result = found["orders"][order]
+        entry = (run.summary.orders or {}).get(order)
+        cells = [Cell(order, order == found["best"]), Cell(entry.kind if entry and entry.kind else "-"),
+                 Cell(_f1(result["mean_area"]), order == found["best"])]
+        for ds in datasets:
+            safe = result["safe_k"].get(ds)
+            cells.append(Cell(f"{_f1(result['area'].get(ds))}\nk = {safe}" if safe is not None
+                              else _f1(result["area"].get(ds))))
+        rows.append(cells + _cells(_stability_cells(run, order)))
+    columns = (["Order", "Kind", "Mean F1 over k"]
+               + [f"{ds}\nmean F1 over k;\nlargest k not below CM" for ds in datasets]
+               + ["Spearman between seeds\n(within layers)", "Spearman between datasets\n(within layers)",
+                  "Bootstrap agreement\n(mean over k)"])
+    note = (f"{sentence} Mean F1 over k: the area under the H1 curve divided by the k range (x100), over the "
+            "k values every order was scored at; per dataset, 'largest k not below CM' is the most heads pruned whose "
+            f"F1 is not significantly below the complete model's (one-sided paired t-test over seeds, p < {alpha}). "
+            "Stability of a Step 1 order: the mean Spearman correlation between the importance matrices of runs "
+            "with different seeds (same dataset) and of different datasets (same seed), in brackets the mean "
+            "over layers of the within-layer Spearman; bootstrap agreement: over resamples of the Step 1 runs, "
+            "how often the order's k least important heads stay the k least important (1 = always), averaged "
+            "over the k of H1. A random order has no signal by construction (nil); a weights order is "
+            "computed from the checkpoint alone (deterministic).")
+    _add_table(section, Table("table-orders", "Which order prunes best: mean F1-macro over k of every order "
+                              "(best first), the largest k not significantly below CM, and the order's stability",
+                              columns, rows, note=note))
+    if seeded:
+        pair_rows = []
+        for pair in found["pairs"]:
+            p, adjusted = pair["p_value"], pair["p_holm"]
+            verdict = "-"
+            if not math.isnan(adjusted) and adjusted < alpha:
+                better, worse = (pair["a"], pair["b"]) if pair["difference"] > 0 else (pair["b"], pair["a"])
+                verdict = statement({"better": better, "worse": worse})
+            pair_rows.append(_cells([pair["a"], pair["b"], f"{100 * pair['difference']:+.2f}", str(pair["n"]),
+                                     "n/a" if math.isnan(p) else f"{p:.3g}",
+                                     "n/a" if math.isnan(adjusted) else f"{adjusted:.3g}", verdict]))
+        _add_table(section, Table(
+            "table-orders-pairs", "Pairwise: mean F1 over k of two orders, paired over (dataset, seed)",
+            ["Order a", "Order b", "a - b (points)", "Pairs", "p (t-test)", "p (Holm)", "Significant"], pair_rows,
+            note=f"Two-sided paired t-tests over the (dataset, seed) pairs of each seed's mean F1 over k; p "
+                 f"adjusted by Holm's method for the {len(pair_rows)} pairs; {{x}} > {{y}}: x prunes significantly "
+                 f"better than y at {alpha}."))
     return section
 
 
@@ -754,8 +886,8 @@ def _step2_comparison_section(run: _Run) -> _Section | None:
     source = run.summary.step2_comparison
     if source is None:
         return None
-    section = _Section("step2-comparison", "Step 2 datasets (G2): CM, the OI models and the random-order means "
-                                           "(Tables 7-10)")
+    section = _Section("step2-comparison", "Step 2 datasets (G2): CM, the models of the importance orders and the "
+                                           "random-order means (Tables 7-10)")
     seeds = (run.summary.config or {}).get("step2", {}).get("seeds")
     if seeds:
         section.blocks.append(f'<p class="note">Seeds: {html.escape(str(seeds))} (the Step 2 seeds).</p>')
@@ -977,6 +1109,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             lambda: _importance_section(run, figures),
             lambda: _architectures_section(run, figures),
             lambda: _h1_section(run, figures),
+            lambda: _orders_section(run, figures),
             lambda: _greedy_section(run, "h2", figures),
             lambda: _greedy_section(run, "h3", figures),
             lambda: _racing_section(run),

@@ -205,7 +205,9 @@ class ResultStore:
     def importance_key(model: str, dataset_hash: str, seed: int, settings: dict) -> str:
         return make_key(kind="importance", model=model, dataset=dataset_hash, seed=int(seed), settings=settings)
 
-    def get_importance(self, key: str) -> list | None:
+    def get_importance(self, key: str) -> list | dict | None:
+        """A Step 1 row's content, decoded: an OI row holds the per-epoch matrices (a list), a
+        statistics row the raw gate sums (`importance.GateStatistics.to_json`, an object)."""
         with self._locked() as conn:
             row = conn.execute("SELECT matrices FROM importance WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None

@@ -23,7 +23,8 @@ from .errors import HeadpruneError
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
-# each search's `evaluations`, `grid_evaluations` and `racing`.
+# each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
+# per-seed scores (`seeds`, `seed_scores`), all optional.
 SCHEMA_VERSION = 4
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
@@ -197,12 +198,55 @@ class ModelInfo(_Json):
 
 
 @dataclass(kw_only=True)
+class Agreement(_Json):
+    """The mean Spearman correlation between pairs of Step 1 runs (`importance.stability.agreement`):
+    over all heads, and within layers (the mean over layers); null where no pair defines it."""
+
+    pairs: int = field(metadata={_MINIMUM: 0})
+    spearman: float | None = None
+    spearman_within_layers: float | None = None
+
+
+@dataclass(kw_only=True)
+class BottomK(_Json):
+    """The bootstrap at one k: `frequency` (layers x heads), the share of resamples in which each head
+    is among the k least important; `agreement`, its mean over the order's own k least important."""
+
+    agreement: float
+    frequency: list[list[float]]
+
+
+@dataclass(kw_only=True)
+class Bootstrap(_Json):
+    """Resamples of the Step 1 runs with replacement (seeded): {str(k): BottomK} for each k H1 prunes."""
+
+    resamples: int = field(metadata={_MINIMUM: 1})
+    seed: int
+    bottom_k: dict[str, BottomK]
+
+
+@dataclass(kw_only=True)
+class Stability(_Json):
+    """How well an order reproduces (summary["orders"][name]["stability"], `importance.stability`):
+    for a Step 1 order the runs compared, the agreement between seeds (same dataset) and between
+    datasets (same seed), and the bootstrap; for a random or weights order only `note`, saying why
+    nothing is measured."""
+
+    note: str | None = _optional()
+    runs: int | None = _optional()
+    seeds: Agreement | None = _optional()
+    datasets: Agreement | None = _optional()
+    bootstrap: Bootstrap | None = _optional()
+
+
+@dataclass(kw_only=True)
 class OrderEntry(_Json):
     """One order of the heads (summary["orders"][name]), most important first."""
 
     ranked: list[tuple[int, int]]
     matrix: list[list[float]] | None = None  # the mean importance; null for a random order
-    kind: str | None = _optional()  # "importance" or "random"
+    # "importance" (Step 1's finetunings), "weights" (the checkpoint's weights, no data) or "random"
+    kind: str | None = _optional()
     # Step 1 orders: the settings part of their rows' store keys (`importance.step1_key_settings`),
     # by which `headprune verify` selects the rows; absent in older summaries and for random orders.
     settings: dict | None = _optional()
@@ -211,6 +255,7 @@ class OrderEntry(_Json):
     # file renamed or edited since the run cannot pass for the one used. Absent in older summaries
     # (verify then goes by the names, and says so) and for random orders.
     dataset_hashes: dict[str, str] | None = _optional()
+    stability: Stability | None = _optional()  # absent in summaries before schema 4
 
     @property
     def is_random(self) -> bool:
@@ -286,6 +331,11 @@ class H1Result(_Json):
     evaluations: int | None = _optional()
     grid_evaluations: int | None = _optional()
     racing: Racing | None = _optional()
+    # The per-seed F1 behind `scores` ({dataset: {str(k): [F1 of each of `seeds`]}}), read from the store
+    # after the search: the paired tests of "Which order prunes best". A cell not stored for every
+    # seed is left out. Absent in summaries before schema 4.
+    seeds: list[int] | None = _optional()
+    seed_scores: dict[str, dict[str, list[float]]] | None = _optional()
 
 
 @dataclass(kw_only=True)
@@ -522,6 +572,9 @@ __all__ = [
     "COMPLETE",
     "SCHEMA_VERSION",
     "SUMMARY_FILE",
+    "Agreement",
+    "Bootstrap",
+    "BottomK",
     "ChosenModel",
     "DatasetScores",
     "Generalization",
@@ -535,6 +588,7 @@ __all__ = [
     "RandomMean",
     "RankingRow",
     "Significance",
+    "Stability",
     "Summary",
     "load_summary",
     "malformed",

@@ -1,10 +1,13 @@
 """Check a run's summary.json against its results store.
 
-Every number the summary reports is recomputed from what the store holds: the Step 1 order from the
-stored importance matrices of the Step 1 datasets (selected by the content hashes the summary
-records), each H1/H2/H3 score as the mean over seeds of the stored per-seed F1, the rankings and
-chosen models from those scores, and the generalization table (per-seed scores, means, standard
-deviations, paired t-tests). A summary that passes says nothing the store does not."""
+Every number the summary reports is recomputed from what the store holds: each Step 1 order (OI,
+OI-layer, fisher) from the stored rows of the Step 1 datasets (selected by the content hashes the
+summary records), reduced as its criterion does, each random order from its seed, each order's
+stability from the same per-run matrices, each H1/H2/H3 score (and H1's per-seed scores) from the
+stored per-seed F1, the rankings and chosen models from those scores, and the generalization table
+(per-seed scores, means, standard deviations, paired t-tests). A magnitude order is checked against
+its own matrix only (the matrix is the checkpoint's weight norms: verify loads no model, and says
+so). A summary that passes says nothing the store does not."""
 
 from __future__ import annotations
 
@@ -19,11 +22,31 @@ from .config import parse_seeds
 from .data import expand_datasets
 from .errors import HeadpruneError
 from .generalize import per_seed_means, random_order_members, significance, summarize
-from .importance import rank_heads
+from .importance import (
+    Order,
+    RandomImportance,
+    RunMatrix,
+    Step1Criterion,
+    criterion_for,
+    order_stability,
+    random_order,
+    rank_heads,
+    stored_row,
+)
 from .search import rank_models
 from .settings import ScoreSettings
 from .store import ResultStore, pruned_key
-from .summary import COMPLETE, SUMMARY_FILE, Generalization, Significance, Summary, load_summary, malformed
+from .summary import (
+    COMPLETE,
+    SUMMARY_FILE,
+    Generalization,
+    OrderEntry,
+    Significance,
+    Stability,
+    Summary,
+    load_summary,
+    malformed,
+)
 
 # What a stored score's settings must match (max_length is keyed as min(setting, model's limit)).
 SCORE_FIELDS = tuple(f.name for f in fields(ScoreSettings) if f.name != "max_length")
@@ -43,6 +66,19 @@ class Verification:
             self.problems.append(f"{what}: not in the store")
         elif not _same(reported, recomputed):
             self.problems.append(f"{what}: summary says {reported!r}, the store gives {recomputed!r}")
+
+    def same_tree(self, what: str, reported, recomputed) -> None:
+        """Count one check of a whole JSON part (nulls included); a problem names its first leaf that
+        differs, or says that the parts have other keys."""
+        self.checked += 1
+        mine, theirs = _leaves(reported), _leaves(recomputed)
+        if [k for k, _ in mine] != [k for k, _ in theirs]:
+            self.problems.append(f"{what}: summary has other keys than the store gives")
+            return
+        for (key, a), (_, b) in zip(mine, theirs):
+            if not (a is None and b is None) and (a is None or b is None or not _same(a, b)):
+                self.problems.append(f"{what}{key}: summary says {a!r}, the store gives {b!r}")
+                return
 
 
 def _same(a, b) -> bool:
@@ -116,7 +152,7 @@ def verify_run(run_dir: str | Path) -> Verification:
         result = Verification()
         scores = StoredScores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
                          summary.config_value("scoring"))
-        _check_step1(store, summary, result)
+        _check_orders(store, summary, result)
         _check_step2(summary, scores, parse_seeds(summary.config_value("step2", "seeds")), result)
         _check_generalization(summary, scores, result)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
@@ -132,45 +168,95 @@ def _pairs(heads) -> list[list[int]]:
     return [list(h) for h in heads]
 
 
-def _check_step1(store: ResultStore, summary: Summary, result: Verification) -> None:
-    """The OI matrix and order from the stored Step 1 rows of the run's datasets, seeds and keyed
-    settings. Rows are selected by the datasets' content hashes (the dataset part of their keys):
-    a row stored under a dataset's name says nothing about its content, so a file of the same name
-    with other content must not count, and a renamed file's rows must. Summaries without the hashes
-    (older runs) are checked by name, and the verification says so."""
-    order = (summary.orders or {}).get("OI")
-    if order is None or order.matrix is None:
-        return
+def _check_orders(store: ResultStore, summary: Summary, result: Verification) -> None:
+    """Every order of the summary, by its criterion (`importance.criterion_for`): a Step 1 order's
+    matrix and ranking from the stored rows (`_check_step1`); a random order is its seed's
+    permutation; a weights order (magnitude) is ranked as its matrix says, the matrix itself not
+    recomputed (it is the checkpoint's weight norms; verify reads only the summary and the store,
+    never the model), and the verification notes so. Each order's stability is recomputed from the
+    same per-run matrices (it is pure and seeded)."""
+    for name, entry in (summary.orders or {}).items():
+        criterion = criterion_for(name)
+        runs = None
+        if isinstance(criterion, Step1Criterion):
+            if entry.matrix is None:
+                continue
+            runs = _check_step1(store, summary, name, entry, criterion, result)
+            if runs is None:
+                continue
+        elif isinstance(criterion, RandomImportance):
+            expected = random_order(summary.model.n_layers, summary.model.n_heads, seed=criterion.seed)
+            result.close(f"order {name} (the random order of seed {criterion.seed})", _pairs(entry.ranked),
+                         _pairs(expected.ranked))
+        elif entry.matrix is not None:
+            result.close(f"order {name} (ranked by its matrix)", _pairs(entry.ranked),
+                         _pairs(rank_heads(np.array(entry.matrix))))
+            result.notes.append(f"order {name}: its matrix (the norms of the checkpoint's weights) is not "
+                                "recomputed, since verify reads no model; its ranking is checked against it")
+        if entry.stability is not None:
+            stability = entry.stability
+            bottom_k = stability.bootstrap.bottom_k if stability.bootstrap else {}
+            order = Order(name=name, ranked=list(entry.ranked), n_layers=summary.model.n_layers,
+                          n_heads=summary.model.n_heads, kind=entry.kind or criterion.kind, runs=runs)
+            recomputed = order_stability(order, [int(k) for k in bottom_k],
+                                         **({"resamples": stability.bootstrap.resamples,
+                                             "seed": stability.bootstrap.seed} if stability.bootstrap else {}))
+            result.same_tree(f"orders.{name}.stability", stability.to_json(),
+                             Stability.from_json(recomputed).to_json())
+
+
+def _check_step1(store: ResultStore, summary: Summary, name: str, order: OrderEntry, criterion: Step1Criterion,
+                 result: Verification) -> list[RunMatrix] | None:
+    """A Step 1 order's matrix and ranking from the stored rows of the run's datasets, seeds and keyed
+    settings (OI: the rows of Algorithm 2's matrices; OI-layer, fisher: the raw statistics rows, keyed
+    apart), reduced as its criterion reduces them (`Step1Criterion.epoch_matrices`). Rows are selected
+    by the datasets' content hashes (the dataset part of their keys): a row stored under a dataset's
+    name says nothing about its content, so a file of the same name with other content must not
+    count, and a renamed file's rows must. Summaries without the hashes (older runs) are checked by
+    name, and the verification says so. Returns the per-run matrices (None: rows missing)."""
     seeds = parse_seeds(summary.config_value("step1", "seeds"))
     # The keyed settings the run used (with where its pooler came from); older summaries lack them.
     settings = order.settings or {k: summary.config_value("step1", k)
                                   for k in ("epochs", "batch_size", "learning_rate", "adam_epsilon")}
     rows = [row for row in store.importance_rows(summary.model.fingerprint)
             if row["seed"] in seeds and row["settings"] == settings]
+    stored: list[tuple[str, int, object]] = []
     if order.dataset_hashes is None:
         names = {Path(n).stem if Path(n).suffix.lower() in (".csv", ".tsv", ".jsonl") else n
                  for n in expand_datasets(summary.config_value("step1", "datasets"))}
         result.notes.append("summary.json records no content hashes of the Step 1 datasets (a run of an older "
                             "version): Step 1 rows were selected by dataset name, which does not tell an edited "
                             "file from the one the run used")
-        matrices = [m for row in rows if row["dataset"] in names for m in row["matrices"]]
-        if not matrices:
-            result.close("Step 1 order OI", "an importance matrix", None)
-            return
+        stored = [(row["dataset"], row["seed"], row["matrices"]) for row in rows if row["dataset"] in names]
+        if not stored:
+            result.close(f"Step 1 order {name}", "an importance matrix", None)
+            return None
     else:
         by_key = {(row["dataset_hash"], row["seed"]): row["matrices"] for row in rows}
-        matrices = []
-        for name, content in order.dataset_hashes.items():
-            for seed in seeds:  # every (dataset, seed) the order averages over, as Step 1 does
+        for dataset, content in order.dataset_hashes.items():
+            for seed in seeds:  # every (dataset, seed) the order averages over, in the order Step 1 runs them
                 found = by_key.get((content, seed))
                 if found is None:
-                    result.close(f"Step 1 importance matrices of {name} (content {content[:12]}), seed {seed}",
+                    result.close(f"Step 1 importance matrices of {dataset} (content {content[:12]}), seed {seed}",
                                  "stored matrices", None)
-                    return
-                matrices += found
-    mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
-    result.close("Step 1 importance matrix (OI)", order.matrix, mean.tolist())
-    result.close("Step 1 order (OI)", _pairs(order.ranked), [list(h) for h in rank_heads(mean)])
+                    return None
+                stored.append((dataset, seed, found))
+    per_run = [(dataset, seed, criterion.epoch_matrices(stored_row(criterion.row, value)))
+               for dataset, seed, value in stored]
+    mean = np.mean(np.array([m for _, _, matrices in per_run for m in matrices], dtype=np.float64), axis=0)
+    result.close(f"Step 1 importance matrix ({name})", order.matrix, mean.tolist())
+    result.close(f"Step 1 order ({name})", _pairs(order.ranked), [list(h) for h in rank_heads(mean)])
+    return [RunMatrix(dataset, seed, np.mean(np.array(matrices, dtype=np.float64), axis=0).tolist())
+            for dataset, seed, matrices in per_run]
+
+
+def _leaves(value, key: str = "") -> list[tuple[str, object]]:
+    """(path, value) of every leaf of a JSON value, in order: what `Verification.same_tree` compares."""
+    if isinstance(value, dict):
+        return [leaf for name, item in value.items() for leaf in _leaves(item, f"{key}.{name}")]
+    if isinstance(value, (list, tuple)):
+        return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{key}[{i}]")]
+    return [(key, value)]
 
 
 def _raced(strategy, entry, scores: StoredScores) -> dict | None:
@@ -221,6 +307,11 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
     orders = summary.orders or {}
     for name, h1 in (summary.h1 or {}).items():
         ranked = summary.need(orders.get(name), f"orders.{name}").ranked
+        for ds, per_k in (h1.seed_scores or {}).items():
+            for k, reported_seeds in per_k.items():
+                pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
+                result.close(f"h1.{name}.seed_scores.{ds}.{k}", reported_seeds,
+                             scores.seed_scores(pruned, ds, h1.seeds or seeds))
         if h1.racing is not None:
             strategy = H1Strategy([tuple(h) for h in ranked], list(h1.scores), k_values=h1.k_values)
             _check_raced(f"h1.{name}", h1, _raced(strategy, h1, scores), summary, result)

@@ -67,6 +67,9 @@ def importance_command(
     datasets: str = typer.Option("G1", "--datasets", help="Datasets or groups for Step 1, comma-separated."),
     seeds: str = typer.Option("1-10", "--seeds", help="Seeds, e.g. 1-10 or 1,2,3."),
     epochs: int = typer.Option(4, "--epochs", help="Finetuning epochs (paper: 4)."),
+    criterion: str = typer.Option("OI", "--criterion", help="The order to write: OI (Step 1, the dissertation's), "
+                                  "OI-layer (its gradients normalised per layer), fisher (squared gradients; the "
+                                  "three share Step 1's finetunings), magnitude (weight norms, no data)."),
     random: int = typer.Option(0, "--random", help="Instead of Step 1, write the seeded random order A<N>."),
     out: Path = typer.Option(Path("order.json"), "--out", help="Where to write the order (JSON)."),
     run_dir: Path = RUN_DIR,
@@ -76,7 +79,8 @@ def importance_command(
     device: str = DEVICE,
     warmup_steps: int = WARMUP,
 ) -> None:
-    """Step 1: the importance order of the heads (or a seeded random order with --random N)."""
+    """Step 1: the importance order of the heads by a criterion (or a seeded random order with --random N)."""
+    from ..importance import criterion_for
     from ..store import ResultStore
 
     pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
@@ -84,10 +88,11 @@ def importance_command(
         raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
     pipeline.config.step1.datasets = [datasets]
     pipeline.config.step1.seeds = _seeds(seeds, "--seeds")
-    if not random:
+    name = f"A{random}" if random else criterion
+    if criterion_for(name).kind == "importance":
         pipeline.datasets([datasets], check_folds=False)  # bad names and files fail before any model work
     base = pipeline.load_base()
-    order = pipeline.order(f"A{random}" if random else "OI", base, ResultStore(run_dir / "store.sqlite"))
+    order = pipeline.order(name, base, ResultStore(run_dir / "store.sqlite"))
     order.save(out)
     least = ", ".join(f"{l}:{h}" for l, h in order.ranked[-5:][::-1])
     typer.echo(f"wrote {out}: {len(order.ranked)} heads ranked; least important first: {least}")

@@ -1,10 +1,14 @@
 """Importance criteria: interchangeable objects that produce an `Order` (heads from most to least
 important). The surgery and the searches never know which criterion made an order.
 
-Every criterion has `name`, `kind` ("importance" or "random") and
+Every criterion has `name`, `kind` and
 `order(base, store=, executor=, device=, on_result=, deadline=, loader=, deterministic=) -> Order`;
-a criterion that needs no data ignores what it does not use. `criterion_for` maps the names of a
-configuration's `[step2] orders` to criteria: the one place that reads them."""
+a criterion that needs no data ignores what it does not use. The kinds: "importance" (read from
+Step 1's finetunings, which run through the store and the Step 1 executor: `gradient` OI,
+`gradient-layer` OI-layer, `fisher`), "weights" (from the checkpoint alone: `magnitude`) and "random"
+(`A<seed>`). `criterion_for` maps the names of a configuration's `[step2] orders`
+(`settings.ORDER_CRITERIA`) to criteria: the one place that builds them from names. `stability`
+measures how well an order reproduces."""
 
 from __future__ import annotations
 
@@ -13,20 +17,33 @@ from typing import Protocol
 
 from ..data import Dataset
 from ..errors import HeadpruneError
+from ..settings import ORDER_NAMES, order_criterion
 from .gradient import (
+    STATISTICS,
+    Finetuning,
+    GateStatistics,
+    GateSums,
     GradientImportance,
     ImportanceAccumulator,
     ImportanceContext,
     ImportanceSettings,
+    Step1Criterion,
     classification_model,
+    finetune,
     importance_matrices,
     importance_order,
     min_max,
     pooler_tag,
+    statistics_key_settings,
+    step1_finetunings,
     step1_key_settings,
+    stored_row,
 )
-from .order import Order, rank_heads
+from .magnitude import MagnitudeImportance, magnitude_matrix
+from .order import Order, RunMatrix, rank_heads
 from .random import RandomImportance, random_order
+from .stability import order_stability
+from .statistics import FisherImportance, GradientLayerImportance, per_layer_l2, share_of_total
 
 
 class Criterion(Protocol):
@@ -38,17 +55,25 @@ class Criterion(Protocol):
 
 def criterion_for(name: str, step1_datasets: Callable[[], Sequence[Dataset]] = list, step1_seeds: Sequence[int] = (),
                   settings: ImportanceSettings = ImportanceSettings()) -> Criterion:
-    """`OI`: Step 1's gradient criterion on `step1_datasets()` x `step1_seeds` (the datasets are
-    loaded only for it); `A<n>`: the random order of seed n."""
-    if name == "OI":
-        return GradientImportance(list(step1_datasets()), step1_seeds, settings, name)
-    if name[:1] == "A" and name[1:].isdigit():
-        return RandomImportance(int(name[1:]), name)
-    raise HeadpruneError(f"unknown order '{name}': use OI or A<seed> (e.g. A1)")
+    """`OI`, `OI-layer`, `fisher`: read from Step 1's finetunings on `step1_datasets()` x `step1_seeds`
+    (the datasets are loaded only for them; all three share the finetunings); `magnitude`: from the
+    weights; `A<n>`: the random order of seed n."""
+    step1 = {"gradient": GradientImportance, "gradient-layer": GradientLayerImportance, "fisher": FisherImportance}
+    criterion = order_criterion(name)
+    if criterion in step1:
+        return step1[criterion](list(step1_datasets()), step1_seeds, settings, name)
+    if criterion == "magnitude":
+        return MagnitudeImportance(name)
+    if criterion == "random":
+        return RandomImportance(int(name[1:]), name)  # A<seed>, as order_criterion read it
+    raise HeadpruneError(f"unknown order '{name}': use {ORDER_NAMES}")
 
 
 __all__ = [
-    "Criterion", "GradientImportance", "ImportanceAccumulator", "ImportanceContext", "ImportanceSettings", "Order",
-    "RandomImportance", "classification_model", "criterion_for", "importance_matrices", "importance_order",
-    "min_max", "pooler_tag", "rank_heads", "random_order", "step1_key_settings",
+    "STATISTICS", "Criterion", "Finetuning", "FisherImportance", "GateStatistics", "GateSums", "GradientImportance",
+    "GradientLayerImportance", "ImportanceAccumulator", "ImportanceContext", "ImportanceSettings",
+    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "classification_model",
+    "criterion_for", "finetune", "importance_matrices", "importance_order", "magnitude_matrix", "min_max",
+    "order_stability", "per_layer_l2", "pooler_tag", "rank_heads", "random_order", "share_of_total",
+    "statistics_key_settings", "step1_finetunings", "step1_key_settings", "stored_row",
 ]

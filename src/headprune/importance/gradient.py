@@ -1,6 +1,11 @@
 """The Step 1 criterion (Algorithms 1 and 2): finetune with a fresh classification head, read the
 gradient of all-ones head gates, normalise per batch and per epoch; the order is the mean of the
-per-epoch matrices over datasets, seeds and epochs (most important first)."""
+per-epoch matrices over datasets, seeds and epochs (most important first).
+
+One finetuning also records the raw gate gradients (`GateStatistics`: per epoch, the sums of |g| and
+of g^2 before any normalisation), stored in a row of its own beside the OI row, so that criteria
+normalising otherwise (`statistics.py`) come from the same finetunings: `Step1Criterion` is their
+common part, `step1_finetunings` the one store-first loop over (dataset, seed)."""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import functools
 import hashlib
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +32,14 @@ from ..scoring import adamw, encode, pad_batch
 from ..store import ResultStore
 from ..surgery import HeadGates
 from ..tasks import Executor, ImportanceTask
-from .order import Order, rank_heads
+from .order import Order, RunMatrix, rank_heads
 
 log = logging.getLogger(__name__)
+
+# The `statistics` entry of the raw rows' keys: what they hold (`GateStatistics.to_json`). Renamed
+# whenever that changes, so that rows of another content are never read as these.
+STATISTICS = "raw-abs-sq"
+
 
 @dataclass(frozen=True)
 class ImportanceSettings:
@@ -74,6 +86,65 @@ class ImportanceAccumulator:
         self.epochs.append(self.importance.clone())
 
 
+@dataclass(frozen=True)
+class GateStatistics:
+    """The raw gate gradients of one finetuning, per epoch, before any normalisation: the sums over the
+    epoch's batches of |g| and of g^2 (g = d loss / d gate of one batch; layers x heads each), the
+    number of batches of each epoch and the tokens of the dataset. What the criteria that normalise
+    otherwise than Algorithm 2 read (its per-batch min-max cannot be undone from sums, nor redone)."""
+
+    abs_sums: list[list[list[float]]]
+    squared_sums: list[list[list[float]]]
+    batches: list[int]
+    tokens: int
+
+    def to_json(self) -> dict:
+        return {"abs": self.abs_sums, "squared": self.squared_sums, "batches": self.batches, "tokens": self.tokens}
+
+    @classmethod
+    def from_json(cls, data: dict) -> GateStatistics:
+        return cls(abs_sums=data["abs"], squared_sums=data["squared"], batches=[int(b) for b in data["batches"]],
+                   tokens=int(data["tokens"]))
+
+
+class GateSums:
+    """Accumulates `GateStatistics` beside Algorithm 2's bookkeeping: per batch |g| and g^2 are added
+    (float64), per epoch the sums are kept and start again from zero."""
+
+    def __init__(self, shape: tuple[int, int], n_tokens: int):
+        self.n_tokens = n_tokens
+        self._abs = torch.zeros(shape, dtype=torch.float64)
+        self._squared = torch.zeros(shape, dtype=torch.float64)
+        self._batches = 0
+        self.epochs: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def add_batch(self, grad: torch.Tensor) -> None:
+        g = grad.detach().to(torch.float64).cpu()
+        self._abs += g.abs()
+        self._squared += g * g
+        self._batches += 1
+
+    def end_epoch(self) -> None:
+        self.epochs.append((self._abs.clone(), self._squared.clone(), self._batches))
+        self._abs.zero_()
+        self._squared.zero_()
+        self._batches = 0
+
+    def statistics(self) -> GateStatistics:
+        return GateStatistics(abs_sums=[a.tolist() for a, _, _ in self.epochs],
+                              squared_sums=[q.tolist() for _, q, _ in self.epochs],
+                              batches=[b for _, _, b in self.epochs], tokens=self.n_tokens)
+
+
+@dataclass(frozen=True)
+class Finetuning:
+    """What one Step 1 finetuning (a dataset with a seed) yields: Algorithm 2's per-epoch matrices (the
+    OI row) and the raw gate statistics (the statistics row)."""
+
+    matrices: list[list[list[float]]]
+    statistics: GateStatistics
+
+
 def pooler_tag(base: BaseModel) -> str | None:
     """What Step 1's classification model starts its pooler from, as part of every Step 1 key:
     "pretrained:<hash>" (the checkpoint's), "fresh" (the checkpoint has none), or None for a family
@@ -96,6 +167,12 @@ def step1_key_settings(base: BaseModel, settings: ImportanceSettings) -> dict:
     """The settings part of a Step 1 row's key: the finetuning settings and where the pooler came from."""
     tag = pooler_tag(base)
     return settings.as_dict() if tag is None else {**settings.as_dict(), "pooler": tag}
+
+
+def statistics_key_settings(base: BaseModel, settings: ImportanceSettings) -> dict:
+    """The settings part of a statistics row's key: the OI row's (`step1_key_settings`, unchanged, so
+    that OI rows stay valid) and `"statistics": STATISTICS`, which keeps the two kinds of rows apart."""
+    return {**step1_key_settings(base, settings), "statistics": STATISTICS}
 
 
 def classification_model(base: BaseModel, n_labels: int):
@@ -126,11 +203,13 @@ def classification_model(base: BaseModel, n_labels: int):
     return model
 
 
-def importance_matrices(
+def finetune(
     base: BaseModel, dataset: Dataset, seed: int, settings: ImportanceSettings, device: torch.device
-) -> list[list[list[float]]]:
+) -> Finetuning:
     """Algorithm 1 on one dataset and seed: finetune with a fresh classification head and read the
-    gradient of all-ones head gates. Returns the per-epoch (layers x heads) matrices."""
+    gradient of all-ones head gates, into Algorithm 2's per-epoch matrices and, from the same
+    gradients, the raw `GateStatistics` (reading them draws nothing: the matrices are those of
+    Algorithm 1 alone)."""
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -144,6 +223,7 @@ def importance_matrices(
     schedule = get_linear_schedule_with_warmup(optimizer, 0, steps_per_epoch * settings.epochs)
     generator = torch.Generator().manual_seed(seed)
     accumulator = ImportanceAccumulator((base.n_layers, base.n_heads), n_tokens)
+    sums = GateSums((base.n_layers, base.n_heads), n_tokens)
     with HeadGates(model, requires_grad=True) as gates:
         for _ in range(settings.epochs):
             permutation = torch.randperm(len(ids), generator=generator).tolist()
@@ -155,12 +235,21 @@ def importance_matrices(
                 )
                 out.loss.backward()
                 accumulator.add_batch(gates.gates.grad)
+                sums.add_batch(gates.gates.grad)
                 gates.gates.grad = None
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
             accumulator.end_epoch()
-    return [m.tolist() for m in accumulator.epochs]
+            sums.end_epoch()
+    return Finetuning(matrices=[m.tolist() for m in accumulator.epochs], statistics=sums.statistics())
+
+
+def importance_matrices(
+    base: BaseModel, dataset: Dataset, seed: int, settings: ImportanceSettings, device: torch.device
+) -> list[list[list[float]]]:
+    """Algorithm 1 on one dataset and seed: Algorithm 2's per-epoch (layers x heads) matrices alone."""
+    return finetune(base, dataset, seed, settings, device).matrices
 
 
 @dataclass
@@ -176,8 +265,8 @@ class ImportanceContext:
     loader: Callable[[], BaseModel] | None = None
     deterministic: bool = True
 
-    def compute(self, task: ImportanceTask) -> list[list[list[float]]]:
-        return importance_matrices(self.base, self.datasets[task.dataset], task.seed, self.settings, self.device)
+    def compute(self, task: ImportanceTask) -> Finetuning:
+        return finetune(self.base, self.datasets[task.dataset], task.seed, self.settings, self.device)
 
     def recipe(self) -> Callable[[], ImportanceContext]:
         if self.loader is None:
@@ -195,17 +284,90 @@ def _worker_context(loader: Callable[[], BaseModel], fingerprint: str, datasets:
     return ImportanceContext(base, datasets, settings, torch.device(device))
 
 
+def stored_row(row: str, value: Any) -> Any:
+    """A Step 1 row's decoded content as a criterion reads it: the per-epoch matrices of an OI row
+    ("matrices") as they are, a statistics row as `GateStatistics`."""
+    return GateStatistics.from_json(value) if row == "statistics" else value
+
+
+def step1_finetunings(
+    base: BaseModel,
+    datasets: Sequence[Dataset],
+    seeds: Sequence[int],
+    settings: ImportanceSettings,
+    row: str,
+    store: ResultStore | None = None,
+    executor: Executor | None = None,
+    device: torch.device = torch.device("cpu"),
+    on_result: Callable[[str, int, bool], None] | None = None,
+    deadline: float | None = None,
+    loader: Callable[[], BaseModel] | None = None,
+    deterministic: bool = True,
+) -> dict[ImportanceTask, Any]:
+    """Every (dataset, seed) finetuning of Step 1, in that order, as its `row`: "matrices" (Algorithm
+    2's per-epoch matrices, the OI row) or "statistics" (`GateStatistics`). Stored rows come from
+    `store`, the others from `executor` (`scorer.run_stored`: resumable, past `deadline` nothing new
+    starts and `errors.Stopped` is raised). A finetuning that runs writes both its rows, so criteria
+    reading either kind share it: the first order of a run to need a finetuning pays for all."""
+    if row not in ("matrices", "statistics"):
+        raise ValueError(f"row must be 'matrices' or 'statistics', got {row!r}")
+    by_name = {d.name: d for d in datasets}
+    if len(by_name) != len(datasets):
+        raise HeadpruneError(f"Step 1: a dataset is listed twice ({[d.name for d in datasets]})")
+    keyed = {"matrices": step1_key_settings(base, settings), "statistics": statistics_key_settings(base, settings)}
+
+    def key(task: ImportanceTask, kind: str) -> str:
+        return ResultStore.importance_key(base.fingerprint, by_name[task.dataset].content_hash, task.seed, keyed[kind])
+
+    def lookup(task: ImportanceTask):
+        stored = store.get_importance(key(task, row)) if store is not None else None
+        return None if stored is None else stored_row(row, stored)
+
+    def put(task: ImportanceTask, finetuning: Finetuning) -> None:
+        if store is None:
+            return
+        dataset = by_name[task.dataset]
+        for kind, value in (("matrices", finetuning.matrices), ("statistics", finetuning.statistics.to_json())):
+            store.put_importance(key(task, kind), model=base.fingerprint, dataset=dataset.name,
+                                 dataset_hash=dataset.content_hash, seed=task.seed, settings=keyed[kind],
+                                 matrices=value, device=device.type)
+
+    tasks = [ImportanceTask(d.name, int(seed)) for d in datasets for seed in seeds]
+    context = ImportanceContext(base, by_name, settings, device, loader, deterministic)
+    results = run_stored(
+        tasks, lookup, put, executor or InProcessExecutor(), lambda _batch: context, deadline=deadline,
+        on_result=(lambda task, _m, cached: on_result(task.dataset, task.seed, cached)) if on_result else None,
+        stopped=lambda _done, _total: "time limit reached during Step 1; finished finetunings are in the store",
+    )
+    return {task: getattr(results[task], row) if isinstance(results[task], Finetuning) else results[task]
+            for task in tasks}
+
+
 @dataclass
-class GradientImportance:
-    """The dissertation's Step 1 criterion (`OI`): `order(base, ...)` runs the finetunings of every
-    (dataset, seed) through the store first and `executor` for the rest (`scorer.run_stored`), so an
-    interrupted Step 1 resumes, then averages their per-epoch matrices."""
+class Step1Criterion(ABC):
+    """A criterion read from Step 1's finetunings of every (dataset, seed): `order(base, ...)` runs them
+    through the store first and `executor` for the rest (`step1_finetunings`), so an interrupted Step 1
+    resumes; each run's stored `row` becomes its per-epoch matrices (`epoch_matrices`), and the order
+    is their mean over datasets, seeds and epochs (most important first). The order keeps each run's
+    own matrix (the mean over its epochs: `Order.runs`), from which `stability` measures how well
+    the order reproduces."""
 
     datasets: Sequence[Dataset]
     seeds: Sequence[int]
     settings: ImportanceSettings = ImportanceSettings()
-    name: str = "OI"
+    name: str = ""
     kind = "importance"
+    row = "matrices"  # which stored row it reads: "matrices" (the OI rows) or "statistics"
+
+    @abstractmethod
+    def epoch_matrices(self, stored: Any) -> list[np.ndarray]:
+        """One run's (layers x heads) matrix per epoch, from its stored row."""
+
+    def key_settings(self, base: BaseModel) -> dict:
+        """The settings part of its rows' keys (what `headprune verify` selects them by)."""
+        if self.row == "statistics":
+            return statistics_key_settings(base, self.settings)
+        return step1_key_settings(base, self.settings)
 
     def order(
         self,
@@ -218,38 +380,14 @@ class GradientImportance:
         loader: Callable[[], BaseModel] | None = None,
         deterministic: bool = True,
     ) -> Order:
-        """Step 1's order. Past `deadline` (`time.monotonic()`) no new finetuning starts and
+        """The order. Past `deadline` (`time.monotonic()`) no new finetuning starts and
         `errors.Stopped` is raised (finished ones are in `store`). `loader`: a picklable callable
         building this same base model, for executors that run in worker processes."""
-        by_name = {d.name: d for d in self.datasets}
-        if len(by_name) != len(self.datasets):
-            raise HeadpruneError(f"Step 1: a dataset is listed twice ({[d.name for d in self.datasets]})")
-        key_settings = step1_key_settings(base, self.settings)
-
-        def key(task: ImportanceTask) -> str:
-            dataset = by_name[task.dataset]
-            return ResultStore.importance_key(base.fingerprint, dataset.content_hash, task.seed, key_settings)
-
-        def lookup(task: ImportanceTask):
-            return store.get_importance(key(task)) if store is not None else None
-
-        def put(task: ImportanceTask, matrices: list) -> None:
-            if store is None:
-                return
-            dataset = by_name[task.dataset]
-            store.put_importance(key(task), model=base.fingerprint, dataset=dataset.name,
-                                 dataset_hash=dataset.content_hash, seed=task.seed, settings=key_settings,
-                                 matrices=matrices, device=device.type)
-
-        tasks = [ImportanceTask(d.name, int(seed)) for d in self.datasets for seed in self.seeds]
-        context = ImportanceContext(base, by_name, self.settings, device, loader, deterministic)
-        results = run_stored(
-            tasks, lookup, put, executor or InProcessExecutor(), lambda _batch: context, deadline=deadline,
-            on_result=(lambda task, _m, cached: on_result(task.dataset, task.seed, cached)) if on_result else None,
-            stopped=lambda _done, _total: "time limit reached during Step 1; finished finetunings are in the store",
-        )
-        matrices = [m for task in tasks for m in results[task]]
-        mean = np.mean(np.array(matrices, dtype=np.float64), axis=0)
+        runs = step1_finetunings(base, self.datasets, self.seeds, self.settings, self.row, store=store,
+                                 executor=executor, device=device, on_result=on_result, deadline=deadline,
+                                 loader=loader, deterministic=deterministic)
+        per_run = {task: self.epoch_matrices(stored) for task, stored in runs.items()}
+        mean = np.mean(np.array([m for matrices in per_run.values() for m in matrices], dtype=np.float64), axis=0)
         return Order(
             name=self.name,
             ranked=rank_heads(mean),
@@ -261,9 +399,22 @@ class GradientImportance:
             model_fingerprint=base.fingerprint,
             datasets=[d.name for d in self.datasets],
             seeds=[int(s) for s in self.seeds],
-            settings=key_settings,
+            settings=self.key_settings(base),
             dataset_hashes={d.name: d.content_hash for d in self.datasets},
+            runs=[RunMatrix(task.dataset, task.seed, np.mean(np.array(m, dtype=np.float64), axis=0).tolist())
+                  for task, m in per_run.items()],
         )
+
+
+@dataclass
+class GradientImportance(Step1Criterion):
+    """The dissertation's Step 1 criterion (`OI`): the mean of Algorithm 2's per-epoch matrices (the
+    OI rows, whose keys and content are as they always were)."""
+
+    name: str = "OI"
+
+    def epoch_matrices(self, stored: list) -> list[np.ndarray]:
+        return [np.asarray(m, dtype=np.float64) for m in stored]
 
 
 def importance_order(

@@ -14,6 +14,23 @@ from ..tasks import Head
 
 
 @dataclass
+class RunMatrix:
+    """One Step 1 run's own importance matrix (a dataset with a seed; the mean over its epochs): what
+    the order's stability is measured on (`stability.order_stability`)."""
+
+    dataset: str
+    seed: int
+    matrix: list[list[float]]
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "seed": self.seed, "matrix": self.matrix}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunMatrix:
+        return cls(dataset=data["dataset"], seed=int(data["seed"]), matrix=data["matrix"])
+
+
+@dataclass
 class Order:
     """Heads ranked from most to least important; pruning k heads removes the last k."""
 
@@ -21,8 +38,10 @@ class Order:
     ranked: list[Head]
     n_layers: int
     n_heads: int
-    kind: str = "importance"  # or "random"
-    matrix: list[list[float]] | None = None  # mean importance (importance orders only)
+    # "importance" (from Step 1's finetunings), "weights" (from the checkpoint's weights alone, no
+    # data) or "random" (a seeded permutation)
+    kind: str = "importance"
+    matrix: list[list[float]] | None = None  # mean importance (importance and weights orders)
     model: str = ""
     model_fingerprint: str = ""
     datasets: list[str] = field(default_factory=list)
@@ -31,6 +50,7 @@ class Order:
     # Step 1 orders: {dataset name: content hash} of the datasets averaged over, the dataset part of
     # their rows' keys (a name says nothing about a file's content; `headprune verify` goes by these).
     dataset_hashes: dict[str, str] | None = None
+    runs: list[RunMatrix] | None = None  # Step 1 orders: each (dataset, seed) run's own matrix
 
     def least_important(self, k: int) -> list[Head]:
         """The k heads pruned first."""
@@ -57,6 +77,7 @@ class Order:
             "n_heads": self.n_heads,
             "matrix": self.matrix,
             "ranked": [list(h) for h in self.ranked],
+            "runs": None if self.runs is None else [r.to_json() for r in self.runs],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -80,6 +101,7 @@ class Order:
             seeds=list(data.get("seeds", [])),
             settings=data.get("settings"),
             dataset_hashes=data.get("dataset_hashes"),
+            runs=None if data.get("runs") is None else [RunMatrix.from_json(r) for r in data["runs"]],
         )
 
     @classmethod
@@ -114,6 +136,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_matrix(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(row, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+        for row in value)
+
+
 def _shape_problem(data: object) -> str | None:
     """What keeps `data` from being an order's JSON (`Order.to_json`), or None."""
     if not isinstance(data, dict):
@@ -138,8 +166,10 @@ def _shape_problem(data: object) -> str | None:
         ("datasets", "a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
         ("seeds", "a list of integers", lambda v: isinstance(v, list) and all(_is_int(x) for x in v)),
         ("settings", "an object or null", lambda v: v is None or isinstance(v, dict)),
-        ("matrix", "a list of rows of numbers or null", lambda v: v is None or (isinstance(v, list) and all(
-            isinstance(row, list) and all(isinstance(x, (int, float)) for x in row) for row in v))),
+        ("matrix", "a list of rows of numbers or null", lambda v: v is None or _is_matrix(v)),
+        ("runs", "a list of {dataset, seed, matrix} or null", lambda v: v is None or (isinstance(v, list) and all(
+            isinstance(r, dict) and isinstance(r.get("dataset"), str) and _is_int(r.get("seed"))
+            and _is_matrix(r.get("matrix")) for r in v))),
     ):
         if key in data and not ok(data[key]):
             return f"'{key}' must be {kind}, got {json.dumps(data[key])[:40]}"
@@ -155,4 +185,4 @@ def rank_heads(matrix: np.ndarray) -> list[Head]:
     return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
-__all__ = ["Order", "rank_heads"]
+__all__ = ["Order", "RunMatrix", "rank_heads"]

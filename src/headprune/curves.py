@@ -1,0 +1,158 @@
+"""Which order prunes best: pure functions over the H1 curves of several orders (F1 against k, the
+number of least important heads pruned), with significance.
+
+- The mean F1 over k of an order on a dataset: the area under its H1 curve (trapezoids) divided by
+  the k range, so a curve that stays high while more heads go scores high.
+- The largest k whose F1 is not significantly below the complete model's: paired by seed (the seed
+  fixes the split), one-sided `ttest_rel` at alpha.
+- Pairwise between orders: a paired t-test over the (dataset, seed) pairs of the per-seed mean F1
+  over k, with Holm's correction for the number of pairs.
+
+Curves are compared on the k values that every order has per-seed scores for, on each dataset
+(identical grids unless a search stopped some candidates early). Inputs are plain mappings, read
+from the summary by the report."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import ttest_rel
+
+SeedCurve = Mapping[str, Sequence[float]]  # {str(k): per-seed F1}
+
+
+def curve_area(points: Mapping[int, float]) -> float:
+    """The mean F1 over k: the trapezoid area under the curve {k: F1} divided by its k range (the
+    value itself for a single k)."""
+    if not points:
+        raise ValueError("a curve needs at least one point")
+    ks = sorted(points)
+    if len(ks) == 1:
+        return float(points[ks[0]])
+    values = [float(points[k]) for k in ks]
+    area = sum((b - a) * (fa + fb) / 2 for a, b, fa, fb in zip(ks, ks[1:], values, values[1:]))
+    return area / (ks[-1] - ks[0])
+
+
+def _p_less(x: Sequence[float], y: Sequence[float]) -> float:
+    """One-sided p of ttest_rel that x is below y (nan where undefined: one seed, no differences)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_rel(x, y, alternative="less").pvalue)
+
+
+def _p_two_sided(x: Sequence[float], y: Sequence[float]) -> float:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_rel(x, y).pvalue)
+
+
+def largest_safe_k(curve: SeedCurve, complete: Sequence[float], alpha: float = 0.05) -> int | None:
+    """The largest k of `curve` whose per-seed F1 is not significantly below `complete` (the complete
+    model's, same seeds): one-sided paired t-test, p >= alpha (an undefined p, all differences zero,
+    is not below). None with fewer than two seeds: nothing can be tested."""
+    if len(complete) < 2:
+        return None
+    safe = [int(k) for k, scores in curve.items()
+            if not _p_less(list(scores), list(complete)) < alpha]  # nan counts as not below
+    return max(safe) if safe else None
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p values (nan stays nan, and is not counted)."""
+    defined = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (len(defined) - rank) * p))
+        out[i] = running
+    return out
+
+
+def common_ks(curves: Mapping[str, Mapping[str, SeedCurve]], dataset: str) -> list[str]:
+    """The k values (as written, str) every order has per-seed scores for on `dataset`, by k."""
+    sets = [set(per_ds.get(dataset, {})) for per_ds in curves.values()]
+    return sorted(set.intersection(*sets) if sets else set(), key=int)
+
+
+def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapping[str, Sequence[float]],
+                   alpha: float = 0.05) -> dict:
+    """Every order's H1 curves against each other and the complete model.
+
+    `curves[order][dataset][str(k)]`: per-seed F1 (the same seeds, in the same order, everywhere);
+    `complete[dataset]`: the complete model's per-seed F1 (may lack a dataset: no safe k there).
+    Returns {"orders": {order: {"area": {dataset: mean F1 over k}, "mean_area": mean over datasets,
+    "safe_k": {dataset: largest k not significantly below CM, or None}}}, "pairs": [{"a", "b",
+    "difference" (mean over (dataset, seed) of a's area minus b's), "n", "p_value", "p_holm"}],
+    "best", "alpha"}."""
+    orders = list(curves)
+    datasets = list(dict.fromkeys(ds for per_ds in curves.values() for ds in per_ds))
+    datasets = [ds for ds in datasets if common_ks(curves, ds)]
+    per_seed: dict[str, list[float]] = {o: [] for o in orders}  # area of each (dataset, seed), paired
+    out: dict[str, dict] = {o: {"area": {}, "safe_k": {}} for o in orders}
+    for ds in datasets:
+        ks = common_ks(curves, ds)
+        n_seeds = {len(curves[o][ds][k]) for o in orders for k in ks}
+        if len(n_seeds) != 1:
+            raise ValueError(f"{ds}: the orders' curves have different numbers of seeds")
+        (n,) = n_seeds
+        cm = complete.get(ds)
+        for order in orders:
+            areas = [curve_area({int(k): curves[order][ds][k][seed] for k in ks}) for seed in range(n)]
+            per_seed[order] += areas
+            out[order]["area"][ds] = float(np.mean(areas))
+            own = {k: scores for k, scores in curves[order][ds].items() if len(scores) == n}
+            out[order]["safe_k"][ds] = largest_safe_k(own, cm, alpha) if cm is not None and len(cm) == n else None
+    for order in orders:
+        areas = list(out[order]["area"].values())
+        out[order]["mean_area"] = float(np.mean(areas)) if areas else None
+    pairs = []
+    for a, b in itertools.combinations(orders, 2):
+        x, y = per_seed[a], per_seed[b]
+        pairs.append({"a": a, "b": b, "difference": float(np.mean(np.subtract(x, y))) if x else None,
+                      "n": len(x), "p_value": _p_two_sided(x, y) if len(x) > 1 else math.nan})
+    for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
+        pair["p_holm"] = adjusted
+    ranked = sorted((o for o in orders if out[o]["mean_area"] is not None), key=lambda o: -out[o]["mean_area"])
+    return {"orders": out, "pairs": pairs, "best": ranked[0] if ranked else None, "alpha": alpha}
+
+
+def answer(comparison: Mapping) -> str:
+    """One sentence: the order with the highest mean F1 over k, and which orders it is significantly
+    above (Holm-adjusted paired t-tests), or that none is."""
+    best = comparison["best"]
+    if best is None:
+        return "No order has H1 scores to compare."
+    orders = comparison["orders"]
+    alpha = comparison["alpha"]
+    others = [o for o in orders if o != best and orders[o]["mean_area"] is not None]
+    area = 100 * orders[best]["mean_area"]
+    if not others:
+        return f"Only {best} has H1 scores (mean F1 over k {area:.2f})."
+    below = []
+    for pair in comparison["pairs"]:
+        if best in (pair["a"], pair["b"]) and not math.isnan(pair["p_holm"]) and pair["p_holm"] < alpha:
+            other = pair["b"] if pair["a"] == best else pair["a"]
+            if (pair["difference"] > 0) == (pair["a"] == best):
+                below.append(other)
+    second = max(others, key=lambda o: orders[o]["mean_area"])
+    lead = area - 100 * orders[second]["mean_area"]
+    head = f"{best} prunes best here: mean F1 over k {area:.2f}, {lead:.2f} points above the next order ({second})"
+    if not any(not math.isnan(p["p_value"]) for p in comparison["pairs"]):
+        return head + "; the per-seed scores allow no significance test."
+    if len(below) == len(others):
+        return head + f", significantly above every other order (paired t-tests, Holm-adjusted p < {alpha})."
+    if below:
+        level = [o for o in others if o not in below]
+        return (head + f"; significantly above {', '.join(below)} but not distinguishable from "
+                f"{', '.join(level)} (paired t-tests, Holm-adjusted p < {alpha}).")
+    return (f"No order prunes significantly better than the others: the highest mean F1 over k is {best}'s "
+            f"({area:.2f}, {lead:.2f} points above {second}), within noise of every other order "
+            f"(paired t-tests, Holm-adjusted p >= {alpha}).")
+
+
+__all__ = ["answer", "common_ks", "compare_orders", "curve_area", "holm", "largest_safe_k"]

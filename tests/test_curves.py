@@ -1,0 +1,95 @@
+"""curves: the mean F1 over k of an H1 curve, the largest k not significantly below the complete
+model, Holm's correction, and the pairwise comparison of orders with its one-sentence answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from headprune.curves import answer, common_ks, compare_orders, curve_area, holm, largest_safe_k
+
+SEEDS = 5
+
+
+def test_curve_area_is_the_trapezoid_mean_over_the_k_range() -> None:
+    assert curve_area({0: 0.8, 10: 0.6}) == pytest.approx(0.7)
+    # Uneven steps weigh by their width: (0.9 + 0.7) / 2 * 2 + (0.7 + 0.7) / 2 * 6 = 5.8 over 8.
+    assert curve_area({8: 0.7, 0: 0.9, 2: 0.7}) == pytest.approx(5.8 / 8)
+    assert curve_area({12: 0.42}) == 0.42
+    with pytest.raises(ValueError):
+        curve_area({})
+
+
+def test_largest_safe_k_is_the_largest_k_not_significantly_below_the_complete_model() -> None:
+    complete = [0.80, 0.82, 0.79, 0.81, 0.80]
+    noise = [0.004, -0.003, 0.002, -0.004, 0.001]
+    curve = {
+        "0": complete,
+        "6": [c + n for c, n in zip(complete, noise)],  # within noise
+        "12": [c + 0.02 for c in complete],  # above: not below
+        "18": [c - 0.05 + n for c, n in zip(complete, noise)],  # clearly below
+    }
+    assert largest_safe_k(curve, complete) == 12
+    curve["24"] = [c + 0.01 - n for c, n in zip(complete, noise)]  # not below again, after a dip
+    assert largest_safe_k(curve, complete) == 24  # the largest such k, as the report says
+    assert largest_safe_k({"6": [0.7]}, [0.8]) is None  # one seed: nothing can be tested
+
+
+def test_holm_adjusts_in_steps_and_keeps_nan() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.02, math.nan, 0.5])
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.5)
+
+
+def _curve(level: float, slope: float, ks=(0, 6, 12, 18), seed: int = 0) -> dict[str, list[float]]:
+    rng = np.random.default_rng(seed)
+    return {str(k): [float(level - slope * k + rng.normal(0, 0.002)) for _ in range(SEEDS)] for k in ks}
+
+
+def test_compare_orders_finds_the_order_that_prunes_best() -> None:
+    """`good` loses F1 slowly with k, `bad` fast, the random `A1` in between: `good` has the largest
+    mean F1 over k on both datasets and is significantly above both others."""
+    curves = {
+        "good": {ds: _curve(0.80, 0.0, seed=i) for i, ds in enumerate(("person", "hobbit"))},
+        "bad": {ds: _curve(0.80, 0.0050, seed=10 + i) for i, ds in enumerate(("person", "hobbit"))},
+        "A1": {ds: _curve(0.80, 0.0020, seed=20 + i) for i, ds in enumerate(("person", "hobbit"))},
+    }
+    complete = {ds: curves["good"][ds]["0"] for ds in ("person", "hobbit")}
+    for order in curves.values():  # k = 0 is the complete model in every order
+        for ds, curve in order.items():
+            curve["0"] = complete[ds]
+    found = compare_orders(curves, complete)
+    assert found["best"] == "good"
+    areas = {name: found["orders"][name]["mean_area"] for name in curves}
+    assert areas["good"] > areas["A1"] > areas["bad"]
+    assert found["orders"]["good"]["area"]["person"] == pytest.approx(0.80, abs=0.003)
+    assert found["orders"]["bad"]["area"]["person"] == pytest.approx(0.80 - 0.005 * 9, abs=0.003)
+    assert found["orders"]["good"]["safe_k"] == {"person": 18, "hobbit": 18}
+    assert found["orders"]["bad"]["safe_k"] == {"person": 0, "hobbit": 0}
+    pairs = {(p["a"], p["b"]): p for p in found["pairs"]}
+    assert set(pairs) == {("good", "bad"), ("good", "A1"), ("bad", "A1")}
+    assert pairs[("good", "bad")]["n"] == 2 * SEEDS and pairs[("good", "bad")]["difference"] > 0
+    assert all(p["p_holm"] < 0.05 for p in found["pairs"])
+    sentence = answer(found)
+    assert sentence.startswith("good prunes best here: mean F1 over k ")
+    assert "significantly above every other order" in sentence
+
+
+def test_orders_within_noise_are_said_to_be_within_noise() -> None:
+    curves = {name: {"person": _curve(0.80, 0.001, seed=s)} for s, name in enumerate(("OI", "A1", "A2"))}
+    found = compare_orders(curves, {"person": curves["OI"]["person"]["0"]})
+    assert all(p["p_holm"] >= 0.05 for p in found["pairs"])
+    assert answer(found).startswith("No order prunes significantly better than the others: the highest mean F1 "
+                                    f"over k is {found['best']}'s")
+
+
+def test_curves_are_compared_on_their_common_k() -> None:
+    """A k one order lacks (e.g. a candidate stopped early) is left out of every order's area."""
+    curves = {"x": {"d": _curve(0.8, 0.001, ks=(0, 6, 12))}, "y": {"d": _curve(0.8, 0.001, ks=(0, 6))}}
+    assert common_ks(curves, "d") == ["0", "6"]
+    found = compare_orders(curves, {})
+    assert found["orders"]["x"]["area"]["d"] == pytest.approx(
+        np.mean([curve_area({0: curves["x"]["d"]["0"][s], 6: curves["x"]["d"]["6"][s]}) for s in range(SEEDS)]))
+    assert found["orders"]["x"]["safe_k"] == {"d": None}  # no complete model given
