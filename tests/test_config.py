@@ -60,7 +60,7 @@ def test_every_importance_criterion_is_an_order_name() -> None:
     assert config.step2.orders == ["OI", "OI-layer", "fisher", "magnitude", "A1", "A2", "A3"]
     assert config.step2.strategies == ["H1"] and config.step2.h1_k_step == 6 and config.data.max_examples > 0
     assert config.step2_seeds == [1, 2, 3, 4, 5] and config.scoring.epochs == 2
-    assert "# racing = true  (issue 18)" in (ROOT / "configs" / "orders-minilm.toml").read_text()
+    assert config.step2.racing and config.step2.racing_first_test <= len(config.step2_seeds)
     for order in ("magnitude", "fisher"):  # any order that is not random needs the strategies
         with pytest.raises(HeadpruneError, match="step2.strategies is empty"):
             from_dict({"step2": {"orders": [order], "strategies": []}})
@@ -211,7 +211,7 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
                "data.text_column": "text", "data.label_column": "label", "step1.workers": 3, "run.device": "cuda",
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
                "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,
-               "step2.racing_first_test": 4}
+               "step2.racing_first_test": 4, "step2.racing_screen": "no-adjust"}
     assert set(changes) == set(NOT_DEPARTURES) - {"source"}
     config = paper_config()
     for name, value in changes.items():
@@ -338,6 +338,8 @@ def test_racing_settings_are_checked(tmp_path) -> None:
     for text, message in (("racing_confidence = 1.5", "step2.racing_confidence must be between 0 and 1"),
                           ("racing_first_test = 1", "step2.racing_first_test must be at least 2"),
                           ('racing = "yes"', "step2.racing: expected true or false"),
+                          ('racing_screen = "no-adjust"', "step2.racing_screen needs step2.racing = true"),
+                          ('racing = true\nracing_screen = "fast"', "step2.racing_screen must be"),
                           ('racing = true\nseeds = "1-3"\nracing_first_test = 4',
                            "step2.racing_first_test = 4 exceeds the 3 Step 2 seeds")):
         path = tmp_path / "c.toml"

@@ -33,7 +33,7 @@ def _grid(shape, spread: float = 0.01, seed: int = 0):
         return shape(len(pruned)) + block[(ds, s)] + own[key]
 
     def seeds(requests):
-        return [f1(p, ds, s) for p, ds, s in requests]
+        return [f1(p, ds, s) for p, ds, s, *_ in requests]
 
     def means(requests):
         return [float(np.mean([f1(p, ds, s) for s in SEEDS])) for p, ds in requests]
@@ -231,6 +231,10 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
         data["step2"].update(racing=True, racing_first_test=2, racing_confidence=0.6)
         raced = Pipeline(from_dict(data, source="raced.toml"), root / "raced",
                          progress=RunProgress(enabled=False)).run()
+        screened = json.loads(json.dumps(data))
+        screened["step2"]["racing_screen"] = "no-adjust"
+        Pipeline(from_dict(screened, source="screened.toml"), root / "screened",
+                 progress=RunProgress(enabled=False)).run()
     return root, data, grid, raced
 
 
@@ -366,3 +370,42 @@ def test_two_candidates_drop_the_one_the_wilcoxon_test_finds_worse() -> None:
     dropped = _worse_than_best(np.column_stack([a, b]), 0.05)
     assert [(j, test) for j, _, test in dropped] == [(0, "wilcoxon")] and dropped[0][1] < 0.05
     assert _worse_than_best(np.column_stack([b, a]), 0.05)[0][0] == 1
+
+
+def test_a_screened_race_raises_at_the_low_fidelity_first() -> None:
+    """racing_screen: the compared round races at the low fidelity first (SeedRequest.low, routed by
+    by_fidelity), then its survivors at the full one; the screen's drops are marked with their fidelity."""
+    from headprune.racing import by_fidelity
+
+    full_seeds, _ = _grid(_peaked)
+    low_seeds, _ = _grid(lambda k: _peaked(k) - 0.01, seed=5)
+    calls = {"full": 0, "low": 0}
+
+    def counting(name, evaluate):
+        def inner(requests):
+            assert all(len(r) == 3 for r in requests)  # by_fidelity hands each evaluator plain triples
+            calls[name] += len(requests)
+            return evaluate(requests)
+        return inner
+
+    race = Race(H1Strategy(ORDER, DATASETS), SEEDS, screen="no-adjust")
+    result = run_strategies({"h1": race}, by_fidelity(counting("full", full_seeds), counting("low", low_seeds)))["h1"]
+    assert result["chosen_k"] == 4 and result["racing"]["screen"] == "no-adjust"
+    screened = [e for e in result["racing"]["eliminations"] if e.get("fidelity") == "no-adjust"]
+    assert screened and calls["low"] == result["low_evaluations"] > 0 and calls["full"] == result["evaluations"]
+    unscreened = run_strategies({"h1": Race(H1Strategy(ORDER, DATASETS), SEEDS)}, full_seeds)["h1"]
+    assert result["evaluations"] < unscreened["evaluations"]  # the full fidelity only for the screen's survivors
+    with pytest.raises(HeadpruneError, match="unknown racing screen"):
+        Race(H1Strategy(ORDER, DATASETS), SEEDS, screen="fast")
+
+
+def test_a_screened_run_records_its_low_fidelity_and_verifies(grid_and_race, monkeypatch, capsys) -> None:
+    from _cli import run_cli
+
+    root, _, _, _ = grid_and_race
+    summary = json.loads((root / "screened" / "summary.json").read_text())
+    h1 = summary["h1"]["OI"]
+    assert h1["racing"]["screen"] == "no-adjust" and h1["low_evaluations"] > 0
+    assert any("screened first at the low fidelity" in line for line in summary["departures"])
+    code, out, err = run_cli(monkeypatch, capsys, "verify", root / "screened")
+    assert code == 0 and out.startswith("verified: "), err

@@ -80,6 +80,7 @@ class Step2Section:
     racing: bool = False  # race over seeds (racing.py): F-Race for H1 and cross-scoring, sequential tests for walks
     racing_confidence: float = 0.95  # 1 - the significance level of every racing test
     racing_first_test: int = 3  # seeds before the first racing test
+    racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
 
 
 @dataclass
@@ -261,6 +262,10 @@ def validate(config: Config, where: str = "") -> None:
         ("generalization.seeds", config.generalization.seeds),
     ):
         parse_seeds(spec, f"{where}{name}")
+    if config.step2.racing_screen not in ("", "no-adjust"):
+        bad(f"step2.racing_screen must be \"\" (none) or \"no-adjust\", got '{config.step2.racing_screen}'")
+    if config.step2.racing_screen and not config.step2.racing:
+        bad("step2.racing_screen needs step2.racing = true")
     n_seeds = len(parse_seeds(config.step2.seeds, "step2.seeds"))
     if config.step2.racing and config.step2.racing_first_test > n_seeds:
         bad(f"step2.racing_first_test = {config.step2.racing_first_test} exceeds the {n_seeds} Step 2 seeds: "
@@ -355,6 +360,7 @@ NOT_DEPARTURES: dict[str, str] = {
     "run.report": "whether the HTML report is written",
     "step2.racing_confidence": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_first_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
+    "step2.racing_screen": "a racing setting: part of the step2.racing line when racing is on, else unused",
 }
 
 # Lists compared as sets: their order does not change what is computed.
@@ -466,8 +472,10 @@ def _racing_departure(config: Config) -> list[str]:
         return []
     return [f"step2.racing = True: seeds raced (racing.py: F-Race with Friedman and Conover tests for H1 and the "
             f"cross-scoring, paired sequential t-tests for H2/H3's steps), confidence {step2.racing_confidence}, "
-            f"first test after {step2.racing_first_test} seeds; the paper scores every candidate with every seed "
-            "(paper: False)"]
+            f"first test after {step2.racing_first_test} seeds"
+            + ("; compared candidates screened first at the low fidelity (no adjusting step, scoring.epochs = 0)"
+               if step2.racing_screen else "")
+            + "; the paper scores every candidate with every seed (paper: False)"]
 
 
 def _warmup_departure(config: Config, fresh_mlm_head: bool | None) -> list[str]:

@@ -9,7 +9,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from .executors import make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
 from .importance import ImportanceSettings, Order, criterion_for, order_stability
 from .progress import RunProgress
-from .racing import Race, RacingSettings
+from .racing import Race, RacingSettings, by_fidelity
 from .scorer import Scorer
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
 from .settings import ScoreSettings
@@ -157,11 +157,12 @@ class Pipeline:
         return functools.partial(load_base, self.config.model.name, self.warmup(), data_dir=self.data_dir,
                                  cache_dir=self.cache_dir())
 
-    def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor) -> Scorer:
+    def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor,
+               settings: ScoreSettings | None = None) -> Scorer:
         return Scorer(
             base,
             store,
-            self.settings,
+            self.settings if settings is None else settings,
             seeds=seeds,
             data_dir=self.data_dir,
             text_column=self.config.data.text_column,
@@ -341,8 +342,13 @@ class Pipeline:
                                   total * float(np.mean([self.rows(ds) for ds in datasets])))
         if raced:
             settings = RacingSettings(step2.racing_confidence, step2.racing_first_test)
-            races = {key: Race(search, scorer.seeds, settings) for key, search in searches.items()}
-            results = run_strategies(races, scorer.evaluate_seeds)
+            screen = step2.racing_screen or None
+            low = None
+            if screen is not None:  # "no-adjust": the same scores without the adjusting step
+                low = self.scorer(scorer.base, scorer.store, scorer.seeds, scorer.executor,
+                                  settings=replace(self.settings, epochs=0)).evaluate_seeds
+            races = {key: Race(search, scorer.seeds, settings, screen=screen) for key, search in searches.items()}
+            results = run_strategies(races, by_fidelity(scorer.evaluate_seeds, low))
         else:
             results = run_strategies(searches, scorer.evaluate)
             for key, result in results.items():  # the full protocol: every request with every seed

@@ -193,7 +193,10 @@ def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
         lines.append(f"  total: {least} to {total} evaluations (each = one seed of PRUN_ADJ_EVAL); racing "
                      f"(step2.racing, confidence {pipeline.config.step2.racing_confidence}) gives each candidate and "
                      f"step {pipeline.config.step2.racing_first_test} seeds at least and all "
-                     f"{len(pipeline.config.step2_seeds)} at most; {RACED_TYPICAL}")
+                     f"{len(pipeline.config.step2_seeds)} at most; {RACED_TYPICAL}"
+                     + ("; screened (racing_screen = no-adjust): compared candidates first race without the "
+                        "adjusting step, at most as many such evaluations again, each about a fifth of one"
+                        if pipeline.config.step2.racing_screen else ""))
     else:
         lines.append(f"  total: at most {total} evaluations (each = one seed of PRUN_ADJ_EVAL)")
     if times:

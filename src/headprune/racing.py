@@ -37,6 +37,13 @@ per request, as without racing, and never knows. Per round kind (`search.Round`)
   it gets `first_test` seeds.
 - "baseline" (H3's complete model): every seed (its score is every later step's reference).
 
+Screening (`screen="no-adjust"`, `[step2] racing_screen`): a compared round with three candidates
+or more is first raced at the low fidelity, the score without the adjusting step (`scoring.epochs =
+0`: prune, features, SVM; about a fifth of the cost), and only its survivors race at the full
+fidelity: successive halving across fidelities (Jamieson & Talwalkar 2016; Li et al. 2018,
+Hyperband), each stage an F-Race. `by_fidelity` routes the low requests (`SeedRequest.low`) to
+their own evaluator.
+
 `result()` is the wrapped strategy's result plus `evaluations` (distinct seed evaluations this race
 asked for), `grid_evaluations` (what the full protocol would have asked on the same path: every
 distinct request of every round with every seed) and `racing` (settings, eliminations with the seeds they
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -61,11 +68,36 @@ DEFAULT_FIRST_TEST = 3
 
 
 class SeedRequest(NamedTuple):
-    """One seed of one request: `pruned` heads removed, scored on `dataset` with `seed`."""
+    """One seed of one request: `pruned` heads removed, scored on `dataset` with `seed`; `low`: at
+    the low fidelity a screened race uses (`by_fidelity` routes it)."""
 
     pruned: frozenset[Head]
     dataset: str
     seed: int
+    low: bool = False
+
+
+SCREENS = ("no-adjust",)  # low fidelities a race can screen with: scoring.epochs = 0
+
+
+def by_fidelity(full: Callable[[list], Sequence[float]], low: Callable[[list], Sequence[float]] | None
+                ) -> Callable[[list[SeedRequest]], list[float]]:
+    """One evaluator for a screened race's batches: `(pruned, dataset, seed)` triples to `full`, or
+    to `low` for the requests marked `low` (both called once per batch, order kept)."""
+
+    def evaluate(requests: list[SeedRequest]) -> list[float]:
+        out: list[float] = [0.0] * len(requests)
+        for flag, evaluator in ((False, full), (True, low)):
+            where = [i for i, r in enumerate(requests) if bool(r[3] if len(r) > 3 else False) == flag]
+            if not where:
+                continue
+            if evaluator is None:
+                raise HeadpruneError("a low-fidelity request reached an evaluator without a low fidelity")
+            for i, value in zip(where, evaluator([tuple(requests[i][:3]) for i in where])):
+                out[i] = float(value)
+        return out
+
+    return evaluate
 
 
 @dataclass(frozen=True)
@@ -93,7 +125,11 @@ Steps = Generator[list[SeedRequest], None, list[float]]
 class Race:
     """`strategy` raced over `seeds` (in this order; see the module's docstring)."""
 
-    def __init__(self, strategy: Strategy, seeds: Sequence[int], settings: RacingSettings = RacingSettings()):
+    def __init__(self, strategy: Strategy, seeds: Sequence[int], settings: RacingSettings = RacingSettings(),
+                 screen: str | None = None):
+        if screen is not None and screen not in SCREENS:
+            raise HeadpruneError(f"unknown racing screen {screen!r} (known: {', '.join(SCREENS)})")
+        self.screen = screen
         self.strategy = strategy
         self.seeds = [int(s) for s in seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -144,10 +180,13 @@ class Race:
             scored = [self._f1[r] for r in (SeedRequest(pruned, ds, s) for s in self.seeds) if r in self._f1]
             if scored and model.get("score") is not None:
                 model["score"] = float(np.mean(scored))
-        result["evaluations"] = len(self._f1)
+        result["evaluations"] = sum(1 for r in self._f1 if not r.low)
         result["grid_evaluations"] = len(self._grid) * len(self.seeds)
+        if self.screen is not None:
+            result["low_evaluations"] = sum(1 for r in self._f1 if r.low)
         result["racing"] = {
             **asdict(self.settings),
+            **({"screen": self.screen} if self.screen is not None else {}),
             "seeds": self.seeds,
             "eliminations": self._eliminations,
             "decisions": self._decisions,
@@ -195,16 +234,18 @@ class Race:
             return self._every_seed(round_.requests)
         raise HeadpruneError(f"unknown round kind {round_.kind!r}")
 
-    def _mean(self, request: Request, seeds: Sequence[int]) -> float:
-        return float(np.mean([self._f1[SeedRequest(request.pruned, request.dataset, s)] for s in seeds]))
+    def _mean(self, request: Request, seeds: Sequence[int], low: bool = False) -> float:
+        return float(np.mean([self._f1[SeedRequest(request.pruned, request.dataset, s, low)] for s in seeds]))
 
     def _every_seed(self, requests: list[Request]) -> Steps:
         yield [SeedRequest(r.pruned, r.dataset, s) for r in requests for s in self.seeds]
         return [self._mean(r, self.seeds) for r in requests]
 
     def _compare(self, requests: list[Request]) -> Steps:
-        """The race proper: seed blocks for the candidates still in it, tests from `first_test` on."""
-        alpha, first = self.settings.alpha, self.settings.first_test
+        """The race proper: seed blocks for the candidates still in it, tests from `first_test` on.
+        Screened (three candidates or more): first the same race at the low fidelity, then one
+        among its survivors at the full fidelity; a candidate the screen dropped is told its
+        low-fidelity mean over the seeds it had."""
         candidates: dict[frozenset[Head], list[Request]] = {}
         for request in requests:
             candidates.setdefault(request.pruned, []).append(request)
@@ -214,26 +255,45 @@ class Race:
                 raise HeadpruneError("a compared round must score every candidate on the same datasets")
         alive = list(candidates)
         self._compared = list(candidates)
+        screened: dict[frozenset[Head], int] = {}
+        if self.screen is not None and len(alive) >= 3:
+            alive, screened = yield from self._race(alive, datasets, low=True)
+            screened = {p: n for p, n in screened.items() if p not in alive}
+        _, seeds_of = yield from self._race(alive, datasets, low=False)
+        told = []
+        for r in requests:
+            if r.pruned in screened:
+                told.append(self._mean(r, self.seeds[: screened[r.pruned]], low=True))
+            else:
+                told.append(self._mean(r, self.seeds[: seeds_of[r.pruned]]))
+        return told
+
+    def _race(self, alive: list[frozenset[Head]], datasets: list[str], low: bool
+              ) -> Generator[list[SeedRequest], None, tuple[list[frozenset[Head]], dict[frozenset[Head], int]]]:
+        """Seed blocks for `alive` (at the low fidelity if `low`), dropping the significantly worse
+        from `first_test` on; returns the survivors and the seeds every candidate got."""
+        alpha, first = self.settings.alpha, self.settings.first_test
         seeds_of: dict[frozenset[Head], int] = {}
         used = 0
         for block, seed in enumerate(self.seeds, start=1):
-            yield [SeedRequest(p, ds, seed) for p in alive for ds in datasets]
+            yield [SeedRequest(p, ds, seed, low) for p in alive for ds in datasets]
             used = block
             if block < first or len(alive) < 2:
                 continue
             seen = self.seeds[:block]
-            table = np.array([[self._f1[SeedRequest(p, ds, s)] for p in alive] for ds in datasets for s in seen])
+            table = np.array([[self._f1[SeedRequest(p, ds, s, low)] for p in alive] for ds in datasets for s in seen])
             for index, p_value, test in _worse_than_best(table, alpha):
                 pruned = alive[index]
                 seeds_of[pruned] = block
                 self._eliminations.append({
                     "round": self._rounds, "n_pruned": len(pruned), "pruned_heads": _pairs(pruned),
                     "after_seeds": block, "p_value": p_value, "test": test,
+                    **({"fidelity": self.screen} if low else {}),
                 })
             alive = [p for p in alive if p not in seeds_of]
         for pruned in alive:
             seeds_of[pruned] = used
-        return [self._mean(r, self.seeds[: seeds_of[r.pruned]]) for r in requests]
+        return alive, seeds_of
 
     def _walk(self, requests: list[Request], versus: list[Request | None]) -> Steps:
         """Each step's paired sequential test against its reference, all steps of the round in lockstep."""

@@ -34,7 +34,7 @@ from scipy import stats
 
 from .config import parse_seeds
 from .errors import HeadpruneError
-from .racing import Race, RacingSettings, walk_decision
+from .racing import Race, RacingSettings, by_fidelity, walk_decision
 from .search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
 from .store import ResultStore
 from .summary import SUMMARY_FILE, load_summary, malformed
@@ -57,7 +57,8 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     `low_fidelity`: a run of the same H1 grid scored at a lower fidelity (e.g. scoring.epochs = 0):
     replay.json then has, per H1 search and dataset, the rank correlation of the candidates' means
     at both fidelities (`fidelity`), and the replayed races screened at the low fidelity first
-    (`screened`: an F-Race at the low fidelity, then one among its survivors at the full fidelity),
+    (`screened`: `racing.Race` with `screen="no-adjust"`, an F-Race at the low fidelity, then one
+    among its survivors at the full fidelity),
     with their cost in full evaluations (a low one costs `screen_cost`)."""
     run_dir = Path(run_dir)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -186,17 +187,14 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
         grid_set = frozenset(tuple(h) for h in entry.pruned_heads or [])
         grid_evaluations = len(ks) * len(datasets) * len(seeds)
         agree, costs, full_fractions = 0, [], []
+        both = by_fidelity(evaluate, low_evaluate)
         for _ in range(repeats):
             order = [int(s) for s in rng.permutation(seeds)]
-            screen = run_strategies({"s": Race(H1Strategy(ranked, datasets, k_values=ks), order, settings)},
-                                    low_evaluate)["s"]
-            dropped = {e["n_pruned"] for e in screen["racing"]["eliminations"]}
-            survivors = [k for k in ks if k not in dropped]
-            final = run_strategies({"s": Race(H1Strategy(ranked, datasets, k_values=survivors), order, settings)},
-                                   evaluate)["s"]
+            race = Race(H1Strategy(ranked, datasets, k_values=ks), order, settings, screen="no-adjust")
+            final = run_strategies({"s": race}, both)["s"]
             agree += frozenset(tuple(h) for h in final["pruned_heads"]) == grid_set
             full_fractions.append(final["evaluations"] / grid_evaluations)
-            costs.append((final["evaluations"] + screen_cost * screen["evaluations"]) / grid_evaluations)
+            costs.append((final["evaluations"] + screen_cost * final["low_evaluations"]) / grid_evaluations)
         screened[f"h1.{name}"] = {
             "agreement": agree / repeats, "evaluation_fraction": float(np.mean(full_fractions)),
             "cost_fraction": float(np.mean(costs)),

@@ -787,14 +787,17 @@ def _racing_section(run: _Run) -> _Section | None:
         "candidate significantly worse than the best (Friedman and Conover's post-hoc test over (dataset, seed) "
         "rows; Wilcoxon for two) is dropped and keeps the mean of the seeds it had; only a survivor can be chosen. "
         "H2/H3's steps: a paired sequential t-test against the step's reference decides as soon as it is clear, "
-        "else every seed and the paper's rule.</p>")
+        "else every seed and the paper's rule."
+        + (f" Compared candidates were first raced at the low fidelity ({racing.screen}: no adjusting step); only "
+           "its survivors raced at the full fidelity." if racing.screen else "") + "</p>")
     rows = []
     for strategy, order, entry in raced:
         done, grid = entry.evaluations or 0, entry.grid_evaluations or 0
         decisions = entry.racing.decisions
         early = sum(1 for d in decisions if d.seeds < len(entry.racing.seeds))
+        low = f" (+{entry.low_evaluations} without adjusting)" if entry.low_evaluations else ""
         rows.append(_cells([
-            f"{strategy} {order}", str(done), str(grid), f"{100 * done / grid:.1f}%" if grid else "n/a",
+            f"{strategy} {order}", f"{done}{low}", str(grid), f"{100 * done / grid:.1f}%" if grid else "n/a",
             str(len(entry.racing.eliminations)),
             f"{early} of {len(decisions)} ({sum(d.seeds for d in decisions) / len(decisions):.1f} seeds on average)"
             if decisions else "none",
@@ -808,6 +811,8 @@ def _racing_section(run: _Run) -> _Section | None:
     for strategy, order, entry in raced:
         for e in entry.racing.eliminations:
             where = "H1 grid" if strategy == "H1" else "cross-scoring"
+            if e.fidelity:
+                where += f", screen ({e.fidelity})"
             rows.append(_cells([f"{strategy} {order}", where, str(e.n_pruned), str(e.after_seeds),
                                 f"{e.p_value:.2g}", e.test]))
     if rows:

@@ -262,10 +262,13 @@ class Scorer:
             size_bytes=scores[0].size_bytes,
         )
 
-    def evaluate_seeds(self, requests: Sequence[tuple[Iterable[Head], str, int]]) -> list[float]:
-        """The batch evaluator of a race (`racing.Race`): [(pruned set, dataset, seed)] -> that seed's F1."""
-        tasks = [SeedTask(tuple(sorted((int(l), int(h)) for l, h in pruned)), name, int(seed))
-                 for pruned, name, seed in requests]
+    def evaluate_seeds(self, requests: Sequence[tuple]) -> list[float]:
+        """The batch evaluator of a race (`racing.Race`): [(pruned set, dataset, seed)] (or
+        `racing.SeedRequest`s at this scorer's fidelity) -> that seed's F1."""
+        if any(len(r) > 3 and r[3] for r in requests):
+            raise ValueError("a low-fidelity request reached the full-fidelity scorer (use racing.by_fidelity)")
+        tasks = [SeedTask(tuple(sorted((int(l), int(h)) for l, h in request[0])), request[1], int(request[2]))
+                 for request in requests]
         results = self.run(tasks)
         return [float(results[t].f1) for t in tasks]
 

@@ -287,7 +287,8 @@ class Elimination(_Json):
     pruned_heads: list[tuple[int, int]]
     after_seeds: int = field(metadata={_MINIMUM: 1})
     p_value: float
-    test: str  # "friedman+conover" or "wilcoxon"
+    test: str  # "friedman+conover", "friedman (identical rankings)" or "wilcoxon"
+    fidelity: str | None = _optional()  # "no-adjust": dropped by the screen at the low fidelity
 
 
 @dataclass(kw_only=True)
@@ -310,6 +311,7 @@ class Racing(_Json):
 
     confidence: float
     first_test: int = field(metadata={_MINIMUM: 2})
+    screen: str | None = _optional()  # the low fidelity compared rounds were screened at
     seeds: list[int]
     eliminations: list[Elimination]
     decisions: list[Decision]
@@ -330,6 +332,7 @@ class H1Result(_Json):
     pruned_heads: list[tuple[int, int]] | None = _optional()
     evaluations: int | None = _optional()
     grid_evaluations: int | None = _optional()
+    low_evaluations: int | None = _optional()  # a screened race's low-fidelity evaluations
     racing: Racing | None = _optional()
     # The per-seed F1 behind `scores` ({dataset: {str(k): [F1 of each of `seeds`]}}), read from the store
     # after the search: the paired tests of "Which order prunes best". A cell not stored for every
@@ -361,6 +364,7 @@ class GreedyResult(_Json):
     complete: dict[str, float] | None = _optional()  # H3: the complete model's F1 per dataset
     evaluations: int | None = _optional()  # as H1Result's
     grid_evaluations: int | None = _optional()
+    low_evaluations: int | None = _optional()
     racing: Racing | None = _optional()
 
 

@@ -96,6 +96,7 @@ class StoredScores:
 
     def __init__(self, store: ResultStore, model: str, scoring: dict):
         self.values: dict[tuple[str, str, int], set[float]] = {}
+        self.low: StoredScores | None = None  # the low fidelity of a screened race (scoring.epochs = 0)
         for row in store.all_scores():
             if row["model"] != model:
                 continue
@@ -127,7 +128,7 @@ class StoredScores:
         """A race's evaluator (`racing.SeedRequest`s -> F1) answered from the store alone; a request
         the store lacks raises `NotInStore`."""
         out = []
-        for pruned, dataset, seed in requests:
+        for pruned, dataset, seed, *_ in requests:
             found = self.seed_scores(pruned, dataset, [int(seed)])
             if found is None:
                 raise NotInStore(f"the store holds no score for {dataset}, seed {seed}, pruned {pruned_key(pruned)}")
@@ -152,6 +153,8 @@ def verify_run(run_dir: str | Path) -> Verification:
         result = Verification()
         scores = StoredScores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
                          summary.config_value("scoring"))
+        if summary.config_value("step2").get("racing_screen"):  # a screened race's low fidelity
+            scores.low = StoredScores(store, summary.model.fingerprint, {**summary.config_value("scoring"), "epochs": 0})
         _check_orders(store, summary, result)
         _check_step2(summary, scores, parse_seeds(summary.config_value("step2", "seeds")), result)
         _check_generalization(summary, scores, result)
@@ -263,13 +266,14 @@ def _raced(strategy, entry, scores: StoredScores) -> dict | None:
     """A raced search re-run from the store with its recorded seed order and settings (a race is
     deterministic given its scores), so that every number it reported can be compared; None when
     the store lacks a score the race needs."""
-    from .racing import Race, RacingSettings
+    from .racing import Race, RacingSettings, by_fidelity
     from .search import run_strategies
 
     racing = entry.racing
-    race = Race(strategy, racing.seeds, RacingSettings(racing.confidence, racing.first_test))
+    race = Race(strategy, racing.seeds, RacingSettings(racing.confidence, racing.first_test), screen=racing.screen)
+    low = scores.low.evaluate_seeds if scores.low is not None else None
     try:
-        return run_strategies({"race": race}, scores.evaluate_seeds)["race"]
+        return run_strategies({"race": race}, by_fidelity(scores.evaluate_seeds, low))["race"]
     except NotInStore:
         return None
 
@@ -286,8 +290,9 @@ def _check_raced(key: str, entry, rerun: dict | None, summary: Summary, result: 
         result.close(f"{key} (raced)", "a race", None)
         return
     reported = entry.to_json()
+    result.close(f"{key}.racing.screen", racing.screen or "", step2.get("racing_screen", ""))
     for part in ("k_values", "scores", "cross", "complete", "ranking", "chosen_k", "chosen", "pruned_heads",
-                 "evaluations", "grid_evaluations"):
+                 "evaluations", "grid_evaluations", "low_evaluations"):
         if part in reported or part in rerun:
             result.close(f"{key}.{part}", reported.get(part), rerun.get(part))
     if "per_dataset" in reported:
