@@ -159,6 +159,39 @@ def busy_ray_workers() -> list[int]:
 # ----------------------------------------------------------------------------- tests
 
 
+def test_workers_rebuild_a_model_that_scores_as_the_original(base, files, tmp_path):
+    """What the Ray executor sends its workers (`checkpoint.model_files`: bytes, no pickled
+    transformers object) rebuilds, here without Ray, into a model with the base model's fingerprint
+    that gives its scores exactly, in the reference loop and in a pack of the batched engine."""
+    import pickle
+    import pickletools
+
+    from headprune.checkpoint import model_files
+    from headprune.engine import BatchedExecutor, EngineOptions
+    from headprune.executors.ray_executor import RebuiltModel
+    from headprune.models import fingerprint
+    from headprune.tasks import EvalContext
+
+    payload = model_files(base.model, base.tokenizer)
+    opcodes = {op.name for op, _arg, _pos in pickletools.genops(pickle.dumps(payload, protocol=5))}
+    assert not {"GLOBAL", "STACK_GLOBAL", "REDUCE"} & opcodes  # names no class to import: str -> bytes only
+    rebuilt = RebuiltModel(payload)
+    assert rebuilt.model is not base.model and fingerprint(rebuilt.model) == base.fingerprint
+    here = make_scorer(base, tmp_path / "unused.sqlite", InProcessExecutor()).context([str(files["a"])])
+    there = EvalContext(rebuilt.model, rebuilt.tokenizer, here.datasets, here.settings, here.device, score=here.score)
+
+    def same(score):  # everything but the seconds it took
+        return score.f1, score.n_params, score.size_bytes, score.device
+
+    for pruned in PRUNED[1:3]:
+        task = SeedTask(pruned, str(files["a"]), 1)
+        assert same(there.compute(task)) == same(here.compute(task))
+    pack = [SeedTask(p, str(files["a"]), 2) for p in PRUNED[:3]]
+    options = EngineOptions(pack=True, pack_models=3, svm_workers=1, prep_workers=0)
+    expected = {t: same(s) for t, s in BatchedExecutor(options).run(here, pack)}
+    assert {t: same(s) for t, s in BatchedExecutor(options).run(there, pack)} == expected
+
+
 def test_missing_ray_extra_is_a_one_line_error(monkeypatch):
     from headprune.config import Config
     from headprune.executors import RayExecutor

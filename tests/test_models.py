@@ -9,7 +9,14 @@ import pytest
 import torch
 
 import headprune
-from headprune.checkpoint import VERBATIM_TOKENIZER_FILES, save_pruned, save_tokenizer
+from headprune.checkpoint import (
+    POOLER_FILE,
+    VERBATIM_TOKENIZER_FILES,
+    load_model_files,
+    model_files,
+    save_pruned,
+    save_tokenizer,
+)
 from headprune.errors import HeadpruneError
 from headprune.families import FAMILIES, family_of
 from headprune.models import (
@@ -178,6 +185,54 @@ def test_save_tokenizer_into_its_own_source(tiny_bert_dir: Path, tmp_path: Path)
     original = (copy / "vocab.txt").read_bytes()
     save_tokenizer(tokenizer, copy)  # source == destination: nothing to copy, no error
     assert (copy / "vocab.txt").read_bytes() == original
+
+
+# ----------------------------------------------------------------------------- the model in memory
+
+
+@pytest.mark.parametrize("pruned", [{}, {0: [1], 2: [0, 1, 2, 3]}], ids=["whole", "pruned"])
+def test_model_files_rebuild_the_model_exactly(tiny_model_dir: Path, tmp_path: Path, sample_texts, pruned) -> None:
+    """What a Ray worker is sent (bytes only) rebuilds the same module tree, weights, config, pooler
+    state and tokenizer: the same outputs and fingerprint, the verbatim tokenizer files unchanged."""
+    model, tokenizer = headprune.load_model(str(tiny_model_dir))
+    if pruned:
+        prune_heads(model, pruned)  # a layer without some heads, a layer removed whole
+    hidden = model.config.hidden_size
+    model.headprune_pooler_state = {"dense.weight": torch.randn(hidden, hidden), "dense.bias": torch.randn(hidden)}
+    source = tmp_path / "source"
+    source.mkdir()
+    vocab = b"[PAD]\nheadprune-verbatim-marker\r\n"  # bytes a re-save would never reproduce
+    (source / "vocab.txt").write_bytes(vocab)
+    tokenizer.headprune_source = str(source)
+
+    files = model_files(model, tokenizer)
+    assert all(isinstance(name, str) and isinstance(content, bytes) for name, content in files.items())
+    assert {"config.json", "model.safetensors", "headprune.json", POOLER_FILE} <= set(files)
+    assert files["vocab.txt"] == vocab
+    again, tok = load_model_files(files, tmp_path / "rebuilt")
+    assert type(again) is type(model) and not again.training
+    assert [(n, type(m)) for n, m in again.named_modules()] == [(n, type(m)) for n, m in model.named_modules()]
+    ours, theirs = model.state_dict(), again.state_dict()
+    assert list(theirs) == list(ours) and all(torch.equal(theirs[k], ours[k]) for k in ours)
+    assert again.get_output_embeddings().weight is again.get_input_embeddings().weight  # still tied
+    assert fingerprint(again) == fingerprint(model)
+    assert kept_heads(again) == kept_heads(model)
+    assert again.config.headprune_fresh_mlm_head is False and again.config.headprune_source == str(tiny_model_dir)
+    assert again.headprune_pooler_state.keys() == model.headprune_pooler_state.keys()
+    assert all(torch.equal(again.headprune_pooler_state[k], v) for k, v in model.headprune_pooler_state.items())
+    assert tok.headprune_source == str(tmp_path / "rebuilt")
+    assert (tmp_path / "rebuilt" / "vocab.txt").read_bytes() == vocab
+    assert type(tok) is type(tokenizer) and len(tok) == len(tokenizer)
+    assert (tok.pad_token_id, tok.mask_token, tok.all_special_ids) == (
+        tokenizer.pad_token_id, tokenizer.mask_token, tokenizer.all_special_ids)
+    batch = tokenizer(sample_texts, padding=True, return_tensors="pt")
+    assert torch.equal(tok(sample_texts, padding=True, return_tensors="pt")["input_ids"], batch["input_ids"])
+    with torch.no_grad():
+        expected = model(**batch, output_hidden_states=True)
+        got = again(**batch, output_hidden_states=True)
+    assert torch.equal(got.logits, expected.logits)
+    assert len(got.hidden_states) == len(expected.hidden_states) == model.config.num_hidden_layers + 1
+    assert all(torch.equal(a, b) for a, b in zip(got.hidden_states, expected.hidden_states))
 
 
 # ----------------------------------------------------------------------------- the real MiniLM

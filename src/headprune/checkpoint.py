@@ -11,13 +11,19 @@ lost only some of its heads, `config.json` names the model type `headprune-prune
 otherwise re-initialise those layers at random). A model that only lost whole layers keeps its model
 type: plain transformers loads it exactly. Format 1 (always the plain model type) still loads.
 
-An ONNX directory (`deploy.save_onnx`) holds `model.onnx`, the tokenizer files and `headprune-onnx.json`."""
+An ONNX directory (`deploy.save_onnx`) holds `model.onnx`, the tokenizer files and `headprune-onnx.json`.
+
+`model_files` is a pruned-model directory in memory ({file name: bytes}, plus the checkpoint's pooler),
+and `load_model_files` rebuilds the model and tokenizer from it: what another process (a Ray worker)
+is sent instead of pickled transformers objects, which do not unpickle in a fresh process across
+transformers versions (5.17: "Could not import module 'GenerationMixin'")."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import HeadpruneError
@@ -34,6 +40,9 @@ CLASSIFIER_FILE = "headprune-classifier.json"
 # Files that must travel unchanged with every saved model: transformers 5.x writes a corrupted
 # `bpe.codes` when it saves BertweetTokenizer.
 VERBATIM_TOKENIZER_FILES = ("vocab.txt", "bpe.codes")
+# In `model_files` only: the checkpoint's pooler that a masked-LM model carries beside its modules
+# (`model.headprune_pooler_state`, see `models.pretrained_pooler`).
+POOLER_FILE = "headprune-pooler.safetensors"
 
 
 def is_pruned_dir(path: str | os.PathLike) -> bool:
@@ -103,6 +112,43 @@ def load_pruned(directory: str | os.PathLike):
     load_model(model, str(directory / "model.safetensors"), strict=True)
     model.eval()
     tokenizer = load_saved_tokenizer(directory) if (directory / "tokenizer_config.json").is_file() else None
+    return model, tokenizer
+
+
+def model_files(model, tokenizer) -> dict[str, bytes]:
+    """`model` and `tokenizer` as the files of `save_pruned` ({name: content}; the tokenizer's
+    verbatim files included), and the pooler state the model carries (`POOLER_FILE`), if any: plain
+    bytes, which any process with headprune rebuilds exactly (`load_model_files`)."""
+    import tempfile
+
+    from safetensors.torch import save
+
+    with tempfile.TemporaryDirectory(prefix="headprune-model-") as tmp:
+        save_pruned(model, tokenizer, tmp)
+        files = {str(f.relative_to(tmp)): f.read_bytes() for f in sorted(Path(tmp).rglob("*")) if f.is_file()}
+    pooler = getattr(model, "headprune_pooler_state", None)
+    if pooler is not None:
+        files[POOLER_FILE] = save({name: t.contiguous() for name, t in pooler.items()})
+    return files
+
+
+def load_model_files(files: Mapping[str, bytes], directory: str | os.PathLike):
+    """Rebuild (model, tokenizer) from `model_files` by writing them into `directory` (which must
+    outlive the tokenizer: it is the tokenizer's `headprune_source`, the verbatim files' origin when
+    it is saved again) and loading that with `load_pruned`: the same module tree, weights, config
+    and pooler state, so the same outputs and fingerprint."""
+    from safetensors.torch import load
+
+    directory = Path(directory)
+    for name, content in files.items():
+        if name == POOLER_FILE:
+            continue
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    model, tokenizer = load_pruned(directory)
+    if POOLER_FILE in files:
+        model.headprune_pooler_state = load(files[POOLER_FILE])
     return model, tokenizer
 
 

@@ -8,12 +8,11 @@ the protocol itself, and `departures` lists, in words, every way a configuration
 from __future__ import annotations
 
 import re
+import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import HeadpruneError
 from .settings import ORDER_NAMES, ScoreSettings, order_criterion

@@ -10,7 +10,7 @@ import math
 import platform
 import time
 from dataclasses import asdict, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +280,7 @@ class Pipeline:
     def _summary_head(self, base: BaseModel, orders: dict[str, Order]) -> Summary:
         return Summary(
             headprune_version=__version__,
-            date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            date=datetime.now(UTC).isoformat(timespec="seconds"),
             device=device_description(self.device),
             versions=versions(),
             config=self.config.to_dict(),

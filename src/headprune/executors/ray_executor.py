@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..checkpoint import load_model_files, model_files
 from ..errors import HeadpruneError
 from ..scoring import run_task
 from ..tasks import EvalContext, SeedScore, SeedTask, StopRequests
@@ -37,35 +38,44 @@ _WORKER_CACHE: collections.OrderedDict = collections.OrderedDict()
 _WORKER_CACHE_SIZE = 8
 
 
-def _fetch(key: str, holder: list, prepare: Callable | None = None):
+def _fetch(key: str, holder: list, build: Callable | None = None):
     """The object behind `holder[0]` (an ObjectRef, wrapped in a list so Ray does not resolve it
-    for every task; `key` is its hex id), deserialized at most once per worker process."""
+    for every task; `key` is its hex id), deserialized (and turned into what `build` makes of it)
+    at most once per worker process."""
     if key in _WORKER_CACHE:
         _WORKER_CACHE.move_to_end(key)
         return _WORKER_CACHE[key]
     import ray
 
     value = ray.get(holder[0])
-    if prepare is not None:
-        prepare(value)
+    if build is not None:
+        value = build(value)
     _WORKER_CACHE[key] = value
     while len(_WORKER_CACHE) > _WORKER_CACHE_SIZE:
         _WORKER_CACHE.popitem(last=False)
     return value
 
 
-def _register_output_capture(model) -> None:
-    """transformers (5.x) registers which outputs a model class can capture (hidden states,
-    attentions) in `PreTrainedModel.__init__`; a model unpickled in a fresh worker process skips
-    `__init__`, and `output_hidden_states=True` would silently return None. Register it here."""
-    try:
-        from transformers.modeling_utils import PreTrainedModel
-        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:  # pragma: no cover - transformers without the registry need nothing
-        return
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+class RebuiltModel:
+    """The base model and tokenizer rebuilt in this process from `checkpoint.model_files` (what the
+    driver puts in the object store instead of the transformers objects themselves, which a fresh
+    worker process may fail to unpickle). The rebuilt model is constructed here, so transformers'
+    per-instance set-up (e.g. 5.x's registry of the outputs a model can capture, without which
+    `output_hidden_states=True` returns None) runs as for any loaded model. The files stay in a
+    temporary directory as long as this object lives: it is the tokenizer's `headprune_source`."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import tempfile
+
+        self._directory = tempfile.TemporaryDirectory(prefix="headprune-worker-model-")
+        self.model, self.tokenizer = load_model_files(files, self._directory.name)
+
+
+def _model(model_key: str, model_ref: list) -> tuple[Any, Any]:
+    """(base model, tokenizer) of `model_ref` (the files of `checkpoint.model_files`), rebuilt once
+    per worker process."""
+    rebuilt = _fetch(model_key, model_ref, build=RebuiltModel)
+    return rebuilt.model, rebuilt.tokenizer
 
 
 def _evaluate(
@@ -94,7 +104,7 @@ def _evaluate(
 
             raise HeadpruneError(f"Ray gave this task a GPU on {socket.gethostname()}, but torch there has no CUDA")
         device = "cuda"  # Ray set CUDA_VISIBLE_DEVICES to this task's GPU
-    base_model, tokenizer = _fetch(model_key, model_ref, prepare=lambda value: _register_output_capture(value[0]))
+    base_model, tokenizer = _model(model_key, model_ref)
     data = _fetch(data_key, data_ref)
     context = EvalContext(base_model, tokenizer, {dataset: data}, settings, device, score=function)
     try:
@@ -130,7 +140,7 @@ def _evaluate_unit(
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     device = "cuda" if use_gpu and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    base_model, tokenizer = _fetch(model_key, model_ref, prepare=lambda value: _register_output_capture(value[0]))
+    base_model, tokenizer = _model(model_key, model_ref)
     datasets = {name: _fetch(data_keys[name], data_refs[name]) for name in data_keys}
     context = EvalContext(base_model, tokenizer, datasets, settings, device, score=run_task)
     executor = _UNIT_EXECUTORS.setdefault(options, BatchedExecutor(options))
@@ -159,8 +169,9 @@ class RayExecutor(StopRequests):
       unit gets a whole GPU and `gpu_task_cpus` CPUs, drawing its batches in that many processes
       less one), or "auto": batched when the run's `device` gets GPUs, reference otherwise.
 
-    The base model and each tokenized dataset go into the object store once per executor and are
-    deserialized once per worker process, not once per task. `close()` shuts Ray down only if this
+    The base model (as `checkpoint.model_files`: bytes, never pickled transformers objects) and each
+    tokenized dataset go into the object store once per executor; each worker process rebuilds the
+    model and deserializes each dataset once, not once per task. `close()` shuts Ray down only if this
     executor started it."""
 
     name = "ray"
@@ -202,7 +213,7 @@ class RayExecutor(StopRequests):
         self.started = False  # this executor called ray.init (so close() shuts Ray down)
         self._remote_unit = None
         self.submitted = 0  # tasks submitted to Ray so far (Ray's own retries not counted)
-        self._shared: dict[tuple, tuple[object, object]] = {}  # key -> (the object, kept alive; its ref)
+        self._shared: dict[tuple, tuple[object, object]] = {}  # key -> (the objects it names, kept alive; the ref)
         self._remote = None
         if self.address is not None and not self.ray.is_initialized():
             _check_reachable(self.address)
@@ -233,13 +244,28 @@ class RayExecutor(StopRequests):
             self._remote = ray.remote(_evaluate)
             self._remote_unit = ray.remote(_evaluate_unit)
 
-    def _put(self, key: tuple, make: Callable[[], object]):
-        """The object-store ref of `key`, put once (the object is kept alive with it, so identity keys
-        stay valid)."""
+    def _put(self, key: tuple, make: Callable[[], object], named: object):
+        """The object-store ref of `key`, put once. `named`: the objects whose ids `key` holds, kept
+        alive with the ref so that identity keys stay valid (what `make` returns need not be)."""
         if key not in self._shared:
-            value = make()
-            self._shared[key] = (value, self.ray.put(value))
+            self._shared[key] = (named, self.ray.put(make()))
         return self._shared[key][1]
+
+    def _put_model(self, context: EvalContext):
+        """The ref of the context's base model and tokenizer as `checkpoint.model_files` (config,
+        weights, tokenizer files and pooler state as bytes, rebuilt by each worker process once)."""
+        named = (context.base_model, context.tokenizer)
+        return self._put(("model", id(context.base_model), id(context.tokenizer)),
+                         lambda: model_files(context.base_model, context.tokenizer), named)
+
+    def _put_data(self, context: EvalContext, names) -> dict:
+        """{dataset: ref of its (token ids, labels)}, each put once."""
+        refs = {}
+        for name in sorted(names):
+            ids, labels = context.datasets[name]
+            refs[name] = self._put(("data", name, id(ids), id(labels)), lambda ids=ids, labels=labels: (ids, labels),
+                                   (ids, labels))
+        return refs
 
     def _gpu_share(self, device: str) -> float:
         """GPUs to request per task: a share when the run's device is CUDA, none for CPU."""
@@ -303,13 +329,8 @@ class RayExecutor(StopRequests):
             return
         ray = self.ray
         num_gpus = self._gpu_share(str(context.device))
-        model_key = ("model", id(context.base_model), id(context.tokenizer))
-        model_ref = self._put(model_key, lambda: (context.base_model, context.tokenizer))
-        data_refs = {}
-        for name in sorted({t.dataset for t in tasks}):
-            ids, labels = context.datasets[name]
-            key = ("data", name, id(ids), id(labels))
-            data_refs[name] = self._put(key, lambda ids=ids, labels=labels: (ids, labels))
+        model_ref = self._put_model(context)
+        data_refs = self._put_data(context, {t.dataset for t in tasks})
         remote = self._remote.options(
             num_cpus=self.cpus_per_task, num_gpus=num_gpus, max_retries=self.max_retries, retry_exceptions=False
         )
@@ -361,13 +382,8 @@ class RayExecutor(StopRequests):
                            batch)
         wanted = set(tasks)
         unique = [t for unit in units for t in unit]
-        model_key = ("model", id(context.base_model), id(context.tokenizer))
-        model_ref = self._put(model_key, lambda: (context.base_model, context.tokenizer))
-        data_refs = {}
-        for name in sorted({t.dataset for t in unique}):
-            ids, labels = context.datasets[name]
-            data_refs[name] = self._put(("data", name, id(ids), id(labels)),
-                                        lambda ids=ids, labels=labels: (ids, labels))
+        model_ref = self._put_model(context)
+        data_refs = self._put_data(context, {t.dataset for t in unique})
         remote = self._remote_unit.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
                                            retry_exceptions=False)
         resources = ray.cluster_resources()
