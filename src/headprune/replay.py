@@ -81,19 +81,8 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     seeds = parse_seeds(step2["seeds"], "step2.seeds")
     if settings.first_test > len(seeds):
         raise HeadpruneError(f"racing first test {settings.first_test} exceeds the run's {len(seeds)} Step 2 seeds")
-    store = ResultStore(store_path)
-    try:
-        scores = StoredScores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
-                              summary.config_value("scoring"))
-    finally:
-        store.close()
-    memo: dict = {}
-
-    def evaluate(requests):
-        missing = [r for r in requests if r not in memo]
-        for request, f1 in zip(missing, scores.evaluate_seeds(missing)):
-            memo[request] = f1
-        return [memo[r] for r in requests]
+    scores, evaluate = _stored(store_path, summary.need(summary.model.fingerprint, "model.fingerprint"),
+                               summary.config_value("scoring"))
 
     rng = np.random.default_rng(seed)
     out: dict = {
@@ -141,18 +130,7 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
                              f"{summary.model.fingerprint}")
     if parse_seeds(low.config_value("step2", "seeds"), "step2.seeds") != seeds:
         raise HeadpruneError(f"--low-fidelity: {low_dir} used other Step 2 seeds than {seeds}")
-    store = ResultStore(store_path)
-    try:
-        low_scores = StoredScores(store, low.model.fingerprint, low.config_value("scoring"))
-    finally:
-        store.close()
-    low_memo: dict = {}
-
-    def low_evaluate(requests):
-        missing = [r for r in requests if r not in low_memo]
-        for request, f1 in zip(missing, low_scores.evaluate_seeds(missing)):
-            low_memo[request] = f1
-        return [low_memo[r] for r in requests]
+    _, low_evaluate = _stored(store_path, low.model.fingerprint, low.config_value("scoring"))
 
     fidelity: dict = {}
     screened: dict = {}
@@ -220,6 +198,25 @@ def _corr(test, x: np.ndarray, y: np.ndarray) -> float | None:
         warnings.simplefilter("ignore")
         value = float(test(x, y)[0])
     return None if math.isnan(value) else value
+
+
+def _stored(store_path: Path, model: str, scoring: dict):
+    """The store's scores of `model` at `scoring` (`verify.StoredScores`, read once) and a race's
+    evaluator answering from them, each request's score looked up once."""
+    store = ResultStore(store_path)
+    try:
+        scores = StoredScores(store, model, scoring)
+    finally:
+        store.close()
+    memo: dict = {}
+
+    def evaluate(requests):
+        missing = [r for r in requests if r not in memo]
+        for request, f1 in zip(missing, scores.evaluate_seeds(missing)):
+            memo[request] = f1
+        return [memo[r] for r in requests]
+
+    return scores, evaluate
 
 
 def _searches(summary, step2: dict):
