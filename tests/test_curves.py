@@ -93,3 +93,29 @@ def test_curves_are_compared_on_their_common_k() -> None:
     assert found["orders"]["x"]["area"]["d"] == pytest.approx(
         np.mean([curve_area({0: curves["x"]["d"]["0"][s], 6: curves["x"]["d"]["6"][s]}) for s in range(SEEDS)]))
     assert found["orders"]["x"]["safe_k"] == {"d": None}  # no complete model given
+
+
+def test_raced_curves_are_compared_over_the_seeds_every_cell_was_scored_with() -> None:
+    """A race scores a dropped candidate with its first seeds only (None for the others): every k
+    stays in the curves, the areas and pairs are over the seeds all cells share, and a dropped
+    candidate's safe-k test pairs its own seeds with the complete model's."""
+    complete = [0.80, 0.82, 0.79, 0.81, 0.80]
+    noise = [0.004, -0.003, 0.002, -0.004, 0.001]
+    flat = {str(k): [c + n * (k % 5) for c, n in zip(complete, noise)] for k in (0, 6, 12)}
+    falling = {"0": complete, "6": list(flat["6"]),
+               "12": [c - 0.10 + n for c, n in zip(complete[:3], noise[:3])] + [None, None]}  # dropped after 3
+    curves = {"flat": {"d": flat}, "falling": {"d": falling}}
+    assert common_ks(curves, "d") == ["0", "6", "12"]
+    found = compare_orders(curves, {"d": complete})
+    assert found["seeds"] == {"d": 3}
+    expected = np.mean([curve_area({k: falling[str(k)][s] for k in (0, 6, 12)}) for s in range(3)])
+    assert found["orders"]["falling"]["area"]["d"] == pytest.approx(expected)
+    (pair,) = found["pairs"]
+    assert pair["n"] == 3 and pair["difference"] > 0.02  # flat minus falling
+    assert found["orders"]["falling"]["safe_k"] == {"d": 6}  # k = 12 is below on its 3 seeds
+    assert found["orders"]["flat"]["safe_k"] == {"d": 12}
+    assert largest_safe_k({"6": [0.7, None, None]}, [0.8, 0.8, 0.8]) is None  # one shared seed: untestable
+    # A dataset whose cells share no seed is left out.
+    curves["falling"]["e"] = {"0": [0.8, None], "6": [None, 0.7]}
+    curves["flat"]["e"] = {"0": [0.8, 0.8], "6": [0.8, 0.8]}
+    assert "e" not in compare_orders(curves, {})["seeds"]

@@ -280,6 +280,16 @@ def test_the_report_shows_the_race(grid_and_race) -> None:
     total = sum(e["evaluations"] for key in ("h1", "h2", "h3") for e in raced[key].values())
     assert f">{raced['h1']['OI']['evaluations']}<" in page and total > 0
     assert 'id="racing"' not in write_report(root / "grid").read_text()
+    # Which order prunes best: a dropped candidate's unscored seeds are null, yet every k stays in the
+    # curves, compared over the seeds every cell was scored with (the first ones).
+    seed_scores = {o: e["seed_scores"] for o, e in raced["h1"].items()}
+    partial = [(o, ds, k) for o, per_ds in seed_scores.items() for ds, per_k in per_ds.items()
+               for k, scores in per_k.items() if None in scores]
+    assert partial and all(seed_scores[o][ds][k][:2] == [x for x in seed_scores[o][ds][k][:2] if x is not None]
+                           for o, ds, k in partial)  # every candidate has the first-test seeds
+    assert all(set(per_k) == {str(k) for k in raced["h1"][o]["k_values"]}
+               for o, per_ds in seed_scores.items() for per_k in per_ds.values())
+    assert 'id="orders"' in page and "seeds every one of those cells was scored with" in page
 
 
 def test_the_dry_run_gives_the_raced_range(grid_and_race, monkeypatch, capsys, tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ number of least important heads pruned), with significance.
   over k, with Holm's correction for the number of pairs.
 
 Curves are compared on the k values that every order has per-seed scores for, on each dataset
-(identical grids unless a search stopped some candidates early). Inputs are plain mappings, read
-from the summary by the report."""
+(identical grids unless a search stopped some candidates early), over the seeds every one of those
+cells was scored with: a race (`[step2] racing`) scores the candidates it drops with fewer seeds
+(null in the per-seed lists), but every candidate with its first ones, so the curves stay whole and
+paired. Inputs are plain mappings, read from the summary by the report."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import ttest_rel
 
-SeedCurve = Mapping[str, Sequence[float]]  # {str(k): per-seed F1}
+SeedCurve = Mapping[str, Sequence[float | None]]  # {str(k): per-seed F1, None where a seed was not scored}
 
 
 def curve_area(points: Mapping[int, float]) -> float:
@@ -51,14 +53,22 @@ def _p_two_sided(x: Sequence[float], y: Sequence[float]) -> float:
         return float(ttest_rel(x, y).pvalue)
 
 
-def largest_safe_k(curve: SeedCurve, complete: Sequence[float], alpha: float = 0.05) -> int | None:
+def _paired(x: Sequence[float | None], y: Sequence[float | None]) -> tuple[list[float], list[float]]:
+    """The seeds both lists were scored with (None: not scored), as two aligned lists."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], alpha: float = 0.05) -> int | None:
     """The largest k of `curve` whose per-seed F1 is not significantly below `complete` (the complete
-    model's, same seeds): one-sided paired t-test, p >= alpha (an undefined p, all differences zero,
-    is not below). None with fewer than two seeds: nothing can be tested."""
-    if len(complete) < 2:
-        return None
-    safe = [int(k) for k, scores in curve.items()
-            if not _p_less(list(scores), list(complete)) < alpha]  # nan counts as not below
+    model's, same seeds): one-sided paired t-test over the seeds both were scored with, p >= alpha
+    (an undefined p, all differences zero, is not below). A k with fewer than two such seeds cannot
+    be tested and is not counted; None when no k can."""
+    safe = []
+    for k, scores in curve.items():
+        x, y = _paired(scores, complete)
+        if len(x) >= 2 and not _p_less(x, y) < alpha:  # nan counts as not below
+            safe.append(int(k))
     return max(safe) if safe else None
 
 
@@ -83,30 +93,36 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
                    alpha: float = 0.05) -> dict:
     """Every order's H1 curves against each other and the complete model.
 
-    `curves[order][dataset][str(k)]`: per-seed F1 (the same seeds, in the same order, everywhere);
-    `complete[dataset]`: the complete model's per-seed F1 (may lack a dataset: no safe k there).
-    Returns {"orders": {order: {"area": {dataset: mean F1 over k}, "mean_area": mean over datasets,
-    "safe_k": {dataset: largest k not significantly below CM, or None}}}, "pairs": [{"a", "b",
-    "difference" (mean over (dataset, seed) of a's area minus b's), "n", "p_value", "p_holm"}],
-    "best", "alpha"}."""
+    `curves[order][dataset][str(k)]`: per-seed F1 (the same seeds, in the same order, everywhere;
+    None where a seed was not scored); `complete[dataset]`: the complete model's per-seed F1, same
+    seeds (may lack a dataset: no safe k there). Returns {"orders": {order: {"area": {dataset: mean
+    F1 over k}, "mean_area": mean over datasets, "safe_k": {dataset: largest k not significantly
+    below CM, or None}}}, "pairs": [{"a", "b", "difference" (mean over (dataset, seed) of a's area
+    minus b's), "n", "p_value", "p_holm"}], "seeds": {dataset: how many seeds the areas are over},
+    "best", "alpha"}. A dataset where no seed was scored in every common cell is left out."""
     orders = list(curves)
     datasets = list(dict.fromkeys(ds for per_ds in curves.values() for ds in per_ds))
     datasets = [ds for ds in datasets if common_ks(curves, ds)]
     per_seed: dict[str, list[float]] = {o: [] for o in orders}  # area of each (dataset, seed), paired
     out: dict[str, dict] = {o: {"area": {}, "safe_k": {}} for o in orders}
+    used: dict[str, int] = {}
     for ds in datasets:
         ks = common_ks(curves, ds)
-        n_seeds = {len(curves[o][ds][k]) for o in orders for k in ks}
+        n_seeds = {len(scores) for o in orders for scores in curves[o][ds].values()}
         if len(n_seeds) != 1:
             raise ValueError(f"{ds}: the orders' curves have different numbers of seeds")
         (n,) = n_seeds
+        seeds = [s for s in range(n) if all(curves[o][ds][k][s] is not None for o in orders for k in ks)]
+        if not seeds:
+            continue
+        used[ds] = len(seeds)
         cm = complete.get(ds)
         for order in orders:
-            areas = [curve_area({int(k): curves[order][ds][k][seed] for k in ks}) for seed in range(n)]
+            areas = [curve_area({int(k): float(curves[order][ds][k][seed]) for k in ks}) for seed in seeds]
             per_seed[order] += areas
             out[order]["area"][ds] = float(np.mean(areas))
-            own = {k: scores for k, scores in curves[order][ds].items() if len(scores) == n}
-            out[order]["safe_k"][ds] = largest_safe_k(own, cm, alpha) if cm is not None and len(cm) == n else None
+            out[order]["safe_k"][ds] = (largest_safe_k(curves[order][ds], cm, alpha)
+                                        if cm is not None and len(cm) == n else None)
     for order in orders:
         areas = list(out[order]["area"].values())
         out[order]["mean_area"] = float(np.mean(areas)) if areas else None
@@ -118,7 +134,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
     for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
         pair["p_holm"] = adjusted
     ranked = sorted((o for o in orders if out[o]["mean_area"] is not None), key=lambda o: -out[o]["mean_area"])
-    return {"orders": out, "pairs": pairs, "best": ranked[0] if ranked else None, "alpha": alpha}
+    return {"orders": out, "pairs": pairs, "seeds": used, "best": ranked[0] if ranked else None, "alpha": alpha}
 
 
 def answer(comparison: Mapping) -> str:

@@ -304,14 +304,15 @@ class Pipeline:
     def _h1_seed_scores(self, orders: dict[str, Order], scorer: Scorer, summary: Summary) -> None:
         """Beside each H1 mean, its per-seed F1 (`H1Result.seed_scores`), for the paired tests of the
         report's "Which order prunes best". Only looked up in the store the search filled, never
-        computed: a cell some seed of which is not stored is left out."""
+        computed: a seed not stored is null (a race scores the candidates it drops with fewer seeds),
+        a cell no seed of which is stored is left out."""
         for name, entry in (summary.h1 or {}).items():
-            cells: dict[str, dict[str, list[float]]] = {}
+            cells: dict[str, dict[str, list[float | None]]] = {}
             for ds, per_k in entry.scores.items():
                 for k in per_k:
                     tasks = scorer.tasks_for([(orders[name].least_important(int(k)), ds)])
-                    found = [score.f1 for task in tasks if (score := scorer.lookup(task)) is not None]
-                    if len(found) == len(tasks):
+                    found = [None if (score := scorer.lookup(task)) is None else score.f1 for task in tasks]
+                    if any(f is not None for f in found):
                         cells.setdefault(ds, {})[k] = found
             entry.seeds, entry.seed_scores = list(scorer.seeds), cells
 

@@ -622,7 +622,8 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
         "before schema 4), so nothing is tested.")
     section.blocks.append(f"<p><b>Answer:</b> {html.escape(sentence)}</p>")
     for ds in _datasets_of({o: e.scores for o, e in h1.items()}):
-        band = mean_and_std(complete[ds]) if complete.get(ds) else None
+        scored = [s for s in complete.get(ds) or [] if s is not None]
+        band = mean_and_std(scored) if scored else None
         filename = _orders_figure(run, ds, h1, band, directory)
         section.blocks.append(_img(run, filename, f"H1 on {ds}: F1-macro of every order against heads pruned"))
     datasets = _datasets_of({o: found["orders"][o]["area"] for o in h1})
@@ -641,9 +642,19 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
                + [f"{ds}\nmean F1 over k;\nlargest k not below CM" for ds in datasets]
                + ["Spearman between seeds\n(within layers)", "Spearman between datasets\n(within layers)",
                   "Bootstrap agreement\n(mean over k)"])
+    counts = sorted(set(found["seeds"].values()))
+    over = ("" if not seeded or not counts else
+            f", over the {counts[0]} seed{'' if counts[0] == 1 else 's'} every one of those cells was scored with"
+            if len(counts) == 1 else
+            ", over the seeds every one of those cells was scored with ("
+            + ", ".join(f"{ds}: {n}" for ds, n in found["seeds"].items()) + ")")
+    raced = any(entry.racing is not None for entry in h1.values())
     note = (f"{sentence} Mean F1 over k: the area under the H1 curve divided by the k range (x100), over the "
-            "k values every order was scored at; per dataset, 'largest k not below CM' is the most heads pruned whose "
-            f"F1 is not significantly below the complete model's (one-sided paired t-test over seeds, p < {alpha}). "
+            f"k values every order was scored at{over}"
+            + (" (a race scores the candidates it drops with fewer seeds, every candidate with the first ones)"
+               if raced else "") + "; per dataset, 'largest k not below CM' is the most heads pruned whose "
+            f"F1 is not significantly below the complete model's (one-sided paired t-test over the seeds both were "
+            f"scored with, p < {alpha}). "
             "Stability of a Step 1 order: the mean Spearman correlation between the importance matrices of runs "
             "with different seeds (same dataset) and of different datasets (same seed), in brackets the mean "
             "over layers of the within-layer Spearman; bootstrap agreement: over resamples of the Step 1 runs, "

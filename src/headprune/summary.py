@@ -335,10 +335,11 @@ class H1Result(_Json):
     low_evaluations: int | None = _optional()  # a screened race's low-fidelity evaluations
     racing: Racing | None = _optional()
     # The per-seed F1 behind `scores` ({dataset: {str(k): [F1 of each of `seeds`]}}), read from the store
-    # after the search: the paired tests of "Which order prunes best". A cell not stored for every
-    # seed is left out. Absent in summaries before schema 4.
+    # after the search: the paired tests of "Which order prunes best". A seed not stored is null (a
+    # race drops candidates after fewer seeds); a cell with no seed stored is left out. Absent in
+    # summaries before schema 4.
     seeds: list[int] | None = _optional()
-    seed_scores: dict[str, dict[str, list[float]]] | None = _optional()
+    seed_scores: dict[str, dict[str, list[float | None]]] | None = _optional()
 
 
 @dataclass(kw_only=True)

@@ -315,8 +315,10 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
         for ds, per_k in (h1.seed_scores or {}).items():
             for k, reported_seeds in per_k.items():
                 pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
+                stored = [found[0] if (found := scores.seed_scores(pruned, ds, [seed])) else None
+                          for seed in h1.seeds or seeds]
                 result.close(f"h1.{name}.seed_scores.{ds}.{k}", reported_seeds,
-                             scores.seed_scores(pruned, ds, h1.seeds or seeds))
+                             stored if any(s is not None for s in stored) else None)
         if h1.racing is not None:
             strategy = H1Strategy([tuple(h) for h in ranked], list(h1.scores), k_values=h1.k_values)
             _check_raced(f"h1.{name}", h1, _raced(strategy, h1, scores), summary, result)
