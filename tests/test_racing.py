@@ -322,6 +322,10 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
         for other in entry["disagreements"]:
             assert other["grid_rank"] is None or other["grid_rank"] > 1
             assert other["count"] >= 1 and isinstance(other["within_noise"], bool)
+    for key, entry in replay["searches"].items():  # H1's noise ceiling: the grid's rule on 3 of the 4 seeds
+        assert key.startswith("h2") or key.startswith("h3") or (
+            set(entry["noise_ceiling"]["subsets"]) == {"3"} and 0 <= entry["noise_ceiling"]["bootstrap"] <= 1)
+        assert key.startswith("h1") or "noise_ceiling" not in entry
     steps = replay["searches"]["h3.OI"]["steps"]
     assert steps["decisions"] > 0 and 0 < steps["seed_fraction"] <= 1
     assert out.splitlines()[-1] == f"replay: {root / 'grid' / 'replay.json'}"
@@ -419,3 +423,25 @@ def test_a_screened_run_records_its_low_fidelity_and_verifies(grid_and_race, mon
     assert any("screened first at the low fidelity" in line for line in summary["departures"])
     code, out, err = run_cli(monkeypatch, capsys, "verify", root / "screened")
     assert code == 0 and out.startswith("verified: "), err
+
+
+def test_the_noise_ceiling_is_how_often_the_grids_rule_keeps_its_choice_on_fewer_or_resampled_seeds() -> None:
+    """Two candidates on one dataset: pruning a head gains 0.1 on seeds 1 and 2 and loses 0.3 on
+    seed 3, so on all three seeds the grid keeps the complete model (mean -0.033). Of the 2-seed
+    subsets only {1, 2} chooses otherwise (agreement 2/3); resampling 3 seeds keeps the choice
+    whenever seed 3 is drawn at least once (1 - (2/3)^3 = 19/27)."""
+    from headprune.replay import _noise_ceiling
+
+    gain = {1: 0.1, 2: 0.1, 3: -0.3}
+
+    def evaluate(requests):
+        return [0.8 + (gain[seed] if len(pruned) else 0.0) for pruned, _dataset, seed in requests]
+
+    def make():
+        return H1Strategy([(0, 0), (0, 1)], ["d"], k_values=[0, 1])
+
+    ceiling = _noise_ceiling(make, frozenset(), [1, 2, 3], RacingSettings(0.95, 2), 3000,
+                             np.random.default_rng(0), evaluate)
+    assert set(ceiling["subsets"]) == {"2"} and ceiling["repeats"] == 3000
+    assert ceiling["subsets"]["2"] == pytest.approx(2 / 3, abs=0.03)
+    assert ceiling["bootstrap"] == pytest.approx(19 / 27, abs=0.03)

@@ -18,6 +18,13 @@ compared with the grid's choice:
   (the reference's extra seeds are in the whole race's `evaluation_fraction`). H2's steps compared
   with the constant 0 (before anything is kept) are always kept after `first_test` seeds; they are
   counted apart (`against_zero`), not in the agreement.
+- H1's `noise_ceiling`: how reproducible the grid's choice is in the first place, with no racing.
+  `subsets`: for each number of seeds b from `first_test` to all but one, the fraction of random
+  b-seed subsets (without replacement, `repeats` of each) on which the grid's own rule (every
+  candidate, Algorithm 5) gives the grid's choice; `bootstrap`: the same for the run's number of
+  seeds drawn with replacement (how often the protocol, rerun with other seeds of the same spread,
+  would choose the same model). A race that scores every candidate with b seeds cannot agree more
+  than `subsets[b]`, whatever its test; `evaluation_fraction` at most b / seeds needs that.
 
 Writes RUN_DIR/replay.json and returns its content."""
 
@@ -90,11 +97,15 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
         "racing": {"confidence": settings.confidence, "first_test": settings.first_test},
         "searches": {},
     }
+    ceiling_rng = np.random.default_rng([seed, 1])  # its own stream: the races' permutations stay as they were
     try:
         for key, make, grid, row_set in _searches(summary, step2):
             if progress:
                 progress(f"replaying {key} {repeats} times")
             out["searches"][key] = _replay_search(make, grid, row_set, seeds, settings, repeats, rng, evaluate, scores)
+            if key.startswith("h1."):
+                out["searches"][key]["noise_ceiling"] = _noise_ceiling(make, _chosen_set(grid), seeds, settings,
+                                                                       repeats, ceiling_rng, evaluate)
     except NotInStore as error:
         raise HeadpruneError(f"{store_path}: {error}: a replay needs every score of the grid the summary "
                              "reports (run `headprune verify` on it)") from None
@@ -308,6 +319,20 @@ def _full_result(make: Callable[[], Strategy], seeds: list[int], evaluate):
         n = len(seeds)
         strategy.tell([float(np.mean(values[i * n:(i + 1) * n])) for i in range(len(requests))])
     return strategy.result(), strategy.asked, steps
+
+
+def _noise_ceiling(make: Callable[[], Strategy], grid_set: frozenset, seeds: list[int], settings: RacingSettings,
+                   repeats: int, rng: np.random.Generator, evaluate) -> dict:
+    """The grid's rule on fewer seeds (random subsets) and on resampled seeds (the bootstrap): how
+    often it still chooses `grid_set` (see the module docstring)."""
+    def agreement(draw) -> float:
+        return sum(_chosen_set(_full_result(make, draw(), evaluate)[0]) == grid_set for _ in range(repeats)) / repeats
+
+    n = len(seeds)
+    subsets = {str(b): agreement(lambda b=b: [int(s) for s in rng.choice(seeds, size=b, replace=False)])
+               for b in range(min(settings.first_test, n), n)}
+    return {"subsets": subsets, "bootstrap": agreement(lambda: [int(s) for s in rng.choice(seeds, size=n)]),
+            "repeats": repeats}
 
 
 class _StepStats:

@@ -91,6 +91,12 @@ def replay_command(
             steps = entry["steps"]
             line += (f"; steps: {steps['decisions']} decisions, agreement {_fraction(steps['agreement'])}, "
                      f"seeds {_fraction(steps['seed_fraction'])}")
+        if "noise_ceiling" in entry:
+            ceiling = entry["noise_ceiling"]
+            fewest = min(ceiling["subsets"], key=int, default=None)
+            line += (f"; without racing, the grid's rule on {fewest} random seeds agrees "
+                     f"{_fraction(ceiling['subsets'][fewest])}," if fewest is not None else ";") + \
+                f" on resampled seeds {_fraction(ceiling['bootstrap'])}"
         typer.echo(line)
     for key, entry in out.get("screened", {}).items():
         rho = [v["spearman"] for v in out["fidelity"][key].values() if v["spearman"] is not None]
