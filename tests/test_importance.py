@@ -154,7 +154,7 @@ def test_order_load_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ('{"name": "OI",\n "ranked": [[0, 0],, ]}', "not valid JSON: line 2, column 20: Expecting value"),
+        ('{"name": "OI",\n "ranked": [[0, 0],, ]}', "not valid JSON (line 2, column 20: Expecting value)"),
         ("[1, 2]", "expected a JSON object, got list"),
         ('{"name": "OI", "ranked": [], "n_layers": 1}', "no 'n_heads'"),
         ('{"name": "OI", "ranked": [[0, 0]], "n_layers": "1", "n_heads": 1}',
@@ -173,7 +173,9 @@ def test_order_file_of_another_shape_names_the_key(tmp_path: Path, content: str,
     path.write_text(content)
     with pytest.raises(HeadpruneError) as err:
         Order.load(path)
-    assert str(err.value) == f"--order {path}: not a headprune order file ({problem})"
+    shape = f"--order {path}: not a headprune order file ({problem})"  # what it holds is of another shape
+    syntax = f"--order {path}: not a headprune order file: {problem}"  # it is not JSON at all
+    assert str(err.value) == (syntax if problem.startswith("not valid JSON") else shape)
 
 
 def test_order_file_that_is_a_directory_or_not_utf8(tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ def test_a_foreign_json_file_is_one_error_line(tmp_path):
     with pytest.raises(HeadpruneError, match=re.escape("(malformed summary: expected a JSON object, got a list)")):
         load_summary(tmp_path)
     (tmp_path / "summary.json").write_bytes(b"\xff\xfe{")
-    with pytest.raises(HeadpruneError, match="summary.json: not a JSON file: not a UTF-8 text file"):
+    with pytest.raises(HeadpruneError, match="summary.json: not a JSON file: not UTF-8 text"):
         load_summary(tmp_path)
     with pytest.raises(HeadpruneError, match="no such run directory"):
         load_summary(tmp_path / "nowhere.txt")

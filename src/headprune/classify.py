@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from .checkpoint import CLASSIFIER_FILE, is_onnx_dir, load_pruned, save_pruned
 from .data import Dataset, decode, preprocess, read_lines, read_rows
 from .devices import resolve_device
-from .errors import HeadpruneError
+from .errors import HeadpruneError, parse_user_file
 from .models import count_parameters, load_model, max_length
 from .scoring import encode, pad_batch
 from .surgery import original_shape, prune_heads, pruned_heads
@@ -263,12 +263,7 @@ def load_classifier(directory: str | os.PathLike, device: str = "cpu") -> Classi
 
 
 def _classifier_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HeadpruneError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    except UnicodeDecodeError:
-        raise HeadpruneError(f"{path}: not a UTF-8 text file") from None
+    meta = parse_user_file(path, json.loads, str(path))
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
         raise HeadpruneError(f"{path}: 'labels' must be a list of at least two label names")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import HeadpruneError
+from .errors import HeadpruneError, parse_user_file
 from .settings import ORDER_NAMES, ScoreSettings, order_criterion
 
 STRATEGIES = ("H1", "H2", "H3")
@@ -283,12 +283,7 @@ def load_config(path: str | Path) -> Config:
         raise HeadpruneError(f"--config {path}: is a directory, not a TOML file")
     if not path.is_file():
         raise HeadpruneError(f"--config {path}: file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise HeadpruneError(f"{path}: invalid TOML ({err})") from None
-    except UnicodeDecodeError:
-        raise HeadpruneError(f"{path}: not UTF-8 text") from None
+    data = parse_user_file(path, tomllib.loads, str(path))
     return from_dict(data, source=str(path))
 
 

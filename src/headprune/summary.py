@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import HeadpruneError
+from .errors import HeadpruneError, parse_user_file
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
@@ -552,12 +552,7 @@ def load_summary(run_dir_or_path: str | os.PathLike) -> Summary:
         raise HeadpruneError(f"{run_dir_or_path}: no such run directory")
     if not path.is_file():
         raise HeadpruneError(f"{path}: not found (a run directory holds {SUMMARY_FILE} once `headprune run` finished)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise HeadpruneError(f"{path}: not a JSON file: not valid JSON (line {err.lineno}: {err.msg})") from None
-    except UnicodeDecodeError:
-        raise HeadpruneError(f"{path}: not a JSON file: not a UTF-8 text file") from None
+    data = parse_user_file(path, json.loads, f"{path}: not a JSON file")
     try:
         summary = Summary.from_json(data)
     except MalformedSummary as err:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HeadpruneError
+from ..errors import HeadpruneError, parse_user_file
 from ..tasks import Head
 
 
@@ -114,15 +114,7 @@ class Order:
             raise HeadpruneError(f"{where}: is a directory, not an order file")
         if not path.is_file():
             raise HeadpruneError(f"{where}: file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise HeadpruneError(
-                f"{where}: not a headprune order file (not valid JSON: line {err.lineno}, column {err.colno}: "
-                f"{err.msg})"
-            ) from None
-        except UnicodeDecodeError:
-            raise HeadpruneError(f"{where}: not a headprune order file (not UTF-8 text)") from None
+        data = parse_user_file(path, json.loads, f"{where}: not a headprune order file")
         problem = _shape_problem(data)
         if problem:
             raise HeadpruneError(f"{where}: not a headprune order file ({problem})")
