@@ -25,6 +25,7 @@ from headprune.importance import (
     ImportanceSettings,
     MagnitudeImportance,
     RandomImportance,
+    Step1Run,
     criterion_for,
     importance_order,
     magnitude_matrix,
@@ -140,7 +141,7 @@ def test_step1_criteria_order_from_stored_statistics_rows(tiny_bert_dir: Path, s
     _fill_statistics_rows(store, base, dataset, [1, 2], runs)
     settings = ImportanceSettings(epochs=1)
 
-    layer = GradientLayerImportance([dataset], [1, 2], settings).order(base, store=store)
+    layer = GradientLayerImportance([dataset], [1, 2], settings).order(base, Step1Run(store=store))
     # Scaling a run changes nothing per layer: both runs give the same matrix, and so does the order.
     expected = per_layer_l2(np.array(abs_sums))
     np.testing.assert_allclose(np.array(layer.matrix), expected)
@@ -152,7 +153,7 @@ def test_step1_criteria_order_from_stored_statistics_rows(tiny_bert_dir: Path, s
     assert layer.settings == {**step1_key_settings(base, settings), "statistics": "raw-abs-sq"}
     assert layer.kind == "importance" and layer.dataset_hashes == {"small": dataset.content_hash}
 
-    fisher = FisherImportance([dataset], [1, 2], settings).order(base, store=store)
+    fisher = FisherImportance([dataset], [1, 2], settings).order(base, Step1Run(store=store))
     np.testing.assert_allclose(np.array(fisher.matrix), share_of_total(np.array(squared)))
     assert fisher.ranked[0] == (0, 3) and fisher.ranked[-1] == (2, 0)
     store.close()
@@ -174,10 +175,10 @@ def test_one_finetuning_feeds_oi_oi_layer_and_fisher(tiny_bert_dir: Path, small_
 
     monkeypatch.setattr(gradient, "finetune", counting)
     store = ResultStore(tmp_path / "store.sqlite")
-    fisher = FisherImportance([dataset], [1], settings).order(base, store=store)
+    fisher = FisherImportance([dataset], [1], settings).order(base, Step1Run(store=store))
     assert len(calls) == 1
-    oi = GradientImportance([dataset], [1], settings).order(base, store=store)
-    layer = GradientLayerImportance([dataset], [1], settings).order(base, store=store)
+    oi = GradientImportance([dataset], [1], settings).order(base, Step1Run(store=store))
+    layer = GradientLayerImportance([dataset], [1], settings).order(base, Step1Run(store=store))
     assert len(calls) == 1  # OI and OI-layer came from the rows fisher's finetuning wrote
     assert oi.ranked == importance_order(base, [dataset], [1], settings).ranked  # OI is Algorithm 2, unchanged
     stats = GateStatistics.from_json(store.get_importance(store.importance_key(
@@ -210,9 +211,9 @@ def test_stored_oi_rows_stay_valid_and_are_reused_unchanged(tiny_bert_dir: Path,
     calls: list[int] = []
     real = gradient.finetune
     monkeypatch.setattr(gradient, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
-    oi = GradientImportance([dataset], [1], settings).order(base, store=store)
+    oi = GradientImportance([dataset], [1], settings).order(base, Step1Run(store=store))
     assert calls == [] and oi.matrix == old[0]
-    GradientLayerImportance([dataset], [1], settings).order(base, store=store)
+    GradientLayerImportance([dataset], [1], settings).order(base, Step1Run(store=store))
     assert calls == [1]
     assert store.get_importance(key) == old
     store.close()
@@ -232,7 +233,7 @@ def test_magnitude_ranks_a_zeroed_head_last_on_bert_and_roberta(tiny_model_dir: 
             module_at(layer, path).weight[head, :] = 0.0
         module_at(layer, family.output).weight[:, head] = 0.0
     criterion = criterion_for("magnitude")
-    order = criterion.order(base, store=None, executor=None)  # the data-driven keywords are accepted, unused
+    order = criterion.order(base, Step1Run())  # a data-driven criterion's run is accepted, unused
     assert order.ranked[-1] == (1, 2)
     assert order.kind == "weights" and order.runs is None and order.dataset_hashes is None
     assert order.ranked == criterion.order(base).ranked  # deterministic

@@ -24,7 +24,7 @@ from .devices import device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
-from .importance import ImportanceSettings, Order, criterion_for, order_stability
+from .importance import ImportanceSettings, Order, Step1Run, criterion_for, order_stability
 from .progress import RunProgress
 from .racing import Race, RacingSettings, by_fidelity
 from .scorer import Scorer
@@ -190,8 +190,7 @@ class Pipeline:
         self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds), sum(rows.values()) * len(seeds))
         executor = make_executor(self.config, "step1")
         try:
-            order = criterion.order(
-                base,
+            order = criterion.order(base, Step1Run(
                 store=store,
                 executor=executor,
                 device=self.device,
@@ -199,7 +198,7 @@ class Pipeline:
                 deadline=self.deadline,
                 loader=self.base_loader(),
                 deterministic=self.config.run.deterministic,
-            )
+            ))
         finally:
             executor.close()
         self.progress.end_stage()

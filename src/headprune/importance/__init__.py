@@ -1,9 +1,9 @@
 """Importance criteria: interchangeable objects that produce an `Order` (heads from most to least
 important). The surgery and the searches never know which criterion made an order.
 
-Every criterion has `name`, `kind` and
-`order(base, store=, executor=, device=, on_result=, deadline=, loader=, deterministic=) -> Order`;
-a criterion that needs no data ignores what it does not use. The kinds: "importance" (read from
+Every criterion has `name`, `kind` and `order(base, run: Step1Run) -> Order` (`Step1Run`: how
+Step 1's finetunings run: store, executor, device, deadline, ...); a criterion that needs no data
+ignores it. The kinds: "importance" (read from
 Step 1's finetunings, which run through the store and the Step 1 executor: `gradient` OI,
 `gradient-layer` OI-layer, `fisher`), "weights" (from the checkpoint alone: `magnitude`) and "random"
 (`A<seed>`). `criterion_for` maps the names of a configuration's `[step2] orders`
@@ -28,6 +28,7 @@ from .gradient import (
     ImportanceContext,
     ImportanceSettings,
     Step1Criterion,
+    Step1Run,
     classification_model,
     finetune,
     importance_matrices,
@@ -50,7 +51,7 @@ class Criterion(Protocol):
     name: str
     kind: str
 
-    def order(self, base, **run) -> Order: ...
+    def order(self, base, run: Step1Run = ...) -> Order: ...
 
 
 def criterion_for(name: str, step1_datasets: Callable[[], Sequence[Dataset]] = list, step1_seeds: Sequence[int] = (),
@@ -72,7 +73,7 @@ def criterion_for(name: str, step1_datasets: Callable[[], Sequence[Dataset]] = l
 __all__ = [
     "STATISTICS", "Criterion", "Finetuning", "FisherImportance", "GateStatistics", "GateSums", "GradientImportance",
     "GradientLayerImportance", "ImportanceAccumulator", "ImportanceContext", "ImportanceSettings",
-    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "classification_model",
+    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "Step1Run", "classification_model",
     "criterion_for", "finetune", "importance_matrices", "importance_order", "magnitude_matrix", "min_max",
     "order_stability", "per_layer_l2", "pooler_tag", "rank_heads", "random_order", "share_of_total",
     "statistics_key_settings", "step1_finetunings", "step1_key_settings", "stored_row",

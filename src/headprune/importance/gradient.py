@@ -42,6 +42,24 @@ STATISTICS = "raw-abs-sq"
 
 
 @dataclass(frozen=True)
+class Step1Run:
+    """How a criterion's Step 1 finetunings run (what to compute is the criterion's): the `store`
+    they are read from first and written to; the `executor` for the others (in-process by default);
+    the `device`; `on_result(dataset, seed, from_store)` after each; past `deadline`
+    (`time.monotonic()`) no new one starts and `errors.Stopped` is raised; `loader`, a picklable
+    callable building the same base model, for executors that run in worker processes;
+    `deterministic` (`devices.reproducible`)."""
+
+    store: ResultStore | None = None
+    executor: Executor | None = None
+    device: torch.device = torch.device("cpu")
+    on_result: Callable[[str, int, bool], None] | None = None
+    deadline: float | None = None
+    loader: Callable[[], BaseModel] | None = None
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
 class ImportanceSettings:
     """Finetuning for Step 1 (METHOD.md): fresh classification head, AdamW, batch 16, 4 epochs."""
 
@@ -296,19 +314,14 @@ def step1_finetunings(
     seeds: Sequence[int],
     settings: ImportanceSettings,
     row: str,
-    store: ResultStore | None = None,
-    executor: Executor | None = None,
-    device: torch.device = torch.device("cpu"),
-    on_result: Callable[[str, int, bool], None] | None = None,
-    deadline: float | None = None,
-    loader: Callable[[], BaseModel] | None = None,
-    deterministic: bool = True,
+    run: Step1Run = Step1Run(),
 ) -> dict[ImportanceTask, Any]:
     """Every (dataset, seed) finetuning of Step 1, in that order, as its `row`: "matrices" (Algorithm
     2's per-epoch matrices, the OI row) or "statistics" (`GateStatistics`). Stored rows come from
-    `store`, the others from `executor` (`scorer.run_stored`: resumable, past `deadline` nothing new
-    starts and `errors.Stopped` is raised). A finetuning that runs writes both its rows, so criteria
-    reading either kind share it: the first order of a run to need a finetuning pays for all."""
+    `run.store`, the others from `run.executor` (`scorer.run_stored`: resumable, past the deadline
+    nothing new starts and `errors.Stopped` is raised). A finetuning that runs writes both its rows,
+    so criteria reading either kind share it: the first order of a run to need a finetuning pays for all."""
+    store = run.store
     if row not in ("matrices", "statistics"):
         raise ValueError(f"row must be 'matrices' or 'statistics', got {row!r}")
     by_name = {d.name: d for d in datasets}
@@ -330,12 +343,13 @@ def step1_finetunings(
         for kind, value in (("matrices", finetuning.matrices), ("statistics", finetuning.statistics.to_json())):
             store.put_importance(key(task, kind), model=base.fingerprint, dataset=dataset.name,
                                  dataset_hash=dataset.content_hash, seed=task.seed, settings=keyed[kind],
-                                 matrices=value, device=device.type)
+                                 matrices=value, device=run.device.type)
 
     tasks = [ImportanceTask(d.name, int(seed)) for d in datasets for seed in seeds]
-    context = ImportanceContext(base, by_name, settings, device, loader, deterministic)
+    context = ImportanceContext(base, by_name, settings, run.device, run.loader, run.deterministic)
+    on_result = run.on_result
     results = run_stored(
-        tasks, lookup, put, executor or InProcessExecutor(), lambda _batch: context, deadline=deadline,
+        tasks, lookup, put, run.executor or InProcessExecutor(), lambda _batch: context, deadline=run.deadline,
         on_result=(lambda task, _m, cached: on_result(task.dataset, task.seed, cached)) if on_result else None,
         stopped=lambda _done, _total: "time limit reached during Step 1; finished finetunings are in the store",
     )
@@ -369,23 +383,10 @@ class Step1Criterion(ABC):
             return statistics_key_settings(base, self.settings)
         return step1_key_settings(base, self.settings)
 
-    def order(
-        self,
-        base: BaseModel,
-        store: ResultStore | None = None,
-        executor: Executor | None = None,
-        device: torch.device = torch.device("cpu"),
-        on_result: Callable[[str, int, bool], None] | None = None,
-        deadline: float | None = None,
-        loader: Callable[[], BaseModel] | None = None,
-        deterministic: bool = True,
-    ) -> Order:
-        """The order. Past `deadline` (`time.monotonic()`) no new finetuning starts and
-        `errors.Stopped` is raised (finished ones are in `store`). `loader`: a picklable callable
-        building this same base model, for executors that run in worker processes."""
-        runs = step1_finetunings(base, self.datasets, self.seeds, self.settings, self.row, store=store,
-                                 executor=executor, device=device, on_result=on_result, deadline=deadline,
-                                 loader=loader, deterministic=deterministic)
+    def order(self, base: BaseModel, run: Step1Run = Step1Run()) -> Order:
+        """The order, its finetunings run as `run` says (past its deadline no new one starts and
+        `errors.Stopped` is raised; finished ones are in its store)."""
+        runs = step1_finetunings(base, self.datasets, self.seeds, self.settings, self.row, run)
         per_run = {task: self.epoch_matrices(stored) for task, stored in runs.items()}
         mean = np.mean(np.array([m for matrices in per_run.values() for m in matrices], dtype=np.float64), axis=0)
         return Order(
@@ -439,5 +440,4 @@ def importance_order(
 
     executor = ProcessExecutor(workers) if workers > 1 and loader is not None else InProcessExecutor()
     return GradientImportance(datasets, seeds, settings, name).order(
-        base, store=store, executor=executor, device=device, on_result=on_result, deadline=deadline, loader=loader,
-        deterministic=deterministic)
+        base, Step1Run(store, executor, device, on_result, deadline, loader, deterministic))

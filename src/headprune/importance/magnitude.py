@@ -50,9 +50,9 @@ class MagnitudeImportance:
     name: str = "magnitude"
     kind = "weights"
 
-    def order(self, base: BaseModel, **_run) -> Order:
-        """The order for `base` (the keyword arguments of a data-driven criterion are accepted and
-        unused, so that the pipeline calls every criterion alike)."""
+    def order(self, base: BaseModel, run: object = None) -> Order:
+        """The order for `base` (a data-driven criterion's `Step1Run` is accepted and unused, so that
+        the pipeline calls every criterion alike)."""
         matrix = magnitude_matrix(base.model)
         return Order(name=self.name, ranked=rank_heads(matrix), n_layers=base.n_layers, n_heads=base.n_heads,
                      kind=self.kind, matrix=matrix.tolist(), model=base.name, model_fingerprint=base.fingerprint,

@@ -36,9 +36,9 @@ class RandomImportance:
     name: str = ""
     kind = "random"
 
-    def order(self, base: BaseModel, **_run) -> Order:
-        """The order for `base` (the keyword arguments of a data-driven criterion are accepted and
-        unused, so that the pipeline calls every criterion alike)."""
+    def order(self, base: BaseModel, run: object = None) -> Order:
+        """The order for `base` (a data-driven criterion's `Step1Run` is accepted and unused, so that
+        the pipeline calls every criterion alike)."""
         return random_order(base.n_layers, base.n_heads, seed=self.seed, name=self.name or f"A{self.seed}",
                             model=base.name, model_fingerprint=base.fingerprint)
 
