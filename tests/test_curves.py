@@ -103,7 +103,8 @@ def test_raced_curves_are_compared_over_the_seeds_every_cell_was_scored_with() -
     noise = [0.004, -0.003, 0.002, -0.004, 0.001]
     flat = {str(k): [c + n * (k % 5) for c, n in zip(complete, noise)] for k in (0, 6, 12)}
     falling = {"0": complete, "6": list(flat["6"]),
-               "12": [c - 0.10 + n for c, n in zip(complete[:3], noise[:3])] + [None, None]}  # dropped after 3
+               "12": [c - 0.10 + n for c, n in zip(complete[:3], noise[:3])] + [None, None],  # dropped after 3
+               }
     curves = {"flat": {"d": flat}, "falling": {"d": falling}}
     assert common_ks(curves, "d") == ["0", "6", "12"]
     found = compare_orders(curves, {"d": complete})
@@ -112,9 +113,18 @@ def test_raced_curves_are_compared_over_the_seeds_every_cell_was_scored_with() -
     assert found["orders"]["falling"]["area"]["d"] == pytest.approx(expected)
     (pair,) = found["pairs"]
     assert pair["n"] == 3 and pair["difference"] > 0.02  # flat minus falling
-    assert found["orders"]["falling"]["safe_k"] == {"d": 6}  # k = 12 is below on its 3 seeds
+    assert found["orders"]["falling"]["safe_k"] == {"d": 6}  # k = 12 was dropped early: never safe
     assert found["orders"]["flat"]["safe_k"] == {"d": 12}
-    assert largest_safe_k({"6": [0.7, None, None]}, [0.8, 0.8, 0.8]) is None  # one shared seed: untestable
+    # A dropped candidate is not called safe even where its few seeds are level with the complete model.
+    assert largest_safe_k({"6": complete, "12": complete[:3] + [None, None]}, complete) == 6
+    assert largest_safe_k({"6": [0.7, None, None]}, [0.8, 0.8, 0.8]) is None  # no k scored on every seed
+    # Where the complete model lacks a seed, the k are tested on the seeds it has.
+    assert largest_safe_k({"6": [0.8, 0.7, 0.8]}, [0.8, None, 0.8]) == 6
+    assert largest_safe_k({"6": [0.8, 0.8]}, [0.8, None]) is None  # one seed: nothing can be tested
+    with pytest.raises(ValueError):
+        largest_safe_k({"6": [0.8, 0.8]}, [0.8, 0.8, 0.8])
+    found = compare_orders(curves, {"d": [0.80, 0.82, None, 0.81, 0.80]})
+    assert found["orders"]["flat"]["safe_k"] == {"d": 12} and found["ks"] == {"d": [0, 6, 12]}
     # A dataset whose cells share no seed is left out.
     curves["falling"]["e"] = {"0": [0.8, None], "6": [None, 0.7]}
     curves["flat"]["e"] = {"0": [0.8, 0.8], "6": [0.8, 0.8]}

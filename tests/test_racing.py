@@ -264,10 +264,15 @@ def test_a_raced_run_records_its_race_and_verifies(grid_and_race, monkeypatch, c
     changed["h1"]["OI"]["ranking"][0]["rank_sum"] += 0.5
     changed["h1"]["A1"]["racing"]["seeds"] = [2, 1, 3, 4]
     changed["h2"]["OI"]["racing"]["decisions"][-1]["seeds"] += 1
+    ds, k = next((ds, k) for ds, per_k in changed["h1"]["OI"]["seed_scores"].items()
+                 for k, scores in per_k.items() if None in scores)
+    cell = changed["h1"]["OI"]["seed_scores"][ds][k]
+    cell[cell.index(None)] = 0.5  # a seed the race never scored, claimed
     (tampered / "summary.json").write_text(json.dumps(changed))
     code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
     assert code == 1
-    for key in ("h1.OI.evaluations", "h1.OI.ranking", "h1.A1.racing.seeds", "h2.OI.racing.decisions"):
+    for key in ("h1.OI.evaluations", "h1.OI.ranking", "h1.A1.racing.seeds", "h2.OI.racing.decisions",
+                f"h1.OI.seed_scores.{ds}.{k}"):
         assert f"mismatch: {key}:" in err, key
 
 
@@ -326,6 +331,7 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
         assert key.startswith("h2") or key.startswith("h3") or (
             set(entry["noise_ceiling"]["subsets"]) == {"3"} and 0 <= entry["noise_ceiling"]["bootstrap"] <= 1)
         assert key.startswith("h1") or "noise_ceiling" not in entry
+    assert "h1.OI: agreement " in out and "without racing, the grid's rule on 3 random seeds agrees " in out
     steps = replay["searches"]["h3.OI"]["steps"]
     assert steps["decisions"] > 0 and 0 < steps["seed_fraction"] <= 1
     assert out.splitlines()[-1] == f"replay: {root / 'grid' / 'replay.json'}"
@@ -443,5 +449,39 @@ def test_the_noise_ceiling_is_how_often_the_grids_rule_keeps_its_choice_on_fewer
     ceiling = _noise_ceiling(make, frozenset(), [1, 2, 3], RacingSettings(0.95, 2), 3000,
                              np.random.default_rng(0), evaluate)
     assert set(ceiling["subsets"]) == {"2"} and ceiling["repeats"] == 3000
-    assert ceiling["subsets"]["2"] == pytest.approx(2 / 3, abs=0.03)
+    assert ceiling["subsets"]["2"] == pytest.approx(2 / 3) and ceiling["exhaustive"] == [2]  # all 3 subsets
     assert ceiling["bootstrap"] == pytest.approx(19 / 27, abs=0.03)
+    sampled = _noise_ceiling(make, frozenset(), [1, 2, 3], RacingSettings(0.95, 2), 2, np.random.default_rng(0),
+                             evaluate)  # fewer repeats than subsets: drawn at random
+    assert sampled["exhaustive"] == [] and sampled["subsets"]["2"] in (0.0, 0.5, 1.0)
+
+
+def test_a_race_that_drops_the_complete_model_verifies(tiny_bert_dir: Path, air_data_dir: Path, tmp_path: Path,
+                                                       monkeypatch, capsys) -> None:
+    """F1 rising with the heads pruned: every order's race drops k = 0, which the G2 comparison then
+    scores on every seed (the complete model). The per-seed H1 scores are read after it, so the
+    summary says what the store holds and `headprune verify` agrees."""
+    import dataclasses
+
+    from _cli import run_cli
+    from test_pipeline import _config, _write_csvs
+
+    import headprune.scorer
+    from headprune.config import from_dict
+    from headprune.pipeline import Pipeline
+    from headprune.progress import RunProgress
+    from headprune.scoring import run_task
+
+    def rising(context, task):
+        return dataclasses.replace(run_task(context, task), f1=0.5 + 0.03 * len(task.pruned) + 0.001 * task.seed)
+
+    data = _config(tiny_bert_dir, _write_csvs(tmp_path, air_data_dir))
+    data["step2"].update(seeds="1-4", strategies=["H1"], racing=True, racing_first_test=2, racing_confidence=0.6)
+    monkeypatch.setattr(headprune.scorer, "run_task", rising)
+    summary = Pipeline(from_dict(data, source="rising.toml"), tmp_path / "run", progress=RunProgress(enabled=False)).run()
+    for order, entry in summary["h1"].items():
+        assert any(e["n_pruned"] == 0 for e in entry["racing"]["eliminations"]), order
+        for per_k in entry["seed_scores"].values():
+            assert None not in per_k["0"]  # scored on every seed by the comparison, and said so
+    code, out, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "run")
+    assert code == 0 and out.startswith("verified: "), err

@@ -296,3 +296,20 @@ def test_which_order_prunes_best_with_several_orders(tmp_path):
     pairs = pairs[:pairs.index("\n## ")]
     assert pairs.count("\n| ") == 1 + 10  # the header and the 10 pairs of 5 orders
     assert "Holm" in pairs
+
+
+def test_which_order_prunes_best_says_over_which_seeds_when_a_race_left_some_out(tmp_path):
+    """A race that scored a candidate with fewer seeds on one dataset: the areas there are over the
+    seeds every cell shares, and the note says how many per dataset."""
+    from headprune.report import write_report
+
+    data = make_summary(version=4)
+    first = next(iter(data["h1"].values()))
+    ds = next(iter(first["seed_scores"]))
+    k = max(first["seed_scores"][ds], key=int)
+    first["seed_scores"][ds][k][1] = None  # seed 2 of the largest k not scored on that dataset
+    write_summary(tmp_path, data)
+    md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
+    others = [d for d in first["seed_scores"] if d != ds]
+    assert f"over the seeds every one of those cells was scored with ({ds}: 1, " in md
+    assert all(f"{d}: 2" in md for d in others)

@@ -4,7 +4,9 @@ number of least important heads pruned), with significance.
 - The mean F1 over k of an order on a dataset: the area under its H1 curve (trapezoids) divided by
   the k range, so a curve that stays high while more heads go scores high.
 - The largest k whose F1 is not significantly below the complete model's: paired by seed (the seed
-  fixes the split), one-sided `ttest_rel` at alpha.
+  fixes the split), one-sided `ttest_rel` at alpha, counted only for a k scored on every seed the
+  complete model was (a candidate a race dropped early was dropped for being worse than the best,
+  and its few seeds have little power against the complete model: it is never called safe).
 - Pairwise between orders: a paired t-test over the (dataset, seed) pairs of the per-seed mean F1
   over k, with Holm's correction for the number of pairs.
 
@@ -12,7 +14,9 @@ Curves are compared on the k values that every order has per-seed scores for, on
 (identical grids unless a search stopped some candidates early), over the seeds every one of those
 cells was scored with: a race (`[step2] racing`) scores the candidates it drops with fewer seeds
 (null in the per-seed lists), but every candidate with its first ones, so the curves stay whole and
-paired. Inputs are plain mappings, read from the summary by the report."""
+paired. A screened race (`racing_screen`) scores the candidates it drops at the low fidelity with
+no full-fidelity seed at all: those k are missing, and the comparison is over fewer k (`ks`).
+Inputs are plain mappings, read from the summary by the report."""
 
 from __future__ import annotations
 
@@ -53,21 +57,23 @@ def _p_two_sided(x: Sequence[float], y: Sequence[float]) -> float:
         return float(ttest_rel(x, y).pvalue)
 
 
-def _paired(x: Sequence[float | None], y: Sequence[float | None]) -> tuple[list[float], list[float]]:
-    """The seeds both lists were scored with (None: not scored), as two aligned lists."""
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
-    return [a for a, _ in pairs], [b for _, b in pairs]
-
-
 def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], alpha: float = 0.05) -> int | None:
     """The largest k of `curve` whose per-seed F1 is not significantly below `complete` (the complete
-    model's, same seeds): one-sided paired t-test over the seeds both were scored with, p >= alpha
-    (an undefined p, all differences zero, is not below). A k with fewer than two such seeds cannot
-    be tested and is not counted; None when no k can."""
+    model's, same seeds; None where a seed was not scored): one-sided paired t-test, p >= alpha (an
+    undefined p, all differences zero, is not below). Only a k scored on every seed the complete
+    model was is tested (a race's early-dropped candidate is not); None with fewer than two such
+    seeds, or when no k qualifies."""
+    seeds = [i for i, c in enumerate(complete) if c is not None]
+    if len(seeds) < 2:
+        return None
     safe = []
     for k, scores in curve.items():
-        x, y = _paired(scores, complete)
-        if len(x) >= 2 and not _p_less(x, y) < alpha:  # nan counts as not below
+        if len(scores) != len(complete):
+            raise ValueError(f"k = {k}: {len(scores)} per-seed scores against the complete model's {len(complete)}")
+        if any(scores[i] is None for i in seeds):
+            continue
+        x, y = [float(scores[i]) for i in seeds], [float(complete[i]) for i in seeds]
+        if not _p_less(x, y) < alpha:  # nan counts as not below
             safe.append(int(k))
     return max(safe) if safe else None
 
@@ -89,23 +95,26 @@ def common_ks(curves: Mapping[str, Mapping[str, SeedCurve]], dataset: str) -> li
     return sorted(set.intersection(*sets) if sets else set(), key=int)
 
 
-def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapping[str, Sequence[float]],
+def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapping[str, Sequence[float | None]],
                    alpha: float = 0.05) -> dict:
     """Every order's H1 curves against each other and the complete model.
 
     `curves[order][dataset][str(k)]`: per-seed F1 (the same seeds, in the same order, everywhere;
     None where a seed was not scored); `complete[dataset]`: the complete model's per-seed F1, same
     seeds (may lack a dataset: no safe k there). Returns {"orders": {order: {"area": {dataset: mean
-    F1 over k}, "mean_area": mean over datasets, "safe_k": {dataset: largest k not significantly
+    F1 over k}, "mean_area" (below), "safe_k": {dataset: largest k not significantly
     below CM, or None}}}, "pairs": [{"a", "b", "difference" (mean over (dataset, seed) of a's area
     minus b's), "n", "p_value", "p_holm"}], "seeds": {dataset: how many seeds the areas are over},
-    "best", "alpha"}. A dataset where no seed was scored in every common cell is left out."""
+    "ks": {dataset: the k compared}, "best", "alpha"}. A dataset where no seed was scored in every
+    common cell is left out. `mean_area` is the mean over every (dataset, seed) compared, the same
+    pairs the tests difference, so that the ranking and the pairs agree in sign."""
     orders = list(curves)
     datasets = list(dict.fromkeys(ds for per_ds in curves.values() for ds in per_ds))
     datasets = [ds for ds in datasets if common_ks(curves, ds)]
     per_seed: dict[str, list[float]] = {o: [] for o in orders}  # area of each (dataset, seed), paired
     out: dict[str, dict] = {o: {"area": {}, "safe_k": {}} for o in orders}
     used: dict[str, int] = {}
+    compared: dict[str, list[int]] = {}
     for ds in datasets:
         ks = common_ks(curves, ds)
         n_seeds = {len(scores) for o in orders for scores in curves[o][ds].values()}
@@ -116,6 +125,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
         if not seeds:
             continue
         used[ds] = len(seeds)
+        compared[ds] = [int(k) for k in ks]
         cm = complete.get(ds)
         for order in orders:
             areas = [curve_area({int(k): float(curves[order][ds][k][seed]) for k in ks}) for seed in seeds]
@@ -124,8 +134,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
             out[order]["safe_k"][ds] = (largest_safe_k(curves[order][ds], cm, alpha)
                                         if cm is not None and len(cm) == n else None)
     for order in orders:
-        areas = list(out[order]["area"].values())
-        out[order]["mean_area"] = float(np.mean(areas)) if areas else None
+        out[order]["mean_area"] = float(np.mean(per_seed[order])) if per_seed[order] else None
     pairs = []
     for a, b in itertools.combinations(orders, 2):
         x, y = per_seed[a], per_seed[b]
@@ -134,7 +143,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
     for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
         pair["p_holm"] = adjusted
     ranked = sorted((o for o in orders if out[o]["mean_area"] is not None), key=lambda o: -out[o]["mean_area"])
-    return {"orders": out, "pairs": pairs, "seeds": used, "best": ranked[0] if ranked else None, "alpha": alpha}
+    return {"orders": out, "pairs": pairs, "seeds": used, "ks": compared, "best": ranked[0] if ranked else None, "alpha": alpha}
 
 
 def answer(comparison: Mapping) -> str:

@@ -256,9 +256,9 @@ class Pipeline:
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
-            self._h1_seed_scores(orders, scorer, summary)
             random_orders = {name for name, order in orders.items() if order.kind == "random"}
             self._step2_comparison(chosen, step2_names, scorer, summary, random_orders)
+            self._h1_seed_scores(orders, scorer, summary)  # after the comparison: it may score H1's cells too
             gen_executor = make_executor(self.config, "generalization")  # never packs
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
@@ -304,7 +304,9 @@ class Pipeline:
         """Beside each H1 mean, its per-seed F1 (`H1Result.seed_scores`), for the paired tests of the
         report's "Which order prunes best". Only looked up in the store the search filled, never
         computed: a seed not stored is null (a race scores the candidates it drops with fewer seeds),
-        a cell no seed of which is stored is left out."""
+        a cell no seed of which is stored is left out (a screened race's candidates dropped at the
+        low fidelity). Read after the G2 comparison, which scores the complete model (H1's k = 0)
+        and the chosen models on every seed, so that the summary says what the store holds."""
         for name, entry in (summary.h1 or {}).items():
             cells: dict[str, dict[str, list[float | None]]] = {}
             for ds, per_k in entry.scores.items():

@@ -565,7 +565,7 @@ def _orders_figure(run: _Run, dataset: str, h1: dict[str, H1Result], band: tuple
     return _save(run, fig, directory, f"orders_{dataset}")
 
 
-def _complete_scores(run: _Run, h1: dict[str, H1Result]) -> dict[str, list[float]]:
+def _complete_scores(run: _Run, h1: dict[str, H1Result]) -> dict[str, list[float | None]]:
     """The complete model's per-seed F1 on each Step 2 dataset: from the G2 comparison (Tables 7-10),
     else from H1's k = 0 (the complete model in every order)."""
     out: dict[str, list[float]] = {}
@@ -649,12 +649,18 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
             ", over the seeds every one of those cells was scored with ("
             + ", ".join(f"{ds}: {n}" for ds, n in found["seeds"].items()) + ")")
     raced = any(entry.racing is not None for entry in h1.values())
+    grids = {ds: sorted({k for e in h1.values() if ds in e.scores for k in e.k_values}) for ds in found["ks"]}
+    fewer = {ds: ks for ds, ks in found["ks"].items() if ks != grids[ds]}
     note = (f"{sentence} Mean F1 over k: the area under the H1 curve divided by the k range (x100), over the "
-            f"k values every order was scored at{over}"
+            f"k values every order was scored at{over}, averaged over those (dataset, seed) pairs"
             + (" (a race scores the candidates it drops with fewer seeds, every candidate with the first ones)"
-               if raced else "") + "; per dataset, 'largest k not below CM' is the most heads pruned whose "
-            f"F1 is not significantly below the complete model's (one-sided paired t-test over the seeds both were "
-            f"scored with, p < {alpha}). "
+               if raced else "")
+            + ("; compared at fewer k than the grid's (a screened race scores the candidates it drops at the low "
+               "fidelity with no full-fidelity seed): " + "; ".join(f"{ds}: k = {', '.join(map(str, ks))}"
+                                                                   for ds, ks in fewer.items()) if fewer else "")
+            + "; per dataset, 'largest k not below CM' is the most heads pruned whose "
+            f"F1 is not significantly below the complete model's (one-sided paired t-test over every seed the complete "
+            f"model was scored with, p < {alpha}; a candidate a race dropped before those seeds is not counted). "
             "Stability of a Step 1 order: the mean Spearman correlation between the importance matrices of runs "
             "with different seeds (same dataset) and of different datasets (same seed), in brackets the mean "
             "over layers of the within-layer Spearman; bootstrap agreement: over resamples of the Step 1 runs, "

@@ -24,7 +24,8 @@ from .errors import HeadpruneError, parse_user_file
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
 # each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
-# per-seed scores (`seeds`, `seed_scores`), all optional.
+# per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
+# since 2026-12-02), all optional.
 SCHEMA_VERSION = 4
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models

@@ -73,7 +73,8 @@ def criterion_for(name: str, step1_datasets: Callable[[], Sequence[Dataset]] = l
 __all__ = [
     "STATISTICS", "Criterion", "Finetuning", "FisherImportance", "GateStatistics", "GateSums", "GradientImportance",
     "GradientLayerImportance", "ImportanceAccumulator", "ImportanceContext", "ImportanceSettings",
-    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "Step1Run", "classification_model",
+    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "Step1Run",
+    "classification_model",
     "criterion_for", "finetune", "importance_matrices", "importance_order", "magnitude_matrix", "min_max",
     "order_stability", "per_layer_l2", "pooler_tag", "rank_heads", "random_order", "share_of_total",
     "statistics_key_settings", "step1_finetunings", "step1_key_settings", "stored_row",

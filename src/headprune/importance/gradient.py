@@ -440,4 +440,5 @@ def importance_order(
 
     executor = ProcessExecutor(workers) if workers > 1 and loader is not None else InProcessExecutor()
     return GradientImportance(datasets, seeds, settings, name).order(
-        base, Step1Run(store, executor, device, on_result, deadline, loader, deterministic))
+        base, Step1Run(store=store, executor=executor, device=device, on_result=on_result, deadline=deadline,
+                       loader=loader, deterministic=deterministic))
