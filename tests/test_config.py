@@ -57,7 +57,7 @@ def test_every_importance_criterion_is_an_order_name() -> None:
     names = ["OI", "OI-layer", "fisher", "magnitude", "A1", "A2", "A12"]
     assert from_dict({"step2": {"orders": names}}).step2.orders == names
     config = load_config(ROOT / "configs" / "orders-minilm.toml")
-    assert config.step2.orders == ["OI", "OI-layer", "fisher", "magnitude", "A1", "A2", "A3"]
+    assert config.step2.orders == ["OI", "OI-layer", "fisher", "magnitude", "A1", "A2"]
     assert config.step2.strategies == ["H1"] and config.step2.h1_k_step == 6 and config.data.max_examples > 0
     assert config.step2_seeds == [1, 2, 3, 4, 5] and config.scoring.epochs == 2
     assert config.step2.racing and config.step2.racing_first_test <= len(config.step2_seeds)
