@@ -568,7 +568,7 @@ def _orders_figure(run: _Run, dataset: str, h1: dict[str, H1Result], band: tuple
 def _complete_scores(run: _Run, h1: dict[str, H1Result]) -> dict[str, list[float | None]]:
     """The complete model's per-seed F1 on each Step 2 dataset: from the G2 comparison (Tables 7-10),
     else from H1's k = 0 (the complete model in every order)."""
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[float | None]] = {}
     comparison = run.summary.step2_comparison
     if comparison is not None and COMPLETE in comparison.models:
         out.update({ds: list(cell.scores) for ds, cell in comparison.models[COMPLETE].items()})
