@@ -197,13 +197,12 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     import dataclasses
     import hashlib
 
-    from test_pipeline import _config, _write_csvs
-
     import headprune.scorer
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
+    from test_pipeline import _config, _write_csvs
 
     def noise(*parts) -> float:
         digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -276,6 +275,38 @@ def test_a_raced_run_records_its_race_and_verifies(grid_and_race, monkeypatch, c
         assert f"mismatch: {key}:" in err, key
 
 
+def test_a_race_on_a_store_that_holds_the_grid_reports_only_its_own_seeds(grid_and_race, tmp_path, monkeypatch,
+                                                                         capsys) -> None:
+    """A raced run whose store already holds the complete grid (a copy of it): each dropped
+    candidate's per-seed scores are those its race gave it (`racing.seeds[:after_seeds]`), null for
+    the rest although the store has them, so that no order is judged on seeds its race did not
+    score; verify checks the same."""
+    from _cli import run_cli
+    from headprune.config import from_dict
+    from headprune.pipeline import Pipeline
+    from headprune.progress import RunProgress
+
+    root, data, grid, _ = grid_and_race
+    run = tmp_path / "on-grid"
+    run.mkdir()
+    shutil.copy(root / "grid" / "store.sqlite", run / "store.sqlite")
+    config = json.loads(json.dumps(data))
+    config["step2"]["strategies"] = ["H1"]
+    summary = Pipeline(from_dict(config, source="on-grid.toml"), run, progress=RunProgress(enabled=False)).run()
+    masked = 0
+    for order, entry in summary["h1"].items():
+        for dropped in (e for e in entry["racing"]["eliminations"] if e["n_pruned"] > 0):
+            given = entry["racing"]["seeds"][:dropped["after_seeds"]]
+            for ds, per_k in entry["seed_scores"].items():
+                k = str(dropped["n_pruned"])
+                assert None not in grid["h1"][order]["seed_scores"][ds][k]  # the store holds every seed
+                assert [s is not None for s in per_k[k]] == [seed in given for seed in entry["seeds"]]
+                masked += per_k[k].count(None)
+    assert masked > 0
+    code, out, err = run_cli(monkeypatch, capsys, "verify", run)
+    assert code == 0 and out.startswith("verified: "), err
+
+
 def test_the_report_shows_the_race(grid_and_race) -> None:
     from headprune.report import write_report
 
@@ -320,7 +351,7 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     replay = json.loads((root / "grid" / "replay.json").read_text())
     assert replay["repeats"] == 12 and replay["seeds"] == [1, 2, 3, 4]
     assert set(replay["searches"]) == {"h1.OI", "h1.A1", "h2.OI", "h3.OI"}
-    for key, entry in replay["searches"].items():
+    for entry in replay["searches"].values():
         assert entry["replayed"] + entry.get("left_the_grid", 0) == 12
         if entry["replayed"]:
             assert 0 <= entry["agreement"] <= 1 and 0 < entry["evaluation_fraction"] <= 1
@@ -463,14 +494,13 @@ def test_a_race_that_drops_the_complete_model_verifies(tiny_bert_dir: Path, air_
     summary says what the store holds and `headprune verify` agrees."""
     import dataclasses
 
-    from _cli import run_cli
-    from test_pipeline import _config, _write_csvs
-
     import headprune.scorer
+    from _cli import run_cli
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
+    from test_pipeline import _config, _write_csvs
 
     def rising(context, task):
         return dataclasses.replace(run_task(context, task), f1=0.5 + 0.03 * len(task.pruned) + 0.001 * task.seed)
@@ -478,7 +508,8 @@ def test_a_race_that_drops_the_complete_model_verifies(tiny_bert_dir: Path, air_
     data = _config(tiny_bert_dir, _write_csvs(tmp_path, air_data_dir))
     data["step2"].update(seeds="1-4", strategies=["H1"], racing=True, racing_first_test=2, racing_confidence=0.6)
     monkeypatch.setattr(headprune.scorer, "run_task", rising)
-    summary = Pipeline(from_dict(data, source="rising.toml"), tmp_path / "run", progress=RunProgress(enabled=False)).run()
+    config = from_dict(data, source="rising.toml")
+    summary = Pipeline(config, tmp_path / "run", progress=RunProgress(enabled=False)).run()
     for order, entry in summary["h1"].items():
         assert any(e["n_pruned"] == 0 for e in entry["racing"]["eliminations"]), order
         for per_k in entry["seed_scores"].values():

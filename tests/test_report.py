@@ -313,27 +313,3 @@ def test_which_order_prunes_best_says_over_which_seeds_when_a_race_left_some_out
     others = [d for d in first["seed_scores"] if d != ds]
     assert f"over the seeds every one of those cells was scored with ({ds}: 1, " in md
     assert all(f"{d}: 2" in md for d in others)
-
-
-def test_which_order_prunes_best_judges_each_race_on_its_own_seeds(tmp_path):
-    """A store filled by another run (the complete grid) may hold more seeds of a candidate than its
-    race scored: the comparison uses only the race's (`racing.seeds[:after_seeds]`), so a candidate
-    dropped after one seed is never called safe on seeds its race did not give it."""
-    from headprune.report import _race_scored
-    from headprune.summary import H1Result
-
-    data = make_summary(version=4)
-    name, entry = next(iter(data["h1"].items()))
-    k = max((k for k in next(iter(entry["seed_scores"].values())) if k != "0"), key=int)
-    entry["racing"] = {"confidence": 0.95, "first_test": 2, "seeds": [2, 1], "decisions": [],
-                       "eliminations": [{"round": 1, "n_pruned": int(k), "pruned_heads": [], "after_seeds": 1,
-                                         "p_value": 0.01, "test": "wilcoxon"}]}
-    h1 = H1Result.from_json(entry, f"h1.{name}")
-    masked = _race_scored(h1)
-    for ds, per_k in masked.items():
-        assert per_k[k] == [None, entry["seed_scores"][ds][k][1]]  # seed 2, the race's first, kept
-        assert all(per_k[other] == entry["seed_scores"][ds][other] for other in per_k if other != k)
-    entry["racing"]["eliminations"][0]["fidelity"] = "no-adjust"  # dropped by the screen: no full seed
-    assert all(k not in per_k for per_k in _race_scored(H1Result.from_json(entry, f"h1.{name}")).values())
-    write_summary(tmp_path, data)
-    write_report(tmp_path)  # the section renders with the masked cells

@@ -161,8 +161,9 @@ def test_score_output_format(tiny_bert_dir: Path, csv80: Path, tmp_path: Path, m
         (["--prune", "0:*;1:*;2:*"], "cannot prune every head"),
         (["--order", "ORDER", "--seeds", "1"], "--order needs --k"),
         (["--dataset", "no-such-dataset"], "unknown dataset or group 'no-such-dataset'"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     ],
-    ids=["malformed-prune", "all-heads", "order-without-k", "unknown-dataset"],
+    ids=["malformed-prune", "all-heads", "order-without-k", "unknown-dataset", "no-epochs"],
 )
 def test_score_bad_inputs(extra: list[str], fragment: str, tiny_bert_dir: Path, csv80: Path, tmp_path: Path,
                           monkeypatch, capsys) -> None:
@@ -179,6 +180,13 @@ def test_score_bad_inputs(extra: list[str], fragment: str, tiny_bert_dir: Path, 
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
     assert not (tmp_path / "run" / "store.sqlite").exists()  # refused before any scoring
+
+
+def test_importance_refuses_no_epochs(tiny_bert_dir: Path, csv80: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, "importance", "--model", tiny_bert_dir, "--datasets", csv80,
+                             "--epochs", "0", "--run-dir", tmp_path / "run", "--out", tmp_path / "order.json")
+    assert code == 2 and err.splitlines() == ["error: --epochs must be at least 1, got 0"], (code, out, err)
+    assert not (tmp_path / "run" / "store.sqlite").exists() and not (tmp_path / "order.json").exists()
 
 
 def test_importance_command_writes_a_loadable_order_and_resumes(tiny_bert_dir: Path, csv80: Path, tmp_path: Path,

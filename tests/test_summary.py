@@ -57,6 +57,23 @@ def test_orders_stability_and_h1_seed_scores_round_trip(tmp_path):
     assert older.orders["OI"].stability is None and older.h1["OI"].seed_scores is None
 
 
+def test_a_race_gives_each_candidate_its_own_seeds():
+    """`Racing.scored_seeds`: a survivor all of the race's seeds, a dropped candidate the first
+    `after_seeds`, one its screen dropped none, the complete model all (the comparison scores it)."""
+    from headprune.summary import Racing
+
+    def drop(n_pruned, after, fidelity=None):
+        out = {"round": 1, "n_pruned": n_pruned, "pruned_heads": [], "after_seeds": after, "p_value": 0.01,
+               "test": "wilcoxon"}
+        return out if fidelity is None else {**out, "fidelity": fidelity}
+
+    racing = Racing.from_json({"confidence": 0.95, "first_test": 2, "seeds": [3, 1, 2], "decisions": [],
+                               "eliminations": [drop(4, 2), drop(8, 3, "no-adjust"), drop(0, 2)]}, "racing")
+    assert racing.scored_seeds(4) == [3, 1]
+    assert racing.scored_seeds(8) == []
+    assert racing.scored_seeds(2) == [3, 1, 2] == racing.scored_seeds(0)
+
+
 def _drop(*keys):
     def change(summary: dict) -> None:
         part = summary

@@ -143,7 +143,8 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
     for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
         pair["p_holm"] = adjusted
     ranked = sorted((o for o in orders if out[o]["mean_area"] is not None), key=lambda o: -out[o]["mean_area"])
-    return {"orders": out, "pairs": pairs, "seeds": used, "ks": compared, "best": ranked[0] if ranked else None, "alpha": alpha}
+    return {"orders": out, "pairs": pairs, "seeds": used, "ks": compared, "best": ranked[0] if ranked else None,
+            "alpha": alpha}
 
 
 def answer(comparison: Mapping) -> str:

@@ -303,16 +303,19 @@ class Pipeline:
     def _h1_seed_scores(self, orders: dict[str, Order], scorer: Scorer, summary: Summary) -> None:
         """Beside each H1 mean, its per-seed F1 (`H1Result.seed_scores`), for the paired tests of the
         report's "Which order prunes best". Only looked up in the store the search filled, never
-        computed: a seed not stored is null (a race scores the candidates it drops with fewer seeds),
-        a cell no seed of which is stored is left out (a screened race's candidates dropped at the
-        low fidelity). Read after the G2 comparison, which scores the complete model (H1's k = 0)
-        and the chosen models on every seed, so that the summary says what the store holds."""
+        computed. A seed the search's race did not give a candidate is null (`Racing.scored_seeds`),
+        even where the store holds it (e.g. from a run of the complete grid), so that every order's
+        candidates are judged on the seeds their own race gave them; a cell with no seed is left out
+        (a screened race's candidates dropped at the low fidelity). Read after the G2 comparison,
+        which scores the complete model (H1's k = 0) on every seed."""
         for name, entry in (summary.h1 or {}).items():
             cells: dict[str, dict[str, list[float | None]]] = {}
             for ds, per_k in entry.scores.items():
                 for k in per_k:
+                    given = set(scorer.seeds if entry.racing is None else entry.racing.scored_seeds(int(k)))
                     tasks = scorer.tasks_for([(orders[name].least_important(int(k)), ds)])
-                    found = [None if (score := scorer.lookup(task)) is None else score.f1 for task in tasks]
+                    found = [None if task.seed not in given or (score := scorer.lookup(task)) is None else score.f1
+                             for task in tasks]
                     if any(f is not None for f in found):
                         cells.setdefault(ds, {})[k] = found
             entry.seeds, entry.seed_scores = list(scorer.seeds), cells

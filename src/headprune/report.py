@@ -579,28 +579,6 @@ def _complete_scores(run: _Run, h1: dict[str, H1Result]) -> dict[str, list[float
     return out
 
 
-def _race_scored(entry: H1Result) -> dict[str, dict[str, list[float | None]]]:
-    """An H1 search's per-seed scores as its race scored them: a candidate the race dropped keeps only
-    the seeds it had when dropped (`racing.seeds[:after_seeds]`), even where the store holds more
-    (e.g. from a run of the complete grid), so that every order's candidates are judged on the
-    seeds their own race gave them. The complete model (k = 0) keeps every seed: the G2 comparison
-    scores it on all of them in every run. A candidate a screen dropped at the low fidelity had no
-    full-fidelity seed in its race: its cells are left out."""
-    cells = entry.seed_scores or {}
-    if entry.racing is None or not entry.seeds:
-        return dict(cells)
-    scored = {e.n_pruned: set() if e.fidelity is not None else set(entry.racing.seeds[:e.after_seeds])
-              for e in entry.racing.eliminations if e.n_pruned > 0}
-    out: dict[str, dict[str, list[float | None]]] = {}
-    for ds, per_k in cells.items():
-        for k, scores in per_k.items():
-            kept = ([s if seed in scored[int(k)] else None for seed, s in zip(entry.seeds, scores)]
-                    if int(k) in scored else list(scores))
-            if any(s is not None for s in kept):
-                out.setdefault(ds, {})[k] = kept
-    return out
-
-
 def _stability_cells(run: _Run, order: str) -> list[str]:
     """Spearman between seeds, between datasets (each with its within-layer mean) and the bootstrap
     agreement (mean over k) of an order, or why it has none."""
@@ -624,6 +602,17 @@ def _stability_cells(run: _Run, order: str) -> list[str]:
     return [pair(stability.seeds), pair(stability.datasets), boot]
 
 
+def _seeds_phrase(seeds: dict[str, int]) -> str:
+    """How many seeds the comparison of the orders is over: one count, or one per dataset."""
+    counts = sorted(set(seeds.values()))
+    if not counts:
+        return ""
+    if len(counts) == 1:
+        return f", over the {counts[0]} seed{'' if counts[0] == 1 else 's'} every one of those cells was scored with"
+    return (", over the seeds every one of those cells was scored with ("
+            + ", ".join(f"{ds}: {n}" for ds, n in seeds.items()) + ")")
+
+
 def _orders_section(run: _Run, directory: Path) -> _Section | None:
     """Which order prunes best: every order's H1 curves on one plot per dataset with the complete
     model's band, the mean F1 over k, the largest k not significantly below the complete model,
@@ -636,7 +625,7 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
     alpha = float((run.summary.config or {}).get("generalization", {}).get("alpha", 0.05))
     complete = _complete_scores(run, h1)
     seeded = all(entry.seed_scores for entry in h1.values())
-    curves = ({o: _race_scored(e) for o, e in h1.items()} if seeded else
+    curves = ({o: dict(e.seed_scores or {}) for o, e in h1.items()} if seeded else
               {o: {ds: {k: [v] for k, v in per_k.items()} for ds, per_k in e.scores.items()} for o, e in h1.items()})
     found = compare_orders(curves, complete if seeded else {}, alpha)
     sentence = answer(found) if seeded else (
@@ -664,12 +653,7 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
                + [f"{ds}\nmean F1 over k;\nlargest k not below CM" for ds in datasets]
                + ["Spearman between seeds\n(within layers)", "Spearman between datasets\n(within layers)",
                   "Bootstrap agreement\n(mean over k)"])
-    counts = sorted(set(found["seeds"].values()))
-    over = ("" if not seeded or not counts else
-            f", over the {counts[0]} seed{'' if counts[0] == 1 else 's'} every one of those cells was scored with"
-            if len(counts) == 1 else
-            ", over the seeds every one of those cells was scored with ("
-            + ", ".join(f"{ds}: {n}" for ds, n in found["seeds"].items()) + ")")
+    over = _seeds_phrase(found["seeds"]) if seeded else ""
     raced = any(entry.racing is not None for entry in h1.values())
     grids = {ds: sorted({k for e in h1.values() if ds in e.scores for k in e.k_values}) for ds in found["ks"]}
     fewer = {ds: ks for ds, ks in found["ks"].items() if ks != grids[ds]}

@@ -25,7 +25,7 @@ from .errors import HeadpruneError, parse_user_file
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
 # each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
 # per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
-# since 2026-12-02), all optional.
+# since 2026-12-02, even where the store holds them, since 2026-12-03), all optional.
 SCHEMA_VERSION = 4
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
@@ -318,6 +318,16 @@ class Racing(_Json):
     decisions: list[Decision]
     chosen_instead: dict | None = None  # the dropped candidate the rank sum put first, if any
 
+    def scored_seeds(self, n_pruned: int) -> list[int]:
+        """The seeds this race gave the candidate with `n_pruned` heads pruned at the full fidelity:
+        all of them for a survivor, the first `after_seeds` for one it dropped, none for one its
+        screen dropped at the low fidelity. The complete model (0) keeps all: the G2 comparison
+        scores it on every seed in every run."""
+        for dropped in self.eliminations:
+            if dropped.n_pruned == n_pruned and n_pruned > 0:
+                return [] if dropped.fidelity is not None else list(self.seeds[:dropped.after_seeds])
+        return list(self.seeds)
+
 
 @dataclass(kw_only=True)
 class H1Result(_Json):
@@ -336,9 +346,9 @@ class H1Result(_Json):
     low_evaluations: int | None = _optional()  # a screened race's low-fidelity evaluations
     racing: Racing | None = _optional()
     # The per-seed F1 behind `scores` ({dataset: {str(k): [F1 of each of `seeds`]}}), read from the store
-    # after the search: the paired tests of "Which order prunes best". A seed not stored is null (a
-    # race drops candidates after fewer seeds); a cell with no seed stored is left out. Absent in
-    # summaries before schema 4.
+    # after the search: the paired tests of "Which order prunes best". A seed the search did not score
+    # is null (a race drops candidates after fewer seeds: `Racing.scored_seeds`), even where the store
+    # holds it from another run; a cell with no seed is left out. Absent in summaries before schema 4.
     seeds: list[int] | None = _optional()
     seed_scores: dict[str, dict[str, list[float | None]]] | None = _optional()
 

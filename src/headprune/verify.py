@@ -120,6 +120,11 @@ class StoredScores:
             out.append(next(iter(found)))
         return out
 
+    def seed_score(self, pruned, dataset: str, seed: int) -> float | None:
+        """One seed's stored F1; None if the store lacks it."""
+        found = self.seed_scores(pruned, dataset, [seed])
+        return None if found is None else found[0]
+
     def mean(self, pruned, dataset: str, seeds: list[int]) -> float | None:
         scores = self.seed_scores(pruned, dataset, seeds)
         return None if scores is None else float(np.mean(scores))
@@ -129,10 +134,10 @@ class StoredScores:
         the store lacks raises `NotInStore`."""
         out = []
         for pruned, dataset, seed, *_ in requests:
-            found = self.seed_scores(pruned, dataset, [int(seed)])
+            found = self.seed_score(pruned, dataset, int(seed))
             if found is None:
                 raise NotInStore(f"the store holds no score for {dataset}, seed {seed}, pruned {pruned_key(pruned)}")
-            out += found
+            out.append(found)
         return out
 
 
@@ -154,7 +159,8 @@ def verify_run(run_dir: str | Path) -> Verification:
         scores = StoredScores(store, summary.need(summary.model.fingerprint, "model.fingerprint"),
                          summary.config_value("scoring"))
         if summary.config_value("step2").get("racing_screen"):  # a screened race's low fidelity
-            scores.low = StoredScores(store, summary.model.fingerprint, {**summary.config_value("scoring"), "epochs": 0})
+            low_scoring = {**summary.config_value("scoring"), "epochs": 0}
+            scores.low = StoredScores(store, summary.model.fingerprint, low_scoring)
         _check_orders(store, summary, result)
         _check_step2(summary, scores, parse_seeds(summary.config_value("step2", "seeds")), result)
         _check_generalization(summary, scores, result)
@@ -315,8 +321,8 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
         for ds, per_k in (h1.seed_scores or {}).items():
             for k, reported_seeds in per_k.items():
                 pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
-                stored = [found[0] if (found := scores.seed_scores(pruned, ds, [seed])) else None
-                          for seed in h1.seeds or seeds]
+                given = set(seeds if h1.racing is None else h1.racing.scored_seeds(int(k)))
+                stored = [scores.seed_score(pruned, ds, seed) if seed in given else None for seed in h1.seeds or seeds]
                 result.close(f"h1.{name}.seed_scores.{ds}.{k}", reported_seeds,
                              stored if any(s is not None for s in stored) else None)
         if h1.racing is not None:

@@ -48,9 +48,12 @@ def _pipeline_for(
     warmup_steps: int,
     epochs: int,
 ):
+    """The pipeline of `importance` and `score`: their shared options over the defaults."""
     from ..config import Config
     from ..pipeline import Pipeline
 
+    if epochs < 1:
+        raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
     config = Config()
     config.model.name = model
     config.model.mlm_head_warmup_steps = warmup_steps
@@ -84,8 +87,6 @@ def importance_command(
     from ..store import ResultStore
 
     pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
-    if epochs < 1:
-        raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
     pipeline.config.step1.datasets = [datasets]
     pipeline.config.step1.seeds = _seeds(seeds, "--seeds")
     name = f"A{random}" if random else criterion
@@ -118,8 +119,6 @@ def score_command(
     from ..store import ResultStore
     from ..surgery import format_head_spec, parse_head_spec
 
-    if epochs < 1:
-        raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
     seed_list = _seeds(seeds, "--seeds")
     pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
     # Validates files, columns and class sizes before any model work.

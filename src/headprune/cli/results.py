@@ -85,8 +85,8 @@ def replay_command(
                      progress=lambda line: typer.echo(line, err=True), low_fidelity=low_fidelity,
                      screen_cost=screen_cost)
     for key, entry in out["searches"].items():
-        line = f"{key}: agreement {_fraction(entry['agreement'])}, evaluations {_fraction(entry['evaluation_fraction'])} " \
-               "of the grid"
+        line = (f"{key}: agreement {_fraction(entry['agreement'])}, "
+                f"evaluations {_fraction(entry['evaluation_fraction'])} of the grid")
         if "steps" in entry:
             steps = entry["steps"]
             line += (f"; steps: {steps['decisions']} decisions, agreement {_fraction(steps['agreement'])}, "
