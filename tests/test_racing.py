@@ -395,6 +395,11 @@ def test_replay_measures_a_low_fidelity_and_screens_with_it(grid_and_race, monke
             assert cell["mean_difference"] == pytest.approx(-0.02, abs=0.005)
     for entry in replay["screened"].values():
         assert 0 <= entry["agreement"] <= 1 and entry["cost_fraction"] > entry["evaluation_fraction"] > 0
+        # what a screened race chose instead is described as without the screen: counts add up
+        assert entry["agreement"] * 8 + sum(d["count"] for d in entry["disagreements"]) == pytest.approx(8)
+        for other in entry["disagreements"]:
+            assert other["grid_rank"] > 1
+            assert other["within_noise"] == (other["p_value"] is None or other["p_value"] >= 0.05)
     assert "screened at the low fidelity" in out
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--low-fidelity", root / "nowhere")
     assert code == 2 and err.count("\n") == 1 and "--low-fidelity" in err

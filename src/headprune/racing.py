@@ -250,7 +250,7 @@ class Race:
         for request in requests:
             candidates.setdefault(request.pruned, []).append(request)
         datasets = sorted(r.dataset for r in next(iter(candidates.values())))
-        for pruned, mine in candidates.items():
+        for mine in candidates.values():
             if sorted(r.dataset for r in mine) != datasets:
                 raise HeadpruneError("a compared round must score every candidate on the same datasets")
         alive = list(candidates)
@@ -297,7 +297,7 @@ class Race:
 
     def _walk(self, requests: list[Request], versus: list[Request | None]) -> Steps:
         """Each step's paired sequential test against its reference, all steps of the round in lockstep."""
-        alpha, n_seeds = self.settings.alpha, len(self.seeds)
+        n_seeds = len(self.seeds)
         n = min(self.settings.first_test, n_seeds)
         told: dict[int, float] = {}
         open_ = list(range(len(requests)))

@@ -6,7 +6,8 @@ the defaults) is answered from the store, many times with the seed order permute
 compared with the grid's choice:
 
 - H1 (and H2/H3 as whole searches): `agreement`, the fraction of replays choosing the grid's pruned
-  set (`agreement_on_grid`: among the replays that stayed on the grid's path, below); `evaluation_fraction`, the mean of the race's seed evaluations over the grid's; for each
+  set (`agreement_on_grid`: among the replays that stayed on the grid's path, below);
+  `evaluation_fraction`, the mean of the race's seed evaluations over the grid's; for each
   model a race chose instead, how often, its rank in the grid's ranking, its rank-sum gap to the
   grid's choice, and whether it is within the noise of the grid's choice: the paired Wilcoxon
   signed-rank test over every (dataset, seed) of the two finds no difference at the racing
@@ -33,6 +34,7 @@ Writes RUN_DIR/replay.json and returns its content."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -69,8 +71,8 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     replay.json then has, per H1 search and dataset, the rank correlation of the candidates' means
     at both fidelities (`fidelity`), and the replayed races screened at the low fidelity first
     (`screened`: `racing.Race` with `screen="no-adjust"`, an F-Race at the low fidelity, then one
-    among its survivors at the full fidelity),
-    with their cost in full evaluations (a low one costs `screen_cost`)."""
+    among its survivors at the full fidelity), with their cost in full evaluations (a low one costs
+    `screen_cost`) and, as without the screen, what they chose instead and whether it is within noise."""
     run_dir = Path(run_dir)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise HeadpruneError(f"--repeats must be a positive integer, got {repeats!r}")
@@ -180,17 +182,26 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
         grid_set = frozenset(tuple(h) for h in entry.pruned_heads or [])
         grid_evaluations = len(ks) * len(datasets) * len(seeds)
         agree, costs, full_fractions = 0, [], []
+        instead: dict[frozenset, int] = {}
         both = by_fidelity(evaluate, low_evaluate)
         for _ in range(repeats):
             order = [int(s) for s in rng.permutation(seeds)]
             race = Race(H1Strategy(ranked, datasets, k_values=ks), order, settings, screen="no-adjust")
             final = run_strategies({"s": race}, both)["s"]
-            agree += frozenset(tuple(h) for h in final["pruned_heads"]) == grid_set
+            chosen = _chosen_set(final)
+            if chosen == grid_set:
+                agree += 1
+            else:
+                instead[chosen] = instead.get(chosen, 0) + 1
             full_fractions.append(final["evaluations"] / grid_evaluations)
             costs.append((final["evaluations"] + screen_cost * final["low_evaluations"]) / grid_evaluations)
+        grid = entry.to_json()
+        row_set = functools.partial(_least, ranked)
         screened[f"h1.{name}"] = {
             "agreement": agree / repeats, "evaluation_fraction": float(np.mean(full_fractions)),
             "cost_fraction": float(np.mean(costs)),
+            "disagreements": [_disagreement(grid, row_set, chosen, count, seeds, settings, scores)
+                              for chosen, count in sorted(instead.items(), key=lambda item: -item[1])],
             "unscreened": {"agreement": searches[f"h1.{name}"]["agreement"],
                            "evaluation_fraction": searches[f"h1.{name}"]["evaluation_fraction"]},
         }
@@ -249,7 +260,7 @@ def _searches(summary, step2: dict):
             group = entry.group_size or step2.get("group_size", 1)
             grid = entry.to_json()
             yield (f"{strategy}.{name}", lambda ranked=ranked, ds=names, g=group, c=cls: c(ranked, ds, group_size=g),
-                   grid, lambda row, grid=grid: frozenset(tuple(h) for h in grid["per_dataset"][row["model"]]["pruned_heads"]))
+                   grid, lambda row, grid=grid: _chosen_set(grid["per_dataset"][row["model"]]))
 
 
 def _least(ranked: list, row: dict) -> frozenset:
