@@ -25,7 +25,7 @@ from .errors import HeadpruneError, parse_user_file
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
 # each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
 # per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
-# since 2026-12-02, even where the store holds them, since 2026-12-03), all optional.
+# since 2026-12-02, even where the store holds them, since 2026-12-02 06:00 UTC), all optional.
 SCHEMA_VERSION = 4
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
