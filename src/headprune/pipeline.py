@@ -312,7 +312,7 @@ class Pipeline:
             cells: dict[str, dict[str, list[float | None]]] = {}
             for ds, per_k in entry.scores.items():
                 for k in per_k:
-                    given = set(scorer.seeds if entry.racing is None else entry.racing.scored_seeds(int(k)))
+                    given = entry.seeds_given(int(k), scorer.seeds)
                     tasks = scorer.tasks_for([(orders[name].least_important(int(k)), ds)])
                     found = [None if task.seed not in given or (score := scorer.lookup(task)) is None else score.f1
                              for task in tasks]

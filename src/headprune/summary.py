@@ -352,6 +352,11 @@ class H1Result(_Json):
     seeds: list[int] | None = _optional()
     seed_scores: dict[str, dict[str, list[float | None]]] | None = _optional()
 
+    def seeds_given(self, k: int, seeds: list[int]) -> set[int]:
+        """The seeds the search scored its candidate k on: all of `seeds` without racing, else
+        those its race gave it (`Racing.scored_seeds`)."""
+        return set(seeds if self.racing is None else self.racing.scored_seeds(k))
+
 
 @dataclass(kw_only=True)
 class GreedyModel(_Json):

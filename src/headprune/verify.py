@@ -321,7 +321,7 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
         for ds, per_k in (h1.seed_scores or {}).items():
             for k, reported_seeds in per_k.items():
                 pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
-                given = set(seeds if h1.racing is None else h1.racing.scored_seeds(int(k)))
+                given = h1.seeds_given(int(k), seeds)
                 stored = [scores.seed_score(pruned, ds, seed) if seed in given else None for seed in h1.seeds or seeds]
                 result.close(f"h1.{name}.seed_scores.{ds}.{k}", reported_seeds,
                              stored if any(s is not None for s in stored) else None)
