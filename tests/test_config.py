@@ -211,7 +211,8 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
                "data.text_column": "text", "data.label_column": "label", "step1.workers": 3, "run.device": "cuda",
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
                "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,
-               "step2.racing_first_test": 4, "step2.racing_screen": "no-adjust"}
+               "step2.racing_first_test": 4, "step2.racing_screen": "no-adjust",
+               "step2.racing_walk_test": "predictive"}
     assert set(changes) == set(NOT_DEPARTURES) - {"source"}
     config = paper_config()
     for name, value in changes.items():
@@ -330,6 +331,9 @@ def test_racing_is_a_departure_that_names_its_settings() -> None:
                    "step2.racing_first_test", 4)
     (line,) = departures(config, "cpu")
     assert line.startswith("step2.racing = True") and "confidence 0.9" in line and "after 4 seeds" in line
+    assert "paired sequential t-test" in line
+    (line,) = departures(_with(config, "step2.racing_walk_test", "predictive"), "cpu")
+    assert "predictive probability that the remaining seeds flip" in line and "t-test" not in line
 
 
 def test_racing_settings_are_checked(tmp_path) -> None:
@@ -340,6 +344,7 @@ def test_racing_settings_are_checked(tmp_path) -> None:
                           ('racing = "yes"', "step2.racing: expected true or false"),
                           ('racing_screen = "no-adjust"', "step2.racing_screen needs step2.racing = true"),
                           ('racing = true\nracing_screen = "fast"', "step2.racing_screen must be"),
+                          ('racing = true\nracing_walk_test = "bayes"', "step2.racing_walk_test must be"),
                           ('racing = true\nseeds = "1-3"\nracing_first_test = 4',
                            "step2.racing_first_test = 4 exceeds the 3 Step 2 seeds")):
         path = tmp_path / "c.toml"

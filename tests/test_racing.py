@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from headprune.errors import HeadpruneError
-from headprune.racing import Race, RacingSettings, SeedRequest, walk_decision
+from headprune.racing import Race, RacingSettings, SeedNoise, SeedRequest, walk_decision
 from headprune.search import H1Strategy, H2Strategy, H3Strategy, Request, Round, run_strategies
 
 ORDER = [(layer, head) for layer in range(2) for head in range(6)]  # most important first
@@ -132,6 +132,91 @@ def test_walk_decision_rules() -> None:
     assert walk_decision(worse, None, settings, 10)[:2] == (True, True)  # against the constant 0
 
 
+PREDICTIVE = RacingSettings(confidence=0.95, first_test=3, walk_test="predictive")
+
+
+def test_the_predictive_walk_decision_is_the_probability_that_the_remaining_seeds_flip_the_rule() -> None:
+    from scipy import stats
+
+    # Nine of ten seeds in, a mean difference one seed cannot plausibly undo: the t-test is not
+    # sure the step differs at all (p ~ 0.2), but the full-seed rule's decision is already known.
+    rng = np.random.default_rng(4)
+    difference = 0.01 + 0.02 * rng.standard_normal(9)
+    difference += 0.01 - difference.mean()
+    base = np.full(9, 0.8)
+    t_decided, _, p_value = walk_decision(base + difference, base, RacingSettings(0.95, 3), 10)
+    decided, keep, flip = walk_decision(base + difference, base, PREDICTIVE, 10)
+    assert not t_decided and p_value > 0.05
+    assert decided and keep
+    s = difference.std(ddof=1)
+    assert flip == pytest.approx(stats.t.sf(0.01 * np.sqrt(10 * 9 / 1) / s, 8))
+    # The same mean on three seeds: seven to come could undo it.
+    assert walk_decision(base[:3] + difference[:3], base[:3], PREDICTIVE, 10)[0] is False
+    # A pooled variance (the walk's earlier steps on the dataset, many degrees of freedom, small
+    # noise) decides what the step's own two degrees of freedom cannot.
+    step, ref = np.array([0.80, 0.84, 0.79]), np.array([0.79, 0.79, 0.79])
+    assert walk_decision(step, ref, PREDICTIVE, 10)[0] is False
+    assert walk_decision(step, ref, PREDICTIVE, 10, pooled=(40 * 0.005 ** 2, 40))[:2] == (True, True)
+    # With every seed in, the paper's rule (ties kept); identical so far, no decision.
+    assert walk_decision(ref, ref, PREDICTIVE, 3)[:2] == (True, True)
+    assert walk_decision(ref, ref, PREDICTIVE, 10)[:2] == (False, False)
+    # Whatever the paired t-test decides, the predictive test decides too, the same way.
+    for _ in range(200):
+        n = int(rng.integers(3, 10))
+        step, ref = 0.8 + 0.02 * rng.standard_normal(n) + rng.normal(0, 0.02), 0.8 + 0.02 * rng.standard_normal(n)
+        t = walk_decision(step, ref, RacingSettings(0.95, 3), 10)
+        if t[0]:
+            assert walk_decision(step, ref, PREDICTIVE, 10)[:2] == t[:2]
+
+
+def test_the_predictive_walk_decision_agrees_with_the_full_seed_rule_at_its_confidence() -> None:
+    """Steps whose true differences spread over a few seed-noise widths: decided sequentially
+    (noise pooled over the steps before), they agree with the ten-seed rule at least as often as
+    the confidence asks, on fewer seeds than the t-test needs."""
+    rng = np.random.default_rng(0)
+    used = {"t-test": 0, "predictive": 0}
+    agree = {"t-test": 0, "predictive": 0}
+    steps = [rng.normal(0, 0.02) + 0.015 * rng.standard_normal(10) for _ in range(1500)]
+    for walk_test in used:
+        settings = RacingSettings(0.95, 3, walk_test)
+        noise = SeedNoise()
+        for difference in steps:
+            n = 3
+            while not (decision := walk_decision(0.8 + difference[:n], np.full(n, 0.8), settings, 10,
+                                                 noise.pooled("d")))[0]:
+                n += 1
+            noise.add("d", difference[:n])
+            agree[walk_test] += decision[1] == (difference.mean() >= 0)
+            used[walk_test] += n
+    assert agree["predictive"] / len(steps) >= 0.95 and agree["t-test"] / len(steps) >= 0.95
+    assert used["predictive"] < 0.8 * used["t-test"]
+
+
+def test_seed_noise_pools_each_datasets_squares_and_degrees_of_freedom() -> None:
+    noise = SeedNoise()
+    noise.add("a", np.array([0.01, 0.03]))
+    noise.add("a", np.array([0.0, 0.0, 0.03]))
+    noise.add("b", np.array([0.5, 0.5]))
+    squares, freedom = noise.pooled("a")
+    assert freedom == 3 and squares == pytest.approx(2 * 0.01 ** 2 + 2 * 0.01 ** 2 + 0.02 ** 2)
+    assert noise.pooled("b") == (0.0, 1) and noise.pooled("c") == (0.0, 0)
+
+
+def test_a_predictive_race_keeps_what_it_decides_and_uses_fewer_seeds() -> None:
+    by_seed, _ = _grid(lambda k: 0.8 if k <= 4 else 0.8 - 0.01 * (k - 4), spread=0.005)
+    raced = {test: run_strategies({"h3": Race(H3Strategy(ORDER, DATASETS, group_size=2), SEEDS,
+                                              RacingSettings(0.95, 3, test))}, by_seed)["h3"]
+             for test in ("t-test", "predictive")}
+    decisions = raced["predictive"]["racing"]["decisions"]
+    assert raced["predictive"]["racing"]["walk_test"] == "predictive"
+    kept = {ds: max([d["n_pruned"] for d in decisions if d["dataset"] == ds and d["keep"]], default=0)
+            for ds in DATASETS}
+    assert {ds: m["n_pruned"] for ds, m in raced["predictive"]["per_dataset"].items()} == kept
+    for d in decisions:
+        assert d["keep"] == (d["mean_difference"] >= 0)  # decided or not, the sign of the mean so far
+    assert raced["predictive"]["evaluations"] < raced["t-test"]["evaluations"]
+
+
 def test_races_run_together_give_what_each_gives_alone() -> None:
     by_seed, _ = _grid(_peaked)
     makes = {"h1": lambda: H1Strategy(ORDER, DATASETS), "h2": lambda: H2Strategy(ORDER, DATASETS, group_size=3),
@@ -167,6 +252,8 @@ def test_racing_settings_are_checked() -> None:
         RacingSettings(confidence=1.0)
     with pytest.raises(HeadpruneError, match="at least 2 seeds"):
         RacingSettings(first_test=1)
+    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, got 'bayes'"):
+        RacingSettings(walk_test="bayes")
     with pytest.raises(HeadpruneError, match="distinct seeds"):
         Race(H1Strategy(ORDER, DATASETS), [1, 1, 2])
 
@@ -232,6 +319,7 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
                          progress=RunProgress(enabled=False)).run()
         screened = json.loads(json.dumps(data))
         screened["step2"]["racing_screen"] = "no-adjust"
+        screened["step2"]["racing_walk_test"] = "predictive"  # and H2/H3's steps by the predictive test
         Pipeline(from_dict(screened, source="screened.toml"), root / "screened",
                  progress=RunProgress(enabled=False)).run()
     return root, data, grid, raced
@@ -373,6 +461,15 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     for key, entry in exact["searches"].items():
         assert entry["agreement"] == 1.0 and entry["disagreements"] == [], key
     assert exact["agreement"] == 1.0 and exact["step_agreement"] == 1.0 and exact["step_seed_fraction"] == 1.0
+    # The predictive walk test decides the same steps on fewer seeds or as many.
+    code, out, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--repeats", "12", "--seed", "3",
+                             "--walk-test", "predictive")
+    assert code == 0, err
+    predictive = json.loads((root / "grid" / "replay.json").read_text())
+    assert predictive["racing"] == {"confidence": 0.95, "first_test": 3, "walk_test": "predictive"}
+    assert predictive["step_seed_fraction"] <= replay["step_seed_fraction"]
+    code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--walk-test", "bayes")
+    assert code == 2 and err.count("\n") == 1 and "--walk-test must be one of t-test, predictive" in err
     # A raced run has no complete grid: one line, exit 2.
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "raced")
     assert code == 2 and err.count("\n") == 1 and "this run raced" in err
@@ -463,8 +560,19 @@ def test_a_screened_run_records_its_low_fidelity_and_verifies(grid_and_race, mon
     h1 = summary["h1"]["OI"]
     assert h1["racing"]["screen"] == "no-adjust" and h1["low_evaluations"] > 0
     assert any("screened first at the low fidelity" in line for line in summary["departures"])
+    assert any("predictive probability" in line for line in summary["departures"])
+    assert {e["racing"]["walk_test"] for key in ("h1", "h2", "h3") for e in summary[key].values()} == {"predictive"}
     code, out, err = run_cli(monkeypatch, capsys, "verify", root / "screened")
     assert code == 0 and out.startswith("verified: "), err
+    # verify re-runs the race with the recorded walk test: recorded otherwise, the decisions differ.
+    tampered = root / "screened-tampered"
+    shutil.copytree(root / "screened", tampered, ignore=shutil.ignore_patterns("report"))
+    changed = json.loads((tampered / "summary.json").read_text())
+    for entry in changed["h2"].values():
+        entry["racing"]["walk_test"] = "t-test"
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
+    assert code == 1 and "mismatch: h2.OI." in err
 
 
 def test_the_noise_ceiling_is_how_often_the_grids_rule_keeps_its_choice_on_fewer_or_resampled_seeds() -> None:

@@ -80,6 +80,7 @@ class Step2Section:
     racing_confidence: float = 0.95  # 1 - the significance level of every racing test
     racing_first_test: int = 3  # seeds before the first racing test
     racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
+    racing_walk_test: str = "t-test"  # H2/H3 steps: "t-test" or "predictive" (racing.WALK_TESTS)
 
 
 @dataclass
@@ -263,6 +264,8 @@ def validate(config: Config, where: str = "") -> None:
         parse_seeds(spec, f"{where}{name}")
     if config.step2.racing_screen not in ("", "no-adjust"):
         bad(f"step2.racing_screen must be \"\" (none) or \"no-adjust\", got '{config.step2.racing_screen}'")
+    if config.step2.racing_walk_test not in ("t-test", "predictive"):
+        bad(f"step2.racing_walk_test must be \"t-test\" or \"predictive\", got '{config.step2.racing_walk_test}'")
     if config.step2.racing_screen and not config.step2.racing:
         bad("step2.racing_screen needs step2.racing = true")
     n_seeds = len(parse_seeds(config.step2.seeds, "step2.seeds"))
@@ -355,6 +358,7 @@ NOT_DEPARTURES: dict[str, str] = {
     "step2.racing_confidence": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_first_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_screen": "a racing setting: part of the step2.racing line when racing is on, else unused",
+    "step2.racing_walk_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
 }
 
 # Lists compared as sets: their order does not change what is computed.
@@ -464,8 +468,11 @@ def _racing_departure(config: Config) -> list[str]:
     step2 = config.step2
     if not step2.racing:
         return []
+    from .racing import WALK_TEST_WORDS
+
     return [f"step2.racing = True: seeds raced (racing.py: F-Race with Friedman and Conover tests for H1 and the "
-            f"cross-scoring, paired sequential t-tests for H2/H3's steps), confidence {step2.racing_confidence}, "
+            f"cross-scoring; H2/H3's steps decided by {WALK_TEST_WORDS[step2.racing_walk_test]}), "
+            f"confidence {step2.racing_confidence}, "
             f"first test after {step2.racing_first_test} seeds"
             + ("; compared candidates screened first at the low fidelity (no adjusting step, scoring.epochs = 0)"
                if step2.racing_screen else "")

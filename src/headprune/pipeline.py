@@ -346,7 +346,7 @@ class Pipeline:
         self.progress.start_stage("Step 2: " + ", ".join(labels) + (" (raced: at most)" if raced else ""), total,
                                   total * float(np.mean([self.rows(ds) for ds in datasets])))
         if raced:
-            settings = RacingSettings(step2.racing_confidence, step2.racing_first_test)
+            settings = RacingSettings(step2.racing_confidence, step2.racing_first_test, step2.racing_walk_test)
             screen = step2.racing_screen or None
             low = None
             if screen is not None:  # "no-adjust": the same scores without the adjusting step

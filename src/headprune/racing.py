@@ -25,10 +25,14 @@ per request, as without racing, and never knows. Per round kind (`search.Round`)
   the best-ranked survivor is chosen instead (`result()`, "racing.chosen_instead").
 - "walk" (H2/H3's greedy steps): each accept/reject decision ("score >= the best so far", ">=
   the complete model's") is a paired sequential test over seeds: after `first_test` seeds, and
-  after each further one, a paired t-test (`scipy.stats.ttest_rel`) of the step's per-seed F1
-  against its reference's on the same seeds; once p < 1 - confidence the decision is the sign of
-  the mean difference, else the next seed is added, and with every seed used the paper's rule
-  decides (mean difference >= 0). The reference's seeds are evaluated as the test needs them.
+  after each further one, the step's per-seed F1 is compared with its reference's on the same
+  seeds (`walk_decision`, by `walk_test`): "t-test", a paired t-test (`scipy.stats.ttest_rel`),
+  decided once p < 1 - confidence; "predictive", the predictive probability that the seeds still
+  to come flip the full-seed rule's decision (stochastic curtailment, with the seed noise pooled
+  over the walk's decided steps on the same dataset), decided once it is below 1 - confidence.
+  Decided, the decision is the sign of the mean difference so far; else the next seed is added,
+  and with every seed used the paper's rule decides (mean difference >= 0). The reference's seeds
+  are evaluated as the test needs them.
   The strategy is told the reference's told score plus the mean paired difference (a
   control-variate estimate of the step's mean), so its own rule reaches the same decision; these
   estimates chain along an H2 walk (the reference is the last kept step, itself told an estimate),
@@ -65,6 +69,16 @@ from .search import Head, Request, Round, Strategy
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_FIRST_TEST = 3
+# How a walk's step is decided before every seed is in (`walk_decision`): "t-test", the paired t-test
+# of the step against its reference; "predictive", the probability that the remaining seeds flip the
+# paper's full-seed rule, with the seed noise pooled over the walk's steps on the same dataset.
+WALK_TESTS = ("t-test", "predictive")
+DEFAULT_WALK_TEST = "t-test"
+WALK_TEST_WORDS = {  # for the departures line and the report
+    "t-test": "a paired sequential t-test against the step's reference",
+    "predictive": "the predictive probability that the remaining seeds flip the full-seed rule's decision "
+                  "(seed noise pooled per dataset)",
+}
 
 
 class SeedRequest(NamedTuple):
@@ -103,20 +117,32 @@ def by_fidelity(full: Callable[[list], Sequence[float]], low: Callable[[list], S
 @dataclass(frozen=True)
 class RacingSettings:
     """`confidence`: 1 - the significance level of every test; `first_test`: the seeds (blocks)
-    before the first test."""
+    before the first test; `walk_test`: how an H2/H3 step's decision is made clear (`WALK_TESTS`)."""
 
     confidence: float = DEFAULT_CONFIDENCE
     first_test: int = DEFAULT_FIRST_TEST
+    walk_test: str = DEFAULT_WALK_TEST
 
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
             raise HeadpruneError(f"racing confidence must be between 0 and 1, got {self.confidence}")
         if isinstance(self.first_test, bool) or not isinstance(self.first_test, int) or self.first_test < 2:
             raise HeadpruneError(f"racing first test must be an integer of at least 2 seeds, got {self.first_test!r}")
+        if self.walk_test not in WALK_TESTS:
+            raise HeadpruneError(f"racing walk test must be one of {', '.join(WALK_TESTS)}, got {self.walk_test!r}")
 
     @property
     def alpha(self) -> float:
         return 1.0 - self.confidence
+
+    @classmethod
+    def of_step2(cls, step2: dict, **override) -> RacingSettings:
+        """The settings of a `[step2]` section as a summary records it (absent keys: the defaults,
+        as when the run was made), with `override`'s values that are not None."""
+        settings = {"confidence": step2.get("racing_confidence", DEFAULT_CONFIDENCE),
+                    "first_test": step2.get("racing_first_test", DEFAULT_FIRST_TEST),
+                    "walk_test": step2.get("racing_walk_test", DEFAULT_WALK_TEST)}
+        return cls(**{**settings, **{k: v for k, v in override.items() if v is not None}})
 
 
 Steps = Generator[list[SeedRequest], None, list[float]]
@@ -140,6 +166,7 @@ class Race:
         self._grid: set[Request] = set()  # every distinct request of the strategy's rounds
         self._eliminations: list[dict] = []
         self._decisions: list[dict] = []
+        self._noise = SeedNoise()  # the walk's decided steps' paired differences, per dataset
         self._rounds = 0
         self._steps: Steps | None = None
         self._asked: list[SeedRequest] = []
@@ -315,10 +342,13 @@ class Race:
                 trial = np.array([self._f1[SeedRequest(request.pruned, request.dataset, s)] for s in seeds])
                 base = None if reference is None else np.array(
                     [self._f1[SeedRequest(reference.pruned, reference.dataset, s)] for s in seeds])
-                decided, keep, p_value = walk_decision(trial, base, self.settings, n_seeds)
+                decided, keep, p_value = walk_decision(trial, base, self.settings, n_seeds,
+                                                       self._noise.pooled(request.dataset))
                 if not decided:
                     still.append(i)
                     continue
+                if base is not None:
+                    self._noise.add(request.dataset, trial - base)
                 difference = 0.0 if base is None else float(np.mean(trial - base))
                 told[i] = float(np.mean(trial)) if reference is None else _told(self._told[reference], difference, keep)
                 self._decide(request, reference, n, p_value, keep, difference)
@@ -335,22 +365,77 @@ class Race:
         })
 
 
-def walk_decision(trial: np.ndarray, base: np.ndarray | None, settings: RacingSettings, n_seeds: int
-                  ) -> tuple[bool, bool, float | None]:
+def walk_decision(trial: np.ndarray, base: np.ndarray | None, settings: RacingSettings, n_seeds: int,
+                  pooled: tuple[float, int] = (0.0, 0)) -> tuple[bool, bool, float | None]:
     """One H2/H3 step's sequential decision on its first seeds: (decided, keep, p-value).
 
     `trial` and `base`: the step's and its reference's F1 on the same seeds, in race order (`base`
-    None: the constant 0, always kept). Decided once the paired t-test's p < 1 - confidence (keep =
-    the step is better) or when all `n_seeds` are in (keep = mean difference >= 0, the paper's rule)."""
+    None: the constant 0, always kept). With every one of the `n_seeds` in, the paper's rule
+    decides (keep = mean difference >= 0). Before that, by `settings.walk_test`:
+
+    - "t-test": decided once the paired t-test's p < 1 - confidence (keep = the step is better);
+      the p-value is the test's, two-sided.
+    - "predictive": decided once the probability that the seeds still to come flip the full-seed
+      rule's decision is below 1 - confidence (keep = mean difference >= 0 so far), the "p-value"
+      being that probability. It is the predictive probability of stochastic curtailment: with n
+      of N seeds in, mean paired difference m and standard deviation s, the mean of the N - n to
+      come is m + s * sqrt(1/n + 1/(N - n)) * t (t: Student's with the variance's degrees of
+      freedom, a flat prior), and the N-seed mean changes sign with probability
+      `t.sf(|m| * sqrt(N n / (N - n)) / s)`. The variance is pooled: `pooled` (sum of squares,
+      degrees of freedom) holds the walk's steps already decided on the same dataset (`SeedNoise`),
+      since the seed noise of a paired difference is the dataset's and the scoring's, not the step's;
+      this step's own squares are added to it.
+
+    A t-test asks whether the step differs at all, which for steps within noise of their reference
+    (most of a walk) takes every seed and then is decided by the paper's rule anyway; the predictive
+    test asks what the issue's decision is, whether the full-seed rule would decide otherwise."""
     if base is None:
         return True, True, None
-    difference = float(np.mean(trial - base))
+    difference = trial - base
+    mean = float(np.mean(difference))
+    if settings.walk_test == "predictive":
+        if len(trial) >= n_seeds:
+            return True, mean >= 0, None
+        flip = _flip_probability(difference, n_seeds, pooled)
+        if flip is not None and flip < settings.alpha:
+            return True, mean >= 0, flip
+        return False, False, flip
     p_value = _paired_p(trial, base)
     if len(trial) >= n_seeds:
-        return True, difference >= 0, p_value
+        return True, mean >= 0, p_value
     if p_value is not None and p_value < settings.alpha:
-        return True, difference > 0, p_value
+        return True, mean > 0, p_value
     return False, False, p_value
+
+
+class SeedNoise:
+    """The paired differences of a walk's decided steps, per dataset, as a pooled variance: (sum of
+    squared deviations from each step's own mean, degrees of freedom)."""
+
+    def __init__(self) -> None:
+        self._pool: dict[str, tuple[float, int]] = {}
+
+    def add(self, dataset: str, difference: np.ndarray) -> None:
+        squares, freedom = self._pool.get(dataset, (0.0, 0))
+        self._pool[dataset] = (squares + float(np.sum((difference - np.mean(difference)) ** 2)),
+                               freedom + len(difference) - 1)
+
+    def pooled(self, dataset: str) -> tuple[float, int]:
+        return self._pool.get(dataset, (0.0, 0))
+
+
+def _flip_probability(difference: np.ndarray, n_seeds: int, pooled: tuple[float, int]) -> float | None:
+    """The predictive probability that the remaining seeds flip the sign of the mean paired
+    difference over all `n_seeds` (see `walk_decision`); None where no variance is known yet and
+    the mean is zero."""
+    n = len(difference)
+    mean = float(np.mean(difference))
+    squares = float(np.sum((difference - mean) ** 2)) + pooled[0]
+    freedom = n - 1 + pooled[1]
+    if squares <= 0:  # no noise seen at all
+        return None if mean == 0 else 0.0
+    scale = math.sqrt(squares / freedom)
+    return float(stats.t.sf(abs(mean) * math.sqrt(n_seeds * n / (n_seeds - n)) / scale, freedom))
 
 
 def _told(reference: float, difference: float, keep: bool) -> float:

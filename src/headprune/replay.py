@@ -40,6 +40,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from scipy import stats
 
 from .config import parse_seeds
 from .errors import HeadpruneError
-from .racing import Race, RacingSettings, by_fidelity, walk_decision
+from .racing import Race, RacingSettings, SeedNoise, by_fidelity, walk_decision
 from .search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
 from .store import ResultStore
 from .summary import SUMMARY_FILE, load_summary, malformed
@@ -90,7 +91,7 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
         raise HeadpruneError(f"{run_dir}: this run raced (step2.racing = true), so its store lacks the complete grid "
                              "a replay needs; replay a run made with racing off")
     if settings is None:
-        settings = RacingSettings(step2.get("racing_confidence", 0.95), step2.get("racing_first_test", 3))
+        settings = RacingSettings.of_step2(step2)
     seeds = parse_seeds(step2["seeds"], "step2.seeds")
     if settings.first_test > len(seeds):
         raise HeadpruneError(f"racing first test {settings.first_test} exceeds the run's {len(seeds)} Step 2 seeds")
@@ -100,7 +101,7 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     rng = np.random.default_rng(seed)
     out: dict = {
         "run_dir": str(run_dir), "repeats": repeats, "seed": seed, "seeds": seeds,
-        "racing": {"confidence": settings.confidence, "first_test": settings.first_test},
+        "racing": asdict(settings),
         "searches": {},
     }
     ceiling_rng = np.random.default_rng([seed, 1])  # its own stream: the races' permutations stay as they were
@@ -363,19 +364,22 @@ class _StepStats:
         self.decisions = self.agree = self.seeds_used = self.seeds_total = self.against_zero = 0
 
     def replay(self, steps, order: list[int], settings: RacingSettings, n_seeds: int, evaluate) -> None:
+        noise = SeedNoise()  # as a race pools it: the steps before, on the same dataset
         for request, versus in steps:
             if versus is None:
                 self.against_zero += 1
                 continue
             trial = np.array(evaluate([(request.pruned, request.dataset, s) for s in order]))
-            base = None if versus is None else np.array(evaluate([(versus.pruned, versus.dataset, s) for s in order]))
-            full = True if base is None else float(np.mean(trial - base)) >= 0
+            base = np.array(evaluate([(versus.pruned, versus.dataset, s) for s in order]))
+            full = float(np.mean(trial - base)) >= 0
             n = min(settings.first_test, n_seeds)
             while True:
-                decided, keep, _ = walk_decision(trial[:n], None if base is None else base[:n], settings, n_seeds)
+                decided, keep, _ = walk_decision(trial[:n], base[:n], settings, n_seeds,
+                                                 noise.pooled(request.dataset))
                 if decided:
                     break
                 n += 1
+            noise.add(request.dataset, trial[:n] - base[:n])
             self.decisions += 1
             self.agree += int(keep == full)
             self.seeds_used += n

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .curves import answer, compare_orders
 from .generalize import mean_and_std, statement
+from .racing import WALK_TEST_WORDS
 from .summary import (
     COMPLETE,
     ChosenModel,
@@ -809,8 +810,8 @@ def _racing_section(run: _Run) -> _Section | None:
         "seeds; seed order " + ", ".join(map(str, racing.seeds)) + "). H1 and the cross-scoring of H2/H3: a "
         "candidate significantly worse than the best (Friedman and Conover's post-hoc test over (dataset, seed) "
         "rows; Wilcoxon for two) is dropped and keeps the mean of the seeds it had; only a survivor can be chosen. "
-        "H2/H3's steps: a paired sequential t-test against the step's reference decides as soon as it is clear, "
-        "else every seed and the paper's rule."
+        f"H2/H3's steps: {WALK_TEST_WORDS.get(racing.walk_test, racing.walk_test)} decides as soon as it is "
+        "clear, else every seed and the paper's rule."
         + (f" Compared candidates were first raced at the low fidelity ({racing.screen}: no adjusting step); only "
            "its survivors raced at the full fidelity." if racing.screen else "") + "</p>")
     rows = []

@@ -276,7 +276,8 @@ def _raced(strategy, entry, scores: StoredScores) -> dict | None:
     from .search import run_strategies
 
     racing = entry.racing
-    race = Race(strategy, racing.seeds, RacingSettings(racing.confidence, racing.first_test), screen=racing.screen)
+    settings = RacingSettings(racing.confidence, racing.first_test, racing.walk_test)
+    race = Race(strategy, racing.seeds, settings, screen=racing.screen)
     low = scores.low.evaluate_seeds if scores.low is not None else None
     try:
         return run_strategies({"race": race}, by_fidelity(scores.evaluate_seeds, low))["race"]

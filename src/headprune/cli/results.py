@@ -64,6 +64,8 @@ def replay_command(
                                      "step2.racing_confidence)."),
     first_test: int = typer.Option(None, "--first-test", help="Seeds before the first test (default: the run's "
                                    "step2.racing_first_test)."),
+    walk_test: str = typer.Option(None, "--walk-test", help="How H2/H3's steps are decided: t-test or predictive "
+                                  "(default: the run's step2.racing_walk_test)."),
     low_fidelity: Path = typer.Option(None, "--low-fidelity", help="A run of the same H1 grid scored at a lower "
                                       "fidelity (e.g. [scoring] epochs = 0): correlations, and races screened at it."),
     screen_cost: float = typer.Option(0.2, "--screen-cost", min=0.0, help="Cost of one low-fidelity evaluation "
@@ -71,16 +73,17 @@ def replay_command(
 ) -> None:
     """Replay racing on a run that scored the complete grid (racing off): RUN_DIR/replay.json with how
     often a race chooses the grid's model and what fraction of the evaluations it needs."""
-    from ..racing import RacingSettings
+    from ..racing import WALK_TESTS, RacingSettings
     from ..replay import REPLAY_FILE, replay_run
     from ..summary import load_summary
 
+    if walk_test is not None and walk_test not in WALK_TESTS:
+        raise HeadpruneError(f"--walk-test must be one of {', '.join(WALK_TESTS)}, got {walk_test!r}")
     settings = None
-    if confidence is not None or first_test is not None:
+    if confidence is not None or first_test is not None or walk_test is not None:
         step2 = load_summary(run_dir / "summary.json").config_value("step2") if (run_dir / "summary.json").is_file() \
             else {}
-        settings = RacingSettings(step2.get("racing_confidence", 0.95) if confidence is None else confidence,
-                                  step2.get("racing_first_test", 3) if first_test is None else first_test)
+        settings = RacingSettings.of_step2(step2, confidence=confidence, first_test=first_test, walk_test=walk_test)
     out = replay_run(run_dir, repeats=repeats, seed=seed, settings=settings,
                      progress=lambda line: typer.echo(line, err=True), low_fidelity=low_fidelity,
                      screen_cost=screen_cost)
