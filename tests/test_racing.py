@@ -119,7 +119,7 @@ def test_walk_decisions_are_sequential_and_the_strategy_agrees_with_them() -> No
 
 
 def test_walk_decision_rules() -> None:
-    settings = RacingSettings(confidence=0.95, first_test=3)
+    settings = RacingSettings(confidence=0.95, first_test=3, walk_test="t-test")
     worse = np.array([0.70, 0.71, 0.69])
     same = np.array([0.80, 0.81, 0.79])
     assert walk_decision(worse, same, settings, 10)[:2] == (True, False)  # clearly worse: reject after 3
@@ -133,6 +133,7 @@ def test_walk_decision_rules() -> None:
 
 
 PREDICTIVE = RacingSettings(confidence=0.95, first_test=3, walk_test="predictive")
+T_TEST = RacingSettings(confidence=0.95, first_test=3, walk_test="t-test")
 
 
 def test_the_predictive_walk_decision_is_the_probability_that_the_remaining_seeds_flip_the_rule() -> None:
@@ -144,7 +145,7 @@ def test_the_predictive_walk_decision_is_the_probability_that_the_remaining_seed
     difference = 0.01 + 0.02 * rng.standard_normal(9)
     difference += 0.01 - difference.mean()
     base = np.full(9, 0.8)
-    t_decided, _, p_value = walk_decision(base + difference, base, RacingSettings(0.95, 3), 10)
+    t_decided, _, p_value = walk_decision(base + difference, base, T_TEST, 10)
     decided, keep, flip = walk_decision(base + difference, base, PREDICTIVE, 10)
     assert not t_decided and p_value > 0.05
     assert decided and keep
@@ -160,11 +161,17 @@ def test_the_predictive_walk_decision_is_the_probability_that_the_remaining_seed
     # With every seed in, the paper's rule (ties kept); identical so far, no decision.
     assert walk_decision(ref, ref, PREDICTIVE, 3)[:2] == (True, True)
     assert walk_decision(ref, ref, PREDICTIVE, 10)[:2] == (False, False)
+    # The walk's confidence: the level divided by the walk's decisions (Bonferroni).
+    walk = RacingSettings(confidence=0.95, first_test=3, walk_test="predictive-walk")
+    assert 0.05 / 1000 < flip < 0.05
+    assert walk_decision(base + difference, base, walk, 10, decisions=1)[:2] == (True, True)
+    assert walk_decision(base + difference, base, walk, 10, decisions=1000)[0] is False
+    assert walk_decision(base + difference, base, PREDICTIVE, 10, decisions=1000)[:2] == (True, True)  # per step
     # Whatever the paired t-test decides, the predictive test decides too, the same way.
     for _ in range(200):
         n = int(rng.integers(3, 10))
         step, ref = 0.8 + 0.02 * rng.standard_normal(n) + rng.normal(0, 0.02), 0.8 + 0.02 * rng.standard_normal(n)
-        t = walk_decision(step, ref, RacingSettings(0.95, 3), 10)
+        t = walk_decision(step, ref, T_TEST, 10)
         if t[0]:
             assert walk_decision(step, ref, PREDICTIVE, 10)[:2] == t[:2]
 
@@ -200,6 +207,19 @@ def test_seed_noise_pools_each_datasets_squares_and_degrees_of_freedom() -> None
     squares, freedom = noise.pooled("a")
     assert freedom == 3 and squares == pytest.approx(2 * 0.01 ** 2 + 2 * 0.01 ** 2 + 0.02 ** 2)
     assert noise.pooled("b") == (0.0, 1) and noise.pooled("c") == (0.0, 0)
+
+
+def test_the_default_race_takes_the_full_seed_walks_path_on_fewer_seeds() -> None:
+    """The default walk test (predictive, the confidence the whole walk's): H2 and H3 raced keep
+    exactly the heads the full-seed walks keep, and ask for fewer evaluations."""
+    assert RacingSettings().walk_test == "predictive-walk"
+    by_seed, by_mean = _grid(lambda k: 0.8 + 0.003 * k if k <= 6 else 0.818 - 0.012 * (k - 6), spread=0.006)
+    for make in (lambda: H2Strategy(ORDER, DATASETS, group_size=2), lambda: H3Strategy(ORDER, DATASETS, group_size=2)):
+        full = run_strategies({"s": make()}, by_mean)["s"]
+        raced = run_strategies({"s": Race(make(), SEEDS)}, by_seed)["s"]
+        assert {ds: m["pruned_heads"] for ds, m in raced["per_dataset"].items()} == \
+            {ds: m["pruned_heads"] for ds, m in full["per_dataset"].items()}
+        assert raced["evaluations"] < raced["grid_evaluations"]
 
 
 def test_a_predictive_race_keeps_what_it_decides_and_uses_fewer_seeds() -> None:
@@ -252,8 +272,8 @@ def test_racing_settings_are_checked() -> None:
         RacingSettings(confidence=1.0)
     with pytest.raises(HeadpruneError, match="at least 2 seeds"):
         RacingSettings(first_test=1)
-    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, got 'bayes'"):
-        RacingSettings(walk_test="bayes")
+    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, predictive-walk, got 'b'"):
+        RacingSettings(walk_test="b")
     with pytest.raises(HeadpruneError, match="distinct seeds"):
         Race(H1Strategy(ORDER, DATASETS), [1, 1, 2])
 
@@ -265,8 +285,9 @@ def test_strategies_declare_their_rounds() -> None:
     h3.tell([0.8, 0.7])
     walk = h3.round()
     assert walk.kind == "walk" and walk.versus == [Request(frozenset(), "a"), Request(frozenset(), "b")]
+    assert walk.decisions == 2 * 2  # two groups of 6 heads, two datasets
     h2 = H2Strategy(ORDER, ["a"], group_size=3)
-    assert h2.round() == Round("walk", [Request(frozenset(ORDER[-3:]), "a")], [None])
+    assert h2.round() == Round("walk", [Request(frozenset(ORDER[-3:]), "a")], [None], decisions=4)  # 12 heads / 3
     h2.tell([0.5])
     assert h2.round().versus == [Request(frozenset(ORDER[-3:]), "a")]  # the last kept step
     assert H1Strategy(ORDER, ["a"]).round().kind == "compare"
@@ -469,7 +490,8 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     assert predictive["racing"] == {"confidence": 0.95, "first_test": 3, "walk_test": "predictive"}
     assert predictive["step_seed_fraction"] <= replay["step_seed_fraction"]
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--walk-test", "bayes")
-    assert code == 2 and err.count("\n") == 1 and "--walk-test must be one of t-test, predictive" in err
+    assert code == 2 and err.count("\n") == 1
+    assert "--walk-test must be one of t-test, predictive, predictive-walk, got 'bayes'" in err
     # A raced run has no complete grid: one line, exit 2.
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "raced")
     assert code == 2 and err.count("\n") == 1 and "this run raced" in err

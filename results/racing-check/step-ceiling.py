@@ -51,7 +51,7 @@ def main() -> None:
         if key.startswith("h1."):
             continue
         _, _, path = _full_result(make, SEEDS, evaluate)
-        steps = [(step, versus) for step, versus in path if versus is not None]
+        steps = [(step, versus) for step, versus, _ in path if versus is not None]
         full = [f1(step, SEEDS).mean() - f1(versus, SEEDS).mean() >= 0 for step, versus in steps]
         for margin in (0.0, 0.005, 0.01, 0.02):
             agree = used = 0

@@ -80,7 +80,7 @@ class Step2Section:
     racing_confidence: float = 0.95  # 1 - the significance level of every racing test
     racing_first_test: int = 3  # seeds before the first racing test
     racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
-    racing_walk_test: str = "t-test"  # H2/H3 steps: "t-test" or "predictive" (racing.WALK_TESTS)
+    racing_walk_test: str = "predictive-walk"  # H2/H3 steps: "predictive-walk", "predictive" or "t-test" (racing.py)
 
 
 @dataclass
@@ -264,8 +264,10 @@ def validate(config: Config, where: str = "") -> None:
         parse_seeds(spec, f"{where}{name}")
     if config.step2.racing_screen not in ("", "no-adjust"):
         bad(f"step2.racing_screen must be \"\" (none) or \"no-adjust\", got '{config.step2.racing_screen}'")
-    if config.step2.racing_walk_test not in ("t-test", "predictive"):
-        bad(f"step2.racing_walk_test must be \"t-test\" or \"predictive\", got '{config.step2.racing_walk_test}'")
+    from .racing import WALK_TESTS
+
+    if config.step2.racing_walk_test not in WALK_TESTS:
+        bad(f"step2.racing_walk_test must be one of {', '.join(WALK_TESTS)}, got '{config.step2.racing_walk_test}'")
     if config.step2.racing_screen and not config.step2.racing:
         bad("step2.racing_screen needs step2.racing = true")
     n_seeds = len(parse_seeds(config.step2.seeds, "step2.seeds"))

@@ -323,13 +323,13 @@ def _replay_search(make: Callable[[], Strategy], grid: dict, row_set: Callable[[
 
 def _full_result(make: Callable[[], Strategy], seeds: list[int], evaluate):
     """The grid's own search, re-run from the store with every seed: (result, its distinct requests,
-    its walk steps [(request, versus)])."""
+    its walk steps [(request, versus, the walk's decisions)])."""
     strategy = make()
-    steps: list[tuple[Request, Request | None]] = []
+    steps: list[tuple[Request, Request | None, int | None]] = []
     while not strategy.done:
         round_ = strategy.round()
         if round_.kind == "walk":
-            steps += list(zip(round_.requests, round_.versus))
+            steps += [(r, v, round_.decisions) for r, v in zip(round_.requests, round_.versus)]
         requests = round_.requests
         values = evaluate([(r.pruned, r.dataset, s) for r in requests for s in seeds])
         n = len(seeds)
@@ -365,7 +365,7 @@ class _StepStats:
 
     def replay(self, steps, order: list[int], settings: RacingSettings, n_seeds: int, evaluate) -> None:
         noise = SeedNoise()  # as a race pools it: the steps before, on the same dataset
-        for request, versus in steps:
+        for request, versus, decisions in steps:
             if versus is None:
                 self.against_zero += 1
                 continue
@@ -375,7 +375,7 @@ class _StepStats:
             n = min(settings.first_test, n_seeds)
             while True:
                 decided, keep, _ = walk_decision(trial[:n], base[:n], settings, n_seeds,
-                                                 noise.pooled(request.dataset))
+                                                 noise.pooled(request.dataset), decisions)
                 if decided:
                     break
                 n += 1

@@ -53,11 +53,15 @@ class Round(NamedTuple):
       earlier in this search), or, where `versus[i]` is None, with the constant 0 ("score >= ..."
       always: H2 before anything is kept);
     - "baseline": scores other rounds are compared with (H3's complete model).
+
+    `decisions` (a walk): the most keep/reject decisions the whole walk makes, every step on every
+    dataset; a race whose confidence is the walk's divides its significance level by it.
     """
 
     kind: str
     requests: list[Request]
     versus: list[Request | None] | None = None
+    decisions: int | None = None
 
 
 Evaluate = Callable[[list[Request]], Sequence[float]]
@@ -385,7 +389,8 @@ def _greedy_walk(
             continue
         walking = list(trial)
         scores = yield Round("walk", [Request(trial[ds], ds) for ds in walking],
-                             [versus(ds, pruned[ds] if ds in kept_scores else None) for ds in walking])
+                             [versus(ds, pruned[ds] if ds in kept_scores else None) for ds in walking],
+                             decisions=len(steps) * len(datasets))
         for ds, score in zip(walking, scores):
             if keep(ds, score, kept_scores.get(ds, 0.0)):
                 pruned[ds] = trial[ds]

@@ -312,7 +312,7 @@ class Racing(_Json):
 
     confidence: float
     first_test: int = field(metadata={_MINIMUM: 2})
-    walk_test: str = "t-test"  # racing.WALK_TESTS; a summary written before the choice existed: "t-test"
+    walk_test: str = "t-test"  # racing.WALK_TESTS; a summary written before the choice existed: racing.WALK_TEST_BEFORE
     screen: str | None = _optional()  # the low fidelity compared rounds were screened at
     seeds: list[int]
     eliminations: list[Elimination]
