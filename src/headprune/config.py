@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HeadpruneError, parse_user_file
+from .racing import DEFAULT_WALK_TEST, WALK_TEST_WORDS, WALK_TESTS
 from .settings import ORDER_NAMES, ScoreSettings, order_criterion
 
 STRATEGIES = ("H1", "H2", "H3")
@@ -80,7 +81,7 @@ class Step2Section:
     racing_confidence: float = 0.95  # 1 - the significance level of every racing test
     racing_first_test: int = 3  # seeds before the first racing test
     racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
-    racing_walk_test: str = "predictive-walk"  # H2/H3 steps: "predictive-walk", "predictive" or "t-test" (racing.py)
+    racing_walk_test: str = DEFAULT_WALK_TEST  # H2/H3 steps: "predictive-walk", "predictive" or "t-test" (racing.py)
 
 
 @dataclass
@@ -264,8 +265,6 @@ def validate(config: Config, where: str = "") -> None:
         parse_seeds(spec, f"{where}{name}")
     if config.step2.racing_screen not in ("", "no-adjust"):
         bad(f"step2.racing_screen must be \"\" (none) or \"no-adjust\", got '{config.step2.racing_screen}'")
-    from .racing import WALK_TESTS
-
     if config.step2.racing_walk_test not in WALK_TESTS:
         bad(f"step2.racing_walk_test must be one of {', '.join(WALK_TESTS)}, got '{config.step2.racing_walk_test}'")
     if config.step2.racing_screen and not config.step2.racing:
@@ -470,8 +469,6 @@ def _racing_departure(config: Config) -> list[str]:
     step2 = config.step2
     if not step2.racing:
         return []
-    from .racing import WALK_TEST_WORDS
-
     return [f"step2.racing = True: seeds raced (racing.py: F-Race with Friedman and Conover tests for H1 and the "
             f"cross-scoring; H2/H3's steps decided by {WALK_TEST_WORDS[step2.racing_walk_test]}), "
             f"confidence {step2.racing_confidence}, "

@@ -29,7 +29,10 @@ per request, as without racing, and never knows. Per round kind (`search.Round`)
   seeds (`walk_decision`, by `walk_test`): "t-test", a paired t-test (`scipy.stats.ttest_rel`),
   decided once p < 1 - confidence; "predictive", the predictive probability that the seeds still
   to come flip the full-seed rule's decision (stochastic curtailment, with the seed noise pooled
-  over the walk's decided steps on the same dataset), decided once it is below 1 - confidence.
+  over the walk's decided steps on the same dataset), decided once it is below 1 - confidence;
+  "predictive-walk" (the default), the same below (1 - confidence) / the walk's decisions
+  (`Round.decisions`, Bonferroni), so that the raced walk keeps the full-seed walk's whole path
+  with the configured confidence.
   Decided, the decision is the sign of the mean difference so far; else the next seed is added,
   and with every seed used the paper's rule decides (mean difference >= 0). The reference's seeds
   are evaluated as the test needs them.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import HeadpruneError, parse_user_file
+from .racing import WALK_TEST_BEFORE
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
@@ -312,7 +313,7 @@ class Racing(_Json):
 
     confidence: float
     first_test: int = field(metadata={_MINIMUM: 2})
-    walk_test: str = "t-test"  # racing.WALK_TESTS; a summary written before the choice existed: racing.WALK_TEST_BEFORE
+    walk_test: str = WALK_TEST_BEFORE  # racing.WALK_TESTS; what a summary written before the choice existed used
     screen: str | None = _optional()  # the low fidelity compared rounds were screened at
     seeds: list[int]
     eliminations: list[Elimination]
