@@ -56,12 +56,18 @@ def test_a_clear_race_drops_the_worse_candidates_early_and_keeps_the_grids_choic
     assert {e["n_pruned"] for e in eliminations} <= set(range(12)) - {4}
     assert all(e["after_seeds"] >= 3 and e["p_value"] < 0.05 for e in eliminations)
     assert {e["test"] for e in eliminations} <= {"friedman+conover", "wilcoxon"}
-    # A dropped candidate is told its mean over the seeds it had: k = 11 (far worse) had 3.
+    # A dropped candidate is told its mean over the seeds it had (k = 11, far worse, had 3) plus the
+    # survivors' offset between every seed and those seeds on the same dataset.
     dropped = next(e for e in eliminations if e["n_pruned"] == 11)
     seeds = SEEDS[: dropped["after_seeds"]]
-    least = frozenset(ORDER[-11:])
-    expected = np.mean(by_seed([SeedRequest(least, "a", s) for s in seeds]))
-    assert raced["scores"]["a"]["11"] == pytest.approx(expected)
+
+    def mean(k, seeds):
+        pruned = frozenset(ORDER[len(ORDER) - k:]) if k else frozenset()
+        return np.mean(by_seed([SeedRequest(pruned, "a", s) for s in seeds]))
+
+    survivors = set(range(12)) - {e["n_pruned"] for e in eliminations}
+    offset = np.mean([mean(k, SEEDS) - mean(k, seeds) for k in survivors])
+    assert raced["scores"]["a"]["11"] == pytest.approx(mean(11, seeds) + offset)
 
 
 def test_candidates_that_do_not_differ_race_to_the_end() -> None:

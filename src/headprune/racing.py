@@ -17,12 +17,20 @@ per request, as without racing, and never knows. Per round kind (`search.Round`)
   irace compares each candidate with the best); with two, the paired Wilcoxon signed-rank test
   (`scipy.stats.wilcoxon`, as F-Race does). A candidate significantly worse than the best (the
   highest rank sum) at `confidence` is dropped. The survivors get every seed (once one is left, it
-  alone is scored on the rest). Each request is then told its mean over the seeds it got: the
-  survivors' over every seed, a dropped candidate's over the seeds before it was dropped. So the paper's
-  rule (Algorithm 5: per-dataset means, ranks, lowest rank sum) still ranks every candidate, a
-  dropped one sitting between survivors with its partial means (a Borda count needs every
-  candidate), but only a survivor can be chosen: if the rank sum puts a dropped candidate first,
-  the best-ranked survivor is chosen instead (`result()`, "racing.chosen_instead").
+  alone is scored on the rest). Each request is then told a mean on the survivors' scale: a
+  survivor its mean over every seed; a dropped candidate its mean over the seeds it had plus the
+  survivors' mean offset on that dataset between every seed and those seeds (at the fidelity it was
+  dropped at: a screened-out candidate's low-fidelity mean is moved onto the full fidelity the
+  same way), a control-variate estimate of its full-seed mean. Seeds fix the splits, so a seed
+  moves every candidate's F1 on a dataset alike, by up to points; a raw partial mean would carry
+  the first seeds' luck into the ranking, and the choice would change when one (dataset, seed)
+  block is shifted, which the full-seed rule ignores. With the offset, every told score moves by
+  the same amount under such a shift, so the race's choice is invariant to it as the paper's rule
+  is (ranking on the seeds every candidate shares instead would decide the survivors' order on the
+  first seeds only). So the paper's rule (Algorithm 5: per-dataset means, ranks, lowest rank sum)
+  still ranks every candidate (a Borda count needs every candidate), but only a survivor can be
+  chosen: if the rank sum puts a dropped candidate first, the best-ranked survivor is chosen
+  instead (`result()`, "racing.chosen_instead").
 - "walk" (H2/H3's greedy steps): each accept/reject decision ("score >= the best so far", ">=
   the complete model's") is a paired sequential test over seeds: after `first_test` seeds, and
   after each further one, the step's per-seed F1 is compared with its reference's on the same
@@ -281,8 +289,8 @@ class Race:
     def _compare(self, requests: list[Request]) -> Steps:
         """The race proper: seed blocks for the candidates still in it, tests from `first_test` on.
         Screened (three candidates or more): first the same race at the low fidelity, then one
-        among its survivors at the full fidelity; a candidate the screen dropped is told its
-        low-fidelity mean over the seeds it had."""
+        among its survivors at the full fidelity. Dropped candidates are told shift-adjusted
+        means (`_adjusted`)."""
         candidates: dict[frozenset[Head], list[Request]] = {}
         for request in requests:
             candidates.setdefault(request.pruned, []).append(request)
@@ -296,14 +304,30 @@ class Race:
         if self.screen is not None and len(alive) >= 3:
             alive, screened = yield from self._race(alive, datasets, low=True)
             screened = {p: n for p, n in screened.items() if p not in alive}
-        _, seeds_of = yield from self._race(alive, datasets, low=False)
+        survivors, seeds_of = yield from self._race(alive, datasets, low=False)
+        every = self.seeds[: seeds_of[survivors[0]]]
         told = []
         for r in requests:
             if r.pruned in screened:
-                told.append(self._mean(r, self.seeds[: screened[r.pruned]], low=True))
+                told.append(self._adjusted(r, survivors, every, self.seeds[: screened[r.pruned]], low=True))
+            elif r.pruned in survivors:
+                told.append(self._mean(r, every))
             else:
-                told.append(self._mean(r, self.seeds[: seeds_of[r.pruned]]))
+                told.append(self._adjusted(r, survivors, every, self.seeds[: seeds_of[r.pruned]], low=False))
         return told
+
+    def _adjusted(self, request: Request, survivors: list[frozenset[Head]], every: Sequence[int],
+                  had: Sequence[int], low: bool) -> float:
+        """A dropped candidate's shift-adjusted mean: its mean over the seeds it had (at the fidelity
+        it was dropped at) plus the survivors' mean offset on that dataset between their full-fidelity
+        mean over `every` seed and their mean over the same seeds at the same fidelity. The survivors
+        are scored on every seed and at the full fidelity, so this puts the dropped candidate on their
+        scale: a control-variate estimate of its full-seed mean, as the walk's told scores are."""
+        offset = np.mean([
+            self._mean(Request(p, request.dataset), every) - self._mean(Request(p, request.dataset), had, low=low)
+            for p in survivors
+        ])
+        return self._mean(request, had, low=low) + float(offset)
 
     def _race(self, alive: list[frozenset[Head]], datasets: list[str], low: bool
               ) -> Generator[list[SeedRequest], None, tuple[list[frozenset[Head]], dict[frozenset[Head], int]]]:
