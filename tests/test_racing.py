@@ -332,7 +332,8 @@ def test_racing_settings_are_checked() -> None:
         RacingSettings(confidence=1.0)
     with pytest.raises(HeadpruneError, match="at least 2 seeds"):
         RacingSettings(first_test=1)
-    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, predictive-walk, skeptical, skeptical-walk, got 'b'"):
+    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, predictive-walk, "
+                                             "skeptical, skeptical-walk, got 'b'"):
         RacingSettings(walk_test="b")
     with pytest.raises(HeadpruneError, match="distinct seeds"):
         Race(H1Strategy(ORDER, DATASETS), [1, 1, 2])
@@ -555,7 +556,8 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     assert predictive["step_seed_fraction"] <= replay["step_seed_fraction"]
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--walk-test", "bayes")
     assert code == 2 and err.count("\n") == 1
-    assert "--walk-test must be one of t-test, predictive, predictive-walk, skeptical, skeptical-walk, got 'bayes'" in err
+    assert ("--walk-test must be one of t-test, predictive, predictive-walk, skeptical, skeptical-walk, "
+            "got 'bayes'") in err
     # A raced run has no complete grid: one line, exit 2.
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "raced")
     assert code == 2 and err.count("\n") == 1 and "this run raced" in err

@@ -2,8 +2,8 @@
 results/racing-check/run, on the path the full run took, and by simulation:
 
 1. grid: for the default walk test at every first test the configuration accepts (2-10 of the 10
-   seeds), and for the others at the first tests compared before, at confidence 0.95, 200 replays with the seed order permuted (the same 200 permutations for
-   every setting, seed 0): each H2/H3 step's sequential decision (`racing.walk_decision`, as
+   seeds), and for the others at the first tests compared before, at confidence 0.95, 200 replays
+   with the seed order permuted (the same 200 permutations for every setting, seed 0): each H2/H3 step's sequential decision (`racing.walk_decision`, as
    `headprune replay` does) against the 10-seed rule: the step agreement, the share of the seeds
    the steps used, and the path agreement (replays in which every decision of the search was the
    10-seed rule's) with its one-sided 95% Clopper-Pearson lower bound;
@@ -79,7 +79,8 @@ def simulation() -> list[dict]:
                     early += 1
                     flips += decision[1] != (difference.mean() >= 0)
             rows.append({"mu_over_sigma": mu, "walk_test": walk_test, "steps": len(differences), "early": early,
-                         "flips": flips, "flip_rate_among_early": round(flips / early, 4) if early else None,
+                         "flips": int(flips),
+                         "flip_rate_among_early": round(float(flips / early), 4) if early else None,
                          "seed_fraction": round(used / differences.size, 4)})
             print(rows[-1], flush=True)
     return rows

@@ -34,8 +34,9 @@ per request, as without racing, and never knows. Per round kind (`search.Round`)
   Bonferroni); "skeptical" and "skeptical-walk" (the default), the same two with the flip
   probability computed as if the step's true difference were zero and from the step's own seeds
   only, which makes the promise hold by construction: an early decision goes against the
-  full-seed rule with probability below the level it was taken at (`walk_decision`), so
-  "skeptical-walk" keeps the full-seed walk's whole path with the configured confidence.
+  full-seed rule with probability below the level it was taken at, for independent normal seed
+  noise (`walk_decision`), so "skeptical-walk" keeps the full-seed walk's whole path with the
+  configured confidence.
   Decided, the decision is the sign of the mean difference so far; else the next seed is added,
   and with every seed used the paper's rule decides (mean difference >= 0). The reference's seeds
   are evaluated as the test needs them.
