@@ -331,7 +331,8 @@ def test_racing_is_a_departure_that_names_its_settings() -> None:
                    "step2.racing_first_test", 4)
     (line,) = departures(config, "cpu")
     assert line.startswith("step2.racing = True") and "confidence 0.9" in line and "after 4 seeds" in line
-    assert "Bonferroni over the walk's decisions" in line  # the default walk test: predictive-walk
+    assert "Bonferroni over the walk's decisions" in line  # the default walk test: skeptical-walk
+    assert "were the step's true difference zero" in line
     (line,) = departures(_with(config, "step2.racing_walk_test", "predictive"), "cpu")
     assert "predictive probability that the remaining seeds flip" in line and "per step" in line
     assert "Bonferroni" not in line and "t-test" not in line

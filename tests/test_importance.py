@@ -3,6 +3,7 @@ ranking direction, seeded random orders, the order file, and `importance_order` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -88,6 +89,34 @@ def test_accumulator_constant_gradients_give_zeros() -> None:
     acc.end_epoch()
     assert_close(acc.epochs[0], [[0, 0, 0], [0, 0, 0]])
     assert acc.importance.dtype == torch.float64
+
+
+def test_the_first_batch_outweighs_the_later_ones_as_algorithm_2_is_written() -> None:
+    """Algorithm 2, faithful to the text: the first batch's min-max sets the [0, 1] scale, and each
+    later batch, whose raw |g| is about 1e-3 (the stored raw statistics' scale), moves the running
+    importance by about its own size. So 37 later batches with another pattern, together 37 times
+    the first batch's weight in a plain sum, barely move the first batch's order; the per-epoch
+    division by the tokens, then min-max, changes nothing."""
+    from scipy import stats
+
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(b"algorithm 2: the first batch").digest()[:8], "little"))
+    g1 = 1e-3 * rng.random((6, 12))
+    pattern = rng.random((6, 12))  # what every later batch shows, unrelated to g1
+    later = [1e-3 * (pattern + 0.2 * rng.random((6, 12))) for _ in range(37)]
+    acc = ImportanceAccumulator((6, 12), n_tokens=5000)
+    for grad in [g1, *later]:
+        acc.add_batch(torch.from_numpy(grad))
+    before = acc.importance.clone()
+    acc.end_epoch()
+    final = acc.epochs[0].numpy().ravel()
+    summed = (g1 + sum(later)).ravel()
+
+    def rho(a: np.ndarray, b: np.ndarray) -> float:
+        return float(stats.spearmanr(a, b)[0])
+
+    assert rho(final, g1.ravel()) > 0.99  # the first batch's order
+    assert rho(summed, pattern.ravel()) > 0.95 and rho(final, summed) < 0.5  # not the summed gradient's
+    torch.testing.assert_close(acc.epochs[0], before, rtol=0, atol=1e-12)  # the epoch's step: a no-op
 
 
 # ----------------------------------------------------------------------------- ranking and Order

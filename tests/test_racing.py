@@ -3,6 +3,7 @@ and `headprune replay` on a run that scored the complete grid."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -205,6 +206,65 @@ def test_the_predictive_walk_decision_agrees_with_the_full_seed_rule_at_its_conf
     assert used["predictive"] < 0.8 * used["t-test"]
 
 
+def _stable_rng(key: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
+def test_the_skeptical_walk_decision_is_the_flip_probability_were_the_true_difference_zero() -> None:
+    from scipy import stats
+
+    skeptical = RacingSettings(confidence=0.95, first_test=3, walk_test="skeptical")
+    difference = np.array([0.012, 0.020, 0.008, 0.015, 0.011, 0.017])
+    base = np.full(6, 0.8)
+    decided, keep, flip = walk_decision(base + difference, base, skeptical, 10)
+    # Sum and sum of squares about zero (the mean it assumes), n degrees of freedom.
+    expected = stats.t.sf(difference.sum() / np.sqrt(4 * np.sum(difference**2) / 6), 6)
+    assert flip == pytest.approx(expected) and decided and keep
+    # The step's own noise only: a pool of small noise from other steps changes nothing.
+    assert walk_decision(base + difference, base, skeptical, 10, pooled=(40 * 1e-6, 40)) == (decided, keep, flip)
+    # |S| / sqrt(Q) is at most sqrt(n): with 10 seeds, even identical differences decide after 5
+    # seeds at the earliest (per step at 0.95) and after 8 over a walk of 48 decisions.
+    walk = RacingSettings(confidence=0.95, first_test=2, walk_test="skeptical-walk")
+    same = np.full(10, 0.01)
+    first = {name: next(n for n in range(2, 11) if walk_decision(0.8 + same[:n], np.full(n, 0.8), settings, 10,
+                                                                 decisions=48)[0])
+             for name, settings in (("step", skeptical), ("walk", walk))}
+    assert first == {"step": 5, "walk": 8}
+    assert walk_decision(0.8 + same[:4] * [1, -1, 1, -1], np.full(4, 0.8), skeptical, 10)[:2] == (False, False)
+    assert walk_decision(base, base, skeptical, 10) == (False, False, None)  # identical: nothing to go on
+    assert walk_decision(base + difference, base, skeptical, 6)[:2] == (True, True)  # every seed: the rule
+
+
+@pytest.mark.parametrize("walk_test, confidence, holds", [
+    ("skeptical", 0.95, True), ("skeptical", 0.80, True),
+    ("predictive", 0.95, False),  # the flat prior and the pooled noise: the promise it made and broke
+])
+def test_early_decisions_on_steps_of_no_true_difference_flip_at_most_at_the_level(
+        walk_test: str, confidence: float, holds: bool) -> None:
+    """Steps whose paired differences have true mean zero and a known spread, ten seeds, decided
+    sequentially from the third seed as a race does (noise pooled over the steps before, for the
+    tests that pool): among the decisions taken early, the share that the ten-seed rule decides
+    the other way is at most 1 - confidence (a one-sided binomial test does not reject at 0.01)."""
+    from scipy import stats
+
+    differences = 0.02 * _stable_rng("racing: steps of no true difference").standard_normal((1000, 10))
+    settings = RacingSettings(confidence, 3, walk_test)
+    noise = SeedNoise()
+    early = flips = 0
+    for difference in differences:
+        n = 3
+        while not (decision := walk_decision(0.8 + difference[:n], np.full(n, 0.8), settings, 10,
+                                             noise.pooled("d")))[0]:
+            n += 1
+        noise.add("d", difference[:n])
+        if n < 10:
+            early += 1
+            flips += decision[1] != (difference.mean() >= 0)
+    assert early > 300  # the bound is about decisions actually taken early
+    p_value = stats.binomtest(flips, early, 1 - confidence, alternative="greater").pvalue
+    assert (p_value > 0.01) == holds, (flips, early)
+
+
 def test_seed_noise_pools_each_datasets_squares_and_degrees_of_freedom() -> None:
     noise = SeedNoise()
     noise.add("a", np.array([0.01, 0.03]))
@@ -216,9 +276,9 @@ def test_seed_noise_pools_each_datasets_squares_and_degrees_of_freedom() -> None
 
 
 def test_the_default_race_takes_the_full_seed_walks_path_on_fewer_seeds() -> None:
-    """The default walk test (predictive, the confidence the whole walk's): H2 and H3 raced keep
+    """The default walk test (skeptical, the confidence the whole walk's): H2 and H3 raced keep
     exactly the heads the full-seed walks keep, and ask for fewer evaluations."""
-    assert RacingSettings().walk_test == "predictive-walk"
+    assert RacingSettings().walk_test == "skeptical-walk"
     by_seed, by_mean = _grid(lambda k: 0.8 + 0.003 * k if k <= 6 else 0.818 - 0.012 * (k - 6), spread=0.006)
     for make in (lambda: H2Strategy(ORDER, DATASETS, group_size=2), lambda: H3Strategy(ORDER, DATASETS, group_size=2)):
         full = run_strategies({"s": make()}, by_mean)["s"]
@@ -278,7 +338,8 @@ def test_racing_settings_are_checked() -> None:
         RacingSettings(confidence=1.0)
     with pytest.raises(HeadpruneError, match="at least 2 seeds"):
         RacingSettings(first_test=1)
-    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, predictive-walk, got 'b'"):
+    with pytest.raises(HeadpruneError, match="walk test must be one of t-test, predictive, predictive-walk, "
+                                             "skeptical, skeptical-walk, got 'b'"):
         RacingSettings(walk_test="b")
     with pytest.raises(HeadpruneError, match="distinct seeds"):
         Race(H1Strategy(ORDER, DATASETS), [1, 1, 2])
@@ -480,6 +541,7 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     assert "h1.OI: agreement " in out and "without racing, the grid's rule on 3 random seeds agrees " in out
     steps = replay["searches"]["h3.OI"]["steps"]
     assert steps["decisions"] > 0 and 0 < steps["seed_fraction"] <= 1
+    assert 0 <= steps["path_agreement_lower_95"] <= steps["path_agreement"] <= 1
     assert out.splitlines()[-1] == f"replay: {root / 'grid' / 'replay.json'}"
     # With the first test at the last seed nothing is decided early: every replay is the grid.
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--repeats", "5", "--first-test", "4")
@@ -488,6 +550,9 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     for key, entry in exact["searches"].items():
         assert entry["agreement"] == 1.0 and entry["disagreements"] == [], key
     assert exact["agreement"] == 1.0 and exact["step_agreement"] == 1.0 and exact["step_seed_fraction"] == 1.0
+    for key in ("h2.OI", "h3.OI"):  # every path kept; 5 of 5 bounds the rate below by 0.05 ** (1 / 5)
+        steps = exact["searches"][key]["steps"]
+        assert steps["path_agreement"] == 1.0 and steps["path_agreement_lower_95"] == pytest.approx(0.05 ** 0.2)
     # The predictive walk test decides the same steps on fewer seeds or as many.
     code, out, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--repeats", "12", "--seed", "3",
                              "--walk-test", "predictive")
@@ -497,7 +562,8 @@ def test_replay_on_the_complete_grid(grid_and_race, monkeypatch, capsys) -> None
     assert predictive["step_seed_fraction"] <= replay["step_seed_fraction"]
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "grid", "--walk-test", "bayes")
     assert code == 2 and err.count("\n") == 1
-    assert "--walk-test must be one of t-test, predictive, predictive-walk, got 'bayes'" in err
+    assert ("--walk-test must be one of t-test, predictive, predictive-walk, skeptical, skeptical-walk, "
+            "got 'bayes'") in err
     # A raced run has no complete grid: one line, exit 2.
     code, _, err = run_cli(monkeypatch, capsys, "replay", root / "raced")
     assert code == 2 and err.count("\n") == 1 and "this run raced" in err

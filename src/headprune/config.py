@@ -81,7 +81,7 @@ class Step2Section:
     racing_confidence: float = 0.95  # 1 - the significance level of every racing test
     racing_first_test: int = 3  # seeds before the first racing test
     racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
-    racing_walk_test: str = DEFAULT_WALK_TEST  # H2/H3 steps: "predictive-walk", "predictive" or "t-test" (racing.py)
+    racing_walk_test: str = DEFAULT_WALK_TEST  # H2/H3 steps: racing.WALK_TESTS, "skeptical-walk" by default
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .surgery import original_shape
 # What racing saved where it was measured (`headprune replay` of results/racing-check).
 RACED_TYPICAL = ("how many depends on how clearly the candidates differ: replayed on results/racing-check's H1 "
                  "grid (MiniLM, 12 candidates, 4 datasets, 10 seeds), races made 0.63-0.67 of the evaluations; "
-                 "H2/H3 (walks of 48 steps, the default walk test) 0.77-0.83")
+                 "H2/H3 (walks of 48 steps, the default walk test) 0.92-0.94")
 
 # A tweet of typical length (~30 tokens): what a calibration step trains on.
 CALIBRATION_TWEET = "someuser this is a tweet of typical length about a movie i watched yesterday, loved it!"

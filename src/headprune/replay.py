@@ -18,7 +18,9 @@ compared with the grid's choice:
   of the decisions and `seed_fraction`, the step's own seeds the decisions used over all seeds
   (the reference's extra seeds are in the whole race's `evaluation_fraction`). H2's steps compared
   with the constant 0 (before anything is kept) are always kept after `first_test` seeds; they are
-  counted apart (`against_zero`), not in the agreement.
+  counted apart (`against_zero`), not in the agreement. `path_agreement`: the fraction of replays
+  in which every decision of the search's walks was the full-seed rule's (the raced walk kept the
+  grid's path), with its one-sided 95% Clopper-Pearson lower bound (`path_agreement_lower_95`).
 - H1's `noise_ceiling`: how reproducible the grid's choice is in the first place, with no racing.
   `subsets`: for each number of seeds b from `first_test` to all but one, the fraction of b-seed
   subsets on which the grid's own rule (every candidate, Algorithm 5) gives the grid's choice:
@@ -358,13 +360,16 @@ def _noise_ceiling(make: Callable[[], Strategy], grid_set: frozenset, seeds: lis
 
 
 class _StepStats:
-    """H2/H3's decisions on the full run's path, sequential (seeds in a replay's order) vs all seeds."""
+    """H2/H3's decisions on the full run's path, sequential (seeds in a replay's order) vs all seeds;
+    a replay keeps the path where every one of its decisions is the full-seed rule's."""
 
     def __init__(self) -> None:
         self.decisions = self.agree = self.seeds_used = self.seeds_total = self.against_zero = 0
+        self.paths = self.paths_kept = 0
 
     def replay(self, steps, order: list[int], settings: RacingSettings, n_seeds: int, evaluate) -> None:
         noise = SeedNoise()  # as a race pools it: the steps before, on the same dataset
+        disagreed = self.decisions - self.agree
         for request, versus, decisions in steps:
             if versus is None:
                 self.against_zero += 1
@@ -384,11 +389,22 @@ class _StepStats:
             self.agree += int(keep == full)
             self.seeds_used += n
             self.seeds_total += n_seeds
+        self.paths += 1
+        self.paths_kept += int(self.decisions - self.agree == disagreed)
 
     def to_json(self) -> dict:
         return {"decisions": self.decisions, "against_zero": self.against_zero,
                 "agreement": self.agree / self.decisions if self.decisions else None,
-                "seed_fraction": self.seeds_used / self.seeds_total if self.seeds_total else None}
+                "seed_fraction": self.seeds_used / self.seeds_total if self.seeds_total else None,
+                "path_agreement": self.paths_kept / self.paths if self.paths else None,
+                "path_agreement_lower_95": lower_bound(self.paths_kept, self.paths) if self.paths else None}
+
+
+def lower_bound(successes: int, trials: int, confidence: float = 0.95) -> float:
+    """The one-sided Clopper-Pearson lower confidence bound of a binomial proportion."""
+    if successes == 0:
+        return 0.0
+    return float(stats.beta.ppf(1 - confidence, successes, trials - successes + 1))
 
 
 def _describe(grid: dict, pruned: frozenset, row_set: Callable[[dict], frozenset]) -> dict:

@@ -64,8 +64,9 @@ def replay_command(
                                      "step2.racing_confidence)."),
     first_test: int = typer.Option(None, "--first-test", help="Seeds before the first test (default: the run's "
                                    "step2.racing_first_test)."),
-    walk_test: str = typer.Option(None, "--walk-test", help="How H2/H3's steps are decided: predictive-walk, "
-                                  "predictive or t-test (default: the run's step2.racing_walk_test)."),
+    walk_test: str = typer.Option(None, "--walk-test", help="How H2/H3's steps are decided: skeptical-walk, "
+                                  "skeptical, predictive-walk, predictive or t-test (default: the run's "
+                                  "step2.racing_walk_test)."),
     low_fidelity: Path = typer.Option(None, "--low-fidelity", help="A run of the same H1 grid scored at a lower "
                                       "fidelity (e.g. [scoring] epochs = 0): correlations, and races screened at it."),
     screen_cost: float = typer.Option(0.2, "--screen-cost", min=0.0, help="Cost of one low-fidelity evaluation "
