@@ -212,7 +212,7 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
                "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,
                "step2.racing_first_test": 4, "step2.racing_screen": "no-adjust",
-               "step2.racing_walk_test": "predictive"}
+               "step2.racing_walk_test": "predictive", "generalization.safe_k_margin": 0.02}
     assert set(changes) == set(NOT_DEPARTURES) - {"source"}
     config = paper_config()
     for name, value in changes.items():
@@ -355,3 +355,15 @@ def test_racing_settings_are_checked(tmp_path) -> None:
         path.write_text(f"[step2]\n{text}\n")
         with pytest.raises(HeadpruneError, match=message):
             load_config(path)
+
+
+def test_the_safe_k_margin_is_an_f1_difference(tmp_path) -> None:
+    from headprune.config import load_config
+
+    for value in ("-0.01", "1.0", "5"):
+        path = tmp_path / "c.toml"
+        path.write_text(f"[generalization]\nsafe_k_margin = {value}\n")
+        with pytest.raises(HeadpruneError, match="generalization.safe_k_margin must be at least 0 and below 1"):
+            load_config(path)
+    path.write_text("[generalization]\nsafe_k_margin = 0.02\n")
+    assert load_config(path).generalization.safe_k_margin == 0.02

@@ -264,7 +264,7 @@ def test_cli_report_errors_exit_2_with_one_line(tmp_path):
 
 def test_which_order_prunes_best_with_several_orders(tmp_path):
     """Schema 4 (five orders, per-seed H1 scores, stability): one plot per dataset with every order's
-    curve, the mean F1 over k and the largest k not below CM per order, the pairwise paired tests, the
+    curve, the mean F1 over k and the safe k (non-inferior to CM) per order, the pairwise paired tests, the
     stability beside the scores, and one sentence of answer."""
     from headprune.curves import answer, compare_orders
     from headprune.summary import Summary

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .curves import DEFAULT_SAFE_K_MARGIN
 from .errors import HeadpruneError, parse_user_file
 from .racing import DEFAULT_WALK_TEST, WALK_TEST_WORDS, WALK_TESTS
 from .settings import ORDER_NAMES, ScoreSettings, order_criterion
@@ -89,6 +90,9 @@ class GeneralizationSection:
     datasets: list[str] = field(default_factory=lambda: ["G3"])
     seeds: Any = "101-110"
     alpha: float = 0.05
+    # The report's safe k per order and dataset: the largest k shown non-inferior to the complete model
+    # at this margin of F1 (0.01 = 1 point; curves.largest_safe_k).
+    safe_k_margin: float = DEFAULT_SAFE_K_MARGIN
 
 
 @dataclass
@@ -239,6 +243,9 @@ def validate(config: Config, where: str = "") -> None:
         bad("step2.h1_k_values must be 0 or more")
     if config.step2.group_size < 1:
         bad(f"step2.group_size must be at least 1, got {config.step2.group_size}")
+    if not 0 <= config.generalization.safe_k_margin < 1:
+        bad(f"generalization.safe_k_margin must be at least 0 and below 1 (an F1 difference), "
+            f"got {config.generalization.safe_k_margin}")
     if not 0 < config.step2.racing_confidence < 1:
         bad(f"step2.racing_confidence must be between 0 and 1, got {config.step2.racing_confidence}")
     if config.step2.racing_first_test < 2:
@@ -356,6 +363,7 @@ NOT_DEPARTURES: dict[str, str] = {
     "run.ray_gpus_per_task": "GPU share of a Ray task (speed)",
     "run.ray_max_retries": "retries of a Ray task whose worker died",
     "run.report": "whether the HTML report is written",
+    "generalization.safe_k_margin": "an analysis setting of the report (the safe k's margin), not what is computed",
     "step2.racing_confidence": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_first_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_screen": "a racing setting: part of the step2.racing line when racing is on, else unused",

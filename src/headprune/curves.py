@@ -3,10 +3,15 @@ number of least important heads pruned), with significance.
 
 - The mean F1 over k of an order on a dataset: the area under its H1 curve (trapezoids) divided by
   the k range, so a curve that stays high while more heads go scores high.
-- The largest k whose F1 is not significantly below the complete model's: paired by seed (the seed
-  fixes the split), one-sided `ttest_rel` at alpha, counted only for a k scored on every seed the
-  complete model was (a candidate a race dropped early was dropped for being worse than the best,
-  and its few seeds have little power against the complete model: it is never called safe).
+- The safe k: the largest k shown non-inferior to the complete model at a margin (`safe_k_margin`,
+  1 F1 point by default), paired by seed (the seed fixes the split). Each k's one-sided paired t-test
+  asks whether its F1 is above the complete model's minus the margin; the k are tested in increasing
+  order as a fixed sequence, stopping at the first that fails, which controls the family-wise error
+  at alpha without a correction (Maurer, Hothorn & Lehmacher 1995; Wiens 2003). A k not scored on
+  every seed the complete model was (a candidate a race dropped early) ends the sequence: its few
+  seeds cannot show non-inferiority. "Not significantly below" would be absence of evidence (with 5
+  seeds most k pass), and the largest k passing it, over many uncorrected and non-monotone tests,
+  could sit above a k significantly below.
 - Pairwise between orders: a paired t-test over the (dataset, seed) pairs of the per-seed mean F1
   over k, with Holm's correction for the number of pairs.
 
@@ -26,8 +31,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import ttest_rel
+from scipy.stats import ttest_1samp, ttest_rel
 
+DEFAULT_SAFE_K_MARGIN = 0.01  # F1 (1 point): how far below the complete model a k may be and still be safe
 SeedCurve = Mapping[str, Sequence[float | None]]  # {str(k): per-seed F1, None where a seed was not scored}
 
 
@@ -44,38 +50,45 @@ def curve_area(points: Mapping[int, float]) -> float:
     return area / (ks[-1] - ks[0])
 
 
-def _p_less(x: Sequence[float], y: Sequence[float]) -> float:
-    """One-sided p of ttest_rel that x is below y (nan where undefined: one seed, no differences)."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(ttest_rel(x, y, alternative="less").pvalue)
-
-
 def _p_two_sided(x: Sequence[float], y: Sequence[float]) -> float:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(ttest_rel(x, y).pvalue)
 
 
-def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], alpha: float = 0.05) -> int | None:
-    """The largest k of `curve` whose per-seed F1 is not significantly below `complete` (the complete
-    model's, same seeds; None where a seed was not scored): one-sided paired t-test, p >= alpha (an
-    undefined p, all differences zero, is not below). Only a k scored on every seed the complete
-    model was is tested (a race's early-dropped candidate is not); None with fewer than two such
-    seeds, or when no k qualifies."""
+def _p_non_inferior(x: Sequence[float], y: Sequence[float], margin: float) -> float:
+    """One-sided paired t-test of H0 mean(x - y) <= -margin against mean(x - y) > -margin. Where every
+    difference is the same (no spread), the evidence is its sign: p = 0 above -margin, else 1."""
+    d = np.subtract(x, y, dtype=float) + margin
+    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
+        return 0.0 if d[0] > 0 else 1.0
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(ttest_1samp(d, 0.0, alternative="greater").pvalue)
+
+
+def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], alpha: float = 0.05,
+                   margin: float = DEFAULT_SAFE_K_MARGIN) -> int | None:
+    """The largest k of `curve` shown non-inferior to `complete` (the complete model's per-seed F1,
+    same seeds; None where a seed was not scored) at `margin`: the k in increasing order, each a
+    one-sided paired t-test (`_p_non_inferior`) at `alpha`, the sequence stopping at the first k that
+    fails or lacks a seed the complete model has (fixed-sequence testing: the family-wise error is
+    alpha). None with fewer than two such seeds, or when the first k fails."""
     seeds = [i for i, c in enumerate(complete) if c is not None]
     if len(seeds) < 2:
         return None
-    safe = []
-    for k, scores in curve.items():
+    safe = None
+    for k in sorted(curve, key=int):
+        scores = curve[k]
         if len(scores) != len(complete):
             raise ValueError(f"k = {k}: {len(scores)} per-seed scores against the complete model's {len(complete)}")
         if any(scores[i] is None for i in seeds):
-            continue
+            break
         x, y = [float(scores[i]) for i in seeds], [float(complete[i]) for i in seeds]
-        if not _p_less(x, y) < alpha:  # nan counts as not below
-            safe.append(int(k))
-    return max(safe) if safe else None
+        if not _p_non_inferior(x, y, margin) < alpha:
+            break
+        safe = int(k)
+    return safe
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -96,7 +109,7 @@ def common_ks(curves: Mapping[str, Mapping[str, SeedCurve]], dataset: str) -> li
 
 
 def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapping[str, Sequence[float | None]],
-                   alpha: float = 0.05) -> dict:
+                   alpha: float = 0.05, margin: float = DEFAULT_SAFE_K_MARGIN) -> dict:
     """Every order's H1 curves against each other and the complete model.
 
     `curves[order][dataset][str(k)]`: per-seed F1 (the same seeds, in the same order, everywhere;
@@ -105,7 +118,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
     F1 over k}, "mean_area" (below), "safe_k": {dataset: largest k not significantly
     below CM, or None}}}, "pairs": [{"a", "b", "difference" (mean over (dataset, seed) of a's area
     minus b's), "n", "p_value", "p_holm"}], "seeds": {dataset: how many seeds the areas are over},
-    "ks": {dataset: the k compared}, "best", "alpha"}. A dataset where no seed was scored in every
+    "ks": {dataset: the k compared}, "best", "alpha", "margin"}. A dataset where no seed was scored in every
     common cell is left out. `mean_area` is the mean over every (dataset, seed) compared, the same
     pairs the tests difference, so that the ranking and the pairs agree in sign."""
     orders = list(curves)
@@ -131,7 +144,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
             areas = [curve_area({int(k): float(curves[order][ds][k][seed]) for k in ks}) for seed in seeds]
             per_seed[order] += areas
             out[order]["area"][ds] = float(np.mean(areas))
-            out[order]["safe_k"][ds] = (largest_safe_k(curves[order][ds], cm, alpha)
+            out[order]["safe_k"][ds] = (largest_safe_k(curves[order][ds], cm, alpha, margin)
                                         if cm is not None and len(cm) == n else None)
     for order in orders:
         out[order]["mean_area"] = float(np.mean(per_seed[order])) if per_seed[order] else None
@@ -144,7 +157,7 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
         pair["p_holm"] = adjusted
     ranked = sorted((o for o in orders if out[o]["mean_area"] is not None), key=lambda o: -out[o]["mean_area"])
     return {"orders": out, "pairs": pairs, "seeds": used, "ks": compared, "best": ranked[0] if ranked else None,
-            "alpha": alpha}
+            "alpha": alpha, "margin": margin}
 
 
 def answer(comparison: Mapping) -> str:
@@ -181,4 +194,4 @@ def answer(comparison: Mapping) -> str:
             f"(paired t-tests, Holm-adjusted p >= {alpha}).")
 
 
-__all__ = ["answer", "common_ks", "compare_orders", "curve_area", "holm", "largest_safe_k"]
+__all__ = ["DEFAULT_SAFE_K_MARGIN", "answer", "common_ks", "compare_orders", "curve_area", "holm", "largest_safe_k"]

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .curves import answer, compare_orders
+from .curves import DEFAULT_SAFE_K_MARGIN, answer, compare_orders
 from .generalize import mean_and_std, statement
 from .racing import WALK_TEST_WORDS
 from .summary import (
@@ -616,19 +616,21 @@ def _seeds_phrase(seeds: dict[str, int]) -> str:
 
 def _orders_section(run: _Run, directory: Path) -> _Section | None:
     """Which order prunes best: every order's H1 curves on one plot per dataset with the complete
-    model's band, the mean F1 over k, the largest k not significantly below the complete model,
+    model's band, the mean F1 over k, the safe k (non-inferior to the complete model at a margin),
     pairwise paired tests between orders (`curves.compare_orders`), the stability of each order
     beside its scores, and one sentence of answer."""
     h1 = run.summary.h1 or {}
     if len(h1) < 2:
         return None
     section = _Section("orders", "Which order prunes best")
-    alpha = float((run.summary.config or {}).get("generalization", {}).get("alpha", 0.05))
+    generalization = (run.summary.config or {}).get("generalization", {})
+    alpha = float(generalization.get("alpha", 0.05))
+    margin = float(generalization.get("safe_k_margin", DEFAULT_SAFE_K_MARGIN))
     complete = _complete_scores(run, h1)
     seeded = all(entry.seed_scores for entry in h1.values())
     curves = ({o: dict(e.seed_scores or {}) for o, e in h1.items()} if seeded else
               {o: {ds: {k: [v] for k, v in per_k.items()} for ds, per_k in e.scores.items()} for o, e in h1.items()})
-    found = compare_orders(curves, complete if seeded else {}, alpha)
+    found = compare_orders(curves, complete if seeded else {}, alpha, margin)
     sentence = answer(found) if seeded else (
         f"{found['best']} has the highest mean F1 over k; this summary holds no per-seed H1 scores (a run "
         "before schema 4), so nothing is tested.")
@@ -651,7 +653,7 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
                               else _f1(result["area"].get(ds))))
         rows.append(cells + _cells(_stability_cells(run, order)))
     columns = (["Order", "Kind", "Mean F1 over k"]
-               + [f"{ds}\nmean F1 over k;\nlargest k not below CM" for ds in datasets]
+               + [f"{ds}\nmean F1 over k;\nsafe k" for ds in datasets]
                + ["Spearman between seeds\n(within layers)", "Spearman between datasets\n(within layers)",
                   "Bootstrap agreement\n(mean over k)"])
     over = _seeds_phrase(found["seeds"]) if seeded else ""
@@ -665,9 +667,12 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
             + ("; compared at fewer k than the grid's (a screened race scores the candidates it drops at the low "
                "fidelity with no full-fidelity seed): " + "; ".join(f"{ds}: k = {', '.join(map(str, ks))}"
                                                                    for ds, ks in fewer.items()) if fewer else "")
-            + "; per dataset, 'largest k not below CM' is the most heads pruned whose "
-            f"F1 is not significantly below the complete model's (one-sided paired t-test over every seed the complete "
-            f"model was scored with, p < {alpha}; a candidate a race dropped before those seeds is not counted). "
+            + f"; per dataset, 'safe k' is the most heads pruned shown non-inferior to the complete model at a "
+            f"margin of {100 * margin:g} F1 point{'' if margin == 0.01 else 's'}: one-sided paired t-tests (over every "
+            f"seed the complete model was scored with) that F1 is above the complete model's minus the margin, at "
+            f"{alpha}, in increasing k, stopping at the first k that fails (a fixed sequence: the family-wise error "
+            "is at most alpha without a correction); a candidate a race dropped before those seeds ends the "
+            "sequence, and no k is shown where the first fails. "
             "Stability of a Step 1 order: the mean Spearman correlation between the importance matrices of runs "
             "with different seeds (same dataset) and of different datasets (same seed), in brackets the mean "
             "over layers of the within-layer Spearman; bootstrap agreement: over resamples of the Step 1 runs, "
@@ -675,7 +680,8 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
             "over the k of H1. A random order has no signal by construction (nil); a weights order is "
             "computed from the checkpoint alone (deterministic).")
     _add_table(section, Table("table-orders", "Which order prunes best: mean F1-macro over k of every order "
-                              "(best first), the largest k not significantly below CM, and the order's stability",
+                              "(best first), the safe k (non-inferior to CM at the margin), and the order's "
+                              "stability",
                               columns, rows, note=note))
     if seeded:
         pair_rows = []
