@@ -81,12 +81,17 @@ def register_auto_classes() -> None:
                 getattr(transformers, auto).register(config_class, model_class, exist_ok=True)
 
 
-def _deduplicated(model) -> tuple[dict, dict[str, str]]:
-    """The model's state dict with tied weights once, and {dropped name: the name kept}."""
+def _deduplicated(model, prefer_base_model: bool = False) -> tuple[dict, dict[str, str]]:
+    """The model's state dict with tied weights once, and {dropped name: the name kept}; with
+    `prefer_base_model`, a tied weight keeps its base model's name (the word embeddings, not a
+    masked-LM decoder), which `AutoModel` looks for."""
     from safetensors.torch import _remove_duplicate_names
 
     state = model.state_dict()
-    dropped = {name: kept for kept, names in _remove_duplicate_names(state).items() for name in names}
+    preferred = [name for name in state if name.startswith(f"{model.base_model_prefix}.")] if prefer_base_model else None
+    dropped = {
+        name: kept for kept, names in _remove_duplicate_names(state, preferred_names=preferred).items() for name in names
+    }
     return {name: t.contiguous() for name, t in state.items() if name not in dropped}, dropped
 
 
@@ -94,7 +99,7 @@ def weights(model) -> tuple[dict, dict[str, str]]:
     """The tensors of `save_pruned`'s model.safetensors and its metadata: the state dict with tied
     weights once (the metadata names the dropped ones, as `safetensors.torch.save_model` does), plus
     the pooler the model carries beside its modules where it has no pooler of its own."""
-    tensors, dropped = _deduplicated(model)
+    tensors, dropped = _deduplicated(model, prefer_base_model=True)
     prefix = f"{model.base_model_prefix}.{POOLER}."
     if not any(name.startswith(prefix) for name in tensors):
         pooler = getattr(model, "headprune_pooler_state", None) or {}
