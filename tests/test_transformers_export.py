@@ -90,33 +90,62 @@ def _expected(directory: Path) -> tuple[torch.Tensor, int]:
     return hidden, count_parameters(model.base_model) + pooler
 
 
+def _checkpoint_pooler(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The pooler in a checkpoint's file (`pooler.*` of a bare encoder, `<prefix>.pooler.*` otherwise)."""
+    out = {}
+    for name, tensor in load_file(str(checkpoint / "model.safetensors")).items():
+        head, _, rest = name.partition("pooler.")
+        if head in ("", "bert.", "roberta."):
+            out[rest] = tensor
+    return out
+
+
+def _check(got: dict, out: Path, checkpoint: Path, family: str) -> None:
+    """What a transformers user loaded from `out` is headprune's pruned model, with the checkpoint's pooler."""
+    classes = AUTO_CLASSES[family]
+    assert got["config"] == classes["AutoConfig"].__name__ and got["encoder"] == classes["AutoModel"].__name__
+    hidden, n_params = _expected(out)
+    torch.testing.assert_close(got["hidden"], hidden, rtol=0, atol=1e-5)
+    pooler = _checkpoint_pooler(checkpoint)
+    assert got["pooler"].keys() == pooler.keys() == {"dense.weight", "dense.bias"}
+    assert all(torch.equal(got["pooler"][name], tensor) for name, tensor in pooler.items())
+    assert got["encoder_keys"] == {"missing": set(), "unexpected": set()}
+    assert got["mlm_keys"] == {"missing": set(), "unexpected": set()}
+    assert got["classifier_keys"]["unexpected"] == set()
+    assert got["classifier_keys"]["missing"] and all(k.startswith("classifier.")
+                                                    for k in got["classifier_keys"]["missing"])
+    assert len(got["pipeline"]) == 2 and set(got["pipeline"]) <= {"LABEL_0", "LABEL_1"}
+    if "trainer" in got:  # transformers' Trainer needs accelerate (the test extra installs it)
+        assert got["trainer"]["moved"] and torch.isfinite(torch.tensor(got["trainer"]["loss"]))
+    torch.testing.assert_close(got["round_trip_hidden"], got["hidden"], rtol=0, atol=0)
+    assert got["n_params"] == got["round_trip_params"] == n_params
+
+
 @pytest.mark.parametrize("mode", ["plain", "headprune"])
 def test_transformers_loads_the_export_exactly(exports, tmp_path, mode):
     """Without headprune (trust_remote_code=True) and with it (no trust_remote_code): hidden states equal
-    load_pruned's, the checkpoint's pooler, no missing key but the classification head, a Trainer step,
-    a pipeline, and a save_pretrained -> from_pretrained round trip with the pruned parameter count."""
+    load_pruned's on a padded batch, the checkpoint's pooler, no missing key but the classification
+    head's, a Trainer step, a pipeline, and a save_pretrained -> from_pretrained round trip with the
+    pruned model's parameter count."""
     results = _run(mode, [out for _, out in exports.values()], tmp_path)
     assert results["headprune_importable"] is (mode == "headprune")
     for family, (checkpoint, out) in exports.items():
-        got = results[str(out)]
-        classes = AUTO_CLASSES[family]
-        assert got["config"] == classes["AutoConfig"].__name__ and got["encoder"] == classes["AutoModel"].__name__
-        hidden, n_params = _expected(out)
-        torch.testing.assert_close(got["hidden"], hidden, rtol=0, atol=1e-5)
-        file = load_file(str(checkpoint / "model.safetensors"))
-        assert got["pooler"].keys() == {"dense.weight", "dense.bias"}
-        for name, tensor in got["pooler"].items():
-            assert torch.equal(tensor, file[f"{family}.pooler.{name}"])
-        assert got["encoder_keys"] == {"missing": set(), "unexpected": set()}
-        assert got["mlm_keys"] == {"missing": set(), "unexpected": set()}
-        assert got["classifier_keys"]["unexpected"] == set()
-        assert got["classifier_keys"]["missing"] and all(k.startswith("classifier.")
-                                                        for k in got["classifier_keys"]["missing"])
-        assert got["pipeline"][0] in ("LABEL_0", "LABEL_1") and len(got["pipeline"]) == 2
-        if "trainer" in got:  # transformers' Trainer needs accelerate (the test extra installs it)
-            assert got["trainer"]["moved"] and torch.isfinite(torch.tensor(got["trainer"]["loss"]))
-        torch.testing.assert_close(got["round_trip_hidden"], got["hidden"], rtol=0, atol=0)
-        assert got["n_params"] == got["round_trip_params"] == n_params
+        _check(results[str(out)], out, checkpoint, family)
+
+
+@pytest.mark.slow
+def test_the_embedded_minilm_export_loads_without_headprune(tmp_path):
+    """The case of the report that asked for this: MiniLM (fresh masked-LM head, a pooler in the
+    checkpoint) with uneven heads in two layers and layer 4 removed, loaded where headprune is not."""
+    from headprune.models import resolve_model_path
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_module, "MEASURE_BUDGET_S", 0.05)
+        out = export_heads("minilm", "0:1,2,3;2:0,5,7,8;4:*", tmp_path / "pruned")
+    assert json.loads((out / "config.json").read_text())["headprune_fresh_mlm_head"] is True
+    results = _run("plain", [out], tmp_path)
+    assert results["headprune_importable"] is False
+    _check(results[str(out)], out, Path(resolve_model_path("minilm")), "bert")
 
 
 def test_export_writes_the_template_and_auto_map(exports):
