@@ -88,10 +88,10 @@ def _deduplicated(model, prefer_base_model: bool = False) -> tuple[dict, dict[st
     from safetensors.torch import _remove_duplicate_names
 
     state = model.state_dict()
-    preferred = [name for name in state if name.startswith(f"{model.base_model_prefix}.")] if prefer_base_model else None
-    dropped = {
-        name: kept for kept, names in _remove_duplicate_names(state, preferred_names=preferred).items() for name in names
-    }
+    base = f"{model.base_model_prefix}."
+    groups = _remove_duplicate_names(state, preferred_names=[n for n in state if n.startswith(base)] if prefer_base_model
+                                     else None)
+    dropped = {name: kept for kept, names in groups.items() for name in names}
     return {name: t.contiguous() for name, t in state.items() if name not in dropped}, dropped
 
 
