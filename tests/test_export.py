@@ -12,7 +12,7 @@ import torch
 
 import headprune
 from _tiny import CHOSEN_PRUNED, build_tiny_bert, make_summary, write_summary
-from headprune.checkpoint import saved_size
+from headprune.checkpoint import file_size, saved_size
 from headprune.errors import HeadpruneError
 from headprune.export import export_heads, export_model
 from headprune.models import count_parameters, fingerprint
@@ -71,7 +71,7 @@ def test_model_card(run_dir, tiny_dir, tmp_path):
     assert "- Layers removed (every head pruned): 1" in card
     assert "| 0 | 0, 1, 3 | 3 |" in card and "| 1 | removed | 0 |" in card
     assert f"| Parameters | {n:,} | {ref:,} | {100 * (n / ref - 1):+.2f}% |" in card
-    size, ref_size = (out / "model.safetensors").stat().st_size, saved_size(complete)
+    size, ref_size = (out / "model.safetensors").stat().st_size, file_size(complete)
     assert f"| Saved size (bytes) | {size:,} | {ref_size:,} | {100 * (size / ref_size - 1):+.2f}% |" in card
     summary = json.loads((run_dir / "summary.json").read_text())
     own, cm = summary["generalization"]["MOIH1"]["aisopos"], summary["generalization"]["CM"]["aisopos"]
@@ -125,22 +125,22 @@ def test_cli_export(tiny_dir, run_dir, tmp_path):
     assert bad.stderr.startswith("error: unknown model 'NOPE'") and bad.stderr.count("\n") == 1
 
 
-def test_plain_transformers_refuses_a_head_pruned_export(tiny_dir, tmp_path):
-    """A layer that lost some heads has no transformers config: plain loading must fail loudly, also
-    with `ignore_mismatched_sizes=True` (which would load random weights into that layer)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+def test_a_head_pruned_export_names_its_own_classes(tiny_dir, tmp_path):
+    """A layer that lost some heads has no transformers config of its family: config.json names the
+    pruned model type and the classes transformers loads it with (`auto_map`), which `import headprune`
+    registered here; headprune.json keeps the family's model type for `load_pruned`."""
+    from transformers import AutoModel
 
     out = export_heads(str(tiny_dir), "0:1,2", tmp_path / "partial")
-    assert json.loads((out / "config.json").read_text())["model_type"] == "headprune-pruned-bert"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "headprune-pruned-bert" and "AutoModel" in config["auto_map"]
     assert json.loads((out / "headprune.json").read_text())["model_type"] == "bert"
-    for load, kwargs in ((AutoModel.from_pretrained, {"ignore_mismatched_sizes": True}),
-                         (AutoModelForMaskedLM.from_pretrained, {}), (AutoConfig.from_pretrained, {})):
-        with pytest.raises(ValueError, match="model type `headprune-pruned-bert`"):
-            load(out, **kwargs)
+    assert type(AutoModel.from_pretrained(out)).__name__ == "HeadprunedBertModel"
     model, _ = headprune.load_pruned(out)
     assert kept_heads(model) == {0: [0, 3], 1: [0, 1, 2, 3]} and model.config.model_type == "bert"
     card = (out / "README.md").read_text()
-    assert "names the model type `headprune-pruned-bert`" in card and f"headprune export {out} --format onnx" in card
+    assert f'AutoModel.from_pretrained("{out}", trust_remote_code=True)' in card
+    assert f"headprune export {out} --format onnx" in card
 
 
 def test_plain_transformers_loads_an_export_without_partial_layers_exactly(tiny_dir, tmp_path):
@@ -151,7 +151,8 @@ def test_plain_transformers_loads_an_export_without_partial_layers_exactly(tiny_
     plain = AutoModelForMaskedLM.from_pretrained(out).eval()
     ours, tokenizer = headprune.load_pruned(out)
     torch.testing.assert_close(_logits(plain, tokenizer), _logits(ours, tokenizer), rtol=0, atol=0)
-    assert "plain transformers loads it exactly too" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "plain transformers loads it exactly" in card and "trust_remote_code" not in card
 
 
 def test_format_1_directories_still_load(tiny_dir, tmp_path):

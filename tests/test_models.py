@@ -10,7 +10,6 @@ import torch
 
 import headprune
 from headprune.checkpoint import (
-    POOLER_FILE,
     VERBATIM_TOKENIZER_FILES,
     load_model_files,
     model_files,
@@ -207,7 +206,7 @@ def test_model_files_rebuild_the_model_exactly(tiny_model_dir: Path, tmp_path: P
 
     files = model_files(model, tokenizer)
     assert all(isinstance(name, str) and isinstance(content, bytes) for name, content in files.items())
-    assert {"config.json", "model.safetensors", "headprune.json", POOLER_FILE} <= set(files)
+    assert {"config.json", "model.safetensors", "headprune.json"} <= set(files)
     assert files["vocab.txt"] == vocab
     again, tok = load_model_files(files, tmp_path / "rebuilt")
     assert type(again) is type(model) and not again.training

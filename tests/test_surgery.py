@@ -332,7 +332,7 @@ def test_save_and_load_pruned_round_trip(loaded, batch, tmp_path: Path) -> None:
     expected = _logits(model, batch)
     out = save_pruned(model, tokenizer, tmp_path / "pruned", extra={"note": "test"})
     meta = json.loads((out / "headprune.json").read_text())
-    assert meta["format"] == "headprune-pruned-model/2"
+    assert meta["format"] == "headprune-pruned-model/3"
     assert meta["architecture"] == type(model).__name__ and meta["model_type"] == model.config.model_type
     assert meta["original_layers"] == N_LAYERS and meta["heads_per_layer"] == N_HEADS
     assert meta["kept"] == {"0": [1, 3], "2": [0, 1, 2]}

@@ -25,12 +25,12 @@ import torch
 from .checkpoint import (
     CLASSIFIER_FILE,
     META_FILE,
-    REFUSED_MODEL_TYPE,
+    MODELING_FILE,
+    file_size,
     is_onnx_dir,
     is_pruned_dir,
     load_pruned,
     save_pruned,
-    saved_size,
 )
 from .errors import HeadpruneError
 from .generalize import statement
@@ -134,7 +134,7 @@ def export_directory(model_dir: str | os.PathLike, out_dir: str | os.PathLike, f
         extra.update(labels=labels, base_model=classifier.get("base", extra["base_model"]),
                      metrics=classifier.get("metrics", {}))
     twin = complete_twin(model)
-    complete = {"n_params": count_parameters(twin), "size_bytes": saved_size(twin)}
+    complete = {"n_params": count_parameters(twin), "size_bytes": file_size(twin)}
     return _write(model, tokenizer, extra, Path(out_dir), "onnx", kind, complete, None, twin)
 
 
@@ -149,9 +149,9 @@ def _check_format(fmt: str) -> None:
 
 
 def _export(model, tokenizer, base: str, heads, out_dir, context: dict | None, fmt: str) -> Path:
-    # Measured on the model just loaded, as every score measures `size_bytes`, so that "vs complete"
-    # compares like with like (up to the metadata bytes naming tied weights the file drops).
-    complete = {"n_params": count_parameters(model), "size_bytes": saved_size(model)}
+    # Measured on the model just loaded, as the file the export writes (the pooler it carries included),
+    # so that "vs complete" compares like with like.
+    complete = {"n_params": count_parameters(model), "size_bytes": file_size(model)}
     if heads:
         prune_heads(model, heads)
     extra = {"base_model": base}
@@ -207,14 +207,16 @@ def _write(model, tokenizer, extra: dict, out: Path, fmt: str, kind: str, comple
 
 def complete_twin(model) -> torch.nn.Module:
     """The unpruned model of the same architecture, with random weights (the global RNG untouched):
-    what the complete model costs to run and to store."""
+    what the complete model costs to run and to store (with the pooler the model carries)."""
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = original_shape(config)[0]
     for attr in ("headprune_kept", "headprune_original_layers"):
         if hasattr(config, attr):
             delattr(config, attr)
     with torch.random.fork_rng(devices=[]):
-        return type(model)(config).eval()
+        twin = type(model)(config).eval()
+    twin.headprune_pooler_state = getattr(model, "headprune_pooler_state", None) or {}
+    return twin
 
 
 @dataclass
@@ -339,11 +341,11 @@ def model_card(
         lines += speed.lines()
     if context is not None:
         lines += _run_numbers(context)
-    lines += _use_it(model, out, fmt, kind, n_heads)
+    lines += _use_it(model, out, fmt, kind)
     return "\n".join(lines)
 
 
-def _use_it(model, out: Path, fmt: str, kind: str, n_heads: int) -> list[str]:
+def _use_it(model, out: Path, fmt: str, kind: str) -> list[str]:
     """How to load the export: headprune, plain transformers where it can, onnxruntime."""
     lines = ["", "## Use it", ""]
     if fmt == "onnx":
@@ -360,17 +362,7 @@ def _use_it(model, out: Path, fmt: str, kind: str, n_heads: int) -> list[str]:
             "With onnxruntime alone (`pip install onnxruntime transformers`); preprocess tweets as headprune "
             "does (URLs -> `someurl`, mentions -> `someuser`, lowercase):",
             "",
-            "```python",
-            "import onnxruntime",
-            "from transformers import AutoTokenizer",
-            "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{out}")',
-            f'session = onnxruntime.InferenceSession("{out}/model.onnx")',
-            'batch = tokenizer(["i love this movie"], padding=True, truncation=True, max_length=128, '
-            'return_tensors="np")',
-            f"({output},) = session.run(None, {{\"input_ids\": batch[\"input_ids\"], "
-            f"\"attention_mask\": batch[\"attention_mask\"]}})",
-            "```",
+            *_onnxruntime_code(out, output),
             "",
             f"Inputs: int64 `input_ids` and `attention_mask` of shape (batch, sequence), any batch size and length; "
             f"output `{output}`"
@@ -379,28 +371,7 @@ def _use_it(model, out: Path, fmt: str, kind: str, n_heads: int) -> list[str]:
             "",
         ]
         return lines
-    lines += [
-        "```python",
-        "import headprune",
-        "",
-        f'model, tokenizer = headprune.load_pruned("{out}")  # masked-LM model with the heads above removed',
-        "```",
-        "",
-    ]
-    if any(len(hs) < n_heads for hs in kept_heads(model).values()):
-        lines += [
-            "transformers alone cannot hold a different number of heads per layer, so `config.json` names the "
-            f"model type `{REFUSED_MODEL_TYPE.format(model.config.model_type)}`: a plain `AutoModel.from_pretrained` "
-            "refuses this directory instead of loading random weights into the pruned layers. Outside headprune, "
-            f"export it to ONNX: `headprune export {out} --format onnx --out {out}-onnx`.",
-            "",
-        ]
-    else:
-        lines += [
-            "Only whole layers were removed, so plain transformers loads it exactly too "
-            f'(`AutoModelForMaskedLM.from_pretrained("{out}")`).',
-            "",
-        ]
+    lines += _load_it(out, model)
     lines += [
         "Finetune a classifier on your own labelled tweets, then label new ones:",
         "",
@@ -411,6 +382,103 @@ def _use_it(model, out: Path, fmt: str, kind: str, n_heads: int) -> list[str]:
         "",
     ]
     return lines
+
+
+def _load_it(out: Path, model) -> list[str]:
+    """The three ways to load a PyTorch export (plain transformers, after `import headprune`, ONNX),
+    each as code that runs, from the config.json written into `out`."""
+    config = json.loads((out / "config.json").read_text())
+    remote = "auto_map" in config
+    refused = config["model_type"] != model.config.model_type and not remote
+    if refused:
+        return [
+            "transformers alone cannot hold a different number of heads per layer in this model family, so "
+            f"`config.json` names the model type `{config['model_type']}`: a plain `AutoModel.from_pretrained` "
+            "refuses this directory instead of loading random weights into the pruned layers. Load it with "
+            f'`model, tokenizer = headprune.load_pruned("{out}")`, or outside headprune export it to ONNX: '
+            f"`headprune export {out} --format onnx --out {out}-onnx`.",
+            "",
+        ]
+    trust = ", trust_remote_code=True" if remote else ""
+    pooler = (
+        "with the checkpoint's pooler" if config.get("headprune_pooler")
+        else "no pooler (the checkpoint has none; a classifier that pools starts one fresh with its head)"
+    )
+    fresh = " (freshly initialised: the checkpoint has none)" if config.get("headprune_fresh_mlm_head") else ""
+    lines = [
+        "The directory is a transformers model. `AutoModel` gives the encoder, " + pooler + ", and leaves out "
+        f"the masked-LM head; `AutoModelForMaskedLM` has that head{fresh}; "
+        "`AutoModelForSequenceClassification` adds a fresh classification head to finetune (with `Trainer`, "
+        "for instance).",
+        "",
+        "### With transformers alone (`pip install torch transformers`)",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{out}")',
+        f'encoder = AutoModel.from_pretrained("{out}"{trust})',
+        'batch = tokenizer(["i love this movie", "i hate mondays someurl"], padding=True, return_tensors="pt")',
+        "with torch.no_grad():",
+        "    hidden = encoder(**batch).last_hidden_state",
+        f'classifier = AutoModelForSequenceClassification.from_pretrained("{out}", num_labels=2{trust})',
+        "```",
+        "",
+    ]
+    if remote:
+        n_lines = len((out / MODELING_FILE).read_text(encoding="utf-8").splitlines())
+        lines += [
+            "Each layer keeps its own number of heads, which transformers' BERT-family classes cannot express "
+            f"alone. `trust_remote_code=True` lets transformers import `{MODELING_FILE}` from this directory: "
+            f"{n_lines} lines that headprune copied from the template in its package, importing only torch and "
+            "transformers. Its classes are transformers' own classes of this family, which shrink each attention "
+            "layer to the heads `config.json` lists (`headprune_kept`) before the weights load; forward passes, "
+            "`save_pretrained`, `Trainer` and `pipeline` are transformers' own. Read the file before you trust it: "
+            "it is the only code in the directory.",
+            "",
+        ]
+    else:
+        lines += ["Only whole layers were removed: plain transformers loads it exactly, with no code from here.", ""]
+    lines += [
+        "### With headprune installed",
+        "",
+        "```python",
+        "import headprune",
+        "from transformers import AutoModel",
+        "",
+        f'encoder = AutoModel.from_pretrained("{out}")'
+        + ("  # no trust_remote_code: `import headprune` registered the same classes" if remote else ""),
+        f'model, tokenizer = headprune.load_pruned("{out}")  # masked-LM model with the heads above removed',
+        "```",
+        "",
+        "### ONNX (onnxruntime, no PyTorch)",
+        "",
+        "```sh",
+        f"headprune export {out} --format onnx --out {out}-onnx",
+        "```",
+        "",
+        *_onnxruntime_code(Path(f"{out}-onnx"), "last_hidden_state"),
+        "",
+    ]
+    return lines
+
+
+def _onnxruntime_code(out: Path, output: str) -> list[str]:
+    """A Python block that runs the ONNX directory `out` with onnxruntime alone."""
+    return [
+        "```python",
+        "import onnxruntime",
+        "from transformers import AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{out}")',
+        f'session = onnxruntime.InferenceSession("{out}/model.onnx")',
+        'batch = tokenizer(["i love this movie"], padding=True, truncation=True, max_length=128, '
+        'return_tensors="np")',
+        f"({output},) = session.run(None, {{\"input_ids\": batch[\"input_ids\"], "
+        f"\"attention_mask\": batch[\"attention_mask\"]}})",
+        "```",
+    ]
 
 
 def _run_numbers(context: dict) -> list[str]:

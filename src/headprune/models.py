@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import find_file, is_onnx_dir, is_pruned_dir, load_pruned
+from .checkpoint import POOLER, find_file, is_onnx_dir, is_pruned_dir, load_pruned
 from .errors import HeadpruneError
-from .families import Family, family_of
+from .families import family_of
 
 PAPER_MODEL = "vinai/bertweet-covid19-base-uncased"
 DEFAULT_MODEL = "minilm"
@@ -97,8 +97,8 @@ def load_model(
     model.config.headprune_fresh_mlm_head = bool(fresh)
     model.config.headprune_source = name_or_path
     # A masked-LM model has no pooler, but the checkpoint may hold one that the family's
-    # classification model uses: Step 1 must start from it, not from a random one.
-    model.headprune_pooler_state = pretrained_pooler(path, family)
+    # classification model uses (Step 1 must start from it, not from a random one) and an export carries.
+    model.headprune_pooler_state = pretrained_pooler(path)
     model.eval()
     tokenizer.headprune_source = path  # where verbatim tokenizer files are copied from when saving
     return model, tokenizer
@@ -120,11 +120,10 @@ def _safetensors_files(path: str) -> list[str]:
     return [f for f in (find(shard) for shard in shards) if f]
 
 
-def pretrained_pooler(path: str, family: Family) -> dict[str, torch.Tensor]:
+def pretrained_pooler(path: str) -> dict[str, torch.Tensor]:
     """The checkpoint's pooler weights, named inside the pooler (`dense.weight`, ...); empty when the
-    family's classification model has no pooler or the checkpoint holds none."""
-    if family.pooler is None:
-        return {}
+    checkpoint holds none. Every family's export carries it (`AutoModel` has a pooler); Step 1 uses it
+    where the family's classification model has one (`Family.pooler`)."""
     from safetensors import safe_open
 
     state: dict[str, torch.Tensor] = {}
@@ -133,7 +132,7 @@ def pretrained_pooler(path: str, family: Family) -> dict[str, torch.Tensor]:
             for name in handle.keys():
                 parts = name.split(".")
                 # `pooler.dense.weight` (a bare encoder's file) or `bert.pooler.dense.weight`.
-                at = 0 if parts[0] == family.pooler else 1 if len(parts) > 1 and parts[1] == family.pooler else None
+                at = 0 if parts[0] == POOLER else 1 if len(parts) > 1 and parts[1] == POOLER else None
                 if at is not None:
                     state[".".join(parts[at + 1:])] = handle.get_tensor(name).to(torch.float32)
     return state

@@ -30,8 +30,8 @@ def original_shape(config) -> tuple[int, int]:
 def kept_heads(model) -> dict[int, list[int]]:
     """{original layer: [original heads]} of what the model still has, in layer order."""
     kept = getattr(model.config, "headprune_kept", None)
-    if kept:
-        return {int(layer): list(heads) for layer, heads in kept.items()}
+    if kept:  # sorted: a config read back from JSON lists layer "10" before "2"
+        return {int(layer): list(heads) for layer, heads in sorted(kept.items(), key=lambda item: int(item[0]))}
     layers, heads = original_shape(model.config)
     return {layer: list(range(heads)) for layer in range(layers)}
 
@@ -173,11 +173,16 @@ def prune_heads(model, heads) -> nn.Module:
     """Physically remove `heads` ({layer: [heads]} or [(layer, head)], original coordinates), in place.
 
     Q/K/V rows and output-projection columns shrink; a layer that loses every head is removed
-    whole (attention and feed-forward). Heads already pruned are ignored. Returns the model."""
+    whole (attention and feed-forward). Heads already pruned are ignored. Returns the model.
+
+    The kept-heads map is recorded on a copy of the model's config, never on a config object other
+    models may share (one built from it later would be taken for pruned); a model whose modules do
+    not have the shapes its config records is refused."""
     family = family_of(model.config)
     heads = normalize_heads(heads, model.config)
     n_layers, n_heads = original_shape(model.config)
     kept = kept_heads(model)
+    _check_shapes(model, kept)
     new_kept = {layer: [h for h in hs if h not in heads.get(layer, [])] for layer, hs in kept.items()}
     if not any(new_kept.values()):
         raise HeadpruneError("cannot prune every head of the model: at least one head must remain")
@@ -209,10 +214,37 @@ def prune_heads(model, heads) -> nn.Module:
                 if hasattr(sub, "layer_idx"):
                     sub.layer_idx = i
     final = {str(layer): hs for layer, hs in new_kept.items() if hs}
+    _own_config(model)
     model.config.headprune_original_layers = n_layers
     model.config.headprune_kept = final
     model.config.num_hidden_layers = len(final)
     return model
+
+
+def _check_shapes(model, kept: dict[int, list[int]]) -> None:
+    """Refuse a model whose encoder layers do not hold the heads its config records (a model built
+    from a config object that pruning another model changed): pruning it would silently do nothing."""
+    family = family_of(model.config)
+    layers = encoder_layers(model)
+    d = _head_size(model.config)
+    found = [module_at(layer, family.query).weight.shape[0] // d for layer in layers]
+    recorded = [len(hs) for hs in kept.values()]
+    if found != recorded:
+        raise HeadpruneError(
+            f"the model's layers hold {found} heads but its config records {recorded} "
+            "(config.headprune_kept): build each model from its own config, not one another pruned model changed"
+        )
+
+
+def _own_config(model) -> None:
+    """Give the model (and every module that holds its config) its own copy of the config."""
+    import copy
+
+    shared = model.config
+    own = copy.deepcopy(shared)
+    for module in model.modules():
+        if getattr(module, "config", None) is shared:
+            module.config = own
 
 
 # ----------------------------------------------------------------------------- gates
