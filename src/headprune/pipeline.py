@@ -24,6 +24,7 @@ from .devices import device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
+from .heads import HeadSet
 from .importance import ImportanceSettings, Order, Step1Run, criterion_for, order_stability
 from .progress import RunProgress
 from .racing import Race, RacingSettings, by_fidelity
@@ -388,7 +389,7 @@ class Pipeline:
         from .scoring import pruned_copy
         from .speed import inference_inputs, load_average, measure
 
-        sets = {tuple(sorted(map(tuple, entry.pruned_heads))) for entry in chosen.values()}
+        sets = {HeadSet(entry.pruned_heads) for entry in chosen.values()}
         forwards = {heads: graph_of(pruned_copy(base.model, heads), "encoder") for heads in sets}
         single, batch = inference_inputs(base.tokenizer, base.model.config)
         self.progress.log(f"inference speed of {len(forwards)} pruned sets (CPU, {INFERENCE_THREADS} thread)")
@@ -399,10 +400,10 @@ class Pipeline:
         finally:
             torch.set_num_threads(threads)
         load = load_average()
-        cm = speeds[tuple(sorted(map(tuple, chosen[COMPLETE].pruned_heads)))]
+        cm = speeds[HeadSet(chosen[COMPLETE].pruned_heads)]
         out = {}
         for name, entry in chosen.items():
-            speed = speeds[tuple(sorted(map(tuple, entry.pruned_heads)))]
+            speed = speeds[HeadSet(entry.pruned_heads)]
             out[name] = {**speed.to_json(), "threads": INFERENCE_THREADS, "device": "cpu", "load_average": load,
                          "p50_speedup": cm.p50_ms / speed.p50_ms,
                          "throughput_speedup": speed.per_second / cm.per_second}
