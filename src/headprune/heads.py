@@ -109,7 +109,9 @@ def _parse_part(part: str, n_layers: int, n_heads: int) -> list[Head]:
             heads += list(range(int(lo), int(hi or lo) + 1))
     for h in heads:
         if h >= n_heads:
-            raise HeadpruneError(f"--prune: head {h} of layer {layer} does not exist ({n_heads} per layer: 0-{n_heads - 1})")
+            raise HeadpruneError(
+                f"--prune: head {h} of layer {layer} does not exist ({n_heads} per layer: 0-{n_heads - 1})"
+            )
     return [(layer, h) for h in heads]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, fields, replace
@@ -18,7 +19,7 @@ import torch
 
 from . import __version__
 from .base import BaseModel, WarmupSettings, load_base
-from .config import Config, departures
+from .config import Config, departures, load_config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
 from .devices import device_description, reproducible, resolve_device
 from .errors import HeadpruneError
@@ -44,6 +45,7 @@ from .summary import (
     RandomMean,
     Stability,
     Summary,
+    load_summary,
     write_summary,
 )
 from .tasks import SeedScore, SeedTask
@@ -492,4 +494,15 @@ class Pipeline:
         }
 
 
-__all__ = ["Pipeline", "HeadpruneError"]
+
+def run(config: Config | str | os.PathLike, run_dir: str | os.PathLike, progress: RunProgress | None = None
+        ) -> Summary:
+    """The whole method, as `headprune run` does: Step 1, Step 2 and the generalization check of
+    `config` (a `Config`, or the path of its TOML file) into `run_dir`; returns the summary it wrote."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    Pipeline(config, run_dir, progress).run()
+    return load_summary(run_dir)
+
+
+__all__ = ["HeadpruneError", "Pipeline", "run"]

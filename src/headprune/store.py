@@ -148,7 +148,8 @@ class ResultStore:
     # ------------------------------------------------------------------ scores
     @staticmethod
     def score_key(model: str, pruned, dataset_hash: str, seed: int, settings: dict) -> str:
-        return make_key(model=model, pruned=HeadSet(pruned).key(), dataset=dataset_hash, seed=int(seed), settings=settings)
+        return make_key(model=model, pruned=HeadSet(pruned).key(), dataset=dataset_hash, seed=int(seed),
+                        settings=settings)
 
     def get_score(self, key: str) -> SeedScore | None:
         with self._locked() as conn:

@@ -32,8 +32,8 @@ from .importance import (
     order_stability,
     random_order,
     rank_heads,
-    stored_row,
 )
+from .importance.gradient import stored_row
 from .search import rank_models
 from .settings import ScoreSettings
 from .store import ResultStore
