@@ -11,13 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from _tiny import tiny_config, tiny_csvs
+from _tiny import tiny_config
 from headprune.config import from_dict
 from headprune.pipeline import Pipeline
 from headprune.plan import dry_run_text
 from headprune.progress import RunProgress
+
 
 def test_summary_has_every_stage(tiny_run) -> None:
     root, _, summary = tiny_run
