@@ -209,7 +209,7 @@ class Race:
         if not self.done:
             raise RuntimeError("the race is not done: ask() still has requests")
         result = dict(self.strategy.result())
-        dropped = {frozenset(map(tuple, e["pruned_heads"])) for e in self._eliminations if "pruned_heads" in e}
+        dropped = {HeadSet(e["pruned_heads"]) for e in self._eliminations if "pruned_heads" in e}
         instead = _survivor_choice(result, dropped, self._compared)
         for ds, model in (result.get("per_dataset") or {}).items():
             # The walk was told estimates (see the module docstring); the summary gets each kept
