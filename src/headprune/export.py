@@ -34,10 +34,10 @@ from .checkpoint import (
 )
 from .errors import HeadpruneError
 from .generalize import statement
+from .heads import HeadSet
 from .models import count_parameters, fingerprint, load_model
 from .speed import Speed, inference_inputs, load_average, measure
 from .summary import COMPLETE, DatasetScores, load_summary
-from .heads import HeadSet
 from .surgery import kept_heads, original_shape, prune_heads, pruned_heads
 
 FORMATS = ("pytorch", "onnx")
