@@ -306,11 +306,11 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     import hashlib
 
     import headprune.scorer
+    from _tiny import tiny_config, tiny_csvs
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
-    from _tiny import tiny_config, tiny_csvs
 
     def noise(*parts) -> float:
         digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -631,11 +631,11 @@ def test_a_race_that_drops_the_complete_model_verifies(tiny_bert_dir: Path, air_
 
     import headprune.scorer
     from _cli import run_cli
+    from _tiny import tiny_config, tiny_csvs
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
-    from _tiny import tiny_config, tiny_csvs
 
     def rising(context, task):
         return dataclasses.replace(run_task(context, task), f1=0.5 + 0.03 * len(task.pruned) + 0.001 * task.seed)
