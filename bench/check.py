@@ -449,7 +449,8 @@ def smoke(context: dict, recorder: Recorder) -> None:
     """Every CUDA path of the engine on two small datasets, a few steps each."""
     s = setup(context, recorder)
     torch, device, args = s.torch, s.device, s.args
-    from headprune.engine import EngineOptions, SizeCache, score_pack, score_seeds_batched
+    from headprune.engine import EngineOptions
+    from headprune.engine.stages import SizeCache, score_pack, score_seeds_batched
     from headprune.tasks import SeedTask
 
     model, tokenizer, _, data = load(s, "minilm", recorder)
@@ -484,7 +485,8 @@ def smoke(context: dict, recorder: Recorder) -> None:
         import numpy as np
 
         from headprune.data import split_halves
-        from headprune.engine import StackedMLM, features_stacked, svm_f1_precomputed
+        from headprune.engine import StackedMLM
+        from headprune.engine.stages import features_stacked, svm_f1_precomputed
         from headprune.scoring import svm_f1
 
         ids, labels = data[names[0]]
@@ -502,7 +504,9 @@ def smoke(context: dict, recorder: Recorder) -> None:
     def batch_workers():
         import numpy as np
 
-        from headprune.engine import BatchedExecutor, BatchPreparer, job_stream, task_jobs
+        from headprune.engine import BatchedExecutor
+        from headprune.engine.batches import BatchPreparer, job_stream
+        from headprune.engine.stages import task_jobs
         from headprune.tasks import EvalContext
 
         tasks = [SeedTask(p, n, seed) for p in candidates[:2] for n, seed in mixed]
@@ -660,7 +664,8 @@ def parity(context: dict, recorder: Recorder) -> None:
 def determinism(context: dict, recorder: Recorder) -> None:
     """One pack trained twice in one process: the same F1s to the last bit."""
     s = setup(context, recorder)
-    from headprune.engine import EngineOptions, SizeCache, score_pack
+    from headprune.engine import EngineOptions
+    from headprune.engine.stages import SizeCache, score_pack
     from headprune.tasks import SeedTask
 
     model, tokenizer, _, data = load(s, "minilm", recorder)

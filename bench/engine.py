@@ -48,7 +48,8 @@ from record import deep_merge, write_json
 from headprune.base import WarmupSettings, load_base
 from headprune.data import GROUPS, expand_datasets, load_dataset
 from headprune.devices import reproducible, resolve_device
-from headprune.engine import EngineOptions, SizeCache, auto_pack_size, score_pack, score_seeds_batched
+from headprune.engine import EngineOptions, auto_pack_size
+from headprune.engine.stages import SizeCache, score_pack, score_seeds_batched
 from headprune.models import count_parameters, load_tokenizer, max_length
 from headprune.scoring import encode
 from headprune.settings import ScoreSettings

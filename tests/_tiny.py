@@ -1,4 +1,6 @@
-"""Helpers of the report/export/classify tests: a tiny BERT built in the test, a synthetic summary.json.
+"""Helpers shared by test files: a tiny BERT built in the test, a synthetic summary.json (report,
+export, classify), and the tiny pipeline run's datasets and configuration (`tiny_csvs`,
+`tiny_config`: pipeline, verify, racing). Test files import helpers from here, never from one another.
 
 Kept apart from conftest.py on purpose: these tests build their own models, independent of the
 shared fixtures."""
@@ -9,6 +11,38 @@ import json
 from pathlib import Path
 
 N_LAYERS, N_HEADS = 2, 4
+
+# The tiny run's datasets: a Step 1, b/c Step 2 (G2), d/e the generalization check (G3).
+TINY_RUN_DATASETS = {"a": "irony", "b": "person", "c": "hobbit", "d": "ntua", "e": "sentiment140"}
+
+
+def tiny_csvs(directory: Path, air_data_dir: Path, per_class: int = 12) -> dict[str, Path]:
+    """The first `per_class` tweets of each class of every `TINY_RUN_DATASETS` source, as `<name>.csv`."""
+    import pandas as pd
+
+    paths = {}
+    for name, source in TINY_RUN_DATASETS.items():
+        frame = pd.read_csv(air_data_dir / f"{source}.csv", dtype=str, keep_default_na=False)
+        parts = [frame[frame["class"] == c].head(per_class) for c in ("positive", "negative")]
+        path = directory / f"{name}.csv"
+        pd.concat(parts).to_csv(path, index=False)
+        paths[name] = path
+    return paths
+
+
+def tiny_config(model_dir: Path, csvs: dict[str, Path], report: bool = False) -> dict:
+    """Every stage of the method on `tiny_csvs`, in seconds: the configuration as a dict (`config.from_dict`)."""
+    return {
+        "model": {"name": str(model_dir), "mlm_head_warmup_steps": 0},
+        "step1": {"datasets": [str(csvs["a"])], "seeds": "1", "epochs": 1},
+        "scoring": {"epochs": 1, "n_folds": 3},
+        "step2": {
+            "datasets": [str(csvs["b"]), str(csvs["c"])], "seeds": "1-2", "strategies": ["H1", "H2", "H3"],
+            "orders": ["OI", "A1"], "random_order_strategies": ["H1"], "h1_k_step": 4, "group_size": 4,
+        },
+        "generalization": {"datasets": [str(csvs["d"]), str(csvs["e"])], "seeds": "101-103"},
+        "run": {"device": "cpu", "report": report},
+    }
 
 # Chosen models of the synthetic run: MOIH1 removes layer 1 whole, MA1H3 prunes nothing of layer 1.
 CHOSEN_PRUNED = {

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random BERT and RoBERTa masked-LM models saved offline, small datasets.
+"""Shared fixtures: tiny random BERT and RoBERTa masked-LM models saved offline, small datasets, and
+the tiny run of the whole method (`tiny_run`, per test module).
 
 Everything here is built in the test session (no network): the tiny BERT re-uses the embedded
 MiniLM WordPiece tokenizer, the tiny RoBERTa gets a byte-level BPE trained on person.csv."""
@@ -167,3 +168,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, air_data_dir: Path):
+    """`headprune run` of `_tiny.tiny_config` (every stage, seconds): (root, {name: csv}, summary dict);
+    the run directory is root / "run". Per module, so that no module sees another's changes to it."""
+    from _tiny import tiny_config, tiny_csvs
+    from headprune.config import from_dict
+    from headprune.pipeline import Pipeline
+    from headprune.progress import RunProgress
+
+    root = tmp_path_factory.mktemp("pipeline")
+    csvs = tiny_csvs(root, air_data_dir)
+    config = from_dict(tiny_config(tiny_bert_dir, csvs), source="tiny.toml")
+    summary = Pipeline(config, root / "run", progress=RunProgress(enabled=False)).run()
+    return root, csvs, summary

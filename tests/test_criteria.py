@@ -18,8 +18,6 @@ from headprune.errors import HeadpruneError
 from headprune.families import family_of, module_at
 from headprune.importance import (
     FisherImportance,
-    GateStatistics,
-    GateSums,
     GradientImportance,
     GradientLayerImportance,
     ImportanceSettings,
@@ -28,15 +26,12 @@ from headprune.importance import (
     Step1Run,
     criterion_for,
     importance_order,
-    magnitude_matrix,
-    min_max,
-    per_layer_l2,
     random_order,
     rank_heads,
-    share_of_total,
-    statistics_key_settings,
-    step1_key_settings,
 )
+from headprune.importance.gradient import GateStatistics, GateSums, min_max, statistics_key_settings, step1_key_settings
+from headprune.importance.magnitude import magnitude_matrix
+from headprune.importance.statistics import per_layer_l2, share_of_total
 from headprune.store import ResultStore
 from headprune.surgery import encoder_layers
 

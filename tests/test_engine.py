@@ -18,21 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from headprune.engine import (
-    BatchedExecutor,
-    EngineOptions,
-    SizeCache,
-    StackedMLM,
-    adjust_stacked,
-    features_stacked,
-    finetune_steps,
-    job_batches,
-    plan_packs,
-    score_pack,
-    score_seeds_batched,
-    supports,
-    svm_f1_precomputed,
-)
+from headprune.engine import BatchedExecutor, EngineOptions, StackedMLM, adjust_stacked, supports
+from headprune.engine.batches import job_batches
+from headprune.engine.packing import finetune_steps, plan_packs
+from headprune.engine.stages import SizeCache, features_stacked, score_pack, score_seeds_batched, svm_f1_precomputed
 from headprune.families import FAMILIES
 from headprune.models import resolve_model_path
 from headprune.scoring import adjust, encode, features, score_seed, svm_f1
@@ -633,7 +622,7 @@ def test_the_scorer_hands_the_whole_batch_to_the_executor(tmp_path) -> None:
 
 
 def test_batch_preparer_draws_the_same_batches_in_worker_processes(tokenizer, encoded):
-    from headprune.engine import BatchPreparer, job_stream
+    from headprune.engine.batches import BatchPreparer, job_stream
 
     ids, _ = encoded
     settings = ScoreSettings(epochs=2, batch_size=4, mlm_probability=0.1)
@@ -720,7 +709,7 @@ def test_fast_masking_draws_the_real_collators_batches(tokenizer, encoded):
     differ is detected and gets the real collator."""
     from transformers import DataCollatorForLanguageModeling
 
-    from headprune.engine import FastMasking, fast_masking_matches
+    from headprune.engine.batches import FastMasking, fast_masking_matches
 
     ids, _ = encoded
     assert fast_masking_matches(tokenizer, 0.15)
@@ -744,7 +733,7 @@ def test_batches_drawn_here_until_the_workers_lists_are_ready(tokenizer, encoded
     from concurrent.futures import Future
 
     import headprune.engine.batches as engine  # where `training_steps` looks `job_stream` up
-    from headprune.engine import job_stream
+    from headprune.engine.batches import job_stream
 
     ids, _ = encoded
     settings = ScoreSettings(epochs=1, batch_size=4, learning_rate=1e-3)

@@ -15,15 +15,8 @@ import headprune.importance.gradient as importance_module
 from headprune.base import load_base
 from headprune.data import load_dataset
 from headprune.errors import HeadpruneError
-from headprune.importance import (
-    ImportanceAccumulator,
-    ImportanceSettings,
-    Order,
-    importance_order,
-    min_max,
-    random_order,
-    rank_heads,
-)
+from headprune.importance import ImportanceSettings, Order, importance_order, random_order, rank_heads
+from headprune.importance.gradient import ImportanceAccumulator, min_max
 from headprune.store import ResultStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

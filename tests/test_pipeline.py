@@ -11,49 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-import pytest
-
+from _tiny import tiny_config
 from headprune.config import from_dict
 from headprune.pipeline import Pipeline
 from headprune.plan import dry_run_text
 from headprune.progress import RunProgress
-
-DATASETS = {"a": "irony", "b": "person", "c": "hobbit", "d": "ntua", "e": "sentiment140"}
-
-
-def _write_csvs(directory: Path, air_data_dir: Path, per_class: int = 12) -> dict[str, Path]:
-    paths = {}
-    for name, source in DATASETS.items():
-        frame = pd.read_csv(air_data_dir / f"{source}.csv", dtype=str, keep_default_na=False)
-        parts = [frame[frame["class"] == c].head(per_class) for c in ("positive", "negative")]
-        path = directory / f"{name}.csv"
-        pd.concat(parts).to_csv(path, index=False)
-        paths[name] = path
-    return paths
-
-
-def _config(model_dir: Path, csvs: dict[str, Path], report: bool = False) -> dict:
-    return {
-        "model": {"name": str(model_dir), "mlm_head_warmup_steps": 0},
-        "step1": {"datasets": [str(csvs["a"])], "seeds": "1", "epochs": 1},
-        "scoring": {"epochs": 1, "n_folds": 3},
-        "step2": {
-            "datasets": [str(csvs["b"]), str(csvs["c"])], "seeds": "1-2", "strategies": ["H1", "H2", "H3"],
-            "orders": ["OI", "A1"], "random_order_strategies": ["H1"], "h1_k_step": 4, "group_size": 4,
-        },
-        "generalization": {"datasets": [str(csvs["d"]), str(csvs["e"])], "seeds": "101-103"},
-        "run": {"device": "cpu", "report": report},
-    }
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, air_data_dir: Path):
-    root = tmp_path_factory.mktemp("pipeline")
-    csvs = _write_csvs(root, air_data_dir)
-    config = from_dict(_config(tiny_bert_dir, csvs), source="tiny.toml")
-    summary = Pipeline(config, root / "run", progress=RunProgress(enabled=False)).run()
-    return root, csvs, summary
 
 
 def test_summary_has_every_stage(tiny_run) -> None:
@@ -159,7 +121,7 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
     monkeypatch.setattr(scoring, "score_seed", boom)
     monkeypatch.setattr("headprune.importance.gradient.finetune", boom)
     progress, log = _logged()
-    again = Pipeline(from_dict(_config(Path(summary["model"]["name"]), csvs), source="tiny.toml"), root / "run",
+    again = Pipeline(from_dict(tiny_config(Path(summary["model"]["name"]), csvs), source="tiny.toml"), root / "run",
                      progress=progress).run()
     assert again["chosen"] == summary["chosen"]
     assert again["generalization"] == summary["generalization"]
@@ -178,7 +140,7 @@ def _logged() -> tuple[RunProgress, io.StringIO]:
 
 def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
     root, csvs, _ = tiny_run
-    pipeline = Pipeline(from_dict(_config(tiny_bert_dir, csvs), source="tiny.toml"), root / "dry",
+    pipeline = Pipeline(from_dict(tiny_config(tiny_bert_dir, csvs), source="tiny.toml"), root / "dry",
                         progress=RunProgress(enabled=False))
     text = dry_run_text(pipeline)
     assert "Step 1: importance" in text and "1 finetunings" in text
@@ -190,7 +152,7 @@ def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
     assert "estimate on this device" in text and "(reference loop; one adjusting step per model = " in text
     assert not (root / "dry" / "store.sqlite").exists()
 
-    raw = _config(tiny_bert_dir, csvs)
+    raw = tiny_config(tiny_bert_dir, csvs)
     raw["run"].update(engine="batched", pack_models=4)
     batched = Pipeline(from_dict(raw, source="tiny.toml"), root / "dry", progress=RunProgress(enabled=False))
     text = dry_run_text(batched)
@@ -212,7 +174,7 @@ def _store_rows(path: Path) -> dict:
 def test_killed_run_resumes_without_recomputing(tiny_run, tmp_path: Path) -> None:
     root, csvs, summary = tiny_run
     config_path = tmp_path / "tiny.toml"
-    config = _config(Path(summary["model"]["name"]), csvs)
+    config = tiny_config(Path(summary["model"]["name"]), csvs)
     lines = []
     for section, values in config.items():
         lines.append(f"[{section}]")
@@ -267,7 +229,7 @@ def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_pat
     the generalization check trains each chosen model on its own (its adjusting time is its own);
     both kinds of score are stored under their own engine tag, and a rerun recomputes nothing."""
     root, csvs, summary = tiny_run
-    raw = _config(Path(summary["model"]["name"]), csvs)
+    raw = tiny_config(Path(summary["model"]["name"]), csvs)
     raw["run"].update(engine="batched", pack_models=8)
     run_dir = tmp_path / "batched"
     batched = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=RunProgress(enabled=False)).run()
@@ -334,7 +296,7 @@ def test_time_limit_and_overrides_of_run(tiny_run, tmp_path: Path, monkeypatch, 
     from _cli import run_cli
 
     root, csvs, summary = tiny_run
-    raw = _config(Path("not-a-model"), csvs)
+    raw = tiny_config(Path("not-a-model"), csvs)
     raw["data"] = {"data_dir": "nowhere"}
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(_toml(raw))
@@ -354,113 +316,3 @@ def test_time_limit_and_overrides_of_run(tiny_run, tmp_path: Path, monkeypatch, 
     done = json.loads((tmp_path / "done" / "summary.json").read_text())
     assert done["generalization"] == summary["generalization"]
     assert done["config"]["model"]["name"] == model and done["config"]["data"]["data_dir"] == str(tmp_path)
-
-
-def test_verify_recomputes_the_summary_from_the_store(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:
-    """`headprune verify RUN_DIR`: every H1/H2/H3 score, ranking, chosen model, generalization score,
-    mean, std and t-test of summary.json recomputed from the store; a changed number is caught."""
-    import shutil
-
-    from _cli import run_cli
-    from headprune.verify import verify_run
-
-    root, _, summary = tiny_run
-    result = verify_run(root / "run")
-    assert result.problems == []
-    n_h1 = sum(len(per_k) for entry in summary["h1"].values() for per_k in entry["scores"].values())
-    assert result.checked > n_h1 + 5 * 2 * 4  # H1 scores + each generalization cell's scores/mean/std/pct
-    code, out, _ = run_cli(monkeypatch, capsys, "verify", root / "run")
-    assert code == 0 and out.startswith(f"verified: {result.checked} numbers of ")
-
-    tampered = tmp_path / "run"
-    shutil.copytree(root / "run", tampered, ignore=shutil.ignore_patterns("report"))
-    changed = json.loads((tampered / "summary.json").read_text())
-    changed["generalization"]["MOIH1"]["d"]["scores"][1] += 0.01
-    changed["h1"]["OI"]["scores"]["b"]["4"] -= 0.02
-    changed["orders"]["OI"]["ranked"][0], changed["orders"]["OI"]["ranked"][1] = (
-        changed["orders"]["OI"]["ranked"][1], changed["orders"]["OI"]["ranked"][0])
-    (tampered / "summary.json").write_text(json.dumps(changed))
-    problems = verify_run(tampered).problems
-    assert any(p.startswith("generalization.MOIH1.d.scores:") for p in problems)
-    assert any(p.startswith("h1.OI.scores.b.4:") for p in problems)
-    assert any(p.startswith("Step 1 order (OI):") for p in problems)
-    code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
-    assert code == 1 and "numbers of summary.json do not match the store" in err
-    code, _, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "nowhere")
-    assert code == 2 and err.startswith("error: ") and "summary.json: file not found" in err
-    for text, message in (("not json", "summary.json: not a JSON file"),
-                          ('{"config": {}}', "summary.json: not a headprune run summary this version can check")):
-        (tampered / "summary.json").write_text(text)
-        code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
-        assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
-        assert "Traceback" not in err
-
-
-def test_verify_selects_step1_rows_by_content_hash(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:
-    """`verify` picks the Step 1 rows by the content hashes the summary records for the Step 1
-    datasets, not by their names: a row stored under the dataset's name for other content is ignored
-    beside the real one and, alone, is reported missing (even with the very same numbers); the real
-    content's row stored under another name (a renamed file) counts. A summary without the hashes
-    (an older run) is checked by name, and the output says so."""
-    import shutil
-
-    from _cli import run_cli
-    from headprune.data import load_dataset
-    from headprune.store import ResultStore
-    from headprune.verify import verify_run
-
-    root, csvs, summary = tiny_run
-    content = load_dataset(csvs["a"]).content_hash
-    assert summary["orders"]["OI"]["dataset_hashes"] == {"a": content}
-    assert "dataset_hashes" not in summary["orders"]["A1"]  # a random order has no Step 1 rows
-    clean = verify_run(root / "run")
-    assert clean.problems == [] and clean.notes == []
-
-    def copy(name: str) -> Path:
-        run_dir = tmp_path / name
-        shutil.copytree(root / "run", run_dir, ignore=shutil.ignore_patterns("report"))
-        return run_dir
-
-    def edit_store(run_dir: Path, sql: str, *args) -> None:
-        with sqlite3.connect(run_dir / "store.sqlite") as db:
-            assert db.execute(sql, args).rowcount == 1
-        db.close()
-
-    with sqlite3.connect(root / "run" / "store.sqlite") as db:  # the OI row (its statistics row is OI-layer's)
-        ((settings, matrices),) = db.execute(
-            "SELECT settings, matrices FROM importance WHERE settings NOT LIKE '%statistics%'").fetchall()
-    db.close()
-    other = "f" * 16  # a file named "a" with other content
-
-    # Beside the real row: another content's row of the same name, with other numbers, is not averaged in.
-    beside = copy("beside")
-    store = ResultStore(beside / "store.sqlite")
-    flipped = [[[1.0 - v for v in layer] for layer in epoch] for epoch in json.loads(matrices)]
-    store.put_importance("impostor", model=summary["model"]["fingerprint"], dataset="a", dataset_hash=other,
-                         seed=1, settings=json.loads(settings), matrices=flipped, device="cpu")
-    store.close()
-    assert verify_run(beside).problems == []
-
-    # Alone, with the real row's numbers: not the run's content, so the run's row is missing.
-    alone = copy("alone")
-    edit_store(alone, "UPDATE importance SET dataset_hash = ? WHERE settings NOT LIKE '%statistics%'", other)
-    problems = verify_run(alone).problems
-    assert problems == [f"Step 1 importance matrices of a (content {content[:12]}), seed 1: not in the store"]
-    code, _, err = run_cli(monkeypatch, capsys, "verify", alone)
-    assert code == 1 and "mismatch: Step 1 importance matrices of a" in err
-
-    # The run's content stored under another name (the file was renamed since): it is the run's row.
-    renamed = copy("renamed")
-    edit_store(renamed, "UPDATE importance SET dataset = 'renamed' WHERE settings NOT LIKE '%statistics%'")
-    assert verify_run(renamed).problems == []
-
-    # An older summary without the hashes: rows by name (the same-name row is averaged in), with a note.
-    for run_dir in (copy("old"), beside):
-        data = json.loads((run_dir / "summary.json").read_text())
-        del data["orders"]["OI"]["dataset_hashes"]
-        (run_dir / "summary.json").write_text(json.dumps(data))
-    old = verify_run(tmp_path / "old")
-    assert old.problems == [] and len(old.notes) == 1 and "selected by dataset name" in old.notes[0]
-    code, out, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "old")
-    assert code == 0 and out.startswith("verified: ") and "note: summary.json records no content hashes" in err
-    assert any(p.startswith("Step 1 importance matrix (OI):") for p in verify_run(beside).problems)

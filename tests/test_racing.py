@@ -373,11 +373,11 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     import hashlib
 
     import headprune.scorer
+    from _tiny import tiny_config, tiny_csvs
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
-    from test_pipeline import _config, _write_csvs
 
     def noise(*parts) -> float:
         digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -391,8 +391,8 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
         return dataclasses.replace(real, f1=f1)
 
     root = tmp_path_factory.mktemp("racing")
-    csvs = _write_csvs(root, air_data_dir)
-    data = _config(tiny_bert_dir, csvs)
+    csvs = tiny_csvs(root, air_data_dir)
+    data = tiny_config(tiny_bert_dir, csvs)
     data["step2"].update(seeds="1-4")
     data["generalization"].update(seeds="101-102")
     with pytest.MonkeyPatch.context() as patch:
@@ -703,16 +703,16 @@ def test_a_race_that_drops_the_complete_model_verifies(tiny_bert_dir: Path, air_
 
     import headprune.scorer
     from _cli import run_cli
+    from _tiny import tiny_config, tiny_csvs
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
-    from test_pipeline import _config, _write_csvs
 
     def rising(context, task):
         return dataclasses.replace(run_task(context, task), f1=0.5 + 0.03 * len(task.pruned) + 0.001 * task.seed)
 
-    data = _config(tiny_bert_dir, _write_csvs(tmp_path, air_data_dir))
+    data = tiny_config(tiny_bert_dir, tiny_csvs(tmp_path, air_data_dir))
     data["step2"].update(seeds="1-4", strategies=["H1"], racing=True, racing_first_test=2, racing_confidence=0.6)
     monkeypatch.setattr(headprune.scorer, "run_task", rising)
     config = from_dict(data, source="rising.toml")

@@ -19,6 +19,21 @@ def api_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+def test_readme_python_api_example_imports_only_headprune() -> None:
+    """A user's script needs the public API alone (`headprune.__all__`), never a module behind it."""
+    import ast
+
+    import headprune
+
+    tree = ast.parse(api_example())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert imported == ["headprune"]
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "hp"}
+    assert used and used <= set(headprune.__all__), sorted(used - set(headprune.__all__))
+
+
 def test_readme_python_api_example_runs(tiny_bert_dir: Path, small_dataset_csv: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     code = api_example()
@@ -37,6 +52,6 @@ def test_readme_python_api_example_runs(tiny_bert_dir: Path, small_dataset_csv: 
     namespace = {"print": lambda *args: printed.append(args)}
     exec(compile(code, str(README), "exec"), namespace)
     assert len(printed) == 1 and 0.0 <= printed[0][0] <= 1.0
-    assert namespace["h1"]["chosen_k"] in (0, 4, 8)
+    assert namespace["h1"].chosen_k in (0, 4, 8)
     assert (tmp_path / "pruned-minilm" / "headprune.json").is_file()
     assert (tmp_path / "runs" / "api" / "store.sqlite").is_file()

@@ -89,19 +89,19 @@ def test_h1_scores_every_k_in_one_call_and_ranks():
     )  # fmt: skip
     result = h1_search(order, ["A", "B"], stub)
     assert len(stub.calls) == 1 and len(stub.calls[0]) == 6
-    assert result["k_values"] == [0, 1, 2]
-    assert result["departure"] is None
-    assert result["scores"] == {
+    assert result.k_values == [0, 1, 2]
+    assert result.departure is None
+    assert result.scores == {
         "A": {"0": 97.5, "1": 97.5, "2": 98.0},
         "B": {"0": 97.5, "1": 98.0, "2": 97.0},
     }
-    assert [(row["k"], row["model"], row["rank_sum"]) for row in result["ranking"]] == [
+    assert [(row.k, row.model, row.rank_sum) for row in result.ranking] == [
         (1, "k=1", 3.5),
         (2, "k=2", 4.0),
         (0, "k=0", 4.5),
     ]
-    assert result["chosen_k"] == 1
-    assert result["pruned_heads"] == [[0, 2]]
+    assert result.chosen_k == 1
+    assert result.pruned_heads == [(0, 2)]
 
 
 def test_h1_subset_of_k_and_departure():
@@ -112,9 +112,9 @@ def test_h1_subset_of_k_and_departure():
     for k, f1 in zip(ks, [0.80, 0.82, 0.81]):
         table[(frozenset(order[12 - k :]) if k else frozenset(), "A")] = f1
     result = h1_search(order, ["A"], Stub(table), k_values=ks)
-    assert result["departure"] == "H1 evaluated k in steps of 4 (paper: every k)"
-    assert result["chosen_k"] == 4
-    assert result["pruned_heads"] == [[2, 0], [2, 1], [2, 2], [2, 3]]  # the 4 least important
+    assert result.departure == "H1 evaluated k in steps of 4 (paper: every k)"
+    assert result.chosen_k == 4
+    assert result.pruned_heads == [(2, 0), (2, 1), (2, 2), (2, 3)]  # the 4 least important
     assert k_values_from(12) == list(range(12))
     assert k_values_from(12, k_values=[5, 0, 5]) == [0, 5]
 
@@ -160,22 +160,22 @@ def test_h2_keeps_ties_skips_pruning_all_and_walks_in_lockstep():
     assert sorted(cross_call, key=repr) == sorted(
         [(heads(3, 2, 0), "X"), (heads(3, 2, 0), "Y"), (heads(3, 2, 1), "X"), (heads(3, 2, 1), "Y")], key=repr
     )
-    assert result["per_dataset"] == {
+    assert result.to_json()["per_dataset"] == {
         "X": {"pruned_heads": [[0, 0], [0, 2], [0, 3]], "n_pruned": 3, "score": 0.75},
         "Y": {"pruned_heads": [[0, 1], [0, 2], [0, 3]], "n_pruned": 3, "score": 0.62},
     }
-    assert result["cross"] == {"X": {"X": 0.75, "Y": 0.63}, "Y": {"X": 0.69, "Y": 0.62}}
-    assert [(row["model"], row["rank_sum"]) for row in result["ranking"]] == [("X", 2.0), ("Y", 4.0)]
-    assert result["chosen"] == "X"
-    assert result["pruned_heads"] == [[0, 0], [0, 2], [0, 3]]
-    assert result["departure"] is None
+    assert result.cross == {"X": {"X": 0.75, "Y": 0.63}, "Y": {"X": 0.69, "Y": 0.62}}
+    assert [(row.model, row.rank_sum) for row in result.ranking] == [("X", 2.0), ("Y", 4.0)]
+    assert result.chosen == "X"
+    assert result.pruned_heads == [(0, 0), (0, 2), (0, 3)]
+    assert result.departure is None
 
 
 def test_h2_first_head_is_always_kept():
     table = {(heads(3), "X"): 0.0, (heads(3, 2), "X"): 0.0, (heads(3, 2, 1), "X"): 0.0}
     result = h2_search(ORDER4, ["X"], Stub(table))
     # Every score is 0.0 >= 0.0: all kept up to the never-prune-all limit.
-    assert result["per_dataset"]["X"]["n_pruned"] == 3
+    assert result.per_dataset["X"].n_pruned == 3
 
 
 def h3_table() -> dict:
@@ -204,24 +204,24 @@ def test_h3_compares_with_complete_model_and_breaks_ties_by_heads_pruned():
     assert stub.calls[0] == [(frozenset(), "X"), (frozenset(), "Y")]
     assert stub.datasets_per_call()[1:-1] == [["X", "Y"]] * 4
     assert len(stub.calls) == 6
-    assert result["complete"] == {"X": 0.70, "Y": 0.60}
-    assert result["per_dataset"]["X"] == {
+    assert result.complete == {"X": 0.70, "Y": 0.60}
+    assert result.per_dataset["X"].to_json() == {
         "pruned_heads": [[0, 0], [0, 2], [0, 3]],
         "n_pruned": 3,
         "score": 0.70,
     }
-    assert result["per_dataset"]["Y"] == {"pruned_heads": [[0, 0]], "n_pruned": 1, "score": 0.60}
-    assert [row["rank_sum"] for row in result["ranking"]] == [3.0, 3.0]
-    assert result["chosen"] == "X"
-    assert result["pruned_heads"] == [[0, 0], [0, 2], [0, 3]]
+    assert result.per_dataset["Y"].to_json() == {"pruned_heads": [[0, 0]], "n_pruned": 1, "score": 0.60}
+    assert [row.rank_sum for row in result.ranking] == [3.0, 3.0]
+    assert result.chosen == "X"
+    assert result.pruned_heads == [(0, 0), (0, 2), (0, 3)]
 
 
 def test_h3_keeps_nothing_when_every_step_loses():
     table = {(heads(), "X"): 0.9, (heads(3), "X"): 0.8, (heads(2), "X"): 0.8, (heads(1), "X"): 0.8}
     table[(heads(0), "X")] = 0.8
     result = h3_search(ORDER4, ["X"], Stub(table))
-    assert result["per_dataset"]["X"] == {"pruned_heads": [], "n_pruned": 0, "score": 0.9}
-    assert result["pruned_heads"] == []
+    assert result.per_dataset["X"].to_json() == {"pruned_heads": [], "n_pruned": 0, "score": 0.9}
+    assert result.pruned_heads == []
 
 
 def test_group_size_tries_groups_and_never_prunes_all():
@@ -237,18 +237,18 @@ def test_group_size_tries_groups_and_never_prunes_all():
     stub = Stub(table)
     result = h2_search(order, ["X", "Y"], stub, group_size=2)
     assert stub.datasets_per_call()[:-1] == [["X", "Y"], ["X", "Y"], ["Y"]]
-    assert result["per_dataset"]["X"]["pruned_heads"] == [[0, 1], [0, 2], [0, 3], [0, 4]]
-    assert result["per_dataset"]["Y"]["pruned_heads"] == [[0, 0], [0, 3], [0, 4]]
-    assert result["group_size"] == 2
-    assert result["departure"] == "H2 tried heads in groups of 2 (paper: one head at a time)"
-    assert result["chosen"] == "X"  # X: 0.71 vs 0.60 on X; 0.40 vs 0.55 on Y -> tie 3/3, X prunes more
+    assert result.per_dataset["X"].pruned_heads == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert result.per_dataset["Y"].pruned_heads == [(0, 0), (0, 3), (0, 4)]
+    assert result.group_size == 2
+    assert result.departure == "H2 tried heads in groups of 2 (paper: one head at a time)"
+    assert result.chosen == "X"  # X: 0.71 vs 0.60 on X; 0.40 vs 0.55 on Y -> tie 3/3, X prunes more
 
 
 def test_single_head_model_is_never_pruned():
     stub = Stub({(frozenset(), "X"): 0.5})
     result = h2_search([(0, 0)], ["X"], stub)
     assert stub.calls == [[(frozenset(), "X")]]  # only the cross-scoring
-    assert result["per_dataset"]["X"]["n_pruned"] == 0
+    assert result.per_dataset["X"].n_pruned == 0
 
 
 def test_bad_group_size_and_bad_evaluator_are_reported():
@@ -298,8 +298,8 @@ def test_a_strategy_driven_by_hand_gives_the_search_result(name):
         strategy.tell(Scores()(requests))
     assert rounds == stub.calls
     assert all(isinstance(r, Request) for requests in rounds for r in requests)
-    assert strategy.result() == expected
-    assert list(strategy.result()) == list(expected)
+    assert strategy.result() == expected.to_json()  # the one-call search types the same entry
+    assert list(strategy.result()) == list(expected.to_json())
 
 
 def test_the_cross_scoring_round_asks_identical_requests_once():
@@ -351,7 +351,7 @@ def test_run_strategies_merges_rounds_and_gives_the_sequential_results(names):
     alone = {}
     for name in names:
         stub = Scores()
-        alone[name] = STRATEGIES[name][1](stub)
+        alone[name] = STRATEGIES[name][1](stub).to_json()
         single[name] = stub.calls
     merged = Scores()
     together = run_strategies({name: STRATEGIES[name][0]() for name in names}, merged)

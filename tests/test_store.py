@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from headprune.errors import HeadpruneError
-from headprune.store import ResultStore, make_key, pruned_key
+from headprune.heads import HeadSet
+from headprune.store import ResultStore, make_key
 from headprune.tasks import SeedScore
 
 SETTINGS = {"epochs": 4, "n_folds": 10, "learning_rate": 2e-5}
@@ -74,7 +75,7 @@ def test_key_ignores_pruned_order_and_types() -> None:
     assert key_of(pruned=[[2, 3], [0, 1]]) == key
     assert key_of(pruned=((0, 1), (2, 3))) == key
     assert key_of(pruned=frozenset({(2, 3), (0, 1)})) == key
-    assert pruned_key([(1, 0), (0, 3)]) == "[[0,3],[1,0]]"
+    assert HeadSet([(1, 0), (0, 3)]).key() == "[[0,3],[1,0]]"
     # Settings dict order does not matter either.
     assert key_of(settings=dict(reversed(list(SETTINGS.items())))) == key
     assert make_key(a=1, b=2) == make_key(b=2, a=1)

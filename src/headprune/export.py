@@ -34,18 +34,11 @@ from .checkpoint import (
 )
 from .errors import HeadpruneError
 from .generalize import statement
+from .heads import HeadSet
 from .models import count_parameters, fingerprint, load_model
 from .speed import Speed, inference_inputs, load_average, measure
 from .summary import COMPLETE, DatasetScores, load_summary
-from .surgery import (
-    format_head_spec,
-    kept_heads,
-    normalize_heads,
-    original_shape,
-    parse_head_spec,
-    prune_heads,
-    pruned_heads,
-)
+from .surgery import kept_heads, original_shape, prune_heads, pruned_heads
 
 FORMATS = ("pytorch", "onnx")
 MEASURE_BUDGET_S = 10.0  # the model card's timing: rounds start until then (at least two)
@@ -102,9 +95,8 @@ def export_heads(base_model: str, heads, out_dir: str | os.PathLike, fmt: str = 
     `heads`: {layer: [heads]}, [(layer, head), ...] or a spec such as "0:1,2;3:*" (original coordinates)."""
     _check_format(fmt)
     model, tokenizer = load_model(base_model)
-    if isinstance(heads, str):
-        heads = parse_head_spec(heads, *original_shape(model.config))
-    pairs = [(layer, h) for layer, hs in normalize_heads(heads, model.config).items() for h in hs]
+    shape = original_shape(model.config)
+    pairs = (HeadSet.parse(heads, *shape) if isinstance(heads, str) else HeadSet(heads)).within(*shape).ordered()
     if not pairs:
         raise HeadpruneError("no head to prune: give at least one LAYER:HEADS pair (e.g. --prune '0:1,2;3:*')")
     return _export(model, tokenizer, base_model, pairs, out_dir, None, fmt)
@@ -295,7 +287,7 @@ def model_card(
     pruned = pruned_heads(model)
     total = n_layers * n_heads
     removed = [layer for layer in range(n_layers) if layer not in kept]
-    spec = format_head_spec(_as_set(pruned), n_heads)
+    spec = HeadSet(pruned).spec(n_heads)
     prefix = f"{context['name']}: " if context else ""
     what = "classifier" if kind == "classifier" else "encoder"
     title = Path(str(base)).name if Path(str(base)).is_dir() else base
@@ -515,10 +507,3 @@ def _run_numbers(context: dict) -> list[str]:
 
 def _mean_std(value: DatasetScores) -> str:
     return f"{100 * float(value.mean):.2f} ({100 * float(value.std):.2f})"
-
-
-def _as_set(pairs) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for layer, head in pairs:
-        out.setdefault(int(layer), []).append(int(head))
-    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, fields, replace
@@ -18,12 +19,13 @@ import torch
 
 from . import __version__
 from .base import BaseModel, WarmupSettings, load_base
-from .config import Config, departures
+from .config import Config, departures, load_config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
 from .devices import device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
+from .heads import HeadSet
 from .importance import ImportanceSettings, Order, Step1Run, criterion_for, order_stability
 from .progress import RunProgress
 from .racing import Race, RacingSettings, by_fidelity
@@ -43,6 +45,7 @@ from .summary import (
     RandomMean,
     Stability,
     Summary,
+    load_summary,
     write_summary,
 )
 from .tasks import SeedScore, SeedTask
@@ -388,7 +391,7 @@ class Pipeline:
         from .scoring import pruned_copy
         from .speed import inference_inputs, load_average, measure
 
-        sets = {tuple(sorted(map(tuple, entry.pruned_heads))) for entry in chosen.values()}
+        sets = {HeadSet(entry.pruned_heads) for entry in chosen.values()}
         forwards = {heads: graph_of(pruned_copy(base.model, heads), "encoder") for heads in sets}
         single, batch = inference_inputs(base.tokenizer, base.model.config)
         self.progress.log(f"inference speed of {len(forwards)} pruned sets (CPU, {INFERENCE_THREADS} thread)")
@@ -399,10 +402,10 @@ class Pipeline:
         finally:
             torch.set_num_threads(threads)
         load = load_average()
-        cm = speeds[tuple(sorted(map(tuple, chosen[COMPLETE].pruned_heads)))]
+        cm = speeds[HeadSet(chosen[COMPLETE].pruned_heads)]
         out = {}
         for name, entry in chosen.items():
-            speed = speeds[tuple(sorted(map(tuple, entry.pruned_heads)))]
+            speed = speeds[HeadSet(entry.pruned_heads)]
             out[name] = {**speed.to_json(), "threads": INFERENCE_THREADS, "device": "cpu", "load_average": load,
                          "p50_speedup": cm.p50_ms / speed.p50_ms,
                          "throughput_speedup": speed.per_second / cm.per_second}
@@ -491,4 +494,15 @@ class Pipeline:
         }
 
 
-__all__ = ["Pipeline", "HeadpruneError"]
+
+def run(config: Config | str | os.PathLike, run_dir: str | os.PathLike, progress: RunProgress | None = None
+        ) -> Summary:
+    """The whole method, as `headprune run` does: Step 1, Step 2 and the generalization check of
+    `config` (a `Config`, or the path of its TOML file) into `run_dir`; returns the summary it wrote."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    Pipeline(config, run_dir, progress).run()
+    return load_summary(run_dir)
+
+
+__all__ = ["HeadpruneError", "Pipeline", "run"]

@@ -80,7 +80,9 @@ import numpy as np
 from scipy import stats
 
 from .errors import HeadpruneError
-from .search import Head, Request, Round, Strategy
+from .heads import Head, HeadSet
+from .search import Request, Round, Strategy
+from .summary import WALK_TEST_BEFORE
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_FIRST_TEST = 3
@@ -93,7 +95,6 @@ DEFAULT_FIRST_TEST = 3
 # the full-seed rule decides it, so the same path) holds by construction, not only as far as a model does.
 WALK_TESTS = ("t-test", "predictive", "predictive-walk", "skeptical", "skeptical-walk")
 DEFAULT_WALK_TEST = "skeptical-walk"
-WALK_TEST_BEFORE = "t-test"  # what a run's configuration or a race's record without the key used
 WALK_TEST_WORDS = {  # for the departures line and the report
     "t-test": "a paired sequential t-test against the step's reference",
     "predictive": "the predictive probability that the remaining seeds flip the full-seed rule's decision "
@@ -227,12 +228,12 @@ class Race:
         if not self.done:
             raise RuntimeError("the race is not done: ask() still has requests")
         result = dict(self.strategy.result())
-        dropped = {frozenset(map(tuple, e["pruned_heads"])) for e in self._eliminations if "pruned_heads" in e}
+        dropped = {HeadSet(e["pruned_heads"]) for e in self._eliminations if "pruned_heads" in e}
         instead = _survivor_choice(result, dropped, self._compared)
         for ds, model in (result.get("per_dataset") or {}).items():
             # The walk was told estimates (see the module docstring); the summary gets each kept
             # model's mean over the seeds the race scored it with.
-            pruned = frozenset(tuple(h) for h in model["pruned_heads"])
+            pruned = HeadSet(model["pruned_heads"])
             scored = [self._f1[r] for r in (SeedRequest(pruned, ds, s) for s in self.seeds) if r in self._f1]
             if scored and model.get("score") is not None:
                 model["score"] = float(np.mean(scored))
@@ -599,7 +600,7 @@ def _wilcoxon_worse(table: np.ndarray, alpha: float) -> list[tuple[int, float, s
 
 
 def _pairs(heads: frozenset[Head]) -> list[list[int]]:
-    return [[layer, head] for layer, head in sorted(heads)]
+    return HeadSet(heads).pairs()
 
 
 def _survivor_choice(result: dict, dropped: set[frozenset[Head]], compared: list[frozenset[Head]]) -> dict | None:
@@ -611,7 +612,7 @@ def _survivor_choice(result: dict, dropped: set[frozenset[Head]], compared: list
 
     def pruned_of(row: dict) -> frozenset[Head]:
         if greedy:
-            return frozenset(tuple(h) for h in result["per_dataset"][row["model"]]["pruned_heads"])
+            return HeadSet(result["per_dataset"][row["model"]]["pruned_heads"])
         return next(p for p in compared if len(p) == row["k"])
 
     if not ranking or pruned_of(ranking[0]) not in dropped:

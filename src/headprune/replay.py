@@ -50,6 +50,7 @@ from scipy import stats
 
 from .config import parse_seeds
 from .errors import HeadpruneError
+from .heads import HeadSet
 from .racing import Race, RacingSettings, SeedNoise, by_fidelity, walk_decision
 from .search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
 from .store import ResultStore
@@ -182,7 +183,7 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
         fidelity[f"h1.{name}"] = per_dataset
         if progress:
             progress(f"replaying h1.{name} screened at the low fidelity {repeats} times")
-        grid_set = frozenset(tuple(h) for h in entry.pruned_heads or [])
+        grid_set = HeadSet(entry.pruned_heads or [])
         grid_evaluations = len(ks) * len(datasets) * len(seeds)
         agree, costs, full_fractions = 0, [], []
         instead: dict[frozenset, int] = {}
@@ -274,7 +275,7 @@ def _least(ranked: list, row: dict) -> frozenset:
 
 
 def _chosen_set(result: dict) -> frozenset:
-    return frozenset(tuple(h) for h in result["pruned_heads"])
+    return HeadSet(result["pruned_heads"])
 
 
 def _replay_search(make: Callable[[], Strategy], grid: dict, row_set: Callable[[dict], frozenset], seeds: list[int],

@@ -17,10 +17,11 @@ from .data import Dataset, check_enough_per_class, load_dataset
 from .devices import device_description, resolve_device
 from .errors import Stopped, past
 from .executors.local import InProcessExecutor
+from .heads import Head, HeadSet
 from .scoring import encode, run_task, time_task
 from .settings import ScoreSettings
 from .store import ResultStore
-from .tasks import EvalContext, Executor, Head, SeedScore, SeedTask, describe_scores
+from .tasks import EvalContext, Executor, SeedScore, SeedTask, describe_scores
 
 
 def run_stored(
@@ -195,7 +196,7 @@ class Scorer:
         seeds = self.seeds if seeds is None else list(seeds)
         out: list[SeedTask] = []
         for pruned, name in requests:
-            canonical = tuple(sorted((int(l), int(h)) for l, h in pruned))
+            canonical = HeadSet(pruned).ordered()
             out += [SeedTask(canonical, name, s) for s in seeds]
         return out
 
@@ -267,7 +268,7 @@ class Scorer:
         `racing.SeedRequest`s at this scorer's fidelity) -> that seed's F1."""
         if any(len(r) > 3 and r[3] for r in requests):
             raise ValueError("a low-fidelity request reached the full-fidelity scorer (use racing.by_fidelity)")
-        tasks = [SeedTask(tuple(sorted((int(l), int(h)) for l, h in request[0])), request[1], int(request[2]))
+        tasks = [SeedTask(HeadSet(request[0]).ordered(), request[1], int(request[2]))
                  for request in requests]
         results = self.run(tasks)
         return [float(results[t].f1) for t in tasks]

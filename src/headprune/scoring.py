@@ -19,10 +19,11 @@ from .checkpoint import saved_size
 from .data import split_halves
 from .devices import resolve_device
 from .families import family_of, module_at
+from .heads import Head
 from .models import count_parameters
 from .settings import ScoreSettings
 from .surgery import prune_heads
-from .tasks import EvalContext, Head, SeedScore, SeedTask
+from .tasks import EvalContext, SeedScore, SeedTask
 
 
 def encode(tokenizer, texts: Sequence[str], limit: int) -> list[list[int]]:

@@ -3,14 +3,16 @@
 Searches never touch a model. Each is an ask/tell strategy (as an Optuna study is: the strategy
 decides, the caller owns the loop): `ask()` returns the requests of its next round,
 `Request(pruned, dataset)`, and `tell(scores)` hands it their mean F1, same order; `done` says
-when it has nothing more to ask and `result()` is its summary.json entry. `run_strategies` drives
+when it has nothing more to ask and `result()` is its summary.json entry (a JSON object, which a
+racing scheduler extends; `summary.H1Result`/`GreedyResult` read it). `run_strategies` drives
 many strategies without threads: each round it asks every unfinished one and answers all their
 requests with ONE `Evaluate` call (strategies in the order given), so an executor sees every
 order's and strategy's candidates together (a GPU fills, a cluster has work for every worker),
 and each strategy gets what it would get alone, since a score depends only on its request.
 Rounds: H1 asks every candidate at once; H3 first asks the complete model on every dataset;
 H2/H3 then ask one step of every dataset's walk per round (lockstep), then the cross-scoring
-batch (identical requests once). `h1_search`, `h2_search` and `h3_search` run one strategy.
+batch (identical requests once). `h1_search`, `h2_search` and `h3_search` run one strategy and
+return its typed result (`H1Result`, `GreedyResult`).
 
 Racing (`racing.Race`) is a scheduler, not part of a strategy (Ray Tune's split of searcher and
 scheduler): it wraps a strategy, answers each of its rounds over several rounds of its own (one
@@ -31,8 +33,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .errors import HeadpruneError
-
-Head = tuple[int, int]
+from .heads import Head, HeadSet
+from .summary import GreedyResult, H1Result
 
 
 class Request(NamedTuple):
@@ -231,7 +233,7 @@ class H1Strategy(_RoundStrategy):
             "scores": {ds: {str(k): by_model[_k_name(k)][ds] for k in ks} for ds in datasets},
             "ranking": ranking,
             "chosen_k": chosen_k,
-            "pruned_heads": _as_pairs(candidates[chosen_k]),
+            "pruned_heads": candidates[chosen_k].pairs(),
         }
 
 
@@ -264,7 +266,7 @@ class _GreedyStrategy(_RoundStrategy):
         result = {
             "per_dataset": {
                 ds: {
-                    "pruned_heads": _as_pairs(pruned[ds]),
+                    "pruned_heads": HeadSet(pruned[ds]).pairs(),
                     "n_pruned": len(pruned[ds]),
                     "score": walk_scores.get(ds),
                 }
@@ -273,7 +275,7 @@ class _GreedyStrategy(_RoundStrategy):
             "cross": cross,
             "ranking": ranking,
             "chosen": chosen,
-            "pruned_heads": _as_pairs(pruned[chosen]),
+            "pruned_heads": HeadSet(pruned[chosen]).pairs(),
             "group_size": group_size,
             "departure": None
             if group_size == 1
@@ -350,19 +352,19 @@ def h1_search(
     datasets: Sequence[str],
     evaluate: Evaluate,
     k_values: Sequence[int] | None = None,
-) -> dict:
-    """H1 (Algorithm 3) in one call: `H1Strategy` driven with `evaluate` (see there for the result)."""
-    return _run_one(H1Strategy(order, datasets, k_values=k_values), evaluate)
+) -> H1Result:
+    """H1 (Algorithm 3) in one call: `H1Strategy` driven with `evaluate`, its result typed."""
+    return H1Result.from_json(_run_one(H1Strategy(order, datasets, k_values=k_values), evaluate), key="h1")
 
 
-def h2_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> dict:
-    """H2 (Algorithm 6) in one call: `H2Strategy` driven with `evaluate` (see there for the result)."""
-    return _run_one(H2Strategy(order, datasets, group_size=group_size), evaluate)
+def h2_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> GreedyResult:
+    """H2 (Algorithm 6) in one call: `H2Strategy` driven with `evaluate`, its result typed."""
+    return GreedyResult.from_json(_run_one(H2Strategy(order, datasets, group_size=group_size), evaluate), key="h2")
 
 
-def h3_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> dict:
-    """H3 (Algorithm 7) in one call: `H3Strategy` driven with `evaluate` (see there for the result)."""
-    return _run_one(H3Strategy(order, datasets, group_size=group_size), evaluate)
+def h3_search(order: Sequence[Head], datasets: Sequence[str], evaluate: Evaluate, group_size: int = 1) -> GreedyResult:
+    """H3 (Algorithm 7) in one call: `H3Strategy` driven with `evaluate`, its result typed."""
+    return GreedyResult.from_json(_run_one(H3Strategy(order, datasets, group_size=group_size), evaluate), key="h3")
 
 
 def _run_one(strategy: Strategy, evaluate: Evaluate) -> dict:
@@ -418,17 +420,13 @@ def _evaluate(evaluate: Callable[[list], Sequence[float]], requests: list) -> li
     return results
 
 
-def _least_important(order: Sequence[Head], k: int) -> frozenset[Head]:
+def _least_important(order: Sequence[Head], k: int) -> HeadSet:
     """The last k heads of a most-important-first order."""
-    return frozenset(order[len(order) - k :]) if k else frozenset()
+    return HeadSet(order[len(order) - k :] if k else ())
 
 
 def _k_name(k: int) -> str:
     return f"k={k}"
-
-
-def _as_pairs(heads: frozenset[Head]) -> list[list[int]]:
-    return [[layer, head] for layer, head in sorted(heads)]
 
 
 def _h1_departure(ks: list[int], n_heads: int) -> str | None:

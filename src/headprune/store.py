@@ -12,11 +12,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 from .errors import HeadpruneError
+from .heads import HeadSet
 from .tasks import SeedScore
 
 SCHEMA = """
@@ -59,10 +60,6 @@ CREATE TABLE IF NOT EXISTS timings (
     created REAL NOT NULL
 );
 """
-
-
-def pruned_key(pruned: Iterable[tuple[int, int]]) -> str:
-    return json.dumps(sorted([int(l), int(h)] for l, h in pruned), separators=(",", ":"))
 
 
 def make_key(**parts) -> str:
@@ -151,7 +148,8 @@ class ResultStore:
     # ------------------------------------------------------------------ scores
     @staticmethod
     def score_key(model: str, pruned, dataset_hash: str, seed: int, settings: dict) -> str:
-        return make_key(model=model, pruned=pruned_key(pruned), dataset=dataset_hash, seed=int(seed), settings=settings)
+        return make_key(model=model, pruned=HeadSet(pruned).key(), dataset=dataset_hash, seed=int(seed),
+                        settings=settings)
 
     def get_score(self, key: str) -> SeedScore | None:
         with self._locked() as conn:
@@ -175,7 +173,7 @@ class ResultStore:
         values = (
             key,
             model,
-            pruned_key(pruned),
+            HeadSet(pruned).key(),
             dataset,
             dataset_hash,
             int(seed),
@@ -242,7 +240,7 @@ class ResultStore:
     @staticmethod
     def timing_key(model: str, pruned, dataset_hash: str, seed: int, settings: dict, device: str) -> str:
         """A time is a fact of the device it was measured on: `device` names it (e.g. "cuda: NVIDIA H200")."""
-        return make_key(kind="timing", model=model, pruned=pruned_key(pruned), dataset=dataset_hash, seed=int(seed),
+        return make_key(kind="timing", model=model, pruned=HeadSet(pruned).key(), dataset=dataset_hash, seed=int(seed),
                         settings=settings, device=device)
 
     def get_timing(self, key: str) -> float | None:
@@ -252,7 +250,7 @@ class ResultStore:
 
     def put_timing(self, key: str, *, model: str, pruned, dataset: str, dataset_hash: str, seed: int,
                    settings: dict, device: str, seconds: float) -> None:
-        values = (key, model, pruned_key(pruned), dataset, dataset_hash, int(seed),
+        values = (key, model, HeadSet(pruned).key(), dataset, dataset_hash, int(seed),
                   json.dumps(settings, sort_keys=True), device, float(seconds), time.time())
         with self._locked() as conn:
             conn.execute("INSERT OR IGNORE INTO timings VALUES (?,?,?,?,?,?,?,?,?,?)", values)
@@ -275,4 +273,4 @@ class ResultStore:
             self._conn.close()
 
 
-__all__ = ["ResultStore", "make_key", "pruned_key"]
+__all__ = ["ResultStore", "make_key"]

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import HeadpruneError, parse_user_file
-from .racing import WALK_TEST_BEFORE
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
@@ -30,6 +29,8 @@ from .racing import WALK_TEST_BEFORE
 SCHEMA_VERSION = 4
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
+# The racing walk test (`racing.WALK_TESTS`) a run's configuration or a race's record without the key used.
+WALK_TEST_BEFORE = "t-test"
 
 _OMIT = "omit_when_none"  # field metadata: an optional key, left out when None
 _MINIMUM = "minimum"  # field metadata: an integer's least value
@@ -313,7 +314,7 @@ class Racing(_Json):
 
     confidence: float
     first_test: int = field(metadata={_MINIMUM: 2})
-    walk_test: str = WALK_TEST_BEFORE  # racing.WALK_TESTS; what a summary written before the choice existed used
+    walk_test: str = WALK_TEST_BEFORE  # racing.WALK_TESTS
     screen: str | None = _optional()  # the low fidelity compared rounds were screened at
     seeds: list[int]
     eliminations: list[Elimination]
@@ -590,6 +591,7 @@ __all__ = [
     "COMPLETE",
     "SCHEMA_VERSION",
     "SUMMARY_FILE",
+    "WALK_TEST_BEFORE",
     "Agreement",
     "Bootstrap",
     "BottomK",

@@ -7,16 +7,12 @@ loading a pruned model is `checkpoint`'s. Heads are always named in the original
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
 from .errors import HeadpruneError
 from .families import family_of, module_at
-
-HeadSet = dict[int, list[int]]  # {layer: [heads]} in original coordinates
-
+from .heads import HeadSet
 
 # ----------------------------------------------------------------------------- the head map
 
@@ -43,92 +39,19 @@ def pruned_heads(model) -> list[tuple[int, int]]:
     return [(l, h) for l in range(layers) for h in range(heads) if h not in kept.get(l, [])]
 
 
-def normalize_heads(heads, config) -> HeadSet:
+def normalize_heads(heads, config) -> dict[int, list[int]]:
     """Accept {layer: [heads]} or [(layer, head), ...]; validate against the original shape."""
-    layers, n_heads = original_shape(config)
-    out: HeadSet = {}
-    items = heads.items() if isinstance(heads, dict) else _pairs_to_dict(heads).items()
-    for layer, hs in items:
-        layer = int(layer)
-        if not 0 <= layer < layers:
-            raise HeadpruneError(f"head specification: layer {layer} does not exist (the model has {layers})")
-        for h in hs:
-            h = int(h)
-            if not 0 <= h < n_heads:
-                raise HeadpruneError(
-                    f"head specification: head {h} of layer {layer} does not exist ({n_heads} per layer)"
-                )
-            out.setdefault(layer, [])
-            if h not in out[layer]:
-                out[layer].append(h)
-    return {layer: sorted(hs) for layer, hs in sorted(out.items()) if hs}
+    return HeadSet(heads).within(*original_shape(config)).by_layer()
 
 
-def _pairs_to_dict(pairs) -> HeadSet:
-    out: HeadSet = {}
-    for pair in pairs:
-        layer, head = pair
-        out.setdefault(int(layer), []).append(int(head))
-    return out
+def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> dict[int, list[int]]:
+    """Parse '0:1,2;3:*' -> {0: [1, 2], 3: [0..n_heads-1]} (`HeadSet.parse`). Empty string -> {}."""
+    return HeadSet.parse(spec, n_layers, n_heads).by_layer()
 
 
-def parse_head_spec(spec: str, n_layers: int, n_heads: int) -> HeadSet:
-    """Parse '0:1,2;3:*' -> {0: [1, 2], 3: [0..n_heads-1]}. Empty string -> {}."""
-    out: HeadSet = {}
-    spec = spec.strip()
-    if not spec:
-        return out
-    for part in spec.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)\s*:\s*(\*|\d+(?:\s*-\s*\d+)?(?:\s*,\s*\d+(?:\s*-\s*\d+)?)*)", part)
-        if not match:
-            raise HeadpruneError(
-                f"--prune: cannot read '{part}'; write LAYER:HEADS pairs such as '0:1,2;3:*' (heads 0-based, "
-                f"ranges like 4-7, * for all){_spec_detail(part)}"
-            )
-        layer = int(match.group(1))
-        if layer >= n_layers:
-            raise HeadpruneError(f"--prune: layer {layer} does not exist (the model has {n_layers}: 0-{n_layers - 1})")
-        if match.group(2) == "*":
-            heads = list(range(n_heads))
-        else:
-            heads = []
-            for item in match.group(2).split(","):
-                lo, _, hi = item.strip().partition("-")
-                if hi and int(hi) < int(lo):
-                    raise HeadpruneError(
-                        f"--prune: '{item.strip()}' in '{part}' is a backwards range (write {hi.strip()}-{lo.strip()})"
-                    )
-                heads += list(range(int(lo), int(hi or lo) + 1))
-        for h in heads:
-            if h >= n_heads:
-                raise HeadpruneError(
-                    f"--prune: head {h} of layer {layer} does not exist ({n_heads} per layer: 0-{n_heads - 1})"
-                )
-        out[layer] = sorted(set(out.get(layer, []) + heads))
-    return out
-
-
-def _spec_detail(part: str) -> str:
-    """Which piece of an unreadable LAYER:HEADS part is wrong, as '; ...' (or '' when unclear)."""
-    layer, colon, heads = part.partition(":")
-    if not colon:
-        return "; no ':' between the layer and its heads"
-    if not layer.strip().isdigit():
-        return f"; '{layer.strip()}' is not a layer number"
-    for item in heads.split(","):
-        if not re.fullmatch(r"\s*(\*|\d+(\s*-\s*\d+)?)\s*", item):
-            return f"; '{item.strip()}' is not a head number or range" if item.strip() else "; a head is missing"
-    return ""
-
-
-def format_head_spec(heads: HeadSet, n_heads: int) -> str:
-    parts = []
-    for layer, hs in sorted(heads.items()):
-        parts.append(f"{layer}:*" if len(hs) == n_heads else f"{layer}:{','.join(map(str, sorted(hs)))}")
-    return ";".join(parts)
+def format_head_spec(heads, n_heads: int) -> str:
+    """{layer: [heads]} or [(layer, head), ...] as a head specification (`HeadSet.spec`)."""
+    return HeadSet(heads).spec(n_heads)
 
 
 # ----------------------------------------------------------------------------- modules

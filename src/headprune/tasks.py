@@ -22,7 +22,7 @@ The executor's capabilities are declared attributes (`Executor`), never guessed:
 - stop requests (`StopRequests`): `request_stop()` makes it finish what is in flight and start
   nothing new (the caller's time limit); `clear_stop()` before a new batch.
 
-This module imports nothing of headprune's but the settings: every other module may depend on it."""
+This module imports nothing of headprune's but the settings and `heads`: every other module may depend on it."""
 
 from __future__ import annotations
 
@@ -32,9 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .heads import Head
 from .settings import ScoreSettings
-
-Head = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -141,5 +140,5 @@ def describe_scores(entries: Mapping[str, Any]) -> str:
     return f"scores: batched engine ({', '.join(parts)}): equal to the reference loop's statistically"
 
 
-__all__ = ["Context", "EvalContext", "Executor", "Head", "ImportanceTask", "SeedScore", "SeedTask", "StopRequests",
+__all__ = ["Context", "EvalContext", "Executor", "ImportanceTask", "SeedScore", "SeedTask", "StopRequests",
            "describe_scores"]

@@ -22,6 +22,7 @@ from .config import parse_seeds
 from .data import expand_datasets
 from .errors import HeadpruneError
 from .generalize import per_seed_means, random_order_members, significance, summarize
+from .heads import HeadSet
 from .importance import (
     Order,
     RandomImportance,
@@ -31,11 +32,11 @@ from .importance import (
     order_stability,
     random_order,
     rank_heads,
-    stored_row,
 )
+from .importance.gradient import stored_row
 from .search import rank_models
 from .settings import ScoreSettings
-from .store import ResultStore, pruned_key
+from .store import ResultStore
 from .summary import (
     COMPLETE,
     SUMMARY_FILE,
@@ -106,7 +107,7 @@ class StoredScores:
             self.values.setdefault((row["pruned"], row["dataset"], int(row["seed"])), set()).add(float(row["f1"]))
 
     def seed_scores(self, pruned, dataset: str, seeds: list[int]) -> list[float] | None:
-        key = pruned_key(pruned)
+        key = HeadSet(pruned).key()
         out = []
         for seed in seeds:
             found = self.values.get((key, dataset, seed))
@@ -136,7 +137,7 @@ class StoredScores:
         for pruned, dataset, seed, *_ in requests:
             found = self.seed_score(pruned, dataset, int(seed))
             if found is None:
-                raise NotInStore(f"the store holds no score for {dataset}, seed {seed}, pruned {pruned_key(pruned)}")
+                raise NotInStore(f"the store holds no score for {dataset}, seed {seed}, pruned {HeadSet(pruned).key()}")
             out.append(found)
         return out
 
@@ -173,7 +174,8 @@ def verify_run(run_dir: str | Path) -> Verification:
 
 
 def _pairs(heads) -> list[list[int]]:
-    """[[layer, head], ...] as summary.json writes them (so that a problem quotes them the same way)."""
+    """An order's heads as [[layer, head], ...], in its order, as summary.json writes them (so that a
+    problem quotes them the same way)."""
     return [list(h) for h in heads]
 
 
@@ -364,8 +366,8 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
             ranking = rank_models(cross, {s: per_dataset[s].n_pruned for s in cross})
             result.close(f"{strategy}.{name}.chosen", entry.chosen, ranking[0]["model"])
             pruned = summary.need(entry.pruned_heads, f"{strategy}.{name}.pruned_heads")
-            result.close(f"{strategy}.{name}.pruned_heads", _pairs(pruned),
-                         _pairs(per_dataset[ranking[0]["model"]].pruned_heads))
+            result.close(f"{strategy}.{name}.pruned_heads", HeadSet(pruned).pairs(),
+                         HeadSet(per_dataset[ranking[0]["model"]].pruned_heads).pairs())
 
 
 def _check_generalization(summary: Summary, scores: StoredScores, result: Verification) -> None:

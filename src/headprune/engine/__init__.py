@@ -51,35 +51,14 @@ Modules: `options` (EngineOptions, supports), `stack` (StackedMLM), `optim` (Sta
 `batches` (each model's batches, worker processes, the flat layout), `stages` (adjusting, features,
 SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (BatchedExecutor)."""
 
-from .batches import Batch, BatchPreparer, FastMasking, fast_masking_matches, job_batches, job_stream, lrs_of
 from .executor import BatchedExecutor
-from .optim import StackedAdamW
-from .options import (
-    BETAS,
-    DROPOUT_STREAMS,
-    SUPPORTED_FAMILIES,
-    EngineOptions,
-    batched_store_entries,
-    group_seed,
-    supports,
-)
-from .packing import auto_pack_size, finetune_steps, plan_packs, plan_units
+from .options import DROPOUT_STREAMS, SUPPORTED_FAMILIES, EngineOptions, batched_store_entries, supports
+from .packing import auto_pack_size, plan_units
 from .stack import StackedMLM
-from .stages import (
-                     SizeCache,
-                     adjust_stacked,
-                     features_stacked,
-                     score_pack,
-                     score_seeds_batched,
-                     svm_f1_precomputed,
-                     task_jobs,
-)
+from .stages import adjust_stacked
 
+# What the rest of headprune needs (the executors, the dry run's estimate); the parts live in their modules.
 __all__ = [
-    "BETAS", "DROPOUT_STREAMS", "SUPPORTED_FAMILIES", "Batch", "BatchPreparer", "BatchedExecutor", "EngineOptions",
-    "FastMasking", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size",
-    "batched_store_entries",
-    "fast_masking_matches", "features_stacked", "finetune_steps", "group_seed", "job_batches", "job_stream",
-    "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
-    "task_jobs",
+    "DROPOUT_STREAMS", "SUPPORTED_FAMILIES", "BatchedExecutor", "EngineOptions", "StackedMLM", "adjust_stacked",
+    "auto_pack_size", "batched_store_entries", "plan_units", "supports",
 ]

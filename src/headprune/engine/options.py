@@ -12,8 +12,6 @@ import torch
 
 from ..families import FAMILIES
 
-Head = tuple[int, int]
-
 # The families whose rows say the engine implements them (`Family.batched_engine`): a view of the table.
 SUPPORTED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.batched_engine)
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the reference uses

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 import torch
 
 from ..data import split_halves
+from ..heads import Head
 from ..models import count_parameters
 from ..settings import ScoreSettings
 from ..surgery import encoder_layers
 from ..tasks import SeedTask
-from .options import EngineOptions, Head
+from .options import EngineOptions
 
 
 def finetune_steps(n_rows: int, settings: ScoreSettings) -> int:

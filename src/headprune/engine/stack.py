@@ -10,9 +10,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..families import family_of, module_at
+from ..heads import Head
 from ..surgery import encoder_layers, kept_heads
 from .batches import Step
-from .options import Head, supports
+from .options import supports
 
 
 def _linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

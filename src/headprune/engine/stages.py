@@ -14,13 +14,14 @@ import torch
 
 from ..checkpoint import saved_size
 from ..data import split_halves
+from ..heads import Head, HeadSet
 from ..models import count_parameters
 from ..settings import ScoreSettings
 from ..surgery import prune_heads
 from ..tasks import SeedScore, SeedTask
 from .batches import flat_rows_step, prefetched, training_steps
 from .optim import StackedAdamW
-from .options import EngineOptions, Head, group_seed
+from .options import EngineOptions, group_seed
 from .stack import StackedMLM
 
 
@@ -166,7 +167,7 @@ class SizeCache:
         self._sizes: dict[tuple[Head, ...], tuple[int, int]] = {}
 
     def __call__(self, pruned: Iterable[Head], model=None) -> tuple[int, int]:
-        key = tuple(sorted((int(l), int(h)) for l, h in pruned))
+        key = HeadSet(pruned).ordered()
         if key not in self._sizes:
             if model is None:
                 model = copy.deepcopy(self.base_model)

@@ -18,36 +18,18 @@ from typing import Protocol
 from ..data import Dataset
 from ..errors import HeadpruneError
 from ..settings import ORDER_NAMES, order_criterion
-from .gradient import (
-    STATISTICS,
-    Finetuning,
-    GateStatistics,
-    GateSums,
-    GradientImportance,
-    ImportanceAccumulator,
-    ImportanceContext,
-    ImportanceSettings,
-    Step1Criterion,
-    Step1Run,
-    classification_model,
-    finetune,
-    importance_matrices,
-    importance_order,
-    min_max,
-    pooler_tag,
-    statistics_key_settings,
-    step1_finetunings,
-    step1_key_settings,
-    stored_row,
-)
-from .magnitude import MagnitudeImportance, magnitude_matrix
+from .gradient import GradientImportance, ImportanceSettings, Step1Criterion, Step1Run, importance_order
+from .magnitude import MagnitudeImportance
 from .order import Order, RunMatrix, rank_heads
 from .random import RandomImportance, random_order
 from .stability import order_stability
-from .statistics import FisherImportance, GradientLayerImportance, per_layer_l2, share_of_total
+from .statistics import FisherImportance, GradientLayerImportance
 
 
 class Criterion(Protocol):
+    """What the pipeline needs of an importance criterion: its `name` (the order's), its `kind`, and
+    `order(base, run)`, the heads from most to least important (Torch-Pruning's `Importance`)."""
+
     name: str
     kind: str
 
@@ -70,12 +52,9 @@ def criterion_for(name: str, step1_datasets: Callable[[], Sequence[Dataset]] = l
     raise HeadpruneError(f"unknown order '{name}': use {ORDER_NAMES}")
 
 
+# What the rest of headprune and a user's script need; the criteria's parts live in their modules.
 __all__ = [
-    "STATISTICS", "Criterion", "Finetuning", "FisherImportance", "GateStatistics", "GateSums", "GradientImportance",
-    "GradientLayerImportance", "ImportanceAccumulator", "ImportanceContext", "ImportanceSettings",
-    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "Step1Run",
-    "classification_model",
-    "criterion_for", "finetune", "importance_matrices", "importance_order", "magnitude_matrix", "min_max",
-    "order_stability", "per_layer_l2", "pooler_tag", "rank_heads", "random_order", "share_of_total",
-    "statistics_key_settings", "step1_finetunings", "step1_key_settings", "stored_row",
+    "Criterion", "FisherImportance", "GradientImportance", "GradientLayerImportance", "ImportanceSettings",
+    "MagnitudeImportance", "Order", "RandomImportance", "RunMatrix", "Step1Criterion", "Step1Run", "criterion_for",
+    "importance_order", "order_stability", "random_order", "rank_heads",
 ]

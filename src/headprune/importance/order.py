@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HeadpruneError, parse_user_file
-from ..tasks import Head
+from ..heads import Head
 
 
 @dataclass
