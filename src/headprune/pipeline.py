@@ -99,6 +99,7 @@ class Pipeline:
         self.settings = score_settings(config)
         self._datasets: dict[str, Dataset] = {}
         self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
+        self.budget: dict | None = None  # `run --budget`'s choice, recorded in the summary (budget.Choice.record)
 
     # ------------------------------------------------------------------ helpers
     def dataset(self, name: str) -> Dataset:
@@ -283,6 +284,7 @@ class Pipeline:
             device=device_description(self.device),
             versions=versions(),
             config=self.config.to_dict(),
+            budget=self.budget,
             departures=departures(self.config, self.device.type, base.info.get("fresh_mlm_head")),
             model=ModelInfo(
                 name=base.name,
