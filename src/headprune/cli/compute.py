@@ -22,10 +22,20 @@ def datasets_command(
     data_dir: Path = DATA_DIR,
     text_column: str = TEXT_COLUMN,
     label_column: str = LABEL_COLUMN,
+    fetch: Path = typer.Option(
+        None, "--fetch", help="Download the 22 bundled datasets into this folder first (checked by SHA-256); "
+                              "then pass it as --data-dir or $HEADPRUNE_DATA.",
+    ),
+    fetch_from: str = typer.Option(None, "--fetch-from", help="Where --fetch downloads from (a mirror's URL)."),
 ) -> None:
-    """List datasets with their size and classes (checks that they load)."""
+    """List datasets with their size and classes (checks that they load); --fetch DIR downloads them."""
     from ..data import expand_datasets, load_dataset
 
+    if fetch is not None:
+        from ..fetch import SOURCE, fetch_datasets
+
+        data_dir = fetch_datasets(fetch, fetch_from or SOURCE, report=typer.echo)
+        typer.echo(f"datasets in {data_dir}: use --data-dir {data_dir} or set HEADPRUNE_DATA={data_dir}")
     for name in expand_datasets(spec):
         ds = load_dataset(name, text_column=text_column, label_column=label_column, data_dir=data_dir)
         counts = ", ".join(f"{c}={n}" for c, n in ds.class_counts().items())
