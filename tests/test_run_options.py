@@ -51,7 +51,7 @@ def test_data_fills_every_role_its_own_option_does_not_name() -> None:
     named = {"generalization.datasets": ["G3"], "step1.datasets": []}
     assert role_overrides(["a.csv", "b.csv"], named) == {
         "step1.datasets": ["a.csv", "b.csv"], "step2.datasets": ["a.csv", "b.csv"],
-        "generalization.datasets": ["G3"]}
+        "generalization.datasets": ["G3"], "model.mlm_head_warmup_datasets": ["a.csv", "b.csv"]}
     assert role_overrides([], {"step2.datasets": ["person"]}) == {"step2.datasets": ["person"]}
 
 
@@ -104,7 +104,7 @@ def test_each_option_is_its_toml_key(captured, monkeypatch, capsys, tmp_path: Pa
         "--run-dir", "out")
     assert code == 0, err
     toml = tomllib.loads((Path(__file__).parents[1] / "configs" / "quick.toml").read_text())
-    toml["model"]["name"] = "some/model"
+    toml["model"].update(name="some/model", mlm_head_warmup_datasets=[str(user.resolve())])
     toml["data"].update(text_column="text", label_column="label")
     toml["step1"]["datasets"] = toml["step2"]["datasets"] = [str(user.resolve())]
     toml["generalization"]["datasets"] = ["aisopos", "sentiment140"]

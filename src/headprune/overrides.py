@@ -4,8 +4,8 @@ writes back (`RUN_DIR/config.toml`).
 Every option stands for one TOML key (`--text-column` is `data.text_column`, `--set KEY=VALUE` any
 key) and is applied by rebuilding the configuration from its dictionary with the key replaced, so an
 option is read, checked and refused exactly as the same key in a file is. Dataset roles: `--data`
-fills every role (step1.datasets, step2.datasets, generalization.datasets) that its own option does
-not name; with neither, the profile's datasets stay."""
+fills every role (`ROLES`: the three datasets keys and the warm-up's) that its own option does not
+name; with neither, the profile's datasets stay."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ ROLES: dict[str, str] = {
     "step2.datasets": "Step 2 searches and chooses the pruned models on them",
     "generalization.datasets": "the chosen models are compared with the complete model on them, with "
                                "the generalization seeds",
+    "model.mlm_head_warmup_datasets": "a checkpoint without a trained masked-LM head (MiniLM) warms a fresh "
+                                      "one up on their texts",
 }
 
 

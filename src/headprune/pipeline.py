@@ -135,13 +135,15 @@ class Pipeline:
 
     def warmup(self) -> WarmupSettings | None:
         steps = self.config.model.mlm_head_warmup_steps
-        return WarmupSettings(steps=steps) if steps > 0 else None
+        datasets = tuple(self.config.model.mlm_head_warmup_datasets)
+        return WarmupSettings(steps=steps, datasets=datasets) if steps > 0 else None
 
     def load_base(self) -> BaseModel:
         return load_base(
             self.config.model.name,
             self.warmup(),
             data_dir=self.data_dir,
+            columns=(self.config.data.text_column, self.config.data.label_column),
             cache_dir=self.cache_dir(),
             device=self.device,
             progress=self.progress.log,
@@ -156,7 +158,8 @@ class Pipeline:
         import functools
 
         return functools.partial(load_base, self.config.model.name, self.warmup(), data_dir=self.data_dir,
-                                 cache_dir=self.cache_dir())
+                                 cache_dir=self.cache_dir(),
+                                 columns=(self.config.data.text_column, self.config.data.label_column))
 
     def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor,
                settings: ScoreSettings | None = None) -> Scorer:
