@@ -208,6 +208,7 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
     from headprune.config import NOT_DEPARTURES, departures, paper_config
 
     changes = {"model.cache_dir": "/tmp/heads", "model.trust_remote_code": True, "data.data_dir": "/tmp/data",
+               "model.mlm_head_warmup_datasets": ["irony"],
                "data.text_column": "text", "data.label_column": "label", "step1.workers": 3, "run.device": "cuda",
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
                "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,

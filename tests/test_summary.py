@@ -45,7 +45,7 @@ def test_orders_stability_and_h1_seed_scores_round_trip(tmp_path):
     """Schema 4: each order's stability (measured, or a note) and H1's per-seed scores are typed parts."""
     data = _v1(make_summary(version=4))
     summary = load_summary(write_summary(tmp_path, data))
-    assert summary.schema_version == 4 == SCHEMA_VERSION
+    assert summary.schema_version == 4 <= SCHEMA_VERSION  # a version-4 file reads as one
     fisher = summary.orders["fisher"].stability
     assert fisher.runs == 4 and fisher.seeds.spearman == 0.61 and fisher.datasets.spearman_within_layers is None
     assert fisher.bootstrap.bottom_k["2"].agreement == 0.75 and len(fisher.bootstrap.bottom_k["4"].frequency) == 2

@@ -102,8 +102,10 @@ def load_base(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
+    columns: tuple[str, str] = ("tweet", "class"),
 ) -> BaseModel:
-    """Load the base model; a fresh masked-LM head is warmed up once and cached in `cache_dir`."""
+    """Load the base model; a fresh masked-LM head is warmed up once and cached in `cache_dir`.
+    `columns`: the text and label columns of the warm-up datasets that are user files."""
     from safetensors.torch import load_file, save_file
 
     model, tokenizer = load_model(name)
@@ -113,7 +115,7 @@ def load_base(
 
 
 
-        warm_data = [load_dataset(ds, data_dir=data_dir) for ds in expand_datasets(list(warmup.datasets))]
+        warm_data = [load_dataset(ds, *columns, data_dir=data_dir) for ds in expand_datasets(list(warmup.datasets))]
         # The cached head is named by everything that determines it, the warm-up texts' content included.
         tag = make_key(model=fingerprint(model), warmup=asdict(warmup), data=[d.content_hash for d in warm_data])[:20]
         cache_file = Path(cache_dir) / f"mlm-head-{tag}.safetensors" if cache_dir is not None else None

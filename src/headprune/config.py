@@ -45,6 +45,8 @@ def parse_seeds(spec: Any, option: str = "seeds") -> list[int]:
 class ModelSection:
     name: str = "minilm"
     mlm_head_warmup_steps: int = 300  # only for checkpoints without a trained MLM head; 0 = none
+    # whose texts warm that head up (METHOD.md: G1); `run --data` puts the user's files here
+    mlm_head_warmup_datasets: list[str] = field(default_factory=lambda: ["G1"])
     cache_dir: str = ""  # warmed-up heads; default ~/.cache/headprune
     trust_remote_code: bool = False
 
@@ -231,6 +233,8 @@ def validate(config: Config, where: str = "") -> None:
         bad("data.max_examples must be 0 (all) or more")
     if config.model.mlm_head_warmup_steps < 0:
         bad("model.mlm_head_warmup_steps must be 0 or more")
+    if not config.model.mlm_head_warmup_datasets:
+        bad("model.mlm_head_warmup_datasets must be a non-empty list of dataset or group names")
     for s in config.step2.strategies + config.step2.random_order_strategies:
         if s not in STRATEGIES:
             bad(f"step2 strategy '{s}' is unknown (use H1, H2, H3)")
@@ -352,6 +356,8 @@ NOT_DEPARTURES: dict[str, str] = {
     "source": "the file the configuration came from",
     "model.cache_dir": "a path (where the warmed-up head is cached)",
     "model.trust_remote_code": "a permission to load the checkpoint's own code",
+    "model.mlm_head_warmup_datasets": "a warm-up setting: part of the model.mlm_head_warmup_steps line when a "
+                                      "warm-up runs, else unused",
     "data.data_dir": "a path (datasets are keyed by their content)",
     "data.text_column": "which column of a file holds the text",
     "data.label_column": "which column of a file holds the label",
@@ -491,7 +497,8 @@ def _warmup_departure(config: Config, fresh_mlm_head: bool | None) -> list[str]:
     steps = config.model.mlm_head_warmup_steps
     if fresh_mlm_head is False or (fresh_mlm_head is None and config.model.name == PAPER_MODEL):
         return []
-    what = f"warmed up for {steps} steps, encoder frozen" if steps else "used cold, not warmed up"
+    on = ", ".join(config.model.mlm_head_warmup_datasets)
+    what = f"warmed up for {steps} steps on {on}, encoder frozen" if steps else "used cold, not warmed up"
     what = (f"if the checkpoint has no trained masked-LM head, a fresh one is {what}" if fresh_mlm_head is None
             else f"the checkpoint has no trained masked-LM head; a fresh one is {what}")
     return [f"model.mlm_head_warmup_steps = {steps}: {what} (paper: BERTweet's trained head, no warm-up)"]

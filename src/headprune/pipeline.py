@@ -102,6 +102,7 @@ class Pipeline:
         self.settings = score_settings(config)
         self._datasets: dict[str, Dataset] = {}
         self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
+        self.budget: dict | None = None  # `run --budget`'s choice, recorded in the summary (budget.Choice.record)
 
     # ------------------------------------------------------------------ helpers
     def dataset(self, name: str) -> Dataset:
@@ -137,13 +138,15 @@ class Pipeline:
 
     def warmup(self) -> WarmupSettings | None:
         steps = self.config.model.mlm_head_warmup_steps
-        return WarmupSettings(steps=steps) if steps > 0 else None
+        datasets = tuple(self.config.model.mlm_head_warmup_datasets)
+        return WarmupSettings(steps=steps, datasets=datasets) if steps > 0 else None
 
     def load_base(self) -> BaseModel:
         return load_base(
             self.config.model.name,
             self.warmup(),
             data_dir=self.data_dir,
+            columns=(self.config.data.text_column, self.config.data.label_column),
             cache_dir=self.cache_dir(),
             device=self.device,
             progress=self.progress.log,
@@ -158,7 +161,8 @@ class Pipeline:
         import functools
 
         return functools.partial(load_base, self.config.model.name, self.warmup(), data_dir=self.data_dir,
-                                 cache_dir=self.cache_dir())
+                                 cache_dir=self.cache_dir(),
+                                 columns=(self.config.data.text_column, self.config.data.label_column))
 
     def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor,
                settings: ScoreSettings | None = None) -> Scorer:
@@ -286,6 +290,7 @@ class Pipeline:
             device=device_description(self.device),
             versions=versions(),
             config=self.config.to_dict(),
+            budget=self.budget,
             departures=departures(self.config, self.device.type, base.info.get("fresh_mlm_head")),
             model=ModelInfo(
                 name=base.name,

@@ -25,8 +25,9 @@ from .errors import HeadpruneError, parse_user_file
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
 # each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
 # per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
-# since 2026-12-02, even where the store holds them, since 2026-12-02 06:00 UTC), all optional.
-SCHEMA_VERSION = 4
+# since 2026-12-02, even where the store holds them, since 2026-12-02 06:00 UTC), all optional; 5: adds
+# `budget` (optional).
+SCHEMA_VERSION = 5
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
 # The racing walk test (`racing.WALK_TESTS`) a run's configuration or a race's record without the key used.
@@ -524,6 +525,8 @@ class Summary(_Json):
     # `throughput_speedup` vs CM. A measurement, apart from the chosen models' (reproducible) facts.
     inference: dict[str, dict] | None = _optional()
     elapsed_seconds: float | None = _optional()
+    # `headprune run --budget`: the budget, the profile it chose and the estimates compared (budget.Choice)
+    budget: dict | None = _optional()
     path: Path | None = field(default=None, compare=False, metadata={_NOT_JSON: True})  # where it was read
 
     @classmethod

@@ -10,7 +10,7 @@ import sys
 import typer
 
 from ..errors import HeadpruneError, Stopped
-from .compute import datasets_command, importance_command, run_command, score_command
+from .compute import datasets_command, importance_command, profiles_command, run_command, score_command
 from .options import quiet_libraries
 from .results import (
     export_command,
@@ -39,6 +39,7 @@ def build_app() -> typer.Typer:
     app.command("importance")(importance_command)
     app.command("score")(score_command)
     app.command("run")(run_command)
+    app.command("profiles")(profiles_command)
     app.command("report")(report_command)
     app.command("verify")(verify_command)
     app.command("replay")(replay_command)

@@ -22,10 +22,20 @@ def datasets_command(
     data_dir: Path = DATA_DIR,
     text_column: str = TEXT_COLUMN,
     label_column: str = LABEL_COLUMN,
+    fetch: Path = typer.Option(
+        None, "--fetch", help="Download the 22 bundled datasets into this folder first (checked by SHA-256); "
+                              "then pass it as --data-dir or $HEADPRUNE_DATA.",
+    ),
+    fetch_from: str = typer.Option(None, "--fetch-from", help="Where --fetch downloads from (a mirror's URL)."),
 ) -> None:
-    """List datasets with their size and classes (checks that they load)."""
+    """List datasets with their size and classes (checks that they load); --fetch DIR downloads them."""
     from ..data import expand_datasets, load_dataset
 
+    if fetch is not None:
+        from ..fetch import SOURCE, fetch_datasets
+
+        data_dir = fetch_datasets(fetch, fetch_from or SOURCE, report=typer.echo)
+        typer.echo(f"datasets in {data_dir}: use --data-dir {data_dir} or set HEADPRUNE_DATA={data_dir}")
     for name in expand_datasets(spec):
         ds = load_dataset(name, text_column=text_column, label_column=label_column, data_dir=data_dir)
         counts = ", ".join(f"{c}={n}" for c, n in ds.class_counts().items())
@@ -161,48 +171,155 @@ def score_command(
         )
 
 
+def profiles_command() -> None:
+    """List the shipped profiles (`headprune run --profile NAME`), the budget's ladder first."""
+    from ..profiles import DEFAULT_PROFILE, LADDER, profile_description, profile_names
+
+    for name in profile_names():
+        marks = [m for m, on in (("default", name == DEFAULT_PROFILE), ("--budget", name in LADDER)) if on]
+        typer.echo(f"{name:14s} {profile_description(name)}" + (f"  [{', '.join(marks)}]" if marks else ""))
+
+
+ROLE_HELP = "Overrides {key}: {what}. Repeat, or separate with commas; files or bundled names/groups (G1)."
+
+
 def run_command(
-    config: Path = typer.Option(..., "--config", help="A TOML configuration (see configs/)."),
-    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<config name>)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and a time estimate; compute nothing."),
-    executor: str = typer.Option(None, "--executor", help="in-process or ray (overrides the configuration)."),
-    address: str = typer.Option(None, "--address", help="Ray address: auto or HOST:PORT (with --executor ray)."),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (overrides the configuration)."),
-    model: str = typer.Option(None, "--model", help="Model name, directory or hub id (overrides [model] name)."),
-    data_dir: Path = typer.Option(
-        None, "--data-dir", help="Folder of the bundled datasets (overrides [data] data_dir)."
+    config: Path = typer.Option(None, "--config", help="A TOML configuration file: full control."),
+    profile: str = typer.Option(
+        None, "--profile", help="A shipped profile (`headprune profiles`); default quick, unless --config or --budget."
     ),
+    model: str = typer.Option(None, "--model", help="Overrides model.name: hub id, local directory or 'minilm'."),
+    data: list[str] = typer.Option(
+        None, "--data",
+        help="Your datasets (CSV/TSV/JSONL) or bundled names: they fill every role not named by "
+             "--step1-datasets/--step2-datasets/--generalization-datasets. Repeat for more.",
+    ),
+    step1_datasets: list[str] = typer.Option(
+        None, "--step1-datasets", help=ROLE_HELP.format(key="step1.datasets", what="the head importance order"),
+    ),
+    step2_datasets: list[str] = typer.Option(
+        None, "--step2-datasets", help=ROLE_HELP.format(key="step2.datasets", what="the search for pruned models"),
+    ),
+    generalization_datasets: list[str] = typer.Option(
+        None, "--generalization-datasets",
+        help=ROLE_HELP.format(key="generalization.datasets", what="the chosen models against the complete one"),
+    ),
+    text_column: str = typer.Option(None, "--text-column", help="Overrides data.text_column (default tweet)."),
+    label_column: str = typer.Option(None, "--label-column", help="Overrides data.label_column (default class)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Overrides data.data_dir: folder of the bundled datasets."),
+    executor: str = typer.Option(None, "--executor", help="Overrides run.executor: in-process or ray."),
+    address: str = typer.Option(None, "--address", help="Overrides run.address: Ray's, auto or HOST:PORT."),
+    device: str = typer.Option(None, "--device", help="Overrides run.device: auto, cpu, cuda, cuda:N."),
+    settings: list[str] = typer.Option(
+        None, "--set", help="SECTION.KEY=VALUE: any configuration key, e.g. --set step2.seeds=1-3. Repeat for more.",
+    ),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Run directory (default runs/<profile or config name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and a time estimate; compute nothing."),
     time_limit: float = typer.Option(
         None, "--time-limit", min=0.0,
         help="Minutes: then finish the evaluations in flight, start no new one, and exit 3 (rerun to go on).",
     ),
+    budget: str = typer.Option(
+        None, "--budget",
+        help="A duration (45m, 2h): run the most faithful profile whose estimate on this machine fits, and stop "
+             "at the budget as --time-limit does.",
+    ),
 ) -> None:
-    """The whole method: Step 1 -> Step 2 -> generalization check -> summary.json and report."""
-    from ..config import load_config, validate
+    """The whole method: Step 1 -> Step 2 -> generalization check -> summary.json and report.
+    Writes RUN_DIR/config.toml, the configuration used: `--config RUN_DIR/config.toml` reruns it."""
+    from ..overrides import dataset_items, parse_assignment, role_overrides
+
+    started = time.monotonic()
+    chosen_by = [flag for flag, given in (("--config", config), ("--profile", profile), ("--budget", budget)) if given]
+    if len(chosen_by) > 1:
+        raise HeadpruneError(f"{' and '.join(chosen_by)}: give one (--budget chooses the profile itself)")
+    if budget is not None and time_limit is not None:
+        raise HeadpruneError("--budget and --time-limit: give one (--budget stops at the budget)")
+    named = {f"{role}.datasets": dataset_items(items) for role, items in
+             (("step1", step1_datasets), ("step2", step2_datasets), ("generalization", generalization_datasets))}
+    overrides: dict = {
+        "model.name": model, "data.text_column": text_column, "data.label_column": label_column,
+        "data.data_dir": str(data_dir.resolve()) if data_dir is not None else None,
+        "run.executor": executor, "run.address": address, "run.device": device,
+        **role_overrides(dataset_items(data), named),
+    }
+    overrides.update(parse_assignment(text) for text in settings or [])
+    if budget is not None:
+        _run_on_budget(budget, overrides, run_dir, dry_run, started)
+        return
+    cfg = _base_config(config, profile, overrides)
+    deadline = started + 60 * time_limit if time_limit is not None else None
+    _run(cfg, run_dir or Path("runs") / _run_name(config, profile), dry_run, deadline)
+
+
+def _run_name(config: Path | None, profile: str | None) -> str:
+    from ..profiles import DEFAULT_PROFILE
+
+    return config.stem if config is not None else profile or DEFAULT_PROFILE
+
+
+def _base_config(config: Path | None, profile: str | None, overrides: dict):
+    """The configuration file or the profile (default: `DEFAULT_PROFILE`), with the options' keys."""
+    from ..config import load_config
+    from ..overrides import with_overrides
+    from ..profiles import DEFAULT_PROFILE, load_profile
+
+    base = load_config(config) if config is not None else load_profile(profile or DEFAULT_PROFILE)
+    return with_overrides(base, overrides)
+
+
+def _run(cfg, run_dir: Path, dry_run: bool, deadline: float | None, budget: dict | None = None) -> None:
     from ..pipeline import Pipeline
     from ..plan import dry_run_text
 
-    cfg = load_config(config)
-    if executor is not None:
-        cfg.run.executor = executor
-    if address is not None:
-        cfg.run.address = address
-    if device is not None:
-        cfg.run.device = device
-    if model is not None:
-        cfg.model.name = model
-    if data_dir is not None:
-        cfg.data.data_dir = str(data_dir)
-    validate(cfg, "")
-    run_dir = run_dir or Path("runs") / config.stem
-    deadline = time.monotonic() + 60 * time_limit if time_limit is not None else None
     pipeline = Pipeline(cfg, run_dir, deadline=deadline)
     if dry_run:
         typer.echo(dry_run_text(pipeline))
         return
+    _write_config(cfg, run_dir)
+    pipeline.budget = budget
     pipeline.run()
     if cfg.run.report:
         from ..report import write_report
 
         path = write_report(run_dir)
         typer.echo(f"report: {path}")
+
+
+def _write_config(cfg, run_dir: Path) -> None:
+    """RUN_DIR/config.toml: every key of the configuration the run uses, so it reruns and can be edited."""
+    from ..overrides import to_toml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    comment = (f"The configuration of this run (from {cfg.source or 'options'} and the command's options).\n"
+               f"Rerun or edit: headprune run --config {run_dir / 'config.toml'} --run-dir {run_dir}")
+    (run_dir / "config.toml").write_text(to_toml(cfg, comment), encoding="utf-8")
+
+
+def _run_on_budget(text: str, overrides: dict, run_dir: Path | None, dry_run: bool, started: float) -> None:
+    """--budget: estimate the ladder's profiles (most faithful first), print the choice, its plan and
+    departures, then run it with the budget as the deadline."""
+    from ..budget import choose, parse_budget
+    from ..config import departures
+    from ..overrides import with_overrides
+    from ..pipeline import Pipeline
+    from ..plan import dry_run_text
+    from ..profiles import LADDER, load_profile
+    from ..progress import format_seconds
+
+    seconds = parse_budget(text)
+    candidates = {name: Pipeline(with_overrides(load_profile(name), overrides), run_dir or Path("runs") / name)
+                  for name in LADDER}
+    choice = choose(candidates, seconds)
+    estimates = ", ".join(f"{name} ~{format_seconds(s)}" for name, s in choice.estimates.items())
+    typer.echo(f"budget {text}: profile {choice.profile} (estimates on this machine: {estimates})"
+               + ("" if choice.fits else f"; none fits, so {choice.profile} runs and stops at the budget "
+                  "(rerun the same command to go on)"))
+    chosen = candidates[choice.profile]
+    typer.echo(dry_run_text(chosen, with_estimate=False))
+    typer.echo("departures from the paper's protocol:")
+    for line in departures(chosen.config, chosen.device.type):
+        typer.echo(f"  - {line}")
+    if dry_run:
+        return
+    _run(chosen.config, chosen.run_dir, False, started + seconds, choice.record(text))
