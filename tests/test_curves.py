@@ -162,3 +162,48 @@ def test_raced_curves_are_compared_over_the_seeds_every_cell_was_scored_with() -
     curves["falling"]["e"] = {"0": [0.8, None], "6": [None, 0.7]}
     curves["flat"]["e"] = {"0": [0.8, 0.8], "6": [0.8, 0.8]}
     assert "e" not in compare_orders(curves, {})["seeds"]
+
+
+def _chance_comparison(rng, criteria: dict[str, float], n_random: int = 10, datasets=("a", "b", "c", "d")) -> dict:
+    """`compare_orders`-shaped areas: a level per dataset (block), an effect per order shared by every
+    dataset (a permutation is one unit), noise per (order, dataset); criteria get their own effect."""
+    level = {ds: 0.78 + rng.normal(0, 0.02) for ds in datasets}
+    names = [f"A{i}" for i in range(1, n_random + 1)] + list(criteria)
+    shift = {o: criteria.get(o, 0.0) + rng.normal(0, 0.004) for o in names}
+    orders = {o: {"area": {ds: level[ds] + shift[o] + rng.normal(0, 0.002) for ds in datasets}} for o in names}
+    return {"orders": orders, "ks": {ds: [0, 6] for ds in datasets}}
+
+
+def test_against_chance_places_a_criterion_among_the_random_orders() -> None:
+    from headprune.curves import against_chance, chance_sentence
+
+    rng = np.random.default_rng(7)
+    comparison = _chance_comparison(rng, {"good": 0.03, "plain": 0.0})
+    randoms = [f"A{i}" for i in range(1, 11)]
+    chance = against_chance(comparison, randoms)
+    assert chance["random_orders"] == randoms and chance["datasets"] == ["a", "b", "c", "d"]
+    good = chance["criteria"]["good"]
+    assert good["rank"] == 1 and all(r == 1 for r in good["rank_by_dataset"].values())
+    assert good["p_holm"] < 0.01 and good["effect"] == pytest.approx(0.03, abs=0.006)
+    sentence = chance_sentence(chance)
+    assert sentence.index("good:") < sentence.index("plain:") and "good: +" in sentence
+    assert "above chance" in sentence.split("plain:")[0]
+    assert against_chance(comparison, ["A1"]) is None  # one random order is no distribution
+
+
+def test_against_chance_holds_its_level_when_the_criterion_is_one_more_random_order() -> None:
+    """Simulation: a criterion drawn like the random orders (same order effect shared by the
+    datasets) is called above chance at most alpha of the time (binomial bound); testing on the
+    (dataset, seed) or dataset cells as if independent would not be."""
+    from scipy.stats import binomtest
+
+    from headprune.curves import against_chance
+
+    rng = np.random.default_rng(20261207)
+    randoms = [f"A{i}" for i in range(1, 11)]
+    trials, hits = 2000, 0
+    for _ in range(trials):
+        chance = against_chance(_chance_comparison(rng, {"null": 0.0}), randoms)
+        hits += chance["criteria"]["null"]["p_value"] < 0.05
+    assert binomtest(hits, trials, 0.05, alternative="greater").pvalue > 0.01, hits / trials
+    assert hits / trials > 0.02  # and the test is not trivially conservative

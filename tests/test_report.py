@@ -313,3 +313,29 @@ def test_which_order_prunes_best_says_over_which_seeds_when_a_race_left_some_out
     others = [d for d in first["seed_scores"] if d != ds]
     assert f"over the seeds every one of those cells was scored with ({ds}: 1, " in md
     assert all(f"{d}: 2" in md for d in others)
+
+
+def test_the_orders_section_places_the_criteria_against_the_random_orders(tmp_path):
+    """One random order (A1): the section says it is no null distribution. Add a second (A2, a copy of
+    A1's curves moved down a point): the section places every criterion among them."""
+    import copy
+
+    from headprune.curves import against_chance, chance_sentence, compare_orders
+    from headprune.summary import Summary
+
+    data = make_summary(version=4)
+    write_summary(tmp_path, data)
+    assert "1 random order is no null distribution" in write_report(tmp_path).read_text(encoding="utf-8")
+    data["orders"]["A2"] = copy.deepcopy(data["orders"]["A1"])
+    data["h1"]["A2"] = copy.deepcopy(data["h1"]["A1"])
+    for per_k in data["h1"]["A2"]["seed_scores"].values():
+        for k, scores in per_k.items():
+            per_k[k] = [None if v is None else v - 0.01 for v in scores]
+    write_summary(tmp_path, data)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    summary = Summary.from_json(data)
+    cm = {ds: cell.scores for ds, cell in summary.step2_comparison.models["CM"].items()}
+    found = compare_orders({o: e.seed_scores for o, e in summary.h1.items()}, cm)
+    chance = against_chance(found, ["A1", "A2"])
+    assert set(chance["criteria"]) == {"OI", "OI-layer", "fisher", "magnitude"}
+    assert html.escape(chance_sentence(chance)) in page and "no null distribution" not in page

@@ -194,4 +194,70 @@ def answer(comparison: Mapping) -> str:
             f"(paired t-tests, Holm-adjusted p >= {alpha}).")
 
 
-__all__ = ["DEFAULT_SAFE_K_MARGIN", "answer", "common_ks", "compare_orders", "curve_area", "holm", "largest_safe_k"]
+def against_chance(comparison: Mapping, random_orders: Sequence[str], alpha: float = 0.05) -> dict | None:
+    """Where each non-random order falls in the distribution of the random orders' mean F1 over k,
+    with datasets as blocks and the orders as the units (`comparison`: `compare_orders`'s result).
+
+    Per dataset, every area is centred on the random orders' mean there (the dataset's level is a
+    block effect); an order's effect is its centred area averaged over the datasets. The random
+    orders' effects are draws from the null distribution, so a criterion no better than chance is one
+    more draw: its effect against theirs is a prediction t-test, t = (m - mean) / (sd * sqrt(1 + 1/R)),
+    R - 1 degrees of freedom, one-sided (above chance), Holm-adjusted over the criteria. Also its
+    rank among the random orders per dataset and overall (1 = above every random order). The unit
+    is the order, not the (dataset, seed): seeds and datasets share every order's permutation, so
+    they are not independent draws of it. None with fewer than two random orders."""
+    from scipy.stats import t as student
+
+    orders = comparison["orders"]
+    randoms = [o for o in random_orders if o in orders and orders[o]["area"]]
+    if len(randoms) < 2:
+        return None
+    datasets = [ds for ds in comparison["ks"] if all(ds in orders[o]["area"] for o in orders)]
+    if not datasets:
+        return None
+    centre = {ds: float(np.mean([orders[o]["area"][ds] for o in randoms])) for ds in datasets}
+
+    def effect(order: str) -> float:
+        return float(np.mean([orders[order]["area"][ds] - centre[ds] for ds in datasets]))
+
+    null = np.array([effect(o) for o in randoms])
+    spread = float(np.std(null, ddof=1))
+    criteria = [o for o in orders if o not in randoms]
+    rows: dict[str, dict] = {}
+    for order in criteria:
+        m = effect(order)
+        if spread > 0:
+            t_value = (m - float(null.mean())) / (spread * math.sqrt(1 + 1 / len(randoms)))
+            p_value = float(student.sf(t_value, len(randoms) - 1))
+        else:
+            t_value, p_value = math.nan, math.nan
+        rows[order] = {
+            "effect": m, "t": t_value, "p_value": p_value,
+            "rank": 1 + int(np.sum(null > m)),
+            "rank_by_dataset": {ds: 1 + sum(orders[o]["area"][ds] > orders[order]["area"][ds] for o in randoms)
+                                for ds in datasets},
+        }
+    for order, adjusted in zip(criteria, holm([rows[o]["p_value"] for o in criteria])):
+        rows[order]["p_holm"] = adjusted
+    return {"random_orders": randoms, "datasets": datasets, "null_effects": dict(zip(randoms, null.tolist())),
+            "null_sd": spread, "criteria": rows, "alpha": alpha}
+
+
+def chance_sentence(chance: Mapping) -> str:
+    """One sentence per criterion: its place among the random orders, and whether it beats chance."""
+    n = len(chance["random_orders"])
+    alpha = chance["alpha"]
+    parts = []
+    for order, row in sorted(chance["criteria"].items(), key=lambda item: -item[1]["effect"]):
+        place = (f"{order}: {100 * row['effect']:+.2f} points against the random orders' mean, "
+                 f"rank {row['rank']} of {n + 1}")
+        adjusted = row["p_holm"]
+        verdict = ("above chance" if not math.isnan(adjusted) and adjusted < alpha else "not distinguishable from chance")
+        parts.append(f"{place} ({verdict}, p = {adjusted:.3g} Holm)" if not math.isnan(adjusted) else place)
+    return (f"Against {n} random orders (the null distribution of the mean F1 over k; datasets as blocks, "
+            f"the order as the unit, one-sided prediction t-tests, Holm over {len(chance['criteria'])} "
+            f"criteria, alpha {alpha}): " + "; ".join(parts) + ".")
+
+
+__all__ = ["DEFAULT_SAFE_K_MARGIN", "against_chance", "answer", "chance_sentence", "common_ks", "compare_orders",
+           "curve_area", "holm", "largest_safe_k"]

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .curves import DEFAULT_SAFE_K_MARGIN, answer, compare_orders
+from .curves import DEFAULT_SAFE_K_MARGIN, against_chance, answer, chance_sentence, compare_orders
 from .generalize import mean_and_std, statement
 from .racing import WALK_TEST_WORDS
 from .summary import (
@@ -635,6 +635,13 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
         f"{found['best']} has the highest mean F1 over k; this summary holds no per-seed H1 scores (a run "
         "before schema 4), so nothing is tested.")
     section.blocks.append(f"<p><b>Answer:</b> {html.escape(sentence)}</p>")
+    randoms = [o for o, e in (run.summary.orders or {}).items() if e.is_random and o in h1]
+    chance = against_chance(found, randoms, alpha) if seeded else None
+    if chance is not None:
+        section.blocks.append(f"<p><b>Against chance:</b> {html.escape(chance_sentence(chance))}</p>")
+    elif seeded and randoms:
+        section.blocks.append(f"<p><b>Against chance:</b> {len(randoms)} random order is no null distribution: "
+                              "run two or more (ten or more for a useful test) to place the criteria among them.</p>")
     for ds in _datasets_of({o: e.scores for o, e in h1.items()}):
         scored = [s for s in complete.get(ds) or [] if s is not None]
         band = mean_and_std(scored) if scored else None
