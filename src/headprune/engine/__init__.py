@@ -39,7 +39,7 @@ What differs from the reference, on purpose:
 - **precision.** On CUDA the forward/backward runs under bf16 autocast with fp32 master weights,
   fp32 Adam state and an fp32 loss; features are computed in fp32. On CPU everything is fp32.
 - **the SVM** gets precomputed RBF Gram matrices (float64, on the device) -
-  `svm_f1_precomputed`, the same decision function as `scoring.svm_f1`.
+  `scoring.svm_f1`, the one SVM stage of both (the reference computes it on the CPU).
 - **timing.** The adjusting stage of a group is timed once; every seed of the group reports that
   shared wall time as its `adjust_seconds`.
 
@@ -71,7 +71,6 @@ from .stages import (
                      features_stacked,
                      score_pack,
                      score_seeds_batched,
-                     svm_f1_precomputed,
                      task_jobs,
 )
 
@@ -80,6 +79,6 @@ __all__ = [
     "FastMasking", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size",
     "batched_store_entries",
     "fast_masking_matches", "features_stacked", "finetune_steps", "group_seed", "job_batches", "job_stream",
-    "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports", "svm_f1_precomputed",
+    "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports",
     "task_jobs",
 ]
