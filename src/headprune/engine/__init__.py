@@ -49,7 +49,8 @@ says whether a model can run here, `BatchedExecutor` falls back to the reference
 
 Modules: `options` (EngineOptions, supports), `stack` (StackedMLM), `optim` (StackedAdamW),
 `batches` (each model's batches, worker processes, the flat layout), `stages` (adjusting, features,
-SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (BatchedExecutor)."""
+SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (BatchedExecutor),
+`selfcheck` (the check `run.engine = "auto"` runs on CUDA before trusting the engine)."""
 
 from .batches import Batch, BatchPreparer, FastMasking, fast_masking_matches, job_batches, job_stream, lrs_of
 from .executor import BatchedExecutor
@@ -64,6 +65,7 @@ from .options import (
     supports,
 )
 from .packing import auto_pack_size, finetune_steps, plan_packs, plan_units
+from .selfcheck import self_check
 from .stack import StackedMLM
 from .stages import (
                      SizeCache,
@@ -79,6 +81,6 @@ __all__ = [
     "FastMasking", "SizeCache", "StackedAdamW", "StackedMLM", "adjust_stacked", "auto_pack_size",
     "batched_store_entries",
     "fast_masking_matches", "features_stacked", "finetune_steps", "group_seed", "job_batches", "job_stream",
-    "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "supports",
+    "lrs_of", "plan_packs", "plan_units", "score_pack", "score_seeds_batched", "self_check", "supports",
     "task_jobs",
 ]

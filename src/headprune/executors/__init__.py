@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,9 +49,28 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
     return BatchedExecutor(options) if batched_engine(config, _device(config).type) else InProcessExecutor()
 
 
+def checked_engine(config: Config, base_model, tokenizer, limit: int, device: torch.device,
+                   log: Callable[[str], None]) -> Config:
+    """`config`, or a copy with `run.engine = "reference"` when "auto" would pick the batched engine
+    here (in this process, on CUDA) and its self-check fails (`engine.self_check`: a tiny pack
+    trained by the engine and by the reference loop on `device`): then `log` gets one line and the
+    run goes on with the reference loop. The engine has not yet run on a GPU; "batched" forces it
+    unchecked, and on Ray each worker's device is not known here (no check)."""
+    if config.run.engine != "auto" or config.run.executor == "ray" or not batched_engine(config, device.type):
+        return config
+    from ..engine import self_check
+
+    problem = self_check(base_model, tokenizer, device, limit=limit)
+    if problem is None:
+        return config
+    log(f"the batched engine failed its self-check on {device} ({problem}); using the reference loop "
+        "(run.engine = \"batched\" forces the engine)")
+    return replace(config, run=replace(config.run, engine="reference"))
+
+
 def _device(config: Config) -> torch.device:
     device = config.run.device
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
-__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "make_executor"]
+__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "checked_engine", "make_executor"]
