@@ -103,6 +103,9 @@ class RunSection:
     ray_gpus_per_task: float = 0.25  # GPU share of one evaluation on Ray (several small jobs share a GPU)
     ray_max_retries: int = 3  # retries of an evaluation whose Ray worker died
     report: bool = True
+    # Reference-loop evaluations at once, in worker processes; 0: on a CPU one per core (1 thread each,
+    # as many as half the memory holds), on a GPU 1; 1: in this process (same scores for the same threads)
+    workers: int = 0
 
 
 @dataclass
@@ -249,6 +252,8 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
     if config.step1.workers < 0:
         bad(f"step1.workers must be 0 (automatic) or more, got {config.step1.workers}")
+    if config.run.workers < 0:
+        bad(f"run.workers must be 0 (automatic) or more, got {config.run.workers}")
     if config.run.pack_models < 0:
         bad(f"run.pack_models must be 0 (as many as fit) or more, got {config.run.pack_models}")
     if config.run.ray_max_retries < 0:
@@ -356,6 +361,7 @@ NOT_DEPARTURES: dict[str, str] = {
     "run.ray_gpus_per_task": "GPU share of a Ray task (speed)",
     "run.ray_max_retries": "retries of a Ray task whose worker died",
     "run.report": "whether the HTML report is written",
+    "run.workers": "number of worker processes of the reference loop (the same scores for the same threads per task)",
     "step2.racing_confidence": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_first_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_screen": "a racing setting: part of the step2.racing line when racing is on, else unused",

@@ -175,6 +175,7 @@ class Pipeline:
             loader=self.dataset,
             deadline=self.deadline,
             log=self.progress.log,
+            base_loader=self.base_loader(),
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:

@@ -120,6 +120,7 @@ class Scorer:
         loader: Callable[[str], Dataset] | None = None,
         deadline: float | None = None,
         log: Callable[[str], None] | None = None,
+        base_loader: Callable[[], BaseModel] | None = None,
     ):
         self.base = base
         self.store = store
@@ -135,6 +136,7 @@ class Scorer:
         self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
         self.deadline = deadline  # time.monotonic(): past it, start nothing new and raise errors.Stopped
         self.log = log  # where the first score found in the store says which scores a resumed run reuses
+        self.base_loader = base_loader  # loads `base` again, in worker processes (`EvalContext.base_loader`)
         self.resumed = False
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
@@ -165,7 +167,7 @@ class Scorer:
         for name in names:
             self.dataset(name)
         return EvalContext(self.base.model, self.base.tokenizer, {n: self._encoded[n] for n in names}, self.settings,
-                           self.device, score=run_task)
+                           self.device, score=run_task, base_loader=self.base_loader)
 
     # -------------------------------------------------------------- store
     def key(self, task: SeedTask) -> str:

@@ -84,6 +84,9 @@ class EvalContext:
     settings: ScoreSettings
     device: Any = "auto"
     score: Callable[[EvalContext, SeedTask], SeedScore] | None = None
+    # A picklable callable loading the same base model (a `base.BaseModel`): worker processes load it
+    # themselves rather than be sent the model (`executors.WorkerProcesses`). None: not offered.
+    base_loader: Callable[[], Any] | None = None
 
     def compute(self, task: SeedTask) -> SeedScore:
         if self.score is None:

@@ -13,7 +13,7 @@ import torch
 from ..config import batched_engine
 from ..devices import resolve_device
 from ..tasks import Executor
-from .local import InProcessExecutor, ProcessExecutor
+from .local import InProcessExecutor, ProcessExecutor, WorkerProcesses
 from .ray_executor import RAY_MISSING, RayExecutor
 
 if TYPE_CHECKING:
@@ -30,7 +30,10 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
     batched engine on CUDA, the reference loop otherwise). With the batched engine, Step 2 packs
     different candidates into one masked stack (`run.pack`); the generalization check never does,
     so that each chosen model's adjusting time is its own (Table 14). `run.executor = "ray"`: on
-    Ray, where `run.engine` chooses what a Ray task is (one evaluation, or one unit of the engine)."""
+    Ray, where `run.engine` chooses what a Ray task is (one evaluation, or one unit of the engine).
+    The reference loop here: in `run.workers` worker processes (`WorkerProcesses`; 0: on a CPU one
+    per core of 1 thread, where two 1-thread processes do more than one of 2 threads; on a GPU 1),
+    or in this process (1)."""
     from ..engine import BatchedExecutor, EngineOptions
 
     if stage == "step1":
@@ -46,7 +49,10 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
             engine_options=options,
             device=config.run.device,
         )
-    return BatchedExecutor(options) if batched_engine(config, _device(config).type) else InProcessExecutor()
+    if batched_engine(config, _device(config).type):
+        return BatchedExecutor(options)
+    workers = config.run.workers or (0 if _device(config).type == "cpu" else 1)
+    return InProcessExecutor() if workers == 1 else WorkerProcesses(workers)
 
 
 def checked_engine(config: Config, base_model, tokenizer, limit: int, device: torch.device,
@@ -73,4 +79,5 @@ def _device(config: Config) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
-__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "checked_engine", "make_executor"]
+__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "WorkerProcesses", "checked_engine",
+           "make_executor"]
