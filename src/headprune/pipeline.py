@@ -20,7 +20,7 @@ from . import __version__
 from .base import BaseModel, WarmupSettings, load_base
 from .config import Config, departures
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
-from .devices import device_description, reproducible, resolve_device
+from .devices import check_precision, device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import checked_engine, make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
@@ -96,6 +96,7 @@ class Pipeline:
         self.data_dir = config.data.data_dir or None
         self.device = resolve_device(config.run.device)
         reproducible(self.device, config.run.deterministic)
+        check_precision(config.run.precision, self.device)
         self.settings = score_settings(config)
         self._datasets: dict[str, Dataset] = {}
         self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
@@ -176,6 +177,7 @@ class Pipeline:
             deadline=self.deadline,
             log=self.progress.log,
             base_loader=self.base_loader(),
+            precision=self.config.run.precision,
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:

@@ -65,9 +65,12 @@ def adamw(params, lr: float, eps: float = 1e-8) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=0.0, fused=True)
 
 
-def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed: int, device: torch.device) -> float:
+def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed: int, device: torch.device,
+           precision: str = "fp32") -> float:
     """Continued MLM pre-training (15% masking, 80/10/10; AdamW, linear decay, no warm-up, no weight
-    decay). Returns the seconds it took. Batch order, masking and dropout all take `seed`."""
+    decay). Returns the seconds it took. Batch order, masking and dropout all take `seed`.
+    `precision` "bf16": forward and backward under bf16 autocast, the weights, gradients, Adam state
+    and loss in fp32 (as the batched engine on CUDA)."""
     from transformers import DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
     start = time.perf_counter()
@@ -87,9 +90,10 @@ def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed
             if not (labels != -100).any():
                 schedule.step()  # nothing masked in this batch: no loss, but the schedule advances
                 continue
-            loss = masked_lm_loss(
-                model, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels.to(device)
-            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = masked_lm_loss(
+                    model, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels.to(device)
+                )
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -167,13 +171,13 @@ def pruned_copy(base_model, pruned: Iterable[Head]):
 
 
 def adjust_seconds(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
-                   seed: int, settings: ScoreSettings, device: torch.device) -> float:
+                   seed: int, settings: ScoreSettings, device: torch.device, precision: str = "fp32") -> float:
     """What one finetuning of this pruned model costs on `device` (Table 14): the seconds of the
     adjusting stage of `score_seed` alone (the same split, pruning and training), without features
     or SVM."""
     finetune_idx, _ = split_halves(labels, seed)
     model = pruned_copy(base_model, pruned).to(device)
-    return adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device)
+    return adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device, precision)
 
 
 def score_seed(
@@ -185,14 +189,16 @@ def score_seed(
     seed: int,
     settings: ScoreSettings,
     device: torch.device,
+    precision: str = "fp32",
 ) -> SeedScore:
-    """One seed of PRUN_ADJ_EVAL: split, prune, adjust, features, SVM. `base_model` is not modified."""
+    """One seed of PRUN_ADJ_EVAL: split, prune, adjust (`precision`: see `adjust`), features (fp32),
+    SVM. `base_model` is not modified."""
     finetune_idx, classify_idx = split_halves(labels, seed)
     model = pruned_copy(base_model, pruned)
     n_params = count_parameters(model)
     size = saved_size(model)
     model.to(device)
-    seconds = adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device)
+    seconds = adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device, precision)
     x = features(model, [ids[i] for i in classify_idx], tokenizer.pad_token_id, settings, device)
     f1 = svm_f1(x, labels[classify_idx], settings.n_folds, seed)
     return SeedScore(f1=f1, adjust_seconds=seconds, n_params=n_params, size_bytes=size, device=str(device.type))
@@ -203,7 +209,7 @@ def run_task(context: EvalContext, task: SeedTask) -> SeedScore:
     ids, labels = context.datasets[task.dataset]
     device = context.device if isinstance(context.device, torch.device) else resolve_device(str(context.device))
     return score_seed(context.base_model, context.tokenizer, ids, labels, task.pruned, task.seed, context.settings,
-                      device)
+                      device, context.precision)
 
 
 def time_task(context: EvalContext, task: SeedTask) -> float:
@@ -211,7 +217,7 @@ def time_task(context: EvalContext, task: SeedTask) -> float:
     ids, labels = context.datasets[task.dataset]
     device = context.device if isinstance(context.device, torch.device) else resolve_device(str(context.device))
     return adjust_seconds(context.base_model, context.tokenizer, ids, labels, task.pruned, task.seed, context.settings,
-                          device)
+                          device, context.precision)
 
 
 __all__ = ["adjust", "adjust_seconds", "features", "masked_lm_loss", "pad_batch", "pruned_copy", "run_task",

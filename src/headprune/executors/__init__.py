@@ -39,7 +39,8 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
     if stage == "step1":
         workers = config.step1.workers or (6 if _device(config).type == "cuda" else 1)
         return ProcessExecutor(workers) if workers > 1 else InProcessExecutor()
-    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
+    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None,
+                            amp=True if config.run.precision == "bf16" else None)  # None: bf16 on CUDA only
     if config.run.executor == "ray":
         return RayExecutor(
             address=config.run.address or None,

@@ -124,11 +124,12 @@ def _load_base(loader: Callable[[], Any], threads: int) -> None:
     _WORKER_BASE["base"] = loader()
 
 
-def _evaluate(task: Any, dataset: Any, settings: Any, device: Any, score: Callable) -> Any:
+def _evaluate(task: Any, dataset: Any, settings: Any, device: Any, score: Callable, precision: str) -> Any:
     from ..tasks import EvalContext
 
     base = _WORKER_BASE["base"]
-    return score(EvalContext(base.model, base.tokenizer, {task.dataset: dataset}, settings, device, score), task)
+    return score(EvalContext(base.model, base.tokenizer, {task.dataset: dataset}, settings, device, score,
+                             precision=precision), task)
 
 
 def auto_workers(n_params: int, cores: int | None = None, memory: int | None = None) -> int:
@@ -202,7 +203,7 @@ class WorkerProcesses(ReferenceLoop):
             return
         pool = self._pool_for(loader, workers, threads)
         futures = {pool.submit(_evaluate, task, context.datasets[task.dataset], context.settings,
-                               context.device, context.score): task for task in tasks}
+                               context.device, context.score, context.precision): task for task in tasks}
         try:
             for future in as_completed(futures):
                 try:
