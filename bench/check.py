@@ -22,7 +22,7 @@ MiniLM 11.9k tokens/s, naive BERTweet shape 8.6k; MiniLM stacks of 16-64 models 
 tweets ~27.5 tokens; person: 440 rows, half of them adjusted on, 4 epochs, ~25k tokens a model):
 
 - smoke, 50 s: every CUDA path on person and hobbit subsampled to 96 rows, 1 epoch, seeds 1-2:
-  seed stacks (physically pruned too), packs (masked stacks, a removed layer), bf16 autocast, the
+  the engine's self-check (what `run.engine = "auto"` runs on CUDA before a run), seed stacks (physically pruned too), packs (masked stacks, a removed layer), bf16 autocast, the
   fused AdamW, features, the GPU SVM kernel against libsvm, batches drawn in worker processes
   (checked against in-process ones), the halving of a pack that runs out of memory (a real OOM:
   the GPU filled but 2.5 GiB), a small RoBERTa (its position ids).
@@ -601,7 +601,18 @@ def smoke(context: dict, recorder: Recorder) -> None:
         out["roberta"] = {"packed_f1": check_f1s(scores), "stacked_f1": check_f1s(stacked),
                           "positions": small.config.max_position_embeddings}
 
-    for name, fn in (("stacked", stacked), ("packed", packed), ("svm_kernel", svm_kernel),
+    def self_check():  # what `run.engine = "auto"` runs on CUDA before trusting the engine with a run
+        from headprune.engine import EngineOptions, self_check
+        from headprune.models import max_length
+
+        start = time.perf_counter()
+        problem = self_check(model, tokenizer, device, EngineOptions(amp=True), max_length(tokenizer, model.config))
+        out["self_check"] = {"passed": problem is None, "problem": problem,
+                             "seconds": time.perf_counter() - start}
+        if problem is not None:
+            raise AssertionError(f"engine self-check: {problem}")
+
+    for name, fn in (("self_check", self_check), ("stacked", stacked), ("packed", packed), ("svm_kernel", svm_kernel),
                      ("batch_workers", batch_workers), ("oom_halving", oom_halving), ("roberta", roberta)):
         recorder.step(name, fn)
 

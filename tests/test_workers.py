@@ -81,7 +81,9 @@ def test_workers_give_the_scores_of_a_sequential_run_with_one_thread(context):
     assert WorkerProcesses(2).store_entries(context.base_model, "cpu") == {}  # the reference loop's keys
 
 
-def test_one_task_or_no_loader_runs_here_on_the_workers_threads(context, monkeypatch):
+def test_what_cannot_travel_runs_here_on_the_workers_threads(context):
+    """A score function defined inside another (a test's stand-in) cannot be sent to a worker, nor
+    can a context without a base loader: their tasks run here, on the workers' threads."""
     import dataclasses
 
     seen = []
@@ -91,11 +93,12 @@ def test_one_task_or_no_loader_runs_here_on_the_workers_threads(context, monkeyp
         seen.append(torch.get_num_threads())
         return real(ctx, task)
 
-    here = dataclasses.replace(context, score=spy, base_loader=None)
     executor = WorkerProcesses(2, threads=1)
     before = torch.get_num_threads()
-    assert [t for t, _ in executor.run(here, TASKS[:2])] == TASKS[:2]
-    assert seen == [1, 1] and torch.get_num_threads() == before and executor._pool is None
+    for here in (dataclasses.replace(context, score=spy), dataclasses.replace(context, score=spy, base_loader=None)):
+        seen.clear()
+        assert [t for t, _ in executor.run(here, TASKS[:2])] == TASKS[:2]
+        assert seen == [1, 1] and torch.get_num_threads() == before and executor._pool is None
 
 
 def test_auto_workers_one_per_core_as_memory_allows():

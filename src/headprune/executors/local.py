@@ -50,6 +50,26 @@ class Rebuildable(Protocol):
     def recipe(self) -> Callable[[], Context]: ...
 
 
+def as_they_complete(futures: dict, stops: StopRequests) -> Iterator[tuple[Any, Any]]:
+    """(task, result) of each future of {future: task} as it completes; after `stops.request_stop()`,
+    or when the caller stops early (an error, an interrupt), the futures not started are cancelled."""
+    from concurrent.futures import CancelledError, as_completed
+
+    try:
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except CancelledError:
+                continue
+            yield futures[future], result
+            if stops.stop_requested:
+                for other in futures:
+                    other.cancel()
+    finally:
+        for other in futures:  # start nothing more
+            other.cancel()
+
+
 # Worker-process state (set by `_init` in each worker of a ProcessExecutor, never in the parent).
 _WORKER_CONTEXT: dict = {}
 
@@ -82,7 +102,7 @@ class ProcessExecutor(ReferenceLoop):
             ) -> Iterator[tuple[Any, Any]]:
         import multiprocessing
         import os
-        from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+        from concurrent.futures import ProcessPoolExecutor
 
         tasks = list(tasks)
         if not tasks:
@@ -92,20 +112,7 @@ class ProcessExecutor(ReferenceLoop):
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init,
                                  initargs=(context.recipe(), threads)) as pool:
-            futures = {pool.submit(_compute, task): task for task in tasks}
-            try:
-                for future in as_completed(futures):
-                    try:
-                        result = future.result()
-                    except CancelledError:
-                        continue
-                    yield futures[future], result
-                    if self.stop_requested:
-                        for other in futures:
-                            other.cancel()
-            finally:
-                for other in futures:  # the caller stopped early (error, interrupt): start nothing more
-                    other.cancel()
+            yield from as_they_complete({pool.submit(_compute, task): task for task in tasks}, self)
 
 
 # Worker-process state of `WorkerProcesses` (set by `_load_base` in each of its workers).
@@ -130,6 +137,18 @@ def _evaluate(task: Any, dataset: Any, settings: Any, device: Any, score: Callab
     base = _WORKER_BASE["base"]
     return score(EvalContext(base.model, base.tokenizer, {task.dataset: dataset}, settings, device, score,
                              precision=precision), task)
+
+
+def _travels(function: Callable) -> bool:
+    """Whether `function` can be sent to a worker process (a module-level function can; one defined
+    inside another, such as a test's stand-in, cannot: its tasks run here)."""
+    import pickle
+
+    try:
+        pickle.dumps(function)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def auto_workers(n_params: int, cores: int | None = None, memory: int | None = None) -> int:
@@ -157,7 +176,8 @@ class WorkerProcesses(ReferenceLoop):
     computes in this process with as many threads (`EvalContext.score` seeds everything from the
     task's seed), so its scores are the reference loop's, under the same store keys; results come
     as they complete. After `request_stop()` the tasks not started are cancelled. A context without
-    a `base_loader`, or a batch of one task when no pool is up yet, runs here on `threads` threads."""
+    a `base_loader` or whose `score` cannot be pickled, or a batch of one task when no pool is up
+    yet, runs here on `threads` threads."""
 
     name = "worker-processes"
 
@@ -193,30 +213,17 @@ class WorkerProcesses(ReferenceLoop):
 
     def run(self, context: Any, tasks: Sequence[Any], batch: Sequence[Any] | None = None
             ) -> Iterator[tuple[Any, Any]]:
-        from concurrent.futures import CancelledError, as_completed
-
         tasks = list(tasks)
         workers, threads = self.resolved(context.base_model)
         loader = getattr(context, "base_loader", None)
-        if loader is None or workers == 1 or (len(tasks) < 2 and self._pool is None):
+        if (loader is None or workers == 1 or (len(tasks) < 2 and self._pool is None)
+                or not _travels(context.score)):
             yield from self._here(context, tasks, threads)
             return
         pool = self._pool_for(loader, workers, threads)
-        futures = {pool.submit(_evaluate, task, context.datasets[task.dataset], context.settings,
-                               context.device, context.score, context.precision): task for task in tasks}
-        try:
-            for future in as_completed(futures):
-                try:
-                    result = future.result()
-                except CancelledError:
-                    continue
-                yield futures[future], result
-                if self.stop_requested:
-                    for other in futures:
-                        other.cancel()
-        finally:
-            for other in futures:  # the caller stopped early (error, interrupt): start nothing more
-                other.cancel()
+        yield from as_they_complete({pool.submit(_evaluate, task, context.datasets[task.dataset], context.settings,
+                                                 context.device, context.score, context.precision): task
+                                     for task in tasks}, self)
 
     def _here(self, context: Any, tasks: list, threads: int) -> Iterator[tuple[Any, Any]]:
         import torch
