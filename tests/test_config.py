@@ -212,7 +212,7 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
                "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,
                "step2.racing_first_test": 4, "step2.racing_screen": "no-adjust",
-               "step2.racing_walk_test": "predictive"}
+               "step2.racing_walk_test": "predictive", "run.workers": 2}
     assert set(changes) == set(NOT_DEPARTURES) - {"source"}
     config = paper_config()
     for name, value in changes.items():

@@ -12,7 +12,8 @@ import headprune.engine.selfcheck as selfcheck
 import headprune.executors as executors
 from headprune.config import from_dict
 from headprune.engine import BatchedExecutor
-from headprune.executors import InProcessExecutor, checked_engine, make_executor
+from headprune.executors import checked_engine, make_executor
+from headprune.executors.local import ReferenceLoop
 from headprune.models import resolve_model_path
 
 CPU = torch.device("cpu")
@@ -103,7 +104,7 @@ def test_auto_on_cuda_falls_back_to_the_reference_loop_in_one_line(tiny, monkeyp
         assert len(lines) == 1 and "\n" not in lines[0]
         assert lines[0].startswith("the batched engine failed its self-check on cpu (the engine raised RuntimeError")
         assert lines[0].endswith("using the reference loop (run.engine = \"batched\" forces the engine)")
-        assert isinstance(make_executor(checked), InProcessExecutor)
+        assert isinstance(make_executor(checked), ReferenceLoop)
     else:
         assert checked is config and lines == []
         assert isinstance(make_executor(checked), BatchedExecutor)
