@@ -22,8 +22,9 @@ MiniLM 11.9k tokens/s, naive BERTweet shape 8.6k; MiniLM stacks of 16-64 models 
 tweets ~27.5 tokens; person: 440 rows, half of them adjusted on, 4 epochs, ~25k tokens a model):
 
 - smoke, 50 s: every CUDA path on person and hobbit subsampled to 96 rows, 1 epoch, seeds 1-2:
-  the engine's self-check (what `run.engine = "auto"` runs on CUDA before a run), seed stacks (physically pruned too), packs (masked stacks, a removed layer), bf16 autocast, the
-  fused AdamW, features, the GPU SVM kernel against libsvm, batches drawn in worker processes
+  the engine's self-check (what `run.engine = "auto"` runs on CUDA before a run), seed stacks
+  (physically pruned too), packs (masked stacks, a removed layer), bf16 autocast, the fused AdamW,
+  features, the GPU SVM kernel against libsvm, batches drawn in worker processes
   (checked against in-process ones), the halving of a pack that runs out of memory (a real OOM:
   the GPU filled but 2.5 GiB), a small RoBERTa (its position ids).
 - throughput-minilm, 75 s: the bf16 matmul rate; MiniLM's naive loop (seed 1) vs packs (6

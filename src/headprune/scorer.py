@@ -146,7 +146,7 @@ class Scorer:
         # The batched engine's scores (other dropout masks, bf16 on CUDA: equal only statistically) are
         # kept apart from the reference loop's, whose keys stay as they were (no entries of its own).
         self.store_entries = self.executor.store_entries(base.model, device)
-        if precision != "fp32" and not self.store_entries:  # bf16 reference scores: their own keys (fp32's as they were)
+        if precision != "fp32" and not self.store_entries:  # bf16 reference scores: keys of their own
             self.store_entries = {"precision": precision}
         self.settings_key.update(self.store_entries)
 

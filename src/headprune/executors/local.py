@@ -170,8 +170,9 @@ def auto_workers(n_params: int, cores: int | None = None, memory: int | None = N
 
 class WorkerProcesses(ReferenceLoop):
     """The reference loop's SeedTasks in `workers` spawned processes (0: `auto_workers`) of `threads`
-    torch threads each (default: the cores shared out, so 1 each with one worker per core). The workers live as long
-    as the executor (`close()`), each loading the base model once from the context's `base_loader`;
+    torch threads each (default: the cores shared out, so 1 each with one worker per core). The
+    workers live as long as the executor (`close()`), each loading the base model once from the
+    context's `base_loader`;
     every task travels with its dataset's token ids. A task computes in a worker exactly what it
     computes in this process with as many threads (`EvalContext.score` seeds everything from the
     task's seed), so its scores are the reference loop's, under the same store keys; results come
