@@ -1,9 +1,9 @@
 """Benchmark: seconds per stage of one evaluation (PRUN_ADJ_EVAL: adjust, features, SVM) on a CPU,
 before and after the CPU changes of issue 27, measured side by side in one run.
 
-    python bench/profile.py                                   # paper settings: 4 epochs, whole datasets
-    python bench/profile.py --epochs 1 --max-rows 400 --datasets person   # a short run (says so)
-    python bench/profile.py --bertweet-steps 4                # also the BERTweet shape, complete vs 68 pruned
+    python bench/cpu_profile.py                                   # paper settings: 4 epochs, whole datasets
+    python bench/cpu_profile.py --epochs 1 --max-rows 400 --datasets person   # a short run (says so)
+    python bench/cpu_profile.py --bertweet-steps 4                # also the BERTweet shape, complete vs 68 pruned
 
 Per dataset (the embedded MiniLM, the complete model, seeds 1 and 2), three set-ups:
 
