@@ -22,8 +22,9 @@ MiniLM 11.9k tokens/s, naive BERTweet shape 8.6k; MiniLM stacks of 16-64 models 
 tweets ~27.5 tokens; person: 440 rows, half of them adjusted on, 4 epochs, ~25k tokens a model):
 
 - smoke, 50 s: every CUDA path on person and hobbit subsampled to 96 rows, 1 epoch, seeds 1-2:
-  seed stacks (physically pruned too), packs (masked stacks, a removed layer), bf16 autocast, the
-  fused AdamW, features, the GPU SVM kernel against libsvm, batches drawn in worker processes
+  the engine's self-check (what `run.engine = "auto"` runs on CUDA before a run), seed stacks
+  (physically pruned too), packs (masked stacks, a removed layer), bf16 autocast, the fused AdamW,
+  features, the GPU SVM kernel against libsvm, batches drawn in worker processes
   (checked against in-process ones), the halving of a pack that runs out of memory (a real OOM:
   the GPU filled but 2.5 GiB), a small RoBERTa (its position ids).
 - throughput-minilm, 75 s: the bf16 matmul rate; MiniLM's naive loop (seed 1) vs packs (6
@@ -485,8 +486,11 @@ def smoke(context: dict, recorder: Recorder) -> None:
         import numpy as np
 
         from headprune.data import split_halves
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.svm import SVC
+
         from headprune.engine import StackedMLM
-        from headprune.engine.stages import features_stacked, svm_f1_precomputed
+        from headprune.engine.stages import features_stacked
         from headprune.scoring import svm_f1
 
         ids, labels = data[names[0]]
@@ -496,8 +500,9 @@ def smoke(context: dict, recorder: Recorder) -> None:
         if not np.isfinite(x).all():
             raise AssertionError("features are not finite")
         y = labels[rows]
-        on_device = svm_f1_precomputed(x, y, settings.n_folds, seeds[0], device)
-        libsvm = svm_f1(x, y, settings.n_folds, seeds[0])
+        on_device = svm_f1(x, y, settings.n_folds, seeds[0], device)
+        folds = StratifiedKFold(settings.n_folds, shuffle=True, random_state=seeds[0])
+        libsvm = float(cross_val_score(SVC(class_weight="balanced"), x, y, cv=folds, scoring="f1_macro").mean())
         out["svm_kernel"] = {"device_kernel_f1": on_device, "libsvm_rbf_f1": libsvm,
                              "abs_diff": abs(on_device - libsvm), "features_shape": list(x.shape)}
 
@@ -601,7 +606,18 @@ def smoke(context: dict, recorder: Recorder) -> None:
         out["roberta"] = {"packed_f1": check_f1s(scores), "stacked_f1": check_f1s(stacked),
                           "positions": small.config.max_position_embeddings}
 
-    for name, fn in (("stacked", stacked), ("packed", packed), ("svm_kernel", svm_kernel),
+    def self_check():  # what `run.engine = "auto"` runs on CUDA before trusting the engine with a run
+        from headprune.engine import EngineOptions, self_check
+        from headprune.models import max_length
+
+        start = time.perf_counter()
+        problem = self_check(model, tokenizer, device, EngineOptions(amp=True), max_length(tokenizer, model.config))
+        out["self_check"] = {"passed": problem is None, "problem": problem,
+                             "seconds": time.perf_counter() - start}
+        if problem is not None:
+            raise AssertionError(f"engine self-check: {problem}")
+
+    for name, fn in (("self_check", self_check), ("stacked", stacked), ("packed", packed), ("svm_kernel", svm_kernel),
                      ("batch_workers", batch_workers), ("oom_halving", oom_halving), ("roberta", roberta)):
         recorder.step(name, fn)
 

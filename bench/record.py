@@ -20,6 +20,19 @@ def deep_merge(into: dict, other: dict) -> dict:
     return into
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_json(path: str | Path, data: dict) -> None:
     """Write `data` to `path` (indented JSON) through a temporary file, so that a reader, or a run
     killed mid-write, never sees half a file."""

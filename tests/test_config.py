@@ -213,7 +213,8 @@ def test_fields_that_change_nothing_computed_are_never_departures() -> None:
                "run.executor": "ray", "run.deterministic": False, "run.address": "auto", "run.ray_gpus_per_task": 0.5,
                "run.ray_max_retries": 1, "run.report": False, "step2.racing_confidence": 0.9,
                "step2.racing_first_test": 4, "step2.racing_screen": "no-adjust",
-               "step2.racing_walk_test": "predictive", "generalization.safe_k_margin": 0.02}
+               "step2.racing_walk_test": "predictive", "generalization.safe_k_margin": 0.02,
+               "run.workers": 2}
     assert set(changes) == set(NOT_DEPARTURES) - {"source"}
     config = paper_config()
     for name, value in changes.items():
@@ -304,12 +305,17 @@ def test_cap_examples_is_stratified_and_seeded() -> None:
 def test_engine_is_chosen_by_device_unless_configured() -> None:
     from headprune.config import Config
     from headprune.engine import BatchedExecutor
-    from headprune.executors import InProcessExecutor, ProcessExecutor, make_executor
+    from headprune.executors import InProcessExecutor, ProcessExecutor, WorkerProcesses, make_executor
     from headprune.tasks import Executor
 
     config = Config()
     config.run.device = "cpu"
-    assert isinstance(make_executor(config), InProcessExecutor)  # CPU: the reference loop
+    auto = make_executor(config)  # CPU: the reference loop, in worker processes (run.workers = 0: one per core)
+    assert isinstance(auto, WorkerProcesses) and auto.requested == 0 and auto.store_tag is None
+    config.run.workers = 1
+    assert isinstance(make_executor(config), InProcessExecutor)  # in this process
+    config.run.workers = 3
+    assert make_executor(config).requested == 3
     assert isinstance(make_executor(config, "step1"), InProcessExecutor)  # one Step 1 process on CPU
     config.step1.workers = 3
     step1 = make_executor(config, "step1")
@@ -323,6 +329,8 @@ def test_engine_is_chosen_by_device_unless_configured() -> None:
     assert InProcessExecutor().store_tag is None and BatchedExecutor().store_tag == "batched"
     with pytest.raises(HeadpruneError, match="run.engine must be"):
         from_dict({"run": {"engine": "turbo"}})
+    with pytest.raises(HeadpruneError, match="run.workers must be 0"):
+        from_dict({"run": {"workers": -1}})
 
 
 def test_racing_is_a_departure_that_names_its_settings() -> None:

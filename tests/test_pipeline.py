@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -121,8 +122,11 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
     monkeypatch.setattr(scoring, "score_seed", boom)
     monkeypatch.setattr("headprune.importance.gradient.finetune", boom)
     progress, log = _logged()
-    again = Pipeline(from_dict(tiny_config(Path(summary["model"]["name"]), csvs), source="tiny.toml"), root / "run",
-                     progress=progress).run()
+    # In this process (run.workers = 1), where `boom` is seen: the first run's scores, computed in
+    # worker processes (the CPU default), are found under the same keys.
+    raw = tiny_config(Path(summary["model"]["name"]), csvs)
+    raw["run"]["workers"] = 1
+    again = Pipeline(from_dict(raw, source="tiny.toml"), root / "run", progress=progress).run()
     assert again["chosen"] == summary["chosen"]
     assert again["generalization"] == summary["generalization"]
     # The resumed run says which scores it found: the reference loop's (a CPU run departs in no engine line).
@@ -138,7 +142,7 @@ def _logged() -> tuple[RunProgress, io.StringIO]:
     return RunProgress(console=Console(file=log, width=400), enabled=True), log
 
 
-def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
+def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path, monkeypatch) -> None:
     root, csvs, _ = tiny_run
     pipeline = Pipeline(from_dict(tiny_config(tiny_bert_dir, csvs), source="tiny.toml"), root / "dry",
                         progress=RunProgress(enabled=False))
@@ -149,8 +153,17 @@ def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path) -> None:
     assert "generalization" in text and "30 evaluations" in text  # 5 models x 2 datasets x 3 seeds
     assert "Tables 7-10 (G2)" in text  # from the stored Step 2 scores (CM is k = 0 of H1)
     assert "adjusting runs timed alone" not in text  # the reference loop's scores carry their own times
-    assert "estimate on this device" in text and "(reference loop; one adjusting step per model = " in text
+    assert "estimate on this device" in text and "(reference loop" in text
     assert not (root / "dry" / "store.sqlite").exists()
+    for workers, says in ((1, "(reference loop; one adjusting step per model = "),
+                          (3, "(reference loop in 3 worker processes of 1 thread; one adjusting step per model = ")):
+        raw = tiny_config(tiny_bert_dir, csvs)
+        raw["run"].update(workers=workers)
+        if workers > 1:
+            monkeypatch.setattr(os, "cpu_count", lambda: 3)  # a 3-core machine: 1 thread each
+        text = dry_run_text(Pipeline(from_dict(raw, source="tiny.toml"), root / "dry",
+                                     progress=RunProgress(enabled=False)))
+        assert says in text, text
 
     raw = tiny_config(tiny_bert_dir, csvs)
     raw["run"].update(engine="batched", pack_models=4)

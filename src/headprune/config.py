@@ -17,7 +17,7 @@ from typing import Any
 from .curves import DEFAULT_SAFE_K_MARGIN
 from .errors import HeadpruneError, parse_user_file
 from .racing import DEFAULT_WALK_TEST, WALK_TEST_WORDS, WALK_TESTS
-from .settings import ORDER_NAMES, ScoreSettings, order_criterion
+from .settings import ORDER_NAMES, PRECISIONS, ScoreSettings, order_criterion
 
 STRATEGIES = ("H1", "H2", "H3")
 
@@ -109,6 +109,12 @@ class RunSection:
     ray_gpus_per_task: float = 0.25  # GPU share of one evaluation on Ray (several small jobs share a GPU)
     ray_max_retries: int = 3  # retries of an evaluation whose Ray worker died
     report: bool = True
+    # Reference-loop evaluations at once, in worker processes; 0: on a CPU one per core (1 thread each,
+    # as many as half the memory holds), on a GPU 1; 1: in this process (same scores for the same threads)
+    workers: int = 0
+    # The reference loop's adjusting: "fp32", or "bf16" autocast with fp32 weights and Adam state (CPUs
+    # with bf16 units; a departure, scores under their own keys); the batched engine: bf16 on a CPU too
+    precision: str = "fp32"
 
 
 @dataclass
@@ -260,12 +266,16 @@ def validate(config: Config, where: str = "") -> None:
         bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
     if config.step1.workers < 0:
         bad(f"step1.workers must be 0 (automatic) or more, got {config.step1.workers}")
+    if config.run.workers < 0:
+        bad(f"run.workers must be 0 (automatic) or more, got {config.run.workers}")
     if config.run.pack_models < 0:
         bad(f"run.pack_models must be 0 (as many as fit) or more, got {config.run.pack_models}")
     if config.run.ray_max_retries < 0:
         bad(f"run.ray_max_retries must be 0 or more, got {config.run.ray_max_retries}")
     if config.run.engine not in ("auto", "reference", "batched"):
         bad(f"run.engine must be 'auto', 'reference' or 'batched', got '{config.run.engine}'")
+    if config.run.precision not in PRECISIONS:
+        bad(f"run.precision must be {' or '.join(repr(p) for p in PRECISIONS)}, got '{config.run.precision}'")
     if config.run.executor not in ("in-process", "ray"):
         bad(f"run.executor must be 'in-process' or 'ray', got '{config.run.executor}'")
     for name, spec in (
@@ -340,6 +350,7 @@ PAPER_PROTOCOL: dict[str, Any] = {
     "generalization.datasets": ["G3"],
     "generalization.seeds": list(range(101, 111)),
     "generalization.alpha": 0.05,
+    "run.precision": "fp32",
 }
 
 # Options that decide whether and how the batched engine runs: not compared with a value of the
@@ -370,6 +381,7 @@ NOT_DEPARTURES: dict[str, str] = {
     "run.ray_max_retries": "retries of a Ray task whose worker died",
     "run.report": "whether the HTML report is written",
     "generalization.safe_k_margin": "an analysis setting of the report (the safe k's margin), not what is computed",
+    "run.workers": "number of worker processes of the reference loop (the same scores for the same threads per task)",
     "step2.racing_confidence": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_first_test": "a racing setting: part of the step2.racing line when racing is on, else unused",
     "step2.racing_screen": "a racing setting: part of the step2.racing line when racing is on, else unused",
@@ -405,7 +417,7 @@ def paper_config() -> Config:
     for name, value in PAPER_PROTOCOL.items():
         section, key = name.split(".")
         nested.setdefault(section, {})[key] = value
-    nested["run"] = {"engine": "reference"}
+    nested.setdefault("run", {})["engine"] = "reference"
     return from_dict(nested, source="PAPER_PROTOCOL")
 
 
@@ -470,6 +482,11 @@ def departures(config: Config, device: str | None = None, fresh_mlm_head: bool |
             continue
         if name == "step2.racing":
             out += _racing_departure(config)
+            continue
+        if name == "run.precision":
+            if config.run.precision != expected:
+                out.append(f"run.precision = {config.run.precision}: the adjusting step under {config.run.precision} "
+                           f"autocast, fp32 weights, Adam state and loss (paper: {expected})")
             continue
         value = config_value(config, name)
         same = set(value) == set(expected) if name in _UNORDERED else value == expected

@@ -38,6 +38,30 @@ def reproducible(device: torch.device, on: bool = True) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16
+    extension), read from /proc/cpuinfo; False where that is not known (elsewhere than Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            text = info.read()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """One error line where `precision` cannot run on `device`: bf16 on a CPU without bf16 units
+    (autocast would emulate it, slower than fp32 and for nothing)."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise HeadpruneError("run.precision = \"bf16\": this CPU has no bf16 support (no avx512_bf16, amx_bf16 "
+                             "or bf16 flag in /proc/cpuinfo); use run.precision = \"fp32\"")
+
+
 def device_description(device: torch.device) -> str:
     """The device in words, for a summary and for keying what depends on it (adjusting times)."""
     import platform
@@ -47,4 +71,4 @@ def device_description(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-__all__ = ["device_description", "reproducible", "resolve_device"]
+__all__ = ["check_precision", "cpu_has_bf16", "device_description", "reproducible", "resolve_device"]

@@ -21,9 +21,9 @@ from . import __version__
 from .base import BaseModel, WarmupSettings, load_base
 from .config import Config, departures, load_config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
-from .devices import device_description, reproducible, resolve_device
+from .devices import check_precision, device_description, reproducible, resolve_device
 from .errors import HeadpruneError
-from .executors import make_executor
+from .executors import checked_engine, make_executor
 from .generalize import comparison, per_seed_means, random_means, random_order_members
 from .heads import HeadSet
 from .importance import ImportanceSettings, Order, Step1Run, criterion_for, order_stability
@@ -99,6 +99,7 @@ class Pipeline:
         self.data_dir = config.data.data_dir or None
         self.device = resolve_device(config.run.device)
         reproducible(self.device, config.run.deterministic)
+        check_precision(config.run.precision, self.device)
         self.settings = score_settings(config)
         self._datasets: dict[str, Dataset] = {}
         self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
@@ -182,6 +183,8 @@ class Pipeline:
             loader=self.dataset,
             deadline=self.deadline,
             log=self.progress.log,
+            base_loader=self.base_loader(),
+            precision=self.config.run.precision,
         )
 
     def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
@@ -242,6 +245,13 @@ class Pipeline:
         engine = self.config.run.engine
         return engine == "batched" or (engine == "auto" and self.device.type == "cuda")
 
+    def check_engine(self, base: BaseModel) -> None:
+        """Before the batched engine is trusted with this run by `run.engine = "auto"`, its self-check
+        on this device; on a failure the configuration says "reference" from here on (executors,
+        departures, the summary), one line saying why (`executors.checked_engine`)."""
+        self.config = checked_engine(self.config, base.model, base.tokenizer, base.max_length, self.device,
+                                     self.progress.log)
+
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         """Run every stage and write summary.json; returns its content (`Summary.to_json()`)."""
@@ -251,14 +261,15 @@ class Pipeline:
         step2_names = [d.name for d in self.datasets(self.config.step2.datasets)]
         g3_names = [d.name for d in self.datasets(self.config.generalization.datasets)]
         store = ResultStore(self.run_dir / "store.sqlite")
-        executor = make_executor(self.config, "step2")
-        gen_executor = None
+        executor = gen_executor = None
         try:
             base = self.load_base()
             self.progress.log(
                 f"model {base.name}: {base.n_layers} layers x {base.n_heads} heads, "
                 f"fingerprint {base.fingerprint}, device {self.device}"
             )
+            self.check_engine(base)
+            executor = make_executor(self.config, "step2")
             orders = self.orders_for(base, store)
             summary = self._summary_head(base, orders)
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)

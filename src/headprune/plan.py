@@ -99,9 +99,13 @@ def estimate(pipeline: Pipeline, stages: list[dict]) -> dict:
     step2 = [pipeline.dataset(n) for n in expand_datasets(config.step2.datasets)]
     g3 = [pipeline.dataset(n) for n in expand_datasets(config.generalization.datasets)]
     s1 = [pipeline.dataset(n) for n in expand_datasets(config.step1.datasets)]
-    step_seconds = calibrate(base, settings, device)
-    model_step = {"step2": step_seconds, "generalization": step_seconds}
-    engine = "reference loop"
+    step_seconds = calibrate(base, settings, device)  # Step 1 and Table 14's timings run in this process
+    workers, threads = reference_workers(pipeline.config, base.model)
+    worker_step = step_seconds if workers == 1 else calibrate(base, settings, device, threads=threads)
+    # The reference loop's evaluations in `workers` processes at once: per evaluation, a step's share.
+    model_step = {"step2": worker_step / workers, "generalization": worker_step / workers}
+    engine = ("reference loop" if workers == 1 else
+              f"reference loop in {workers} worker processes of {threads} thread{'s' if threads > 1 else ''}")
     if pipeline.batched():
         from .engine import auto_pack_size
 
@@ -135,14 +139,32 @@ def estimate(pipeline: Pipeline, stages: list[dict]) -> dict:
             "model_step_seconds": model_step}
 
 
-def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, steps: int = 3) -> float:
-    """Seconds for one adjusting step (batch of `settings.batch_size` tweets of ~30 tokens) on `device`."""
+def reference_workers(config, model) -> tuple[int, int]:
+    """(processes, torch threads of each) the reference loop's Step 2 and generalization evaluations
+    run in (`executors.make_executor`, `WorkerProcesses`): (1, this process's threads) in process."""
+    from .executors import WorkerProcesses, make_executor
+
+    executor = make_executor(config, "step2")
+    if isinstance(executor, WorkerProcesses):
+        return executor.resolved(model)
+    return 1, torch.get_num_threads()
+
+
+def calibrate(base: BaseModel, settings: ScoreSettings, device: torch.device, steps: int = 3,
+              threads: int | None = None) -> float:
+    """Seconds for one adjusting step (batch of `settings.batch_size` tweets of ~30 tokens) on
+    `device`, with `threads` torch threads (None: as many as now)."""
     model = copy.deepcopy(base.model).to(device)
     texts = [CALIBRATION_TWEET] * (settings.batch_size * (steps + 1))
     ids = encode(base.tokenizer, texts, base.max_length)
     one = ScoreSettings(**{**settings.as_dict(), "epochs": 1})
-    adjust(model, base.tokenizer, ids[: settings.batch_size], one, 0, device)  # warm-up of the kernels
-    seconds = adjust(model, base.tokenizer, ids[settings.batch_size :], one, 0, device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        adjust(model, base.tokenizer, ids[: settings.batch_size], one, 0, device)  # warm-up of the kernels
+        seconds = adjust(model, base.tokenizer, ids[settings.batch_size :], one, 0, device)
+    finally:
+        torch.set_num_threads(before)
     return seconds / steps
 
 
@@ -211,4 +233,5 @@ def dry_run_text(pipeline: Pipeline, with_estimate: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["calibrate", "calibrate_batched", "dry_run_text", "estimate", "plan", "raced_least", "total_heads"]
+__all__ = ["calibrate", "calibrate_batched", "dry_run_text", "estimate", "plan", "raced_least", "reference_workers",
+           "total_heads"]

@@ -121,6 +121,8 @@ class Scorer:
         loader: Callable[[str], Dataset] | None = None,
         deadline: float | None = None,
         log: Callable[[str], None] | None = None,
+        base_loader: Callable[[], BaseModel] | None = None,
+        precision: str = "fp32",
     ):
         self.base = base
         self.store = store
@@ -136,6 +138,8 @@ class Scorer:
         self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
         self.deadline = deadline  # time.monotonic(): past it, start nothing new and raise errors.Stopped
         self.log = log  # where the first score found in the store says which scores a resumed run reuses
+        self.base_loader = base_loader  # loads `base` again, in worker processes (`EvalContext.base_loader`)
+        self.precision = precision  # the reference loop's adjusting precision (`scoring.adjust`)
         self.resumed = False
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
@@ -143,6 +147,8 @@ class Scorer:
         # The batched engine's scores (other dropout masks, bf16 on CUDA: equal only statistically) are
         # kept apart from the reference loop's, whose keys stay as they were (no entries of its own).
         self.store_entries = self.executor.store_entries(base.model, device)
+        if precision != "fp32" and not self.store_entries:  # bf16 reference scores: keys of their own
+            self.store_entries = {"precision": precision}
         self.settings_key.update(self.store_entries)
 
     # -------------------------------------------------------------- data
@@ -166,7 +172,7 @@ class Scorer:
         for name in names:
             self.dataset(name)
         return EvalContext(self.base.model, self.base.tokenizer, {n: self._encoded[n] for n in names}, self.settings,
-                           self.device, score=run_task)
+                           self.device, score=run_task, base_loader=self.base_loader, precision=self.precision)
 
     # -------------------------------------------------------------- store
     def key(self, task: SeedTask) -> str:
@@ -231,6 +237,8 @@ class Scorer:
         # The reference loop times every model, whatever engine computed the scores: its key is the
         # score settings alone (with the device), not the engine's entries.
         settings = {k: v for k, v in self.settings_key.items() if k not in self.store_entries}
+        if self.precision != "fp32":  # it times at this scorer's precision (`scoring.adjust`)
+            settings["precision"] = self.precision
 
         def key(task: SeedTask) -> str:
             return self.store.timing_key(self.base.fingerprint, task.pruned, self.dataset(task.dataset).content_hash,

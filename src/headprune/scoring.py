@@ -66,9 +66,12 @@ def adamw(params, lr: float, eps: float = 1e-8) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=0.0, fused=True)
 
 
-def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed: int, device: torch.device) -> float:
+def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed: int, device: torch.device,
+           precision: str = "fp32") -> float:
     """Continued MLM pre-training (15% masking, 80/10/10; AdamW, linear decay, no warm-up, no weight
-    decay). Returns the seconds it took. Batch order, masking and dropout all take `seed`."""
+    decay). Returns the seconds it took. Batch order, masking and dropout all take `seed`.
+    `precision` "bf16": forward and backward under bf16 autocast, the weights, gradients, Adam state
+    and loss in fp32 (as the batched engine on CUDA)."""
     from transformers import DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
     start = time.perf_counter()
@@ -88,9 +91,10 @@ def adjust(model, tokenizer, ids: list[list[int]], settings: ScoreSettings, seed
             if not (labels != -100).any():
                 schedule.step()  # nothing masked in this batch: no loss, but the schedule advances
                 continue
-            loss = masked_lm_loss(
-                model, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels.to(device)
-            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = masked_lm_loss(
+                    model, batch["input_ids"].to(device), batch["attention_mask"].to(device), labels.to(device)
+                )
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -126,13 +130,35 @@ def features(
     return np.stack(out)  # type: ignore[arg-type]
 
 
-def svm_f1(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> float:
-    """SVC(class_weight='balanced'), stratified shuffled k-fold CV, mean F1-macro."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+def svm_f1(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int, device: torch.device | str = "cpu") -> float:
+    """Mean F1-macro of `SVC(class_weight="balanced")` (RBF kernel, gamma="scale") over stratified
+    shuffled k-fold CV (StratifiedKFold(n_folds, shuffle=True, random_state=seed)), computed from
+    one Gram matrix: the squared distances once (float64, on `device`), then per fold the RBF kernel
+    exp(-gamma * ||a - b||^2) with that fold's gamma as sklearn's "scale" (1 / (n_features *
+    X_train.var())) and `SVC(kernel="precomputed", class_weight="balanced")`. The same decision
+    function as libsvm's own RBF kernel, so the same F1 (tests/test_scoring.py), at a fraction of the
+    time on large datasets: libsvm recomputes kernel rows from the features in every fold."""
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.svm import SVC
 
+    x64 = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.asarray(y)
+    points = torch.from_numpy(x64).to(device)
+    squares = (points * points).sum(1)
+    distances = (squares.unsqueeze(1) + squares.unsqueeze(0)) - 2.0 * (points @ points.T)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(SVC(class_weight="balanced"), x, y, cv=folds, scoring="f1_macro")
+    scores = []
+    for train, test in folds.split(x64, y):
+        variance = x64[train].var()
+        gamma = 1.0 / (x64.shape[1] * variance) if variance != 0 else 1.0
+        train_t = torch.from_numpy(train).to(points.device)
+        test_t = torch.from_numpy(test).to(points.device)
+        rows = distances.index_select(1, train_t)
+        k_train = torch.exp(-gamma * rows.index_select(0, train_t)).cpu().numpy()
+        k_test = torch.exp(-gamma * rows.index_select(0, test_t)).cpu().numpy()
+        svc = SVC(kernel="precomputed", class_weight="balanced").fit(k_train, y[train])
+        scores.append(f1_score(y[test], svc.predict(k_test), average="macro"))
     return float(np.mean(scores))
 
 
@@ -146,13 +172,13 @@ def pruned_copy(base_model, pruned: Iterable[Head]):
 
 
 def adjust_seconds(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
-                   seed: int, settings: ScoreSettings, device: torch.device) -> float:
+                   seed: int, settings: ScoreSettings, device: torch.device, precision: str = "fp32") -> float:
     """What one finetuning of this pruned model costs on `device` (Table 14): the seconds of the
     adjusting stage of `score_seed` alone (the same split, pruning and training), without features
     or SVM."""
     finetune_idx, _ = split_halves(labels, seed)
     model = pruned_copy(base_model, pruned).to(device)
-    return adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device)
+    return adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device, precision)
 
 
 def score_seed(
@@ -164,14 +190,16 @@ def score_seed(
     seed: int,
     settings: ScoreSettings,
     device: torch.device,
+    precision: str = "fp32",
 ) -> SeedScore:
-    """One seed of PRUN_ADJ_EVAL: split, prune, adjust, features, SVM. `base_model` is not modified."""
+    """One seed of PRUN_ADJ_EVAL: split, prune, adjust (`precision`: see `adjust`), features (fp32),
+    SVM. `base_model` is not modified."""
     finetune_idx, classify_idx = split_halves(labels, seed)
     model = pruned_copy(base_model, pruned)
     n_params = count_parameters(model)
     size = saved_size(model)
     model.to(device)
-    seconds = adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device)
+    seconds = adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device, precision)
     x = features(model, [ids[i] for i in classify_idx], tokenizer.pad_token_id, settings, device)
     f1 = svm_f1(x, labels[classify_idx], settings.n_folds, seed)
     return SeedScore(f1=f1, adjust_seconds=seconds, n_params=n_params, size_bytes=size, device=str(device.type))
@@ -182,7 +210,7 @@ def run_task(context: EvalContext, task: SeedTask) -> SeedScore:
     ids, labels = context.datasets[task.dataset]
     device = context.device if isinstance(context.device, torch.device) else resolve_device(str(context.device))
     return score_seed(context.base_model, context.tokenizer, ids, labels, task.pruned, task.seed, context.settings,
-                      device)
+                      device, context.precision)
 
 
 def time_task(context: EvalContext, task: SeedTask) -> float:
@@ -190,7 +218,7 @@ def time_task(context: EvalContext, task: SeedTask) -> float:
     ids, labels = context.datasets[task.dataset]
     device = context.device if isinstance(context.device, torch.device) else resolve_device(str(context.device))
     return adjust_seconds(context.base_model, context.tokenizer, ids, labels, task.pruned, task.seed, context.settings,
-                          device)
+                          device, context.precision)
 
 
 __all__ = ["adjust", "adjust_seconds", "features", "masked_lm_loss", "pad_batch", "pruned_copy", "run_task",

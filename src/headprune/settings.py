@@ -25,6 +25,9 @@ class ScoreSettings:
         return asdict(self)
 
 
+# The precisions of the adjusting step (`run.precision`): fp32, or bf16 autocast over fp32 weights.
+PRECISIONS = ("fp32", "bf16")
+
 # The names of `[step2] orders` and the criterion each stands for (`importance.criterion_for` builds
 # it; the configuration checks names against this table before anything runs).
 ORDER_CRITERIA: dict[str, str] = {
@@ -44,4 +47,4 @@ def order_criterion(name: str) -> str | None:
     return "random" if RANDOM_ORDER.fullmatch(name) else None
 
 
-__all__ = ["ORDER_CRITERIA", "ORDER_NAMES", "RANDOM_ORDER", "ScoreSettings", "order_criterion"]
+__all__ = ["ORDER_CRITERIA", "ORDER_NAMES", "PRECISIONS", "RANDOM_ORDER", "ScoreSettings", "order_criterion"]

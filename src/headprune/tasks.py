@@ -83,6 +83,10 @@ class EvalContext:
     settings: ScoreSettings
     device: Any = "auto"
     score: Callable[[EvalContext, SeedTask], SeedScore] | None = None
+    # A picklable callable loading the same base model (a `base.BaseModel`): worker processes load it
+    # themselves rather than be sent the model (`executors.WorkerProcesses`). None: not offered.
+    base_loader: Callable[[], Any] | None = None
+    precision: str = "fp32"  # the reference loop's adjusting: "fp32", or "bf16" autocast (`scoring.adjust`)
 
     def compute(self, task: SeedTask) -> SeedScore:
         if self.score is None:
@@ -130,7 +134,7 @@ def describe_scores(entries: Mapping[str, Any]) -> str:
     line, e.g. "scores: batched engine (bf16, packs of 118, ...)": a run resuming from its store says
     which scores it found, and those of the batched engine are the reference loop's only statistically."""
     if not entries.get("engine"):
-        return "scores: reference loop"
+        return "scores: reference loop" + (" (bf16 autocast)" if entries.get("precision") == "bf16" else "")
     if "pack_models" in entries:
         stacks = f"packs of {entries['pack_models']}, step ratio {entries.get('pack_step_ratio')}"
     else:

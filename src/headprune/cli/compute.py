@@ -156,6 +156,7 @@ def score_command(
     store = ResultStore(run_dir / "store.sqlite")
     from ..pipeline import make_executor
 
+    pipeline.check_engine(base)
     scorer = pipeline.scorer(base, store, seed_list, executor=make_executor(pipeline.config))
     spec_text = format_head_spec({l: [h for ll, h in heads if ll == l] for l, _ in heads}, base.n_heads) or "none"
     typer.echo(f"model {base.name} ({base.fingerprint}), pruning {len(set(heads))} heads: {spec_text}")

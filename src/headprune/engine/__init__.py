@@ -39,7 +39,7 @@ What differs from the reference, on purpose:
 - **precision.** On CUDA the forward/backward runs under bf16 autocast with fp32 master weights,
   fp32 Adam state and an fp32 loss; features are computed in fp32. On CPU everything is fp32.
 - **the SVM** gets precomputed RBF Gram matrices (float64, on the device) -
-  `svm_f1_precomputed`, the same decision function as `scoring.svm_f1`.
+  `scoring.svm_f1`, the one SVM stage of both (the reference computes it on the CPU).
 - **timing.** The adjusting stage of a group is timed once; every seed of the group reports that
   shared wall time as its `adjust_seconds`.
 
@@ -49,16 +49,18 @@ says whether a model can run here, `BatchedExecutor` falls back to the reference
 
 Modules: `options` (EngineOptions, supports), `stack` (StackedMLM), `optim` (StackedAdamW),
 `batches` (each model's batches, worker processes, the flat layout), `stages` (adjusting, features,
-SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (BatchedExecutor)."""
+SVM; a group of seeds, a pack), `packing` (what trains together), `executor` (BatchedExecutor),
+`selfcheck` (the check `run.engine = "auto"` runs on CUDA before trusting the engine)."""
 
 from .executor import BatchedExecutor
 from .options import DROPOUT_STREAMS, SUPPORTED_FAMILIES, EngineOptions, batched_store_entries, supports
 from .packing import auto_pack_size, plan_units
+from .selfcheck import self_check
 from .stack import StackedMLM
 from .stages import adjust_stacked
 
 # What the rest of headprune needs (the executors, the dry run's estimate); the parts live in their modules.
 __all__ = [
     "DROPOUT_STREAMS", "SUPPORTED_FAMILIES", "BatchedExecutor", "EngineOptions", "StackedMLM", "adjust_stacked",
-    "auto_pack_size", "batched_store_entries", "plan_units", "supports",
+    "auto_pack_size", "batched_store_entries", "plan_units", "self_check", "supports",
 ]

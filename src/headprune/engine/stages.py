@@ -17,6 +17,7 @@ from ..data import split_halves
 from ..heads import Head, HeadSet
 from ..models import count_parameters
 from ..settings import ScoreSettings
+from ..scoring import svm_f1
 from ..surgery import prune_heads
 from ..tasks import SeedScore, SeedTask
 from .batches import flat_rows_step, prefetched, training_steps
@@ -113,36 +114,6 @@ def features_stacked(stack: StackedMLM, ids: Sequence[list[list[int]]], pad_id: 
     return out
 
 
-def svm_f1_precomputed(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int,
-                       device: torch.device | str = "cpu") -> float:
-    """`scoring.svm_f1` with precomputed kernels: the same folds (StratifiedKFold(n_folds,
-    shuffle=True, random_state=seed)), per fold gamma as sklearn's 'scale' (1 / (n_features *
-    X_train.var())), RBF Gram matrices exp(-gamma * ||a - b||^2) in float64 on `device`, and
-    `SVC(kernel="precomputed", class_weight="balanced")`; mean F1-macro over the folds."""
-    from sklearn.metrics import f1_score
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.svm import SVC
-
-    x64 = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.asarray(y)
-    features = torch.from_numpy(x64).to(device)
-    squares = (features * features).sum(1)
-    distances = (squares.unsqueeze(1) + squares.unsqueeze(0)) - 2.0 * (features @ features.T)
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    scores = []
-    for train, test in folds.split(x64, y):
-        variance = x64[train].var()
-        gamma = 1.0 / (x64.shape[1] * variance) if variance != 0 else 1.0
-        train_t = torch.from_numpy(train).to(features.device)
-        test_t = torch.from_numpy(test).to(features.device)
-        rows = distances.index_select(1, train_t)
-        k_train = torch.exp(-gamma * rows.index_select(0, train_t)).cpu().numpy()
-        k_test = torch.exp(-gamma * rows.index_select(0, test_t)).cpu().numpy()
-        svc = SVC(kernel="precomputed", class_weight="balanced").fit(k_train, y[train])
-        scores.append(f1_score(y[test], svc.predict(k_test), average="macro"))
-    return float(np.mean(scores))
-
-
 # ----------------------------------------------------------------------------- a group of seeds
 
 
@@ -236,9 +207,9 @@ def svm_score(trained: Trained, k: int, settings: ScoreSettings, device: torch.d
     x, y, seed = trained.features[k], trained.labels[k], trained.seeds[k]
     if device.type == "cuda":  # a side stream: copying a Gram matrix back must not wait for the training
         with torch.cuda.stream(torch.cuda.Stream(device)):
-            f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
+            f1 = svm_f1(x, y, settings.n_folds, seed, device)
     else:
-        f1 = svm_f1_precomputed(x, y, settings.n_folds, seed, device)
+        f1 = svm_f1(x, y, settings.n_folds, seed, device)
     n_params, size = trained.sizes(trained.pruned[k])  # a new pruned set is measured here, off the GPU's path
     return SeedScore(f1=f1, adjust_seconds=trained.adjust_seconds, n_params=n_params, size_bytes=size,
                      device=str(device.type))

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -11,7 +13,7 @@ import torch
 from ..config import batched_engine
 from ..devices import resolve_device
 from ..tasks import Executor
-from .local import InProcessExecutor, ProcessExecutor
+from .local import InProcessExecutor, ProcessExecutor, WorkerProcesses
 from .ray_executor import RAY_MISSING, RayExecutor
 
 if TYPE_CHECKING:
@@ -28,13 +30,17 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
     batched engine on CUDA, the reference loop otherwise). With the batched engine, Step 2 packs
     different candidates into one masked stack (`run.pack`); the generalization check never does,
     so that each chosen model's adjusting time is its own (Table 14). `run.executor = "ray"`: on
-    Ray, where `run.engine` chooses what a Ray task is (one evaluation, or one unit of the engine)."""
+    Ray, where `run.engine` chooses what a Ray task is (one evaluation, or one unit of the engine).
+    The reference loop here: in `run.workers` worker processes (`WorkerProcesses`; 0: on a CPU one
+    per core of 1 thread, where two 1-thread processes do more than one of 2 threads; on a GPU 1),
+    or in this process (1)."""
     from ..engine import BatchedExecutor, EngineOptions
 
     if stage == "step1":
         workers = config.step1.workers or (6 if _device(config).type == "cuda" else 1)
         return ProcessExecutor(workers) if workers > 1 else InProcessExecutor()
-    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None)
+    options = EngineOptions(pack=config.run.pack and stage == "step2", pack_models=config.run.pack_models or None,
+                            amp=True if config.run.precision == "bf16" else None)  # None: bf16 on CUDA only
     if config.run.executor == "ray":
         return RayExecutor(
             address=config.run.address or None,
@@ -44,7 +50,29 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
             engine_options=options,
             device=config.run.device,
         )
-    return BatchedExecutor(options) if batched_engine(config, _device(config).type) else InProcessExecutor()
+    if batched_engine(config, _device(config).type):
+        return BatchedExecutor(options)
+    workers = config.run.workers or (0 if _device(config).type == "cpu" else 1)
+    return InProcessExecutor() if workers == 1 else WorkerProcesses(workers)
+
+
+def checked_engine(config: Config, base_model, tokenizer, limit: int, device: torch.device,
+                   log: Callable[[str], None]) -> Config:
+    """`config`, or a copy with `run.engine = "reference"` when "auto" would pick the batched engine
+    here (in this process, on CUDA) and its self-check fails (`engine.self_check`: a tiny pack
+    trained by the engine and by the reference loop on `device`): then `log` gets one line and the
+    run goes on with the reference loop. The engine has not yet run on a GPU; "batched" forces it
+    unchecked, and on Ray each worker's device is not known here (no check)."""
+    if config.run.engine != "auto" or config.run.executor == "ray" or not batched_engine(config, device.type):
+        return config
+    from ..engine import self_check
+
+    problem = self_check(base_model, tokenizer, device, limit=limit)
+    if problem is None:
+        return config
+    log(f"the batched engine failed its self-check on {device} ({problem}); using the reference loop "
+        "(run.engine = \"batched\" forces the engine)")
+    return replace(config, run=replace(config.run, engine="reference"))
 
 
 def _device(config: Config) -> torch.device:
@@ -52,4 +80,5 @@ def _device(config: Config) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device))
 
 
-__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "make_executor"]
+__all__ = ["RAY_MISSING", "InProcessExecutor", "ProcessExecutor", "RayExecutor", "WorkerProcesses", "checked_engine",
+           "make_executor"]
