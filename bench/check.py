@@ -484,11 +484,10 @@ def smoke(context: dict, recorder: Recorder) -> None:
 
     def svm_kernel():
         import numpy as np
-
-        from headprune.data import split_halves
         from sklearn.model_selection import StratifiedKFold, cross_val_score
         from sklearn.svm import SVC
 
+        from headprune.data import split_halves
         from headprune.engine import StackedMLM
         from headprune.engine.stages import features_stacked
         from headprune.scoring import svm_f1

@@ -15,7 +15,8 @@ import pytest
 
 import headprune.cli
 
-COMMANDS = ["datasets", "importance", "score", "run", "profiles", "report", "verify", "replay", "export", "finetune", "predict"]
+COMMANDS = ["datasets", "importance", "score", "run", "profiles", "report", "verify", "replay", "export", "finetune",
+            "predict"]
 CLI_DIR = Path(headprune.cli.__file__).parent
 README = Path(__file__).resolve().parents[1] / "README.md"
 

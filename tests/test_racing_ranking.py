@@ -103,7 +103,8 @@ def test_random_block_shifts_never_change_a_raced_h3() -> None:
     for index in range(20):
         full, _ = _random_grid(index, len(order), datasets)
         results = [
-            run_strategies({"h3": Race(H3Strategy(order, datasets, group_size=2), SEEDS)}, _evaluator(full, shift))["h3"]
+            run_strategies({"h3": Race(H3Strategy(order, datasets, group_size=2), SEEDS)},
+                           _evaluator(full, shift))["h3"]
             for shift in ({}, _shifts(index, datasets, "full"))
         ]
         assert results[0]["chosen"] == results[1]["chosen"], index

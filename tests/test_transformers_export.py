@@ -22,8 +22,8 @@ from headprune.checkpoint import MODELING_FILE, PRUNED_MODEL_TYPE, load_pruned, 
 from headprune.errors import HeadpruneError
 from headprune.export import export_heads
 from headprune.families import FAMILIES
-from headprune.models import count_parameters
 from headprune.modeling_headprune import AUTO_CLASSES
+from headprune.models import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

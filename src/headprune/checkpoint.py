@@ -89,8 +89,8 @@ def _deduplicated(model, prefer_base_model: bool = False) -> tuple[dict, dict[st
 
     state = model.state_dict()
     base = f"{model.base_model_prefix}."
-    groups = _remove_duplicate_names(state, preferred_names=[n for n in state if n.startswith(base)] if prefer_base_model
-                                     else None)
+    preferred = [n for n in state if n.startswith(base)] if prefer_base_model else None
+    groups = _remove_duplicate_names(state, preferred_names=preferred)
     dropped = {name: kept for kept, names in groups.items() for name in names}
     return {name: t.contiguous() for name, t in state.items() if name not in dropped}, dropped
 

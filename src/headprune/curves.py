@@ -252,7 +252,8 @@ def chance_sentence(chance: Mapping) -> str:
         place = (f"{order}: {100 * row['effect']:+.2f} points against the random orders' mean, "
                  f"rank {row['rank']} of {n + 1}")
         adjusted = row["p_holm"]
-        verdict = ("above chance" if not math.isnan(adjusted) and adjusted < alpha else "not distinguishable from chance")
+        above = not math.isnan(adjusted) and adjusted < alpha
+        verdict = "above chance" if above else "not distinguishable from chance"
         parts.append(f"{place} ({verdict}, p = {adjusted:.3g} Holm)" if not math.isnan(adjusted) else place)
     return (f"Against {n} random orders (the null distribution of the mean F1 over k; datasets as blocks, "
             f"the order as the unit, one-sided prediction t-tests, Holm over {len(chance['criteria'])} "

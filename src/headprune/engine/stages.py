@@ -16,8 +16,8 @@ from ..checkpoint import saved_size
 from ..data import split_halves
 from ..heads import Head, HeadSet
 from ..models import count_parameters
-from ..settings import ScoreSettings
 from ..scoring import svm_f1
+from ..settings import ScoreSettings
 from ..surgery import prune_heads
 from ..tasks import SeedScore, SeedTask
 from .batches import flat_rows_step, prefetched, training_steps
