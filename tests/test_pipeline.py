@@ -162,7 +162,8 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
     assert again["chosen"] == summary["chosen"]
     assert again["generalization"] == summary["generalization"]
     # The resumed run says which scores it found: the reference loop's (a CPU run departs in no engine line).
-    assert log.getvalue().count("resuming from the store: scores: reference loop\n") == 2  # Step 2, generalization
+    # once per scorer: Step 2, the fresh seeds' G2 comparison, the generalization
+    assert log.getvalue().count("resuming from the store: scores: reference loop\n") == 3
     assert not any(line.startswith("run.engine") for line in again["departures"])
 
 
