@@ -124,7 +124,8 @@ def test_verify_recomputes_the_fresh_seed_comparison_on_its_own_seeds(tiny_run, 
     problems = verify_run(tampered).problems
     assert "step2_fresh_seeds disjoint from step2.seeds: summary says [2], the store gives []" in problems
     assert any(p.startswith("step2_fresh_seeds: summary says [2, 202]") for p in problems)
-    assert any(p.startswith("step2_fresh_comparison.CM.b.scores:") for p in problems)  # seed 2's score is not seed 201's
+    # seed 2's score is not seed 201's
+    assert any(p.startswith("step2_fresh_comparison.CM.b.scores:") for p in problems)
     del changed["step2_fresh_comparison"], changed["step2_fresh_seeds"]  # an older summary: Tables 7-10 alone
     (tampered / "summary.json").write_text(json.dumps(changed))
     assert verify_run(tampered).problems == []
