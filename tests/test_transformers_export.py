@@ -24,6 +24,7 @@ from headprune.export import export_heads
 from headprune.families import FAMILIES
 from headprune.modeling_headprune import AUTO_CLASSES
 from headprune.models import count_parameters
+from headprune.surgery import kept_heads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -214,7 +215,7 @@ def test_load_pruned_keeps_the_pooler_and_save_pruned_writes_it_again(exports, t
     file = load_file(str(checkpoint / "model.safetensors"))
     assert {k: torch.equal(v, file[f"roberta.pooler.{k}"]) for k, v in model.headprune_pooler_state.items()} == {
         "dense.weight": True, "dense.bias": True}
-    assert headprune.kept_heads(model) == KEPT
+    assert kept_heads(model) == KEPT
     again = save_pruned(model, tokenizer, tmp_path / "again")
     assert load_file(str(again / "model.safetensors")).keys() == load_file(str(out / "model.safetensors")).keys()
 
@@ -258,7 +259,7 @@ def test_a_second_model_from_the_same_config_object_is_pruned_too(tiny_roberta_d
     complete = count_parameters(second)
     headprune.prune_heads(second, PRUNED)
     assert count_parameters(second) == count_parameters(first) < complete
-    assert headprune.kept_heads(second) == headprune.kept_heads(first) == KEPT
+    assert kept_heads(second) == kept_heads(first) == KEPT
     # A model whose modules disagree with the heads its config records is refused, not left as it is.
     third = RobertaForMaskedLM(first.config)
     with pytest.raises(HeadpruneError, match=r"layers hold \[4, 4\] heads but its config records \[1, 3\]"):
