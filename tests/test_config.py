@@ -189,7 +189,8 @@ def test_each_protocol_option_changed_alone_is_listed() -> None:
 
     assert departures(paper_config(), "cpu") == [] and departures(paper_config(), "cuda") == []
     for name, paper in PAPER_PROTOCOL.items():
-        config = _with(paper_config(), name, _changed(paper))
+        # fresh seeds must miss the selection's 1-10 (an overlap is refused: test_fresh_seeds_...)
+        config = _with(paper_config(), name, [201, 202] if name == "step2.fresh_seeds" else _changed(paper))
         fresh = name == "model.mlm_head_warmup_steps"  # a warm-up runs only for a checkpoint without an MLM head
         lines = departures(config, "cpu", fresh_mlm_head=fresh)
         assert len(lines) == 1 and lines[0].startswith(f"{name} = {config_value(config, name)}"), (name, lines)
@@ -376,3 +377,38 @@ def test_the_safe_k_margin_is_an_f1_difference(tmp_path) -> None:
             load_config(path)
     path.write_text("[generalization]\nsafe_k_margin = 0.02\n")
     assert load_config(path).generalization.safe_k_margin == 0.02
+
+
+def test_fresh_seeds_are_disjoint_from_the_selection_seeds() -> None:
+    """step2.fresh_seeds: "auto" takes as many seeds as step2.seeds from 201 on, skipping selection
+    seeds; "none" (or []) turns the fresh-seed comparison off; an overlap is one line naming the key."""
+    assert Config().step2_fresh_seeds == list(range(201, 211))  # on by default, beside seeds 1-10
+    config = from_dict({"step2": {"seeds": "200-202"}})
+    assert config.step2_fresh_seeds == [203, 204, 205] and not set(config.step2_fresh_seeds) & {200, 201, 202}
+    assert from_dict({"step2": {"fresh_seeds": "none"}}).step2_fresh_seeds == []
+    assert from_dict({"step2": {"fresh_seeds": []}}).step2_fresh_seeds == []
+    assert from_dict({"step2": {"seeds": "1-3", "fresh_seeds": [7, 9]}}).step2_fresh_seeds == [7, 9]
+    with pytest.raises(HeadpruneError) as error:
+        from_dict({"step2": {"seeds": "1-5", "fresh_seeds": "4-8"}}, source="run.toml")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("run.toml: step2.fresh_seeds: seed(s) 4, 5 are also")
+    with pytest.raises(HeadpruneError, match="step2.fresh_seeds: cannot read"):
+        from_dict({"step2": {"fresh_seeds": "soon"}})
+
+
+def test_fresh_seed_comparison_is_off_in_the_paper_protocol_only() -> None:
+    """The paper (and the paper profiles) score Tables 7-10 on the selection seeds alone, with no
+    departure; any other configuration adds the fresh-seed comparison and lists it as a departure."""
+    from headprune.config import departures, paper_config
+
+    for name in ("paper.toml", "paper-minilm.toml"):
+        config = load_config(ROOT / "configs" / name)
+        assert config.step2_fresh_seeds == []
+        assert not any("fresh_seeds" in line for line in departures(config, "cpu", fresh_mlm_head=True))
+    assert paper_config().step2_fresh_seeds == [] and departures(paper_config(), "cpu") == []
+    quick = load_config(ROOT / "configs" / "quick.toml")
+    assert quick.step2_fresh_seeds == [201, 202]
+    (line,) = [line for line in departures(quick, "cpu") if line.startswith("step2.fresh_seeds")]
+    assert line.startswith("step2.fresh_seeds = [201, 202]: ") and line.endswith("(paper: [])")
+    on = _with(paper_config(), "step2.fresh_seeds", "auto")
+    assert [line.split(" = ")[0] for line in departures(on, "cpu")] == ["step2.fresh_seeds"]

@@ -84,6 +84,42 @@ def test_step2_comparison_reproduces_tables_7_to_10_from_the_store(tiny_run) -> 
     assert (root / "run" / "orders" / "OI.json").is_file() and (root / "run" / "orders" / "A1.json").is_file()
 
 
+def test_fresh_seed_comparison_scores_the_chosen_models_on_seeds_no_selection_used(tiny_run, tiny_bert_dir) -> None:
+    """By default (step2.fresh_seeds = "auto") Tables 7-10 come again on as many seeds as the
+    selection's, 201 on, disjoint from them: the same models, the stored scores of those seeds, the
+    same paired t-tests; the selection and its Tables 7-10 are those of a run without it."""
+    import shutil
+
+    from headprune.generalize import significance
+
+    root, csvs, summary = tiny_run
+    fresh, g2 = summary["step2_fresh_comparison"], summary["step2_comparison"]
+    assert summary["step2_fresh_seeds"] == [201, 202] and not {201, 202} & {1, 2}
+    assert set(fresh) == set(g2)
+    with sqlite3.connect(root / "run" / "store.sqlite") as db:
+        stored = {(p, ds, seed): f1 for p, ds, seed, f1 in db.execute("SELECT pruned, dataset, seed, f1 FROM scores")}
+    for model, members in (("CM", "CM"), ("MOIH1", "MOIH1"), ("MOIH2", "MOIH2"), ("MOIH3", "MOIH3"),
+                           ("MAMH1", "MA1H1")):
+        key = json.dumps(sorted(summary["chosen"][members]["pruned_heads"]), separators=(",", ":"))
+        for ds in ("b", "c"):
+            assert fresh[model][ds]["scores"] == [stored[(key, ds, s)] for s in (201, 202)]
+    assert fresh["CM"]["b"]["scores"] != g2["CM"]["b"]["scores"]  # other seeds, other splits
+    per_seed = {m: {ds: fresh[m][ds]["scores"] for ds in ("b", "c")} for m in fresh if m != "significance"}
+    assert fresh["significance"] == significance(per_seed, alpha=0.05)
+
+    # Off: the same store answers every selection, so the chosen models and Tables 7-10 are the same.
+    off = root / "fresh-off"
+    off.mkdir()
+    shutil.copy(root / "run" / "store.sqlite", off / "store.sqlite")
+    raw = tiny_config(tiny_bert_dir, csvs)
+    raw["step2"]["fresh_seeds"] = "none"
+    without = Pipeline(from_dict(raw, source="tiny.toml"), off, progress=RunProgress(enabled=False)).run()
+    assert without["chosen"] == summary["chosen"] and without["step2_comparison"] == g2
+    assert "step2_fresh_comparison" not in without and "step2_fresh_seeds" not in without
+    assert not any("fresh_seeds" in line for line in without["departures"])
+    assert any(line.startswith("step2.fresh_seeds = [201, 202]: ") for line in summary["departures"])
+
+
 def test_summary_round_trips_through_its_types(tiny_run) -> None:
     """summary.json as the pipeline wrote it is read into the typed Summary and written back unchanged."""
     from headprune.summary import SCHEMA_VERSION, load_summary
@@ -130,7 +166,8 @@ def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
     assert again["chosen"] == summary["chosen"]
     assert again["generalization"] == summary["generalization"]
     # The resumed run says which scores it found: the reference loop's (a CPU run departs in no engine line).
-    assert log.getvalue().count("resuming from the store: scores: reference loop\n") == 2  # Step 2, generalization
+    # once per scorer: Step 2, the fresh seeds' G2 comparison, the generalization
+    assert log.getvalue().count("resuming from the store: scores: reference loop\n") == 3
     assert not any(line.startswith("run.engine") for line in again["departures"])
 
 
@@ -152,6 +189,7 @@ def test_dry_run_prints_the_plan(tiny_run, tiny_bert_dir: Path, monkeypatch) -> 
     assert "H2 OI" in text and "H3 OI" in text and "H1 A1" in text
     assert "generalization" in text and "30 evaluations" in text  # 5 models x 2 datasets x 3 seeds
     assert "Tables 7-10 (G2)" in text  # from the stored Step 2 scores (CM is k = 0 of H1)
+    assert "G2 on fresh seeds" in text and "at most 20 evaluations" in text  # 5 models x 2 datasets x 2 seeds
     assert "adjusting runs timed alone" not in text  # the reference loop's scores carry their own times
     assert "estimate on this device" in text and "(reference loop" in text
     assert not (root / "dry" / "store.sqlite").exists()

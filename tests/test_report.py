@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import json
 import re
@@ -341,3 +342,35 @@ def test_the_orders_section_places_the_criteria_against_the_random_orders(tmp_pa
     assert html.escape(chance_sentence(chance)) in page and "no null distribution" not in page
     # OI is among the orders: the section says how much Algorithm 2's first batch weighs.
     assert "rests largely on each finetuning&#x27;s first batch" in page
+
+
+def test_g2_tables_say_which_seeds_chose_the_models_and_which_are_fresh(tmp_path):
+    """Tables 7-10 (the selection seeds, as the dissertation) and, when the summary has it, the same
+    comparison on fresh seeds next to them, each saying which seeds it used; a summary without the
+    fresh comparison (older, or the paper protocol) renders Tables 7-10 alone."""
+    old = make_summary(version=4)
+    old.setdefault("config", {}).setdefault("step2", {})["seeds"] = "1-2"
+    write_summary(tmp_path / "old", old)
+    text = write_report(tmp_path / "old").read_text(encoding="utf-8")
+    assert 'id="step2-comparison"' in text and 'id="step2-fresh"' not in text
+    assert "the Step 2 selection seeds: the very seeds that chose these models" in text
+    assert "next section scores them on fresh seeds" not in text
+
+    new = copy.deepcopy(old)
+    fresh = copy.deepcopy(old["step2_comparison"])
+    fresh["MOIH1"]["person"]["mean"] = 0.5012
+    fresh["significance"] = [{"dataset": "hobbit", "better": "CM", "worse": "MOIH2", "p_value": 0.0456}]
+    new.update(schema_version=6, step2_fresh_comparison=fresh, step2_fresh_seeds=[201, 202])
+    write_summary(tmp_path / "new", new)
+    path = write_report(tmp_path / "new")
+    text = path.read_text(encoding="utf-8")
+    assert text.index('id="step2-comparison"') < text.index('id="step2-fresh"') < text.index('id="comparison"')
+    assert "next section scores them on fresh seeds" in text
+    assert "Seeds: 201, 202, fresh seeds that no Step 2 selection used" in text
+    md = (path.parent / "tables.md").read_text(encoding="utf-8")
+    assert "H1 on G2, fresh seeds: MAMH1, MOIH1, CM (as Table 7)" in md
+    assert "All strategies on G2, fresh seeds: " in md and "(as Table 10)" in md
+    assert "50.12 (" in md  # the fresh table's own numbers
+    assert "{CM} > {MOIH2} (p = 0.0456)" in md and "{MOIH1} > {CM} (p = 0.0321)" in md  # each table its t-tests
+    for table in ("h1", "h2", "h3", "all"):
+        assert f'id="table-g2-fresh-{table}"' in text and f'id="table-g2-{table}"' in text

@@ -86,12 +86,14 @@ def test_verify_recomputes_the_summary_from_the_store(tiny_run, tmp_path: Path, 
     shutil.copytree(root / "run", tampered, ignore=shutil.ignore_patterns("report"))
     changed = json.loads((tampered / "summary.json").read_text())
     changed["generalization"]["MOIH1"]["d"]["scores"][1] += 0.01
+    changed["step2_fresh_comparison"]["MOIH2"]["c"]["mean"] += 0.01
     changed["h1"]["OI"]["scores"]["b"]["4"] -= 0.02
     changed["orders"]["OI"]["ranked"][0], changed["orders"]["OI"]["ranked"][1] = (
         changed["orders"]["OI"]["ranked"][1], changed["orders"]["OI"]["ranked"][0])
     (tampered / "summary.json").write_text(json.dumps(changed))
     problems = verify_run(tampered).problems
     assert any(p.startswith("generalization.MOIH1.d.scores:") for p in problems)
+    assert any(p.startswith("step2_fresh_comparison.MOIH2.c.mean:") for p in problems)
     assert any(p.startswith("h1.OI.scores.b.4:") for p in problems)
     assert any(p.startswith("Step 1 order (OI):") for p in problems)
     code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
@@ -104,6 +106,29 @@ def test_verify_recomputes_the_summary_from_the_store(tiny_run, tmp_path: Path, 
         code, _, err = run_cli(monkeypatch, capsys, "verify", tampered)
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
         assert "Traceback" not in err
+
+
+def test_verify_recomputes_the_fresh_seed_comparison_on_its_own_seeds(tiny_run, tmp_path: Path) -> None:
+    """The fresh-seed G2 comparison is checked on the seeds the summary records, which must be those
+    the configuration names and none of them a selection seed."""
+    import shutil
+
+    from headprune.verify import verify_run
+
+    root, _, summary = tiny_run
+    tampered = tmp_path / "run"
+    shutil.copytree(root / "run", tampered, ignore=shutil.ignore_patterns("report"))
+    changed = json.loads((tampered / "summary.json").read_text())
+    changed["step2_fresh_seeds"] = [2, 202]  # a selection seed among them
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    problems = verify_run(tampered).problems
+    assert "step2_fresh_seeds disjoint from step2.seeds: summary says [2], the store gives []" in problems
+    assert any(p.startswith("step2_fresh_seeds: summary says [2, 202]") for p in problems)
+    # seed 2's score is not seed 201's
+    assert any(p.startswith("step2_fresh_comparison.CM.b.scores:") for p in problems)
+    del changed["step2_fresh_comparison"], changed["step2_fresh_seeds"]  # an older summary: Tables 7-10 alone
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    assert verify_run(tampered).problems == []
 
 
 def test_verify_selects_step1_rows_by_content_hash(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -7,6 +7,7 @@ the protocol itself, and `departures` lists, in words, every way a configuration
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 import typing
@@ -39,6 +40,30 @@ def parse_seeds(spec: Any, option: str = "seeds") -> list[int]:
         if out:
             return list(dict.fromkeys(out))
     raise HeadpruneError(f'{option}: cannot read {spec!r} (write e.g. "1-10", "1,2,3" or a list of integers)')
+
+
+# `step2.fresh_seeds = "auto"`: as many fresh seeds as Step 2 selection seeds, the first integers from
+# this one on that no selection used (201-210 beside the paper's 1-10; clear of the G3 seeds 101-110).
+FRESH_SEEDS_START = 201
+FRESH_SEEDS_OFF = ("none", "")
+
+
+def parse_fresh_seeds(spec: Any, selection: list[int], option: str = "step2.fresh_seeds") -> list[int]:
+    """The seeds of the fresh-seed G2 comparison: [] when off ("none", "" or an empty list), "auto"
+    (`FRESH_SEEDS_START`), or a seeds spec as `parse_seeds` reads it. One error line when a fresh
+    seed is also a selection seed: scores on those would carry the selection's bias."""
+    if spec == [] or (isinstance(spec, str) and spec.strip().lower() in FRESH_SEEDS_OFF):
+        return []
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        used = set(selection)
+        candidates = (s for s in itertools.count(FRESH_SEEDS_START) if s not in used)
+        return [next(candidates) for _ in selection]
+    seeds = parse_seeds(spec, option)
+    overlap = sorted(set(seeds) & set(selection))
+    if overlap:
+        raise HeadpruneError(f"{option}: seed(s) {', '.join(map(str, overlap))} are also Step 2 selection seeds "
+                             "(step2.seeds); fresh seeds must be disjoint from them (or write \"auto\")")
+    return seeds
 
 
 @dataclass
@@ -85,6 +110,10 @@ class Step2Section:
     racing_first_test: int = 3  # seeds before the first racing test
     racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
     racing_walk_test: str = DEFAULT_WALK_TEST  # H2/H3 steps: racing.WALK_TESTS, "skeptical-walk" by default
+    # Tables 7-10 score the chosen models with the seeds that chose them (the paper's, biased towards
+    # them); beside them the same comparison on these seeds, disjoint from `seeds`: "auto" (as many as
+    # `seeds`, from 201 on), a seeds spec, or "none" (the paper: no such comparison).
+    fresh_seeds: Any = "auto"
 
 
 @dataclass
@@ -143,6 +172,11 @@ class Config:
         return parse_seeds(self.step2.seeds, "step2.seeds")
 
     @property
+    def step2_fresh_seeds(self) -> list[int]:
+        """The fresh-seed G2 comparison's seeds ([]: none), disjoint from `step2_seeds`."""
+        return parse_fresh_seeds(self.step2.fresh_seeds, self.step2_seeds)
+
+    @property
     def generalization_seeds(self) -> list[int]:
         return parse_seeds(self.generalization.seeds, "generalization.seeds")
 
@@ -172,7 +206,7 @@ def _check_type(where: str, value: Any, default: Any, hint: Any = None) -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         kind = "a number"
         value = float(value) if ok else value
-    elif isinstance(default, str) and not where.endswith(".seeds"):
+    elif isinstance(default, str) and not where.endswith("seeds"):
         ok = isinstance(value, str)
         kind = "a string"
     elif isinstance(default, list):
@@ -284,6 +318,7 @@ def validate(config: Config, where: str = "") -> None:
         ("generalization.seeds", config.generalization.seeds),
     ):
         parse_seeds(spec, f"{where}{name}")
+    parse_fresh_seeds(config.step2.fresh_seeds, config.step2_seeds, f"{where}step2.fresh_seeds")
     if config.step2.racing_screen not in ("", "no-adjust"):
         bad(f"step2.racing_screen must be \"\" (none) or \"no-adjust\", got '{config.step2.racing_screen}'")
     if config.step2.racing_walk_test not in WALK_TESTS:
@@ -347,6 +382,7 @@ PAPER_PROTOCOL: dict[str, Any] = {
     "step2.h1_k_values": [],
     "step2.group_size": 1,
     "step2.racing": False,
+    "step2.fresh_seeds": [],  # Tables 7-10 on the selection seeds only
     "generalization.datasets": ["G3"],
     "generalization.seeds": list(range(101, 111)),
     "generalization.alpha": 0.05,
@@ -408,6 +444,8 @@ def config_value(config: Config, name: str) -> Any:
     value: Any = config
     for part in name.split("."):
         value = getattr(value, part)
+    if name == "step2.fresh_seeds":
+        return config.step2_fresh_seeds
     return parse_seeds(value, name) if name in _SEEDS else value
 
 
@@ -488,6 +526,9 @@ def departures(config: Config, device: str | None = None, fresh_mlm_head: bool |
                 out.append(f"run.precision = {config.run.precision}: the adjusting step under {config.run.precision} "
                            f"autocast, fp32 weights, Adam state and loss (paper: {expected})")
             continue
+        if name == "step2.fresh_seeds":
+            out += _fresh_seeds_departure(config)
+            continue
         value = config_value(config, name)
         same = set(value) == set(expected) if name in _UNORDERED else value == expected
         if not same:
@@ -507,6 +548,16 @@ def _racing_departure(config: Config) -> list[str]:
             + ("; compared candidates screened first at the low fidelity (no adjusting step, scoring.epochs = 0)"
                if step2.racing_screen else "")
             + "; the paper scores every candidate with every seed (paper: False)"]
+
+
+def _fresh_seeds_departure(config: Config) -> list[str]:
+    """The fresh-seed comparison's line, when it runs."""
+    seeds = config.step2_fresh_seeds
+    if not seeds:
+        return []
+    return [f"step2.fresh_seeds = {seeds}: the chosen models and CM also scored on the Step 2 datasets with these "
+            "seeds, which no selection used, with the same paired t-tests against CM (Tables 7-10 keep the "
+            "selection seeds; the paper has no such comparison) (paper: [])"]
 
 
 def _warmup_departure(config: Config, fresh_mlm_head: bool | None) -> list[str]:

@@ -275,8 +275,15 @@ class Pipeline:
             scorer = self.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
             random_orders = {name for name, order in orders.items() if order.kind == "random"}
-            self._step2_comparison(chosen, step2_names, scorer, summary, random_orders)
+            summary.step2_comparison = self._step2_comparison(
+                chosen, step2_names, scorer, random_orders, "Tables 7-10: the chosen models on G2")
             self._h1_seed_scores(orders, scorer, summary)  # after the comparison: it may score H1's cells too
+            fresh = self.config.step2_fresh_seeds
+            if fresh:  # after H1's per-seed scores, which must read only the selection seeds
+                summary.step2_fresh_comparison = self._step2_comparison(
+                    chosen, step2_names, self.scorer(base, store, fresh, executor), random_orders,
+                    "G2 on fresh seeds: the chosen models on seeds no selection used")
+                summary.step2_fresh_seeds = fresh if summary.step2_fresh_comparison is not None else None
             gen_executor = make_executor(self.config, "generalization")  # never packs
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
@@ -440,19 +447,20 @@ class Pipeline:
         return cells, results
 
     def _step2_comparison(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer,
-                          summary: Summary, random_orders: set[str]) -> None:
-        """Tables 7-10: CM, the models of the importance orders and the per-seed means over the random
-        orders (MAM<strategy>) on the Step 2 datasets, over the Step 2 seeds, with paired t-tests. The
-        searches stored these scores already; only what is missing is computed."""
+                          random_orders: set[str], stage: str) -> Generalization | None:
+        """CM, the models of the importance orders and the per-seed means over the random orders
+        (MAM<strategy>) on the Step 2 datasets, over the scorer's seeds, with paired t-tests: Tables
+        7-10 with the Step 2 seeds (the searches stored these scores already; only what is missing is
+        computed), or the fresh-seed comparison with `step2.fresh_seeds`. None with no model but CM."""
         if len(chosen) < 2:
-            return
-        cells, results = self._per_seed(chosen, datasets, scorer, "Tables 7-10: the chosen models on G2")
+            return None
+        cells, results = self._per_seed(chosen, datasets, scorer, stage)
         f1 = {name: {ds: [results[t].f1 for t in cells[(name, ds)]] for ds in datasets} for name in chosen}
         members = random_order_members({n: (e.order, e.strategy) for n, e in chosen.items()}, random_orders)
         shown = {n: v for n, v in f1.items() if chosen[n].order not in random_orders}
         table = comparison({**shown, **per_seed_means(f1, members)}, reference=COMPLETE,
                            alpha=self.config.generalization.alpha)
-        summary.step2_comparison = Generalization.from_json(table, key="step2_comparison")
+        return Generalization.from_json(table, key="step2_comparison")
 
     def _generalization(self, chosen: dict[str, ChosenModel], datasets: list[str], scorer: Scorer,
                         summary: Summary, random_orders: set[str]) -> None:

@@ -80,9 +80,13 @@ def plan(pipeline: Pipeline) -> list[dict]:
     # (A race may drop k = 0 early; H3's baseline has every seed of the complete model.)
     cm_scored = ("H1" in config.step2.strategies and 0 in pipeline.k_values(n_heads) and not config.step2.racing
                  ) or "H3" in config.step2.strategies
+    n_g2 = len(expand_datasets(config.step2.datasets))
     if n_models > 1:
         stages.append({"stage": "Tables 7-10 (G2)", "evaluations": 0 if cm_scored else
-                       len(expand_datasets(config.step2.datasets)) * len(config.step2_seeds)})
+                       n_g2 * len(config.step2_seeds)})
+        if config.step2_fresh_seeds:  # nothing stored on these seeds: every chosen model (fewer where two coincide)
+            stages.append({"stage": "G2 on fresh seeds", "at_most": True,
+                           "evaluations": n_models * n_g2 * len(config.step2_fresh_seeds)})
     stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(config.generalization_seeds)})
     if pipeline.batched():  # Table 14: each model timed adjusting alone (the reference loop)
         stages.append({"stage": "Table 14: each model adjusting alone", "evaluations": 0,

@@ -937,19 +937,47 @@ def _step2_comparison_section(run: _Run) -> _Section | None:
     section = _Section("step2-comparison", "Step 2 datasets (G2): CM, the models of the importance orders and the "
                                            "random-order means (Tables 7-10)")
     seeds = (run.summary.config or {}).get("step2", {}).get("seeds")
+    fresh = ("; the next section scores them on fresh seeds" if run.summary.step2_fresh_comparison is not None
+             else "")
     if seeds:
-        section.blocks.append(f'<p class="note">Seeds: {html.escape(str(seeds))} (the Step 2 seeds).</p>')
+        section.blocks.append(
+            f'<p class="note">Seeds: {html.escape(str(seeds))}, the Step 2 selection seeds: the very seeds that '
+            f"chose these models, as in the dissertation, so the comparison with CM is biased in the chosen "
+            f"models' favour{fresh}.</p>")
+    _add_g2_tables(run, section, source, "g2", "", "Table {number}")
+    return section if section.tables else None
+
+
+def _step2_fresh_section(run: _Run) -> _Section | None:
+    """Tables 7-10's comparison again on the fresh seeds (`step2.fresh_seeds`), which chose nothing."""
+    source = run.summary.step2_fresh_comparison
+    if source is None:
+        return None
+    section = _Section("step2-fresh", "Step 2 datasets (G2) on fresh seeds: the same comparison, free of the "
+                                      "selection's bias")
+    seeds = ", ".join(map(str, run.summary.step2_fresh_seeds or []))
+    section.blocks.append(
+        f'<p class="note">Seeds: {html.escape(seeds)}, fresh seeds that no Step 2 selection used (step2.fresh_seeds). '
+        "The chosen models are those of Tables 7-10, which were scored on the selection seeds that chose them; "
+        "here a model significantly better than CM is so on data splits its choice never saw.</p>")
+    _add_g2_tables(run, section, source, "g2-fresh", ", fresh seeds", "as Table {number}")
+    return section if section.tables else None
+
+
+def _add_g2_tables(run: _Run, section: _Section, source: Generalization, slug: str, seeds: str, label: str) -> None:
+    """Tables 7-10's layout from `source`: per strategy (7-9), then all strategies together (10)."""
     own = _own_models(run)
     for number, strategy in zip((7, 8, 9), STRATEGIES):
-        table = _comparison_table(run, f"table-g2-{strategy.lower()}", f"{strategy} on G2: {{models}} (Table {number})",
+        table = _comparison_table(run, f"table-{slug}-{strategy.lower()}",
+                                  f"{strategy} on G2{seeds}: {{models}} ({label.format(number=number)})",
                                   [f"MAM{strategy}"] + own[strategy] + [COMPLETE], source)
         if table and own[strategy]:
             _add_table(section, table)
     together = [m for s in STRATEGIES for m in [f"MAM{s}"] + own[s]] + [COMPLETE]
-    table = _comparison_table(run, "table-g2-all", "All strategies on G2: {models} (Table 10)", together, source)
+    table = _comparison_table(run, f"table-{slug}-all",
+                              f"All strategies on G2{seeds}: {{models}} ({label.format(number=10)})", together, source)
     if table:
         _add_table(section, table)
-    return section if section.tables else None
 
 
 def _comparison_section(run: _Run) -> _Section | None:
@@ -1122,6 +1150,7 @@ def _run_section(run: _Run) -> _Section:
         ("layers x heads", f"{run.n_layers} x {run.n_heads} = {run.total_heads} heads"),
         ("parameters", _int(model.n_params) if model.n_params is not None else None),
         ("saved size", _megabytes(model.size_bytes) if model.size_bytes is not None else None),
+        ("G2 fresh seeds", ", ".join(map(str, s.step2_fresh_seeds or [])) or None),
         ("generalization seeds", ", ".join(map(str, s.generalization_seeds or [])) or None),
         ("elapsed", f"{float(s.elapsed_seconds) / 60:.1f} min" if s.elapsed_seconds is not None else None),
     ]
@@ -1162,6 +1191,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
             lambda: _greedy_section(run, "h3", figures),
             lambda: _racing_section(run),
             lambda: _step2_comparison_section(run),
+            lambda: _step2_fresh_section(run),
             lambda: _comparison_section(run),
             lambda: _heads_pruned_section(run),
             lambda: _size_section(run),

@@ -26,8 +26,8 @@ from .errors import HeadpruneError, parse_user_file
 # each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
 # per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
 # since 2026-12-02, even where the store holds them, since 2026-12-02 06:00 UTC), all optional; 5: adds
-# `budget` (optional).
-SCHEMA_VERSION = 5
+# `budget` (optional); 6: adds `step2_fresh_comparison` and `step2_fresh_seeds` (optional).
+SCHEMA_VERSION = 6
 SUMMARY_FILE = "summary.json"
 COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
 # The racing walk test (`racing.WALK_TESTS`) a run's configuration or a race's record without the key used.
@@ -520,6 +520,10 @@ class Summary(_Json):
     # Tables 7-10: CM, the OI models and the random-order means on the Step 2 datasets (G2), over
     # the Step 2 seeds, from the scores Step 2 stored.
     step2_comparison: Generalization | None = _optional()
+    # The same comparison on seeds no Step 2 selection used (`step2.fresh_seeds`): free of the bias of
+    # scoring the chosen models on the seeds that chose them. Absent when off (the paper) or older.
+    step2_fresh_comparison: Generalization | None = _optional()
+    step2_fresh_seeds: list[int] | None = _optional()
     # Per chosen model, the CPU inference of its encoder (PyTorch eager, `speed.measure`): batch-1
     # latency p50/p95 (ms), batch-32 throughput (texts/s), threads, `p50_speedup` and
     # `throughput_speedup` vs CM. A measurement, apart from the chosen models' (reproducible) facts.

@@ -5,7 +5,8 @@ OI-layer, fisher) from the stored rows of the Step 1 datasets (selected by the c
 summary records), reduced as its criterion does, each random order from its seed, each order's
 stability from the same per-run matrices, each H1/H2/H3 score (and H1's per-seed scores) from the
 stored per-seed F1, the rankings and chosen models from those scores, and the generalization table
-(per-seed scores, means, standard deviations, paired t-tests). A magnitude order is checked against
+and the G2 comparisons, on the selection seeds (Tables 7-10) and on fresh seeds (per-seed scores,
+means, standard deviations, paired t-tests). A magnitude order is checked against
 its own matrix only (the matrix is the checkpoint's weight norms: verify loads no model, and says
 so). A summary that passes says nothing the store does not."""
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import parse_seeds
+from .config import parse_fresh_seeds, parse_seeds
 from .data import expand_datasets
 from .errors import HeadpruneError
 from .generalize import per_seed_means, random_order_members, significance, summarize
@@ -374,9 +375,16 @@ def _check_generalization(summary: Summary, scores: StoredScores, result: Verifi
     if summary.generalization is not None:
         _check_comparison("generalization", summary.generalization, summary, scores,
                           list(summary.generalization_seeds or []), result)
+    selection = parse_seeds(summary.config_value("step2", "seeds"))
     if summary.step2_comparison is not None:
-        _check_comparison("step2_comparison", summary.step2_comparison, summary, scores,
-                          parse_seeds(summary.config_value("step2", "seeds")), result)
+        _check_comparison("step2_comparison", summary.step2_comparison, summary, scores, selection, result)
+    if summary.step2_fresh_comparison is not None:
+        fresh = summary.need(summary.step2_fresh_seeds, "step2_fresh_seeds")
+        # The seeds the configuration names, and none of them a selection seed (else the table is biased).
+        result.close("step2_fresh_seeds", fresh, parse_fresh_seeds(summary.config_value("step2", "fresh_seeds"),
+                                                                    selection))
+        result.close("step2_fresh_seeds disjoint from step2.seeds", sorted(set(fresh) & set(selection)), [])
+        _check_comparison("step2_fresh_comparison", summary.step2_fresh_comparison, summary, scores, fresh, result)
 
 
 def _check_comparison(key: str, table: Generalization, summary: Summary, scores: StoredScores, seeds: list[int],
