@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _tiny import G3, make_summary, write_summary
+from _tiny import G3, analysed, make_summary, write_summary
 from headprune.errors import HeadpruneError
 from headprune.report import rank_matrix, write_report
 from headprune.summary import load_summary
@@ -62,7 +62,7 @@ class _Page(HTMLParser):
 def rendered(tmp_path_factory) -> tuple[Path, dict]:
     summary = make_summary(version=3)
     run_dir = tmp_path_factory.mktemp("run")
-    write_summary(run_dir, summary)
+    write_summary(run_dir, analysed(summary))
     return write_report(run_dir), summary
 
 
@@ -166,6 +166,7 @@ def test_table_14_times_each_model_alone_and_shows_the_engine_apart(tmp_path):
             for cell in row.values():
                 cell["adjust_seeds"] = [101, 102]
                 cell["engine_adjust_seconds"] = [0.431, 0.431, 0.431]
+                cell["engine_adjust_mean"], cell["engine_adjust_std"] = 0.431, 0.0  # the pipeline's (schema 7)
     write_summary(tmp_path, summary)
     md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
     assert "timed apart on seeds 101, 102" in md and "(Table 14)" in md
@@ -271,7 +272,7 @@ def test_which_order_prunes_best_with_several_orders(tmp_path):
     from headprune.summary import Summary
 
     data = make_summary(version=4)
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     path = write_report(tmp_path)
     parser = _Page()
     parser.feed(path.read_text(encoding="utf-8"))
@@ -309,7 +310,7 @@ def test_which_order_prunes_best_says_over_which_seeds_when_a_race_left_some_out
     ds = next(iter(first["seed_scores"]))
     k = max(first["seed_scores"][ds], key=int)
     first["seed_scores"][ds][k][1] = None  # seed 2 of the largest k not scored on that dataset
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
     others = [d for d in first["seed_scores"] if d != ds]
     assert f"over the seeds every one of those cells was scored with ({ds}: 1, " in md
@@ -325,14 +326,14 @@ def test_the_orders_section_places_the_criteria_against_the_random_orders(tmp_pa
     from headprune.summary import Summary
 
     data = make_summary(version=4)
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     assert "1 random order is no null distribution" in write_report(tmp_path).read_text(encoding="utf-8")
     data["orders"]["A2"] = copy.deepcopy(data["orders"]["A1"])
     data["h1"]["A2"] = copy.deepcopy(data["h1"]["A1"])
     for per_k in data["h1"]["A2"]["seed_scores"].values():
         for k, scores in per_k.items():
             per_k[k] = [None if v is None else v - 0.01 for v in scores]
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     page = write_report(tmp_path).read_text(encoding="utf-8")
     summary = Summary.from_json(data)
     cm = {ds: cell.scores for ds, cell in summary.step2_comparison.models["CM"].items()}
