@@ -244,16 +244,16 @@ def _add_orders(summary: dict, h1) -> None:
 
 
 def analysed(summary: dict) -> dict:
-    """`summary` with what the pipeline computes from its parts (schema 7, `analysis.order_comparison`),
-    at the default alpha and safe-k margin, as a run writes it."""
-    from headprune.analysis import complete_of, order_comparison
+    """`summary` with what the pipeline computes from its parts (schema 7: `analysis.overview`,
+    `analysis.order_comparison` at the default alpha and safe-k margin), as a run writes it."""
+    from headprune.analysis import analyse
     from headprune.curves import DEFAULT_SAFE_K_MARGIN
     from headprune.summary import Summary
 
     parsed = Summary.from_json(summary)
-    found = order_comparison(parsed.h1 or {}, parsed.orders or {}, complete_of(parsed.step2_comparison), 0.05,
-                             DEFAULT_SAFE_K_MARGIN)
-    return {**summary, "schema_version": 7, **({"order_comparison": found.to_json()} if found else {})}
+    analyse(parsed, 0.05, DEFAULT_SAFE_K_MARGIN)
+    return {**summary, "schema_version": 7, **{key: value for key, value in parsed.to_json().items()
+                                               if key in ("overview", "order_comparison")}}
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:

@@ -1,10 +1,10 @@
 """The statistics the report shows beside the scores, computed from a summary's parts (pure).
 
 The pipeline writes them into summary.json, `verify` recomputes them from the store's scores, and
-the report only renders them. "Which order prunes best" (`order_comparison`): every order's H1
-curves compared by `curves.compare_orders` (mean F1 over k, safe k, paired t-tests with Holm), the
-criteria placed among the random orders (`curves.against_chance`), the complete model's band and
-each order's mean bootstrap agreement."""
+the report only renders them: the generalization check at a glance (`overview`), and "Which order
+prunes best" (`order_comparison`): every order's H1 curves compared by `curves.compare_orders`
+(mean F1 over k, safe k, paired t-tests with Holm), the criteria placed among the random orders
+(`curves.against_chance`), the complete model's band and each order's mean bootstrap agreement."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from .curves import against_chance, compare_orders
 from .generalize import mean_and_std
 from .names import COMPLETE
-from .summary import Band, Generalization, H1Result, OrderComparison, OrderEntry
+from .summary import Band, Generalization, H1Result, ModelOverview, OrderComparison, OrderEntry, Summary
 
 SeedCurves = Mapping[str, Mapping[str, Sequence[float | None]]]  # {dataset: {str(k): per-seed F1}}
 
@@ -87,4 +87,37 @@ def order_comparison(h1: Mapping[str, H1Result], orders: Mapping[str, OrderEntry
     }, key="order_comparison")
 
 
-__all__ = ["complete_of", "complete_scores", "order_comparison"]
+def overview(means: Mapping[str, Mapping[str, float]]) -> dict[str, ModelOverview]:
+    """Each model of the generalization check at a glance, from its mean F1 per dataset
+    (`means[model][dataset]`): over the datasets it shares with CM, in the order they first appear,
+    its mean and CM's, the change in %, and on how many its mean is above CM's. {} without CM."""
+    complete = means.get(COMPLETE)
+    if complete is None:
+        return {}
+    datasets = list(dict.fromkeys(ds for per_ds in means.values() for ds in per_ds))
+    out = {}
+    for name, per_ds in means.items():
+        common = [ds for ds in datasets if ds in per_ds and ds in complete]
+        if not common:
+            continue
+        mean = sum(per_ds[ds] for ds in common) / len(common)
+        reference = sum(complete[ds] for ds in common) / len(common)
+        out[name] = ModelOverview(datasets=len(common), mean=mean, complete_mean=reference,
+                                  pct_vs_cm=100.0 * (mean / reference - 1.0) if reference else None,
+                                  better_than_cm=sum(per_ds[ds] > complete[ds] for ds in common))
+    return out
+
+
+def analyse(summary: Summary, alpha: float, margin: float) -> None:
+    """Fill the summary's statistics from its own parts, as the pipeline does once every score is in:
+    `overview` from the generalization check, `order_comparison` from H1 and the G2 comparison (with
+    the run's `generalization.alpha` and `safe_k_margin`)."""
+    generalization = summary.generalization
+    glance = overview({m: {ds: cell.mean for ds, cell in row.items()} for m, row in generalization.models.items()}
+                      ) if generalization is not None else {}
+    summary.overview = glance or None
+    summary.order_comparison = order_comparison(summary.h1 or {}, summary.orders or {},
+                                                complete_of(summary.step2_comparison), alpha, margin)
+
+
+__all__ = ["analyse", "complete_of", "complete_scores", "order_comparison", "overview"]

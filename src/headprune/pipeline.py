@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .analysis import complete_of, order_comparison
+from .analysis import analyse
 from .base import BaseModel, WarmupSettings, load_base
 from .config import Config, departures, load_config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
@@ -280,9 +280,6 @@ class Pipeline:
             summary.step2_comparison = self._step2_comparison(
                 chosen, step2_names, scorer, random_orders, "Tables 7-10: the chosen models on G2")
             self._h1_seed_scores(orders, scorer, summary)  # after the comparison: it may score H1's cells too
-            summary.order_comparison = order_comparison(
-                summary.h1 or {}, summary.orders or {}, complete_of(summary.step2_comparison),
-                self.config.generalization.alpha, self.config.generalization.safe_k_margin)
             fresh = self.config.step2_fresh_seeds
             if fresh:  # after H1's per-seed scores, which must read only the selection seeds
                 summary.step2_fresh_comparison = self._step2_comparison(
@@ -293,6 +290,7 @@ class Pipeline:
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
             summary.inference = self._inference_speed(base, chosen)
+            analyse(summary, self.config.generalization.alpha, self.config.generalization.safe_k_margin)
         finally:
             for used in (e for e in (gen_executor, executor) if e is not None):
                 used.close()

@@ -29,7 +29,8 @@ from .names import COMPLETE
 # per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
 # since 2026-12-02, even where the store holds them, since 2026-12-02 06:00 UTC), all optional; 5: adds
 # `budget` (optional); 6: adds `step2_fresh_comparison` and `step2_fresh_seeds` (optional); 7: adds
-# `order_comparison` (optional), the statistics of "Which order prunes best", computed by the pipeline.
+# `order_comparison` and `overview` (optional), the statistics the report shows beside the scores, and
+# the mean and std of the batched engine's times (`engine_adjust_mean`, `engine_adjust_std`).
 SCHEMA_VERSION = 7
 SUMMARY_FILE = "summary.json"
 # The racing walk test (`racing.WALK_TESTS`) a run's configuration or a race's record without the key used.
@@ -498,6 +499,19 @@ class RandomMean(_Json):
         return out
 
 
+@dataclass(kw_only=True)
+class ModelOverview(_Json):
+    """A model at a glance (summary["overview"][name], `analysis.overview`): its mean F1 over the
+    generalization datasets it shares with CM (`datasets` of them), CM's mean over the same, the
+    change vs CM in % (null where CM's is 0), and on how many of them its mean is above CM's."""
+
+    datasets: int = field(metadata={_MINIMUM: 1})
+    mean: float
+    complete_mean: float
+    pct_vs_cm: float | None = None
+    better_than_cm: int = field(metadata={_MINIMUM: 0})
+
+
 # ----------------------------------------------------------------------------- which order prunes best
 
 
@@ -633,6 +647,8 @@ class Summary(_Json):
     # scoring the chosen models on the seeds that chose them. Absent when off (the paper) or older.
     step2_fresh_comparison: Generalization | None = _optional()
     step2_fresh_seeds: list[int] | None = _optional()
+    # The generalization check at a glance, per model (`analysis.overview`); absent before schema 7.
+    overview: dict[str, ModelOverview] | None = _optional()
     # "Which order prunes best" (`analysis.order_comparison`): with two or more H1 orders; absent before schema 7.
     order_comparison: OrderComparison | None = _optional()
     # Per chosen model, the CPU inference of its encoder (PyTorch eager, `speed.measure`): batch-1
@@ -725,6 +741,7 @@ __all__ = [
     "MalformedSummary",
     "MeanScore",
     "ModelInfo",
+    "ModelOverview",
     "OrderComparison",
     "OrderCurves",
     "OrderEntry",

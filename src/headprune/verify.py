@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import complete_of, order_comparison
+from .analysis import complete_of, order_comparison, overview
 from .config import parse_fresh_seeds, parse_seeds
 from .curves import DEFAULT_SAFE_K_MARGIN
 from .data import expand_datasets
 from .errors import HeadpruneError
-from .generalize import per_seed_means, random_order_members, significance, summarize
+from .generalize import mean_and_std, per_seed_means, random_order_members, significance, summarize
 from .heads import HeadSet
 from .importance import (
     Order,
@@ -401,8 +401,11 @@ def _check_order_comparison(summary: Summary, scores: StoredScores, seed_curves:
 
 def _check_generalization(summary: Summary, scores: StoredScores, result: Verification) -> None:
     if summary.generalization is not None:
-        _check_comparison("generalization", summary.generalization, summary, scores,
-                          list(summary.generalization_seeds or []), result)
+        means = _check_comparison("generalization", summary.generalization, summary, scores,
+                                  list(summary.generalization_seeds or []), result)
+        if summary.overview is not None:
+            result.same_tree("overview", {m: row.to_json() for m, row in summary.overview.items()},
+                             {m: row.to_json() for m, row in overview(means).items()})
     selection = parse_seeds(summary.config_value("step2", "seeds"))
     if summary.step2_comparison is not None:
         _check_comparison("step2_comparison", summary.step2_comparison, summary, scores, selection, result)
@@ -416,10 +419,11 @@ def _check_generalization(summary: Summary, scores: StoredScores, result: Verifi
 
 
 def _check_comparison(key: str, table: Generalization, summary: Summary, scores: StoredScores, seeds: list[int],
-                      result: Verification) -> None:
+                      result: Verification) -> dict[str, dict[str, float]]:
     """A comparison table (G3: Tables 12, 15; G2: Tables 7-10) from the stored per-seed scores: each
     chosen model's scores, the per-seed random-order means (MAM), their means, stds, % vs CM and the
-    paired t-tests."""
+    paired t-tests. Returns each model's mean per dataset as the store gives it (the table's where the
+    store has no scores for it)."""
     per_seed: dict[str, dict[str, list[float]]] = {}
     stored_models: dict[str, dict[str, list[float]]] = {}
     for model, entry in (summary.chosen or {}).items():
@@ -441,9 +445,20 @@ def _check_comparison(key: str, table: Generalization, summary: Summary, scores:
             if ds in table.models[model]:
                 result.close(f"{key}.{model}.{ds}.scores", table.models[model][ds].scores, values)
                 per_seed.setdefault(model, {})[ds] = values
+    for model, row in table.models.items():  # the times' means and stds are those of the times listed
+        for ds, cell in row.items():
+            for part, seconds, mean, std in (("adjust", cell.adjust_seconds, cell.adjust_mean, cell.adjust_std),
+                                             ("engine_adjust", cell.engine_adjust_seconds, cell.engine_adjust_mean,
+                                              cell.engine_adjust_std)):
+                if seconds and mean is not None:
+                    result.close(f"{key}.{model}.{ds}.{part}_mean, {part}_std", [mean, std],
+                                 list(mean_and_std(seconds)))
+    means = {m: {ds: cell.mean for ds, cell in row.items()} for m, row in table.models.items()}
     if not per_seed or COMPLETE not in per_seed:
-        return
+        return means
     recomputed = summarize(per_seed, reference=COMPLETE)
+    for model, row in recomputed.items():
+        means[model].update({ds: cell["mean"] for ds, cell in row.items()})
     for model, row in recomputed.items():
         for ds, cell in row.items():
             for name in ("mean", "std", "pct_vs_cm"):
@@ -455,6 +470,7 @@ def _check_comparison(key: str, table: Generalization, summary: Summary, scores:
 
     result.close(f"{key}.significance", rows(table.significance),
                  rows([Significance.from_json(r) for r in significance(per_seed, alpha=alpha)]))
+    return means
 
 
 def _datasets_of(table: Generalization) -> list[str]:

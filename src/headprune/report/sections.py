@@ -33,8 +33,6 @@ def overview_section(run: RunFacts) -> Section | None:
     if not run.chosen:
         return None
     section = Section("overview", "Chosen models at a glance")
-    datasets = datasets_of(run.generalization)
-    cm = run.generalization.get(COMPLETE, {})
     complete_params = run.complete("n_params")
     rows = []
     for name in run.sort(run.chosen):
@@ -44,14 +42,10 @@ def overview_section(run: RunFacts) -> Section | None:
         params_text = "n/a" if params is None else fmt_int(params)
         if params is not None and complete_params and name != COMPLETE:
             params_text += f" ({fmt_pct(pct_of(params, complete_params))})"
-        per_ds = run.generalization.get(name, {})
-        common = [ds for ds in datasets if ds in per_ds and ds in cm]
-        if common:
-            mean = sum(per_ds[ds].mean for ds in common) / len(common)
-            ref = sum(cm[ds].mean for ds in common) / len(common)
-            f1_text = fmt_f1(mean) + ("" if name == COMPLETE else f" ({fmt_pct(pct_of(mean, ref))})")
-            wins = sum(per_ds[ds].mean > cm[ds].mean for ds in common)
-            wins_text = "" if name == COMPLETE else f"{wins} of {len(common)}"
+        glance = (run.summary.overview or {}).get(name)
+        if glance is not None:
+            f1_text = fmt_f1(glance.mean) + ("" if name == COMPLETE else f" ({fmt_pct(glance.pct_vs_cm)})")
+            wins_text = "" if name == COMPLETE else f"{glance.better_than_cm} of {glance.datasets}"
         else:
             f1_text, wins_text = "n/a", ""
         rows.append(
