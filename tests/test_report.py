@@ -375,3 +375,47 @@ def test_g2_tables_say_which_seeds_chose_the_models_and_which_are_fresh(tmp_path
     assert "{CM} > {MOIH2} (p = 0.0456)" in md and "{MOIH1} > {CM} (p = 0.0321)" in md  # each table its t-tests
     for table in ("h1", "h2", "h3", "all"):
         assert f'id="table-g2-fresh-{table}"' in text and f'id="table-g2-{table}"' in text
+
+
+def test_a_summary_before_the_order_comparison_shows_the_curves_and_says_why_no_more(tmp_path):
+    """The report computes no statistics: a summary without `order_comparison` (before schema 7) gets
+    every order's curves, without the complete model's band, and a note instead of the tables."""
+    write_summary(tmp_path, make_summary(version=4))
+    path = write_report(tmp_path)
+    parser = _Page()
+    parser.feed(path.read_text(encoding="utf-8"))
+    assert "orders" in parser.ids and "table-orders" not in parser.ids and "table-orders-pairs" not in parser.ids
+    assert {f"figures/orders_{ds}.png" for ds in ("person", "hobbit", "movie")} <= {
+        img["data-file"] for img in parser.images}
+    assert "holds no comparison of the orders" in path.read_text(encoding="utf-8")
+
+
+def test_the_report_shows_the_summarys_statistics_not_its_own(tmp_path):
+    """The overview and the orders' table are the summary's numbers: changed there, changed in the report."""
+    data = analysed(make_summary(version=4))
+    data["overview"]["MOIH1"].update(mean=0.123456, better_than_cm=3)
+    data["order_comparison"]["orders"]["fisher"]["mean_area"] = 0.987654
+    data["order_comparison"]["bootstrap_agreement"]["fisher"] = 0.42
+    write_summary(tmp_path, data)
+    md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
+    overview = next(line for line in md.splitlines() if line.startswith("| MOIH1 | H1 |"))
+    assert "| 12.35 (" in overview and "| 3 of 3 |" in overview
+    fisher = next(line for line in md.splitlines() if line.startswith("| **fisher** |"))
+    assert "98.77" in fisher and "| 0.42 |" in fisher
+
+
+def test_the_header_and_run_facts_show_the_time_budget_and_the_runs_alpha(tmp_path):
+    """`run --budget`: the budget and the profile it chose in the header and the run's facts; the
+    t-tests' level in the comparison tables is the run's `generalization.alpha`."""
+    data = make_summary(version=3)
+    data["budget"] = {"budget": "2h", "budget_seconds": 7200.0, "profile": "quick", "fits": True,
+                      "estimated_seconds": {"quick": 3000.0}}
+    data["config"]["generalization"] = {"alpha": 0.01}
+    data["schema_version"] = 5
+    write_summary(tmp_path, data)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert "time budget 2h: profile quick, estimated to fit" in header
+    md = (tmp_path / "report" / "tables.md").read_text(encoding="utf-8")
+    assert "| time budget | 2h: profile quick, estimated to fit |" in md
+    assert "t-test: paired by seed, p < 0.01;" in md and "p < 0.05" not in md
