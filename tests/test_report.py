@@ -393,14 +393,15 @@ def test_a_summary_before_the_order_comparison_shows_the_curves_and_says_why_no_
 def test_the_report_shows_the_summarys_statistics_not_its_own(tmp_path):
     """The overview and the orders' table are the summary's numbers: changed there, changed in the report."""
     data = analysed(make_summary(version=4))
-    data["overview"]["MOIH1"].update(mean=0.123456, better_than_cm=3)
+    data["overview"]["MOIH1"].update(mean=0.123456, better_than_cm=7, datasets=9)
     data["order_comparison"]["orders"]["fisher"]["mean_area"] = 0.987654
     data["order_comparison"]["bootstrap_agreement"]["fisher"] = 0.42
     write_summary(tmp_path, data)
     md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
     overview = next(line for line in md.splitlines() if line.startswith("| MOIH1 | H1 |"))
-    assert "| 12.35 (" in overview and "| 3 of 3 |" in overview
-    fisher = next(line for line in md.splitlines() if line.startswith("| **fisher** |"))
+    assert "| 12.35 (" in overview and "| 7 of 9 |" in overview
+    orders = md[md.index("## Which order prunes best"):md.index("## Pairwise")]
+    fisher = next(line for line in orders.splitlines() if line.startswith(("| fisher |", "| **fisher** |")))
     assert "98.77" in fisher and "| 0.42 |" in fisher
 
 
