@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from .curves import against_chance, compare_orders
 from .generalize import mean_and_std
 from .names import COMPLETE
-from .summary import Band, Generalization, H1Result, ModelOverview, OrderComparison, OrderEntry, Summary
+from .summary import Generalization, H1Result, ModelOverview, OrderComparison, OrderEntry, Summary
 
 SeedCurves = Mapping[str, Mapping[str, Sequence[float | None]]]  # {dataset: {str(k): per-seed F1}}
 
@@ -62,12 +62,11 @@ def order_comparison(h1: Mapping[str, H1Result], orders: Mapping[str, OrderEntry
     found = compare_orders(curves, complete if seeded else {}, alpha, margin)
     randoms = [o for o, e in orders.items() if e.is_random and o in h1]
     chance = against_chance(found, randoms, alpha) if seeded else None
-    bands = {}
+    bands = {}  # the complete model's mean +- std over the seeds it was scored with, on each dataset
     for ds in dict.fromkeys(ds for e in h1.values() for ds in e.scores):
         scored = [s for s in complete.get(ds) or [] if s is not None]
         if scored:
-            mean, std = mean_and_std(scored)
-            bands[ds] = Band(mean=mean, std=std)
+            bands[ds] = dict(zip(("mean", "std"), mean_and_std(scored)))
     agreement = {}
     for order in h1:
         entry = orders.get(order)
@@ -83,7 +82,7 @@ def order_comparison(h1: Mapping[str, H1Result], orders: Mapping[str, OrderEntry
         "seeded": seeded, "orders": found["orders"], "pairs": pairs, "seeds": found["seeds"], "ks": found["ks"],
         "best": found["best"], "alpha": alpha, "margin": margin, "random_orders": randoms,
         "against_chance": chance,
-        "complete": {ds: band.to_json() for ds, band in bands.items()}, "bootstrap_agreement": agreement,
+        "complete": bands, "bootstrap_agreement": agreement,
     }, key="order_comparison")
 
 
