@@ -243,6 +243,19 @@ def _add_orders(summary: dict, h1) -> None:
                 row["scores"] = {ds: entry["scores"][ds]["0"] for ds in entry["scores"]}
 
 
+def analysed(summary: dict) -> dict:
+    """`summary` with what the pipeline computes from its parts (schema 7: `analysis.overview`,
+    `analysis.order_comparison` at the default alpha and safe-k margin), as a run writes it."""
+    from headprune.analysis import analyse
+    from headprune.curves import DEFAULT_SAFE_K_MARGIN
+    from headprune.summary import Summary
+
+    parsed = Summary.from_json(summary)
+    analyse(parsed, 0.05, DEFAULT_SAFE_K_MARGIN)
+    return {**summary, "schema_version": 7, **{key: value for key, value in parsed.to_json().items()
+                                               if key in ("overview", "order_comparison")}}
+
+
 def write_summary(run_dir: Path, summary: dict) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _tiny import G3, make_summary, write_summary
+from _tiny import G3, analysed, make_summary, write_summary
 from headprune.errors import HeadpruneError
 from headprune.report import rank_matrix, write_report
 from headprune.summary import load_summary
@@ -62,7 +62,7 @@ class _Page(HTMLParser):
 def rendered(tmp_path_factory) -> tuple[Path, dict]:
     summary = make_summary(version=3)
     run_dir = tmp_path_factory.mktemp("run")
-    write_summary(run_dir, summary)
+    write_summary(run_dir, analysed(summary))
     return write_report(run_dir), summary
 
 
@@ -166,6 +166,7 @@ def test_table_14_times_each_model_alone_and_shows_the_engine_apart(tmp_path):
             for cell in row.values():
                 cell["adjust_seeds"] = [101, 102]
                 cell["engine_adjust_seconds"] = [0.431, 0.431, 0.431]
+                cell["engine_adjust_mean"], cell["engine_adjust_std"] = 0.431, 0.0  # the pipeline's (schema 7)
     write_summary(tmp_path, summary)
     md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
     assert "timed apart on seeds 101, 102" in md and "(Table 14)" in md
@@ -271,7 +272,7 @@ def test_which_order_prunes_best_with_several_orders(tmp_path):
     from headprune.summary import Summary
 
     data = make_summary(version=4)
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     path = write_report(tmp_path)
     parser = _Page()
     parser.feed(path.read_text(encoding="utf-8"))
@@ -309,7 +310,7 @@ def test_which_order_prunes_best_says_over_which_seeds_when_a_race_left_some_out
     ds = next(iter(first["seed_scores"]))
     k = max(first["seed_scores"][ds], key=int)
     first["seed_scores"][ds][k][1] = None  # seed 2 of the largest k not scored on that dataset
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
     others = [d for d in first["seed_scores"] if d != ds]
     assert f"over the seeds every one of those cells was scored with ({ds}: 1, " in md
@@ -325,14 +326,14 @@ def test_the_orders_section_places_the_criteria_against_the_random_orders(tmp_pa
     from headprune.summary import Summary
 
     data = make_summary(version=4)
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     assert "1 random order is no null distribution" in write_report(tmp_path).read_text(encoding="utf-8")
     data["orders"]["A2"] = copy.deepcopy(data["orders"]["A1"])
     data["h1"]["A2"] = copy.deepcopy(data["h1"]["A1"])
     for per_k in data["h1"]["A2"]["seed_scores"].values():
         for k, scores in per_k.items():
             per_k[k] = [None if v is None else v - 0.01 for v in scores]
-    write_summary(tmp_path, data)
+    write_summary(tmp_path, analysed(data))
     page = write_report(tmp_path).read_text(encoding="utf-8")
     summary = Summary.from_json(data)
     cm = {ds: cell.scores for ds, cell in summary.step2_comparison.models["CM"].items()}
@@ -374,3 +375,48 @@ def test_g2_tables_say_which_seeds_chose_the_models_and_which_are_fresh(tmp_path
     assert "{CM} > {MOIH2} (p = 0.0456)" in md and "{MOIH1} > {CM} (p = 0.0321)" in md  # each table its t-tests
     for table in ("h1", "h2", "h3", "all"):
         assert f'id="table-g2-fresh-{table}"' in text and f'id="table-g2-{table}"' in text
+
+
+def test_a_summary_before_the_order_comparison_shows_the_curves_and_says_why_no_more(tmp_path):
+    """The report computes no statistics: a summary without `order_comparison` (before schema 7) gets
+    every order's curves, without the complete model's band, and a note instead of the tables."""
+    write_summary(tmp_path, make_summary(version=4))
+    path = write_report(tmp_path)
+    parser = _Page()
+    parser.feed(path.read_text(encoding="utf-8"))
+    assert "orders" in parser.ids and "table-orders" not in parser.ids and "table-orders-pairs" not in parser.ids
+    assert {f"figures/orders_{ds}.png" for ds in ("person", "hobbit", "movie")} <= {
+        img["data-file"] for img in parser.images}
+    assert "holds no comparison of the orders" in path.read_text(encoding="utf-8")
+
+
+def test_the_report_shows_the_summarys_statistics_not_its_own(tmp_path):
+    """The overview and the orders' table are the summary's numbers: changed there, changed in the report."""
+    data = analysed(make_summary(version=4))
+    data["overview"]["MOIH1"].update(mean=0.123456, better_than_cm=7, datasets=9)
+    data["order_comparison"]["orders"]["fisher"]["mean_area"] = 0.987654
+    data["order_comparison"]["bootstrap_agreement"]["fisher"] = 0.42
+    write_summary(tmp_path, data)
+    md = (write_report(tmp_path).parent / "tables.md").read_text(encoding="utf-8")
+    overview = next(line for line in md.splitlines() if line.startswith("| MOIH1 | H1 |"))
+    assert "| 12.35 (" in overview and "| 7 of 9 |" in overview
+    orders = md[md.index("## Which order prunes best"):md.index("## Pairwise")]
+    fisher = next(line for line in orders.splitlines() if line.startswith(("| fisher |", "| **fisher** |")))
+    assert "98.77" in fisher and "| 0.42 |" in fisher
+
+
+def test_the_header_and_run_facts_show_the_time_budget_and_the_runs_alpha(tmp_path):
+    """`run --budget`: the budget and the profile it chose in the header and the run's facts; the
+    t-tests' level in the comparison tables is the run's `generalization.alpha`."""
+    data = make_summary(version=3)
+    data["budget"] = {"budget": "2h", "budget_seconds": 7200.0, "profile": "quick", "fits": True,
+                      "estimated_seconds": {"quick": 3000.0}}
+    data["config"]["generalization"] = {"alpha": 0.01}
+    data["schema_version"] = 5
+    write_summary(tmp_path, data)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert "time budget 2h: profile quick, estimated to fit" in header
+    md = (tmp_path / "report" / "tables.md").read_text(encoding="utf-8")
+    assert "| time budget | 2h: profile quick, estimated to fit |" in md
+    assert "t-test: paired by seed, p < 0.01;" in md and "p < 0.05" not in md

@@ -131,6 +131,34 @@ def test_verify_recomputes_the_fresh_seed_comparison_on_its_own_seeds(tiny_run, 
     assert verify_run(tampered).problems == []
 
 
+def test_verify_recomputes_the_statistics_the_report_shows(tiny_run, tmp_path: Path) -> None:
+    """The order comparison ("Which order prunes best": areas, safe k, paired tests with Holm) and the
+    overview are recomputed from the stored per-seed scores; a summary written before them (schema
+    6) verifies with a note saying they are not there."""
+    import shutil
+
+    from headprune.verify import verify_run
+
+    root, _, summary = tiny_run
+    assert set(summary["order_comparison"]["orders"]) == {"OI", "A1"} and summary["overview"]["CM"]["datasets"] == 2
+    tampered = tmp_path / "run"
+    shutil.copytree(root / "run", tampered, ignore=shutil.ignore_patterns("report"))
+    changed = json.loads((tampered / "summary.json").read_text())
+    changed["order_comparison"]["pairs"][0]["p_value"] = 0.5 if changed["order_comparison"]["pairs"][0]["p_value"] \
+        is None else None
+    changed["overview"]["MOIH1"]["better_than_cm"] += 1
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    problems = verify_run(tampered).problems
+    assert sorted(p.split(":")[0] for p in problems) == ["order_comparison.pairs[0].p_value",
+                                                         "overview.MOIH1.better_than_cm"]
+    for key in ("order_comparison", "overview"):
+        del changed[key]
+    changed["schema_version"] = 6
+    (tampered / "summary.json").write_text(json.dumps(changed))
+    result = verify_run(tampered)
+    assert result.problems == [] and any("holds no order comparison" in note for note in result.notes)
+
+
 def test_verify_selects_step1_rows_by_content_hash(tiny_run, tmp_path: Path, monkeypatch, capsys) -> None:
     """`verify` picks the Step 1 rows by the content hashes the summary records for the Step 1
     datasets, not by their names: a row stored under the dataset's name for other content is ignored

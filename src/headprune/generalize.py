@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import ttest_rel
 
+from .names import COMPLETE, ModelName
+
 PerSeed = Mapping[str, Mapping[str, Sequence[float]]]
 
 
-def summarize(scores: PerSeed, reference: str = "CM") -> dict[str, dict[str, dict]]:
+def summarize(scores: PerSeed, reference: str = COMPLETE) -> dict[str, dict[str, dict]]:
     """Per model and dataset: {"mean", "std" (ddof=1; 0.0 for one seed), "scores", "pct_vs_cm"}.
 
     `scores[model][dataset]` are per-seed F1 values; pct_vs_cm = 100 * (mean / reference mean - 1).
@@ -24,7 +26,7 @@ def summarize(scores: PerSeed, reference: str = "CM") -> dict[str, dict[str, dic
     return _summary_table(scores, reference, ("scores", "mean", "std", "pct_vs_cm"))
 
 
-def timing_summary(seconds: PerSeed, reference: str = "CM") -> dict[str, dict[str, dict]]:
+def timing_summary(seconds: PerSeed, reference: str = COMPLETE) -> dict[str, dict[str, dict]]:
     """Per model and dataset: {"adjust_seconds", "adjust_mean", "adjust_std", "adjust_pct_vs_cm"}.
 
     Same rules as `summarize`, for the per-seed wall time of the adjusting step (Table 14).
@@ -69,7 +71,7 @@ def random_order_members(chosen: Mapping[str, tuple[str | None, str | None]], ra
     for strategy in sorted({s for _, s in chosen.values() if s}):
         models = sorted(m for m, (order, s) in chosen.items() if s == strategy and order in random_orders)
         if models:
-            members[f"MAM{strategy}"] = models
+            members[ModelName.mean_of_random(strategy).label] = models
     return members
 
 
@@ -88,7 +90,8 @@ def per_seed_means(values: PerSeed, members: Mapping[str, Sequence[str]]) -> dic
     return out
 
 
-def comparison(scores: PerSeed, seconds: PerSeed | None = None, reference: str = "CM", alpha: float = 0.05) -> dict:
+def comparison(scores: PerSeed, seconds: PerSeed | None = None, reference: str = COMPLETE,
+               alpha: float = 0.05) -> dict:
     """One comparison table (Tables 7-10 on G2, 12 and 15 on G3): per model and dataset the F1 summary
     (`summarize`) and, given `seconds`, the adjusting-time summary (`timing_summary`); beside them
     "significance", the paired t-tests between every two models (`significance`)."""

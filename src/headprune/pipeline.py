@@ -18,15 +18,17 @@ import numpy as np
 import torch
 
 from . import __version__
+from .analysis import analyse
 from .base import BaseModel, WarmupSettings, load_base
 from .config import Config, departures, load_config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
 from .devices import check_precision, device_description, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import checked_engine, make_executor
-from .generalize import comparison, per_seed_means, random_means, random_order_members
+from .generalize import comparison, mean_and_std, per_seed_means, random_means, random_order_members
 from .heads import HeadSet
 from .importance import ImportanceSettings, Order, Step1Run, criterion_for, order_stability
+from .names import ModelName
 from .progress import RunProgress
 from .racing import Race, RacingSettings, by_fidelity
 from .scorer import Scorer
@@ -288,6 +290,7 @@ class Pipeline:
             gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
             summary.inference = self._inference_speed(base, chosen)
+            analyse(summary, self.config.generalization.alpha, self.config.generalization.safe_k_margin)
         finally:
             for used in (e for e in (gen_executor, executor) if e is not None):
                 used.close()
@@ -399,8 +402,8 @@ class Pipeline:
                     found.departure = f"{strategy} added heads in groups of {group_size} (paper: one at a time)"
                 greedy.setdefault(strategy, {})[name] = found
             pruned = list(found.pruned_heads or [])
-            chosen[f"M{name}{strategy}"] = ChosenModel(pruned_heads=pruned, n_pruned=len(pruned),
-                                                       strategy=strategy, order=name)
+            chosen[ModelName.chosen(name, strategy).label] = ChosenModel(
+                pruned_heads=pruned, n_pruned=len(pruned), strategy=strategy, order=name)
         summary.h1, summary.h2, summary.h3 = h1 or None, greedy.get("H2"), greedy.get("H3")
         summary.chosen = chosen
         return chosen
@@ -503,6 +506,7 @@ class Pipeline:
                     cell["adjust_seeds"] = timed_seeds
                     if name in engine_seconds:
                         cell["engine_adjust_seconds"] = engine_seconds[name][ds]
+                        cell["engine_adjust_mean"], cell["engine_adjust_std"] = mean_and_std(engine_seconds[name][ds])
         summary.generalization = Generalization.from_json(table, key="generalization")
         summary.generalization_seeds = seeds
         cm = chosen[COMPLETE]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import types
 import typing
@@ -20,16 +21,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import HeadpruneError, parse_user_file
+from .names import COMPLETE
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
 # each search's `evaluations`, `grid_evaluations` and `racing`, each order's `stability` and H1's
 # per-seed scores (`seeds`, `seed_scores`, whose entries are null for seeds a race did not score,
 # since 2026-12-02, even where the store holds them, since 2026-12-02 06:00 UTC), all optional; 5: adds
-# `budget` (optional); 6: adds `step2_fresh_comparison` and `step2_fresh_seeds` (optional).
-SCHEMA_VERSION = 6
+# `budget` (optional); 6: adds `step2_fresh_comparison` and `step2_fresh_seeds` (optional); 7: adds
+# `order_comparison` and `overview` (optional), the statistics the report shows beside the scores, and
+# the mean and std of the batched engine's times (`engine_adjust_mean`, `engine_adjust_std`).
+SCHEMA_VERSION = 7
 SUMMARY_FILE = "summary.json"
-COMPLETE = "CM"  # the complete (unpruned) model's name among the chosen models
 # The racing walk test (`racing.WALK_TESTS`) a run's configuration or a race's record without the key used.
 WALK_TEST_BEFORE = "t-test"
 
@@ -425,6 +428,8 @@ class DatasetScores(_Json):
     adjust_pct_vs_cm: float | None = _optional()
     adjust_seeds: list[int] | None = _optional()  # None: every seed of `scores`
     engine_adjust_seconds: list[float] | None = _optional()
+    engine_adjust_mean: float | None = _optional()  # of `engine_adjust_seconds` (schema 7)
+    engine_adjust_std: float | None = _optional()
 
 
 @dataclass(kw_only=True)
@@ -494,6 +499,124 @@ class RandomMean(_Json):
         return out
 
 
+@dataclass(kw_only=True)
+class ModelOverview(_Json):
+    """A model at a glance (summary["overview"][name], `analysis.overview`): its mean F1 over the
+    generalization datasets it shares with CM (`datasets` of them), CM's mean over the same, the
+    change vs CM in % (null where CM's is 0), and on how many of them its mean is above CM's."""
+
+    datasets: int = field(metadata={_MINIMUM: 1})
+    mean: float
+    complete_mean: float
+    pct_vs_cm: float | None = None
+    better_than_cm: int = field(metadata={_MINIMUM: 0})
+
+
+# ----------------------------------------------------------------------------- which order prunes best
+
+
+def _nan(value: float | None) -> float:
+    """A p value or statistic as `curves` writes it: nan where the summary has null (undefined)."""
+    return math.nan if value is None else value
+
+
+@dataclass(kw_only=True)
+class OrderCurves(_Json):
+    """One order's H1 curves against the others' (`curves.compare_orders`): its mean F1 over k per
+    dataset (`area`) and over every (dataset, seed) compared (`mean_area`), and per dataset the safe
+    k (the largest k non-inferior to the complete model at the margin; null where none is)."""
+
+    area: dict[str, float]
+    safe_k: dict[str, int | None]
+    mean_area: float | None = None
+
+
+@dataclass(kw_only=True)
+class OrderPair(_Json):
+    """Two orders' mean F1 over k, paired over the (dataset, seed) pairs: the mean difference a - b,
+    the two-sided paired t-test and its Holm-adjusted p (null: no test, e.g. fewer than two pairs)."""
+
+    a: str
+    b: str
+    difference: float | None = None
+    n: int = field(metadata={_MINIMUM: 0})
+    p_value: float | None = None
+    p_holm: float | None = None
+
+
+@dataclass(kw_only=True)
+class ChanceRow(_Json):
+    """A criterion among the random orders (`curves.against_chance`): its effect (centred mean F1 over
+    k), the one-sided prediction t-test (null where the random orders do not spread), Holm over the
+    criteria, and its rank among the random orders overall and per dataset (1 = above all)."""
+
+    effect: float
+    t: float | None = None
+    p_value: float | None = None
+    rank: int = field(metadata={_MINIMUM: 1})
+    rank_by_dataset: dict[str, int]
+    p_holm: float | None = None
+
+
+@dataclass(kw_only=True)
+class AgainstChance(_Json):
+    """Every non-random order placed in the distribution of the random orders' mean F1 over k."""
+
+    random_orders: list[str]
+    datasets: list[str]
+    null_effects: dict[str, float]
+    null_sd: float
+    criteria: dict[str, ChanceRow]
+    alpha: float
+
+    def as_curves(self) -> dict:
+        """The mapping `curves.against_chance` returns (nan for null), which `curves.chance_sentence` reads."""
+        out = self.to_json()
+        for name, row in self.criteria.items():
+            out["criteria"][name].update(t=_nan(row.t), p_value=_nan(row.p_value), p_holm=_nan(row.p_holm))
+        return out
+
+
+@dataclass(kw_only=True)
+class Band(_Json):
+    """The complete model's mean and standard deviation over seeds on one dataset."""
+
+    mean: float
+    std: float
+
+
+@dataclass(kw_only=True)
+class OrderComparison(_Json):
+    """summary["order_comparison"], "Which order prunes best": every order's H1 curves compared
+    (`curves.compare_orders`) on the k every order was scored at (`ks`), over the seeds every such
+    cell was scored with (`seeds`, per dataset), with `alpha` and the safe k's `margin`; the random
+    orders among them and, with two or more, the criteria against them (`against_chance`). `seeded`:
+    false for a summary without per-seed H1 scores (before schema 4), whose curves are the means,
+    compared but not tested. `complete`: the complete model's band on each dataset (the figures'),
+    `bootstrap_agreement`: each Step 1 order's bootstrap agreement, the mean over H1's k."""
+
+    seeded: bool
+    orders: dict[str, OrderCurves]
+    pairs: list[OrderPair]
+    seeds: dict[str, int]
+    ks: dict[str, list[int]]
+    best: str | None = None
+    alpha: float
+    margin: float
+    random_orders: list[str]
+    against_chance: AgainstChance | None = None
+    complete: dict[str, Band]
+    bootstrap_agreement: dict[str, float]
+
+    def as_curves(self) -> dict:
+        """The mapping `curves.compare_orders` returns (nan for null), which `curves.answer` reads."""
+        out = {key: value for key, value in self.to_json().items() if key in ("orders", "seeds", "ks", "best",
+                                                                            "alpha", "margin")}
+        out["pairs"] = [{**pair.to_json(), "p_value": _nan(pair.p_value), "p_holm": _nan(pair.p_holm)}
+                        for pair in self.pairs]
+        return out
+
+
 # ----------------------------------------------------------------------------- the whole summary
 
 
@@ -524,6 +647,10 @@ class Summary(_Json):
     # scoring the chosen models on the seeds that chose them. Absent when off (the paper) or older.
     step2_fresh_comparison: Generalization | None = _optional()
     step2_fresh_seeds: list[int] | None = _optional()
+    # The generalization check at a glance, per model (`analysis.overview`); absent before schema 7.
+    overview: dict[str, ModelOverview] | None = _optional()
+    # "Which order prunes best" (`analysis.order_comparison`): with two or more H1 orders; absent before schema 7.
+    order_comparison: OrderComparison | None = _optional()
     # Per chosen model, the CPU inference of its encoder (PyTorch eager, `speed.measure`): batch-1
     # latency p50/p95 (ms), batch-32 throughput (texts/s), threads, `p50_speedup` and
     # `throughput_speedup` vs CM. A measurement, apart from the chosen models' (reproducible) facts.
@@ -600,6 +727,9 @@ __all__ = [
     "SUMMARY_FILE",
     "WALK_TEST_BEFORE",
     "Agreement",
+    "AgainstChance",
+    "Band",
+    "ChanceRow",
     "Bootstrap",
     "BottomK",
     "ChosenModel",
@@ -611,7 +741,11 @@ __all__ = [
     "MalformedSummary",
     "MeanScore",
     "ModelInfo",
+    "ModelOverview",
+    "OrderComparison",
+    "OrderCurves",
     "OrderEntry",
+    "OrderPair",
     "RandomMean",
     "RankingRow",
     "Significance",

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .analysis import complete_of, order_comparison, overview
 from .config import parse_fresh_seeds, parse_seeds
+from .curves import DEFAULT_SAFE_K_MARGIN
 from .data import expand_datasets
 from .errors import HeadpruneError
-from .generalize import per_seed_means, random_order_members, significance, summarize
+from .generalize import mean_and_std, per_seed_means, random_order_members, significance, summarize
 from .heads import HeadSet
 from .importance import (
     Order,
@@ -164,7 +166,9 @@ def verify_run(run_dir: str | Path) -> Verification:
             low_scoring = {**summary.config_value("scoring"), "epochs": 0}
             scores.low = StoredScores(store, summary.model.fingerprint, low_scoring)
         _check_orders(store, summary, result)
-        _check_step2(summary, scores, parse_seeds(summary.config_value("step2", "seeds")), result)
+        selection = parse_seeds(summary.config_value("step2", "seeds"))
+        seed_curves = _check_step2(summary, scores, selection, result)
+        _check_order_comparison(summary, scores, seed_curves, selection, result)
         _check_generalization(summary, scores, result)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
         # Parts that do not fit together (an order, a dataset or a model named but not there): one line.
@@ -316,10 +320,14 @@ def _check_raced(key: str, entry, rerun: dict | None, summary: Summary, result: 
             result.close(f"{key}.racing.{part}", mine, theirs)
 
 
-def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], result: Verification) -> None:
+def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], result: Verification
+                 ) -> dict[str, dict[str, dict[str, list[float | None]]]]:
+    """H1/H2/H3 from the stored scores; returns H1's per-seed scores as the store gives them (the
+    summary's where the store lacks one, a problem already counted), by order."""
     from .search import H1Strategy, H2Strategy, H3Strategy
 
     orders = summary.orders or {}
+    seed_curves: dict[str, dict[str, dict[str, list[float | None]]]] = {}
     for name, h1 in (summary.h1 or {}).items():
         ranked = summary.need(orders.get(name), f"orders.{name}").ranked
         for ds, per_k in (h1.seed_scores or {}).items():
@@ -327,8 +335,9 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
                 pruned = ranked[len(ranked) - int(k):] if int(k) > 0 else []
                 given = h1.seeds_given(int(k), seeds)
                 stored = [scores.seed_score(pruned, ds, seed) if seed in given else None for seed in h1.seeds or seeds]
-                result.close(f"h1.{name}.seed_scores.{ds}.{k}", reported_seeds,
-                             stored if any(s is not None for s in stored) else None)
+                found = any(s is not None for s in stored)
+                result.close(f"h1.{name}.seed_scores.{ds}.{k}", reported_seeds, stored if found else None)
+                seed_curves.setdefault(name, {}).setdefault(ds, {})[k] = stored if found else reported_seeds
         if h1.racing is not None:
             strategy = H1Strategy([tuple(h) for h in ranked], list(h1.scores), k_values=h1.k_values)
             _check_raced(f"h1.{name}", h1, _raced(strategy, h1, scores), summary, result)
@@ -369,12 +378,34 @@ def _check_step2(summary: Summary, scores: StoredScores, seeds: list[int], resul
             pruned = summary.need(entry.pruned_heads, f"{strategy}.{name}.pruned_heads")
             result.close(f"{strategy}.{name}.pruned_heads", HeadSet(pruned).pairs(),
                          HeadSet(per_dataset[ranking[0]["model"]].pruned_heads).pairs())
+    return seed_curves
+
+
+def _check_order_comparison(summary: Summary, scores: StoredScores, seed_curves: dict, seeds: list[int],
+                            result: Verification) -> None:
+    """"Which order prunes best" (`analysis.order_comparison`) recomputed from the stored per-seed
+    scores of H1 and of the complete model on G2, with the configuration's alpha and margin."""
+    reported = summary.order_comparison
+    if reported is None:
+        if len(summary.h1 or {}) > 1:
+            result.notes.append("summary.json holds no order comparison (a run before schema 7): the report "
+                                "shows none, and nothing of it is checked")
+        return
+    complete = {ds: scores.seed_scores([], ds, seeds) or reported_scores
+                for ds, reported_scores in complete_of(summary.step2_comparison).items()}
+    generalization = summary.config_value("generalization")
+    recomputed = order_comparison(summary.h1 or {}, summary.orders or {}, complete, generalization["alpha"],
+                                  generalization.get("safe_k_margin", DEFAULT_SAFE_K_MARGIN), seed_curves)
+    result.same_tree("order_comparison", reported.to_json(), None if recomputed is None else recomputed.to_json())
 
 
 def _check_generalization(summary: Summary, scores: StoredScores, result: Verification) -> None:
     if summary.generalization is not None:
-        _check_comparison("generalization", summary.generalization, summary, scores,
-                          list(summary.generalization_seeds or []), result)
+        means = _check_comparison("generalization", summary.generalization, summary, scores,
+                                  list(summary.generalization_seeds or []), result)
+        if summary.overview is not None:
+            result.same_tree("overview", {m: row.to_json() for m, row in summary.overview.items()},
+                             {m: row.to_json() for m, row in overview(means).items()})
     selection = parse_seeds(summary.config_value("step2", "seeds"))
     if summary.step2_comparison is not None:
         _check_comparison("step2_comparison", summary.step2_comparison, summary, scores, selection, result)
@@ -388,10 +419,11 @@ def _check_generalization(summary: Summary, scores: StoredScores, result: Verifi
 
 
 def _check_comparison(key: str, table: Generalization, summary: Summary, scores: StoredScores, seeds: list[int],
-                      result: Verification) -> None:
+                      result: Verification) -> dict[str, dict[str, float]]:
     """A comparison table (G3: Tables 12, 15; G2: Tables 7-10) from the stored per-seed scores: each
     chosen model's scores, the per-seed random-order means (MAM), their means, stds, % vs CM and the
-    paired t-tests."""
+    paired t-tests. Returns each model's mean per dataset as the store gives it (the table's where the
+    store has no scores for it)."""
     per_seed: dict[str, dict[str, list[float]]] = {}
     stored_models: dict[str, dict[str, list[float]]] = {}
     for model, entry in (summary.chosen or {}).items():
@@ -413,9 +445,20 @@ def _check_comparison(key: str, table: Generalization, summary: Summary, scores:
             if ds in table.models[model]:
                 result.close(f"{key}.{model}.{ds}.scores", table.models[model][ds].scores, values)
                 per_seed.setdefault(model, {})[ds] = values
+    for model, row in table.models.items():  # the times' means and stds are those of the times listed
+        for ds, cell in row.items():
+            for part, seconds, mean, std in (("adjust", cell.adjust_seconds, cell.adjust_mean, cell.adjust_std),
+                                             ("engine_adjust", cell.engine_adjust_seconds, cell.engine_adjust_mean,
+                                              cell.engine_adjust_std)):
+                if seconds and mean is not None:
+                    result.close(f"{key}.{model}.{ds}.{part}_mean, {part}_std", [mean, std],
+                                 list(mean_and_std(seconds)))
+    means = {m: {ds: cell.mean for ds, cell in row.items()} for m, row in table.models.items()}
     if not per_seed or COMPLETE not in per_seed:
-        return
+        return means
     recomputed = summarize(per_seed, reference=COMPLETE)
+    for model, row in recomputed.items():
+        means[model].update({ds: cell["mean"] for ds, cell in row.items()})
     for model, row in recomputed.items():
         for ds, cell in row.items():
             for name in ("mean", "std", "pct_vs_cm"):
@@ -427,6 +470,7 @@ def _check_comparison(key: str, table: Generalization, summary: Summary, scores:
 
     result.close(f"{key}.significance", rows(table.significance),
                  rows([Significance.from_json(r) for r in significance(per_seed, alpha=alpha)]))
+    return means
 
 
 def _datasets_of(table: Generalization) -> list[str]:
