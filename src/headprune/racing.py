@@ -74,11 +74,12 @@ import math
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy import stats
 
+from .constraints import Constraint, Interval, Options, check
 from .errors import HeadpruneError
 from .heads import Head, HeadSet
 from .search import Request, Round, Strategy
@@ -152,13 +153,16 @@ class RacingSettings:
     first_test: int = DEFAULT_FIRST_TEST
     walk_test: str = DEFAULT_WALK_TEST
 
+    # Also the configuration's `[step2] racing_<name>` keys, and `replay --walk-test`'s check.
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "confidence": Interval(float, 0, 1, closed="neither"),
+        "first_test": Interval(int, 2, words="at least 2 seeds"),
+        "walk_test": Options(WALK_TESTS, words=f"one of {', '.join(WALK_TESTS)}"),
+    }
+
     def __post_init__(self) -> None:
-        if not 0 < self.confidence < 1:
-            raise HeadpruneError(f"racing confidence must be between 0 and 1, got {self.confidence}")
-        if isinstance(self.first_test, bool) or not isinstance(self.first_test, int) or self.first_test < 2:
-            raise HeadpruneError(f"racing first test must be an integer of at least 2 seeds, got {self.first_test!r}")
-        if self.walk_test not in WALK_TESTS:
-            raise HeadpruneError(f"racing walk test must be one of {', '.join(WALK_TESTS)}, got {self.walk_test!r}")
+        for key, constraint in self.constraints.items():
+            check(f"racing {key.replace('_', ' ')}", getattr(self, key), constraint)
 
     @property
     def alpha(self) -> float:
