@@ -19,6 +19,7 @@ from .curves import DEFAULT_SAFE_K_MARGIN
 from .errors import HeadpruneError, parse_user_file
 from .racing import SCREENS, WALK_TEST_WORDS, RacingSettings
 from .settings import ORDER_NAMES, PRECISIONS, ImportanceSettings, ScoreSettings, WarmupSettings, order_criterion
+from .summary import WALK_TEST_BEFORE
 
 STRATEGIES = ("H1", "H2", "H3")
 
@@ -265,6 +266,10 @@ class RunSection:
 
 @dataclass
 class Config:
+    """A run's configuration: one section per TOML table (`[model]`, `[data]`, `[step1]`,
+    `[scoring]`, `[step2]`, `[generalization]`, `[run]`), each with its constraints table; build it
+    with `load_config` (a file) or `from_dict`, which check every key (`validate`)."""
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     step1: Step1Section = field(default_factory=Step1Section)
@@ -298,7 +303,7 @@ class Config:
         return parse_seeds(self.generalization.seeds, "generalization.seeds")
 
 
-_SECTION_CLASSES = {
+SECTIONS = {
     "model": ModelSection,
     "data": DataSection,
     "step1": Step1Section,
@@ -315,8 +320,8 @@ def from_dict(data: dict, source: str = "") -> Config:
     where = f"{source}: " if source else ""
     config = Config(source=source)
     for section, values in data.items():
-        if section not in _SECTION_CLASSES:
-            raise HeadpruneError(f"{where}unknown section [{section}] (known: {', '.join(_SECTION_CLASSES)})")
+        if section not in SECTIONS:
+            raise HeadpruneError(f"{where}unknown section [{section}] (known: {', '.join(SECTIONS)})")
         if not isinstance(values, dict):
             raise HeadpruneError(f"{where}[{section}] must be a table")
         target = getattr(config, section)
@@ -333,7 +338,7 @@ def validate(config: Config, where: str = "") -> Config:
     for a number becomes a float), then the rules between keys; the first mistake is one error line
     naming the key, after `where` (the file)."""
     sections = {}
-    for name in _SECTION_CLASSES:
+    for name in SECTIONS:
         section = getattr(config, name)
         values = {key: check(f"{where}{name}.{key}", getattr(section, key), constraint)
                   for key, constraint in section.constraints.items()}
@@ -357,7 +362,27 @@ def _check_together(config: Config, where: str) -> None:
         raise HeadpruneError(f"{where}step2.strategies is empty")
 
 
+# What a key absent from a recorded configuration (summary.json's `config`, written by an older
+# version) meant when the run was made, where that is not today's default: the walk test before it
+# was a setting; no fresh-seed comparison before there was one.
+RECORDED_BEFORE: dict[str, Any] = {"step2.racing_walk_test": WALK_TEST_BEFORE, "step2.fresh_seeds": "none"}
+
+
+def recorded_config(data: dict, source: str = "") -> Config:
+    """A run's configuration as its summary records it (`Summary.config`), typed and validated as a
+    file is: a key the run's version did not write means what it meant then (`RECORDED_BEFORE`),
+    any other absent key today's default."""
+    nested = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for name, value in RECORDED_BEFORE.items():
+        section, key = name.split(".")
+        if isinstance(nested.get(section, {}), dict) and key not in nested.get(section, {}):
+            nested.setdefault(section, {})[key] = value
+    return from_dict(nested, source)
+
+
 def load_config(path: str | Path) -> Config:
+    """The configuration in the TOML file `path`, checked: any mistake is one error line naming the
+    file and the key."""
     path = Path(path)
     if path.is_dir():
         raise HeadpruneError(f"--config {path}: is a directory, not a TOML file")

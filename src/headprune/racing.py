@@ -83,7 +83,6 @@ from .constraints import Constraint, Interval, Options, check
 from .errors import HeadpruneError
 from .heads import Head, HeadSet
 from .search import Request, Round, Strategy
-from .summary import WALK_TEST_BEFORE
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_FIRST_TEST = 3
@@ -168,15 +167,6 @@ class RacingSettings:
     def alpha(self) -> float:
         return 1.0 - self.confidence
 
-    @classmethod
-    def of_step2(cls, step2: dict, **override) -> RacingSettings:
-        """The settings of a `[step2]` section as a summary records it, with `override`'s values that
-        are not None. An absent key means what it meant when the run was made: the default
-        confidence and first test; the t-test for the walk, the only walk test then."""
-        settings = {"confidence": step2.get("racing_confidence", DEFAULT_CONFIDENCE),
-                    "first_test": step2.get("racing_first_test", DEFAULT_FIRST_TEST),
-                    "walk_test": step2.get("racing_walk_test", WALK_TEST_BEFORE)}
-        return cls(**{**settings, **{k: v for k, v in override.items() if v is not None}})
 
 
 Steps = Generator[list[SeedRequest], None, list[float]]
