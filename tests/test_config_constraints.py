@@ -106,7 +106,7 @@ def test_step1_is_the_importance_settings_fields() -> None:
         assert _default(step1[f.name]) == f.default
         assert Step1Section.constraints[f.name] is ImportanceSettings.constraints[f.name]
     config = from_dict({"step1": {"epochs": 2, "learning_rate": 1e-4}})
-    assert config.step1.finetuning == ImportanceSettings(epochs=2, learning_rate=1e-4)
+    assert config.step1.finetuning() == ImportanceSettings(epochs=2, learning_rate=1e-4)
 
 
 def test_step2_racing_keys_are_the_racing_settings() -> None:

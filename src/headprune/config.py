@@ -101,7 +101,7 @@ def _prefixed(constraints: dict[str, Constraint], prefix: str) -> dict[str, Cons
 # Every key of a section has an entry in its `constraints` (its type included): `validate` checks
 # them, tests/test_config_constraints.py generates its cases from them. Settings the method keys its
 # results by have their one home in `settings.py` (or `racing.RacingSettings`): a section names their
-# fields, takes their defaults and their constraints, and builds them (`warmup`, `finetuning`, `racing_settings`).
+# fields, takes their defaults and their constraints, and builds them (`warmup()`, `finetuning()`, `racing_settings()`).
 _WORKERS = Interval(int, 0, words="0 (automatic) or more")
 _STRATEGY_NAMES = Known(STRATEGIES, "H1, H2, H3", "H1")
 
@@ -164,7 +164,6 @@ class Step1Section:
         "workers": _WORKERS,
     }
 
-    @property
     def finetuning(self) -> ImportanceSettings:
         """Step 1's finetuning settings (the key of its stored rows)."""
         return ImportanceSettings(**{f.name: getattr(self, f.name) for f in fields(ImportanceSettings)})

@@ -181,7 +181,7 @@ class Pipeline:
         from Step 1 (kind "importance") runs its finetunings through the store and the Step 1 executor
         (the Step 1 orders share them), a random or weights order needs only the base model."""
         criterion = criterion_for(name, lambda: self.datasets(self.config.step1.datasets, check_folds=False),
-                                  self.config.step1_seeds, self.config.step1.finetuning)
+                                  self.config.step1_seeds, self.config.step1.finetuning())
         if criterion.kind != "importance":
             return criterion.order(base)
         datasets, seeds = criterion.datasets, criterion.seeds

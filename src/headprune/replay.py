@@ -98,6 +98,7 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     seeds = config.step2_seeds
     if settings.first_test > len(seeds):
         raise HeadpruneError(f"racing first test {settings.first_test} exceeds the run's {len(seeds)} Step 2 seeds")
+    # [scoring] as recorded, not typed: it is the stored scores' key, which a default added since must not change
     scores, evaluate = _stored(store_path, summary.need(summary.model.fingerprint, "model.fingerprint"),
                                summary.config_value("scoring"))
 
