@@ -145,3 +145,18 @@ def test_the_walk_test_is_checked_by_one_constraint() -> None:
 
 def test_score_settings_are_the_scoring_section() -> None:
     assert SECTIONS["scoring"] is ScoreSettings
+
+
+def test_a_recorded_configuration_reads_back_typed_with_what_absent_keys_meant() -> None:
+    """summary.json's `config` from an older version: no walk test key meant the t-test, no fresh
+    seeds key meant no such comparison; today's written configuration reads back equal."""
+    from headprune.config import recorded_config
+
+    old = from_dict({"step2": {"racing": True}}).to_dict()
+    del old["step2"]["racing_walk_test"], old["step2"]["fresh_seeds"]
+    config = recorded_config(old, "summary.json")
+    assert config.step2.racing_settings().walk_test == "t-test" and config.step2_fresh_seeds == []
+    today = from_dict({"step2": {"seeds": "1-4"}})
+    assert recorded_config(today.to_dict()).to_dict() == today.to_dict()
+    with pytest.raises(HeadpruneError, match="^summary.json: step2.racing_confidence must be between 0 and 1"):
+        recorded_config({**old, "step2": {**old["step2"], "racing_confidence": 2.0}}, "summary.json")
