@@ -45,14 +45,14 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from naive import naive_score
 from record import deep_merge, write_json
 
-from headprune.base import WarmupSettings, load_base
+from headprune.base import load_base
 from headprune.data import GROUPS, expand_datasets, load_dataset
 from headprune.devices import reproducible, resolve_device
 from headprune.engine import EngineOptions, auto_pack_size
 from headprune.engine.stages import SizeCache, score_pack, score_seeds_batched
 from headprune.models import count_parameters, load_tokenizer, max_length
 from headprune.scoring import encode
-from headprune.settings import ScoreSettings
+from headprune.settings import ScoreSettings, WarmupSettings
 from headprune.tasks import SeedTask
 
 BERTWEET_SHAPE = {"vocab_size": 64001, "num_hidden_layers": 12, "num_attention_heads": 12, "hidden_size": 768,

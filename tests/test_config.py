@@ -77,7 +77,7 @@ def test_every_importance_criterion_is_an_order_name() -> None:
         ({"step1": {"epochs": 0}}, "step1.epochs must be at least 1, got 0"),
         ({"scoring": {"mlm_probability": 1.5}}, "scoring.mlm_probability must be between 0 and 1"),
         ({"scoring": {"n_folds": 1}}, "scoring.n_folds must be at least 2"),
-        ({"step2": {"strategies": ["H4"]}}, "step2 strategy 'H4' is unknown"),
+        ({"step2": {"strategies": ["H4"]}}, "step2.strategies: 'H4' is unknown (use H1, H2, H3)"),
         ({"step2": {"orders": ["B1"]}}, "step2.orders: 'B1' is unknown (use OI, OI-layer, fisher, magnitude, or "
                                         "A<seed> for a random order (A1, A2, ...))"),
         ({"step2": {"orders": ["OI", "oi-layer"]}}, "step2.orders: 'oi-layer' is unknown (use OI, OI-layer,"),

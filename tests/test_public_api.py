@@ -11,6 +11,7 @@ import headprune
 
 PUBLIC = [
     "BaseModel",
+    "Config",
     "Criterion",
     "Dataset",
     "GradientImportance",
@@ -31,6 +32,7 @@ PUBLIC = [
     "h3_search",
     "importance_order",
     "load_base",
+    "load_config",
     "load_dataset",
     "load_model",
     "load_pruned",

@@ -15,13 +15,13 @@ import torch
 from headprune import base as base_module
 from headprune import scorer as scorer_module
 from headprune import scoring
-from headprune.base import BaseModel, WarmupSettings, load_base
+from headprune.base import BaseModel, load_base
 from headprune.checkpoint import saved_size
 from headprune.data import load_dataset, split_halves
 from headprune.models import count_parameters
 from headprune.scorer import Scorer
 from headprune.scoring import encode, features, masked_lm_loss, score_seed, svm_f1
-from headprune.settings import ScoreSettings
+from headprune.settings import ScoreSettings, WarmupSettings
 from headprune.store import ResultStore
 from headprune.surgery import prune_heads
 

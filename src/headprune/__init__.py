@@ -10,9 +10,9 @@ scikit-learn's packages re-export from their implementation modules: a user's sc
   the configuration's order names (`criterion_for`), each producing an `Order`;
 - Step 2, scoring and searching: a `Scorer` over a `ResultStore`; `h1_search`, `h2_search`,
   `h3_search` return typed results (`H1Result`, `GreedyResult`); `rank_models` (RANKING_MODELS);
-- the whole method: `run(config, run_dir)` (a configuration's TOML file) writes a run directory
-  whose `summary.json` is a `Summary` (`load_summary`); `verify_run` recomputes it from the
-  store; `write_report` renders it;
+- the whole method: `run(config, run_dir)` (a `Config`, or its TOML file, which `load_config`
+  reads and checks) writes a run directory whose `summary.json` is a `Summary` (`load_summary`);
+  `verify_run` recomputes it from the store; `write_report` renders it;
 - the pruned model: `prune_heads`, `pruned_heads`, `HeadSet` (a set of heads, and its head
   specification '0:1,2;3:*'), `save_pruned`, `load_pruned`."""
 
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # ----------------------------------------------------------------------------- public API
 from .base import BaseModel, load_base
 from .checkpoint import load_pruned, register_auto_classes, save_pruned
+from .config import Config, load_config
 from .data import Dataset, load_dataset
 from .errors import HeadpruneError
 from .heads import HeadSet
@@ -50,6 +51,7 @@ register_auto_classes()
 
 __all__ = [
     "BaseModel",
+    "Config",
     "Criterion",
     "Dataset",
     "GradientImportance",
@@ -70,6 +72,7 @@ __all__ = [
     "h3_search",
     "importance_order",
     "load_base",
+    "load_config",
     "load_dataset",
     "load_model",
     "load_pruned",

@@ -16,21 +16,9 @@ from .devices import resolve_device
 from .families import family_of, module_at
 from .models import fingerprint, load_model, max_length
 from .scoring import adamw, encode, masked_lm_loss
+from .settings import WarmupSettings
 from .store import make_key
 from .surgery import original_shape
-
-
-@dataclass(frozen=True)
-class WarmupSettings:
-    """Warm-up of a fresh masked-LM head (encoder frozen) on the G1 tweets; METHOD.md, "Model"."""
-
-    steps: int = 300
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    datasets: tuple[str, ...] = ("G1",)
-    seed: int = 0
-
-
 
 
 def warm_up_mlm_head(model, tokenizer, texts: Sequence[str], warmup: WarmupSettings, device: torch.device) -> dict:
@@ -112,9 +100,6 @@ def load_base(
     info: dict = {"fresh_mlm_head": bool(getattr(model.config, "headprune_fresh_mlm_head", False))}
     warmed = False
     if info["fresh_mlm_head"] and warmup is not None and warmup.steps > 0:
-
-
-
         warm_data = [load_dataset(ds, *columns, data_dir=data_dir) for ds in expand_datasets(list(warmup.datasets))]
         # The cached head is named by everything that determines it, the warm-up texts' content included.
         tag = make_key(model=fingerprint(model), warmup=asdict(warmup), data=[d.content_hash for d in warm_data])[:20]
@@ -149,4 +134,4 @@ def load_base(
     )
 
 
-__all__ = ["BaseModel", "WarmupSettings", "load_base", "warm_up_mlm_head"]
+__all__ = ["BaseModel", "load_base", "warm_up_mlm_head"]

@@ -10,15 +10,16 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
-import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .constraints import Constraint, Flag, Integers, Interval, Known, Names, Options, Text, check
 from .curves import DEFAULT_SAFE_K_MARGIN
 from .errors import HeadpruneError, parse_user_file
-from .racing import DEFAULT_WALK_TEST, WALK_TEST_WORDS, WALK_TESTS
-from .settings import ORDER_NAMES, PRECISIONS, ScoreSettings, order_criterion
+from .racing import SCREENS, WALK_TEST_WORDS, RacingSettings
+from .settings import ORDER_NAMES, PRECISIONS, ImportanceSettings, ScoreSettings, WarmupSettings, order_criterion
+from .summary import WALK_TEST_BEFORE
 
 STRATEGIES = ("H1", "H2", "H3")
 
@@ -66,14 +67,67 @@ def parse_fresh_seeds(spec: Any, selection: list[int], option: str = "step2.fres
     return seeds
 
 
+@dataclass(frozen=True)
+class Seeds(Constraint):
+    """A seeds specification as `parse_seeds` reads it ('1-10', '1,3,5', 3, [1, 2])."""
+
+    def clean(self, name: str, value: Any) -> Any:
+        parse_seeds(value, name)
+        return value
+
+    def examples(self) -> tuple[list, list]:
+        return ["1-3", "1,3,5", [1, 2, 3]], ["3-1", "x", [], 1.5, True]
+
+
+@dataclass(frozen=True)
+class FreshSeeds(Constraint):
+    """`step2.fresh_seeds`: "auto", off ("none", "" or []), or a seeds specification; that none is a
+    selection seed is checked with `step2.seeds` (`parse_fresh_seeds`)."""
+
+    def clean(self, name: str, value: Any) -> Any:
+        if value != [] and not (isinstance(value, str) and value.strip().lower() in (*FRESH_SEEDS_OFF, "auto")):
+            parse_seeds(value, name)
+        return value
+
+    def examples(self) -> tuple[list, list]:
+        return ["auto", "none", "", [], "201-203"], ["x", "3-1", 1.5]
+
+
+def _prefixed(constraints: dict[str, Constraint], prefix: str) -> dict[str, Constraint]:
+    """A settings class's table under the section's key names (`racing_` + the field)."""
+    return {prefix + key: constraint for key, constraint in constraints.items()}
+
+
+# Every key of a section has an entry in its `constraints` (its type included): `validate` checks
+# them, tests/test_config_constraints.py generates its cases from them. Settings the method keys its
+# results by have their one home in `settings.py` (or `racing.RacingSettings`): a section names their
+# fields, takes their defaults and their constraints, and builds them (`warmup()`, `finetuning()`, `racing_settings()`).
+_WORKERS = Interval(int, 0, words="0 (automatic) or more")
+_STRATEGY_NAMES = Known(STRATEGIES, "H1, H2, H3", "H1")
+
+
 @dataclass
 class ModelSection:
     name: str = "minilm"
-    mlm_head_warmup_steps: int = 300  # only for checkpoints without a trained MLM head; 0 = none
+    # WarmupSettings.steps: only for checkpoints without a trained MLM head; 0 = none
+    mlm_head_warmup_steps: int = WarmupSettings.steps
     # whose texts warm that head up (METHOD.md: G1); `run --data` puts the user's files here
-    mlm_head_warmup_datasets: list[str] = field(default_factory=lambda: ["G1"])
+    mlm_head_warmup_datasets: list[str] = field(default_factory=lambda: list(WarmupSettings.datasets))
     cache_dir: str = ""  # warmed-up heads; default ~/.cache/headprune
     trust_remote_code: bool = False
+
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "name": Text(),
+        **_prefixed({k: WarmupSettings.constraints[k] for k in ("steps", "datasets")}, "mlm_head_warmup_"),
+        "cache_dir": Text(),
+        "trust_remote_code": Flag(),
+    }
+
+    def warmup(self) -> WarmupSettings | None:
+        """The warm-up of a fresh masked-LM head; None: none (0 steps)."""
+        if self.mlm_head_warmup_steps <= 0:
+            return None
+        return WarmupSettings(steps=self.mlm_head_warmup_steps, datasets=tuple(self.mlm_head_warmup_datasets))
 
 
 @dataclass
@@ -83,16 +137,36 @@ class DataSection:
     label_column: str = "class"
     max_examples: int = 0  # > 0: a stratified, seeded subsample of each dataset (a departure, for speed)
 
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "data_dir": Text(),
+        "text_column": Text(),
+        "label_column": Text(),
+        "max_examples": Interval(int, 0, words="0 (all) or more"),
+    }
+
 
 @dataclass
 class Step1Section:
+    """Which finetunings Step 1 runs (datasets, seeds) and how (`ImportanceSettings`' fields)."""
+
     datasets: list[str] = field(default_factory=lambda: ["G1"])
     seeds: Any = "1-10"
-    epochs: int = 4
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    adam_epsilon: float = 1e-8
+    epochs: int = ImportanceSettings.epochs
+    batch_size: int = ImportanceSettings.batch_size
+    learning_rate: float = ImportanceSettings.learning_rate
+    adam_epsilon: float = ImportanceSettings.adam_epsilon
     workers: int = 0  # finetunings at once, in processes; 0: 6 on a GPU, 1 on a CPU (same results either way)
+
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "datasets": Names(),
+        "seeds": Seeds(),
+        **ImportanceSettings.constraints,
+        "workers": _WORKERS,
+    }
+
+    def finetuning(self) -> ImportanceSettings:
+        """Step 1's finetuning settings (the key of its stored rows)."""
+        return ImportanceSettings(**{f.name: getattr(self, f.name) for f in fields(ImportanceSettings)})
 
 
 @dataclass
@@ -106,14 +180,35 @@ class Step2Section:
     h1_k_values: list[int] = field(default_factory=list)  # explicit k values (overrides h1_k_step)
     group_size: int = 1  # H2/H3 heads added per step; > 1 is a departure from the paper, for speed
     racing: bool = False  # race over seeds (racing.py): F-Race for H1 and cross-scoring, sequential tests for walks
-    racing_confidence: float = 0.95  # 1 - the significance level of every racing test
-    racing_first_test: int = 3  # seeds before the first racing test
+    # RacingSettings' fields as racing_<name>: confidence (1 - the significance level of every racing
+    # test), first_test (seeds before the first test), walk_test (H2/H3 steps: racing.WALK_TESTS)
+    racing_confidence: float = RacingSettings.confidence
+    racing_first_test: int = RacingSettings.first_test
     racing_screen: str = ""  # "no-adjust": race at the low fidelity (scoring.epochs = 0) first; "" none
-    racing_walk_test: str = DEFAULT_WALK_TEST  # H2/H3 steps: racing.WALK_TESTS, "skeptical-walk" by default
+    racing_walk_test: str = RacingSettings.walk_test
     # Tables 7-10 score the chosen models with the seeds that chose them (the paper's, biased towards
     # them); beside them the same comparison on these seeds, disjoint from `seeds`: "auto" (as many as
     # `seeds`, from 201 on), a seeds spec, or "none" (the paper: no such comparison).
     fresh_seeds: Any = "auto"
+
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "datasets": Names(),
+        "seeds": Seeds(),
+        "strategies": _STRATEGY_NAMES,
+        "orders": Known(order_criterion, ORDER_NAMES, "OI"),
+        "random_order_strategies": _STRATEGY_NAMES,
+        "h1_k_step": Interval(int, 1),
+        "h1_k_values": Integers(0),
+        "group_size": Interval(int, 1),
+        "racing": Flag(),
+        **_prefixed(RacingSettings.constraints, "racing_"),
+        "racing_screen": Options(("", *SCREENS), words='"" (none) or "no-adjust"'),
+        "fresh_seeds": FreshSeeds(),
+    }
+
+    def racing_settings(self) -> RacingSettings:
+        """The racing settings (`racing_<name>`), as a race takes them."""
+        return RacingSettings(**{f.name: getattr(self, f"racing_{f.name}") for f in fields(RacingSettings)})
 
 
 @dataclass
@@ -124,6 +219,13 @@ class GeneralizationSection:
     # The report's safe k per order and dataset: the largest k shown non-inferior to the complete model
     # at this margin of F1 (0.01 = 1 point; curves.largest_safe_k).
     safe_k_margin: float = DEFAULT_SAFE_K_MARGIN
+
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "datasets": Names(),
+        "seeds": Seeds(),
+        "alpha": Interval(float, 0, 1, closed="neither"),
+        "safe_k_margin": Interval(float, 0, 1, words="at least 0 and below 1 (an F1 difference)"),
+    }
 
 
 @dataclass
@@ -145,9 +247,28 @@ class RunSection:
     # with bf16 units; a departure, scores under their own keys); the batched engine: bf16 on a CPU too
     precision: str = "fp32"
 
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "device": Text(),
+        "executor": Options(("in-process", "ray")),
+        "engine": Options(("auto", "reference", "batched")),
+        "deterministic": Flag(),
+        "pack": Flag(),
+        "pack_models": Interval(int, 0, words="0 (as many as fit) or more"),
+        "address": Text(),
+        "ray_gpus_per_task": Interval(float, 0, 1, closed="right"),
+        "ray_max_retries": Interval(int, 0),
+        "report": Flag(),
+        "workers": _WORKERS,
+        "precision": Options(PRECISIONS),
+    }
+
 
 @dataclass
 class Config:
+    """A run's configuration: one section per TOML table (`[model]`, `[data]`, `[step1]`,
+    `[scoring]`, `[step2]`, `[generalization]`, `[run]`), each with its constraints table; build it
+    with `load_config` (a file) or `from_dict`, which check every key (`validate`)."""
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     step1: Step1Section = field(default_factory=Step1Section)
@@ -181,8 +302,7 @@ class Config:
         return parse_seeds(self.generalization.seeds, "generalization.seeds")
 
 
-_SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "source"}
-_SECTION_CLASSES = {
+SECTIONS = {
     "model": ModelSection,
     "data": DataSection,
     "step1": Step1Section,
@@ -193,151 +313,75 @@ _SECTION_CLASSES = {
 }
 
 
-def _check_type(where: str, value: Any, default: Any, hint: Any = None) -> Any:
-    """`value` if it has the type of `default` (and, for a list, the element type `hint` declares);
-    else one error line naming the key (a wrong element would otherwise surface as a TypeError later)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-        kind = "true or false"
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        kind = "an integer"
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        kind = "a number"
-        value = float(value) if ok else value
-    elif isinstance(default, str) and not where.endswith("seeds"):
-        ok = isinstance(value, str)
-        kind = "a string"
-    elif isinstance(default, list):
-        element = typing.get_args(hint)[0] if typing.get_args(hint) else None
-        ok = isinstance(value, list)
-        kind = "a list"
-        if element is int:
-            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            kind = "a list of integers"
-        elif element is str:
-            ok = ok and all(isinstance(v, str) for v in value)
-            kind = "a list of strings"
-    else:
-        ok, kind = True, ""
-    if not ok:
-        raise HeadpruneError(f"{where}: expected {kind}, got {value!r}")
-    return value
-
-
 def from_dict(data: dict, source: str = "") -> Config:
+    """The configuration of a TOML document's tables, validated (`validate`): every mistake is one
+    error line naming the key (and `source`, the file)."""
     where = f"{source}: " if source else ""
     config = Config(source=source)
     for section, values in data.items():
-        if section not in _SECTION_CLASSES:
-            raise HeadpruneError(f"{where}unknown section [{section}] (known: {', '.join(_SECTION_CLASSES)})")
+        if section not in SECTIONS:
+            raise HeadpruneError(f"{where}unknown section [{section}] (known: {', '.join(SECTIONS)})")
         if not isinstance(values, dict):
             raise HeadpruneError(f"{where}[{section}] must be a table")
         target = getattr(config, section)
         known = {f.name for f in fields(target)}
-        hints = typing.get_type_hints(type(target))
-        updates = {}
-        for key, value in values.items():
+        for key in values:
             if key not in known:
                 raise HeadpruneError(f"{where}unknown key '{section}.{key}' (known: {', '.join(sorted(known))})")
-            updates[key] = _check_type(f"{where}{section}.{key}", value, getattr(target, key), hints.get(key))
-        setattr(config, section, replace(target, **updates))
-    validate(config, where)
+        setattr(config, section, replace(target, **values))
+    return validate(config, where)
+
+
+def validate(config: Config, where: str = "") -> Config:
+    """`config` with every key checked against its section's `constraints` table (an integer given
+    for a number becomes a float), then the rules between keys; the first mistake is one error line
+    naming the key, after `where` (the file)."""
+    sections = {}
+    for name in SECTIONS:
+        section = getattr(config, name)
+        values = {key: check(f"{where}{name}.{key}", getattr(section, key), constraint)
+                  for key, constraint in section.constraints.items()}
+        sections[name] = replace(section, **values)
+    config = replace(config, **sections)
+    _check_together(config, where)
     return config
 
 
-def validate(config: Config, where: str = "") -> None:
-    def bad(message: str) -> None:
-        raise HeadpruneError(f"{where}{message}")
+def _check_together(config: Config, where: str) -> None:
+    """The rules that involve more than one key."""
+    step2 = config.step2
+    parse_fresh_seeds(step2.fresh_seeds, config.step2_seeds, f"{where}step2.fresh_seeds")
+    if step2.racing_screen and not step2.racing:
+        raise HeadpruneError(f"{where}step2.racing_screen needs step2.racing = true")
+    n_seeds = len(config.step2_seeds)
+    if step2.racing and step2.racing_first_test > n_seeds:
+        raise HeadpruneError(f"{where}step2.racing_first_test = {step2.racing_first_test} exceeds the {n_seeds} "
+                             "Step 2 seeds: the race would never test (lower it, or give more seeds)")
+    if any(order_criterion(o) != "random" for o in step2.orders) and not step2.strategies:
+        raise HeadpruneError(f"{where}step2.strategies is empty")
 
-    for name in ("step1", "scoring"):
-        section = getattr(config, name)
-        for key in ("epochs", "batch_size"):
-            # scoring.epochs = 0 scores the pruned model without adjusting it (prune, features, SVM):
-            # the low fidelity racing can screen with (issue 18)
-            least = 0 if (name, key) == ("scoring", "epochs") else 1
-            if getattr(section, key) < least:
-                bad(f"{name}.{key} must be at least {least}, got {getattr(section, key)}")
-        if not section.learning_rate > 0:
-            bad(f"{name}.learning_rate must be positive")
-    if not 0 < config.scoring.mlm_probability < 1:
-        bad(f"scoring.mlm_probability must be between 0 and 1, got {config.scoring.mlm_probability}")
-    if config.scoring.n_folds < 2:
-        bad(f"scoring.n_folds must be at least 2, got {config.scoring.n_folds}")
-    if config.scoring.feature_layers < 1:
-        bad("scoring.feature_layers must be at least 1")
-    if not 8 <= config.scoring.max_length <= 512:
-        bad(f"scoring.max_length must be between 8 and 512, got {config.scoring.max_length}")
-    if config.data.max_examples < 0:
-        bad("data.max_examples must be 0 (all) or more")
-    if config.model.mlm_head_warmup_steps < 0:
-        bad("model.mlm_head_warmup_steps must be 0 or more")
-    if not config.model.mlm_head_warmup_datasets:
-        bad("model.mlm_head_warmup_datasets must be a non-empty list of dataset or group names")
-    for s in config.step2.strategies + config.step2.random_order_strategies:
-        if s not in STRATEGIES:
-            bad(f"step2 strategy '{s}' is unknown (use H1, H2, H3)")
-    for order in config.step2.orders:
-        if order_criterion(order) is None:
-            bad(f"step2.orders: '{order}' is unknown (use {ORDER_NAMES})")
-    if config.step2.h1_k_step < 1:
-        bad(f"step2.h1_k_step must be at least 1, got {config.step2.h1_k_step}")
-    if any(k < 0 for k in config.step2.h1_k_values):
-        bad("step2.h1_k_values must be 0 or more")
-    if config.step2.group_size < 1:
-        bad(f"step2.group_size must be at least 1, got {config.step2.group_size}")
-    if not 0 <= config.generalization.safe_k_margin < 1:
-        bad(f"generalization.safe_k_margin must be at least 0 and below 1 (an F1 difference), "
-            f"got {config.generalization.safe_k_margin}")
-    if not 0 < config.step2.racing_confidence < 1:
-        bad(f"step2.racing_confidence must be between 0 and 1, got {config.step2.racing_confidence}")
-    if config.step2.racing_first_test < 2:
-        bad(f"step2.racing_first_test must be at least 2 seeds, got {config.step2.racing_first_test}")
-    if not 0 < config.generalization.alpha < 1:
-        bad(f"generalization.alpha must be between 0 and 1, got {config.generalization.alpha}")
-    if not 0 < config.run.ray_gpus_per_task <= 1:
-        bad(f"run.ray_gpus_per_task must be in (0, 1], got {config.run.ray_gpus_per_task}")
-    if config.step1.workers < 0:
-        bad(f"step1.workers must be 0 (automatic) or more, got {config.step1.workers}")
-    if config.run.workers < 0:
-        bad(f"run.workers must be 0 (automatic) or more, got {config.run.workers}")
-    if config.run.pack_models < 0:
-        bad(f"run.pack_models must be 0 (as many as fit) or more, got {config.run.pack_models}")
-    if config.run.ray_max_retries < 0:
-        bad(f"run.ray_max_retries must be 0 or more, got {config.run.ray_max_retries}")
-    if config.run.engine not in ("auto", "reference", "batched"):
-        bad(f"run.engine must be 'auto', 'reference' or 'batched', got '{config.run.engine}'")
-    if config.run.precision not in PRECISIONS:
-        bad(f"run.precision must be {' or '.join(repr(p) for p in PRECISIONS)}, got '{config.run.precision}'")
-    if config.run.executor not in ("in-process", "ray"):
-        bad(f"run.executor must be 'in-process' or 'ray', got '{config.run.executor}'")
-    for name, spec in (
-        ("step1.seeds", config.step1.seeds),
-        ("step2.seeds", config.step2.seeds),
-        ("generalization.seeds", config.generalization.seeds),
-    ):
-        parse_seeds(spec, f"{where}{name}")
-    parse_fresh_seeds(config.step2.fresh_seeds, config.step2_seeds, f"{where}step2.fresh_seeds")
-    if config.step2.racing_screen not in ("", "no-adjust"):
-        bad(f"step2.racing_screen must be \"\" (none) or \"no-adjust\", got '{config.step2.racing_screen}'")
-    if config.step2.racing_walk_test not in WALK_TESTS:
-        bad(f"step2.racing_walk_test must be one of {', '.join(WALK_TESTS)}, got '{config.step2.racing_walk_test}'")
-    if config.step2.racing_screen and not config.step2.racing:
-        bad("step2.racing_screen needs step2.racing = true")
-    n_seeds = len(parse_seeds(config.step2.seeds, "step2.seeds"))
-    if config.step2.racing and config.step2.racing_first_test > n_seeds:
-        bad(f"step2.racing_first_test = {config.step2.racing_first_test} exceeds the {n_seeds} Step 2 seeds: "
-            "the race would never test (lower it, or give more seeds)")
-    for name in ("step1", "step2", "generalization"):
-        datasets = getattr(config, name).datasets
-        if not datasets or not all(isinstance(d, str) for d in datasets):
-            bad(f"{name}.datasets must be a non-empty list of dataset or group names")
-    if any(order_criterion(o) != "random" for o in config.step2.orders) and not config.step2.strategies:
-        bad("step2.strategies is empty")
+
+# What a key absent from a recorded configuration (summary.json's `config`, written by an older
+# version) meant when the run was made, where that is not today's default: the walk test before it
+# was a setting; no fresh-seed comparison before there was one.
+RECORDED_BEFORE: dict[str, Any] = {"step2.racing_walk_test": WALK_TEST_BEFORE, "step2.fresh_seeds": "none"}
+
+
+def recorded_config(data: dict, source: str = "") -> Config:
+    """A run's configuration as its summary records it (`Summary.config`), typed and validated as a
+    file is: a key the run's version did not write means what it meant then (`RECORDED_BEFORE`),
+    any other absent key today's default."""
+    nested = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for name, value in RECORDED_BEFORE.items():
+        section, key = name.split(".")
+        if isinstance(nested.get(section, {}), dict) and key not in nested.get(section, {}):
+            nested.setdefault(section, {})[key] = value
+    return from_dict(nested, source)
 
 
 def load_config(path: str | Path) -> Config:
+    """The configuration in the TOML file `path`, checked: any mistake is one error line naming the
+    file and the key."""
     path = Path(path)
     if path.is_dir():
         raise HeadpruneError(f"--config {path}: is a directory, not a TOML file")

@@ -10,7 +10,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .analysis import analyse
-from .base import BaseModel, WarmupSettings, load_base
+from .base import BaseModel, load_base
 from .config import Config, departures, load_config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
 from .devices import check_precision, device_description, reproducible, resolve_device
@@ -27,10 +27,10 @@ from .errors import HeadpruneError
 from .executors import checked_engine, make_executor
 from .generalize import comparison, mean_and_std, per_seed_means, random_means, random_order_members
 from .heads import HeadSet
-from .importance import ImportanceSettings, Order, Step1Run, criterion_for, order_stability
+from .importance import Order, Step1Run, criterion_for, order_stability
 from .names import ModelName
 from .progress import RunProgress
-from .racing import Race, RacingSettings, by_fidelity
+from .racing import Race, by_fidelity
 from .scorer import Scorer
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
 from .settings import ScoreSettings
@@ -83,12 +83,6 @@ def score_settings(config: Config) -> ScoreSettings:
     return config.scoring  # [scoring] is a (frozen) ScoreSettings
 
 
-def importance_settings(config: Config) -> ImportanceSettings:
-    """Step 1's finetuning settings (the [step1] section less its datasets and seeds)."""
-    names = {f.name for f in fields(ImportanceSettings)}
-    return ImportanceSettings(**{k: v for k, v in asdict(config.step1).items() if k in names})
-
-
 class Pipeline:
     """The whole method for one configuration and run directory."""
 
@@ -139,15 +133,10 @@ class Pipeline:
         """Rows one evaluation on `name` finetunes (half the dataset): the unit of the time left."""
         return len(self.dataset(name)) / 2
 
-    def warmup(self) -> WarmupSettings | None:
-        steps = self.config.model.mlm_head_warmup_steps
-        datasets = tuple(self.config.model.mlm_head_warmup_datasets)
-        return WarmupSettings(steps=steps, datasets=datasets) if steps > 0 else None
-
     def load_base(self) -> BaseModel:
         return load_base(
             self.config.model.name,
-            self.warmup(),
+            self.config.model.warmup(),
             data_dir=self.data_dir,
             columns=(self.config.data.text_column, self.config.data.label_column),
             cache_dir=self.cache_dir(),
@@ -163,8 +152,8 @@ class Pipeline:
         head comes from the cache `load_base` filled)."""
         import functools
 
-        return functools.partial(load_base, self.config.model.name, self.warmup(), data_dir=self.data_dir,
-                                 cache_dir=self.cache_dir(),
+        return functools.partial(load_base, self.config.model.name, self.config.model.warmup(),
+                                 data_dir=self.data_dir, cache_dir=self.cache_dir(),
                                  columns=(self.config.data.text_column, self.config.data.label_column))
 
     def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor,
@@ -194,7 +183,7 @@ class Pipeline:
         from Step 1 (kind "importance") runs its finetunings through the store and the Step 1 executor
         (the Step 1 orders share them), a random or weights order needs only the base model."""
         criterion = criterion_for(name, lambda: self.datasets(self.config.step1.datasets, check_folds=False),
-                                  self.config.step1_seeds, importance_settings(self.config))
+                                  self.config.step1_seeds, self.config.step1.finetuning())
         if criterion.kind != "importance":
             return criterion.order(base)
         datasets, seeds = criterion.datasets, criterion.seeds
@@ -375,7 +364,7 @@ class Pipeline:
         self.progress.start_stage("Step 2: " + ", ".join(labels) + (" (raced: at most)" if raced else ""), total,
                                   total * float(np.mean([self.rows(ds) for ds in datasets])))
         if raced:
-            settings = RacingSettings(step2.racing_confidence, step2.racing_first_test, step2.racing_walk_test)
+            settings = step2.racing_settings()
             screen = step2.racing_screen or None
             low = None
             if screen is not None:  # "no-adjust": the same scores without the adjusting step

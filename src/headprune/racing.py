@@ -74,15 +74,15 @@ import math
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy import stats
 
+from .constraints import Constraint, Interval, Options, check
 from .errors import HeadpruneError
 from .heads import Head, HeadSet
 from .search import Request, Round, Strategy
-from .summary import WALK_TEST_BEFORE
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_FIRST_TEST = 3
@@ -152,27 +152,21 @@ class RacingSettings:
     first_test: int = DEFAULT_FIRST_TEST
     walk_test: str = DEFAULT_WALK_TEST
 
+    # Also the configuration's `[step2] racing_<name>` keys, and `replay --walk-test`'s check.
+    constraints: ClassVar[dict[str, Constraint]] = {
+        "confidence": Interval(float, 0, 1, closed="neither"),
+        "first_test": Interval(int, 2, words="at least 2 seeds"),
+        "walk_test": Options(WALK_TESTS, words=f"one of {', '.join(WALK_TESTS)}"),
+    }
+
     def __post_init__(self) -> None:
-        if not 0 < self.confidence < 1:
-            raise HeadpruneError(f"racing confidence must be between 0 and 1, got {self.confidence}")
-        if isinstance(self.first_test, bool) or not isinstance(self.first_test, int) or self.first_test < 2:
-            raise HeadpruneError(f"racing first test must be an integer of at least 2 seeds, got {self.first_test!r}")
-        if self.walk_test not in WALK_TESTS:
-            raise HeadpruneError(f"racing walk test must be one of {', '.join(WALK_TESTS)}, got {self.walk_test!r}")
+        for key, constraint in self.constraints.items():
+            check(f"racing {key.replace('_', ' ')}", getattr(self, key), constraint)
 
     @property
     def alpha(self) -> float:
         return 1.0 - self.confidence
 
-    @classmethod
-    def of_step2(cls, step2: dict, **override) -> RacingSettings:
-        """The settings of a `[step2]` section as a summary records it, with `override`'s values that
-        are not None. An absent key means what it meant when the run was made: the default
-        confidence and first test; the t-test for the walk, the only walk test then."""
-        settings = {"confidence": step2.get("racing_confidence", DEFAULT_CONFIDENCE),
-                    "first_test": step2.get("racing_first_test", DEFAULT_FIRST_TEST),
-                    "walk_test": step2.get("racing_walk_test", WALK_TEST_BEFORE)}
-        return cls(**{**settings, **{k: v for k, v in override.items() if v is not None}})
 
 
 Steps = Generator[list[SeedRequest], None, list[float]]

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .config import parse_seeds
+from .config import recorded_config
 from .errors import HeadpruneError
 from .heads import HeadSet
 from .racing import Race, RacingSettings, SeedNoise, by_fidelity, walk_decision
@@ -89,15 +89,16 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
         if not path.is_file():
             raise HeadpruneError(f"--low-fidelity: {path}: file not found")
     summary = load_summary(summary_path)
-    step2 = summary.config_value("step2")
-    if step2.get("racing"):
+    config = recorded_config(summary.need(summary.config, "config"), str(summary_path))
+    if config.step2.racing:
         raise HeadpruneError(f"{run_dir}: this run raced (step2.racing = true), so its store lacks the complete grid "
                              "a replay needs; replay a run made with racing off")
     if settings is None:
-        settings = RacingSettings.of_step2(step2)
-    seeds = parse_seeds(step2["seeds"], "step2.seeds")
+        settings = config.step2.racing_settings()
+    seeds = config.step2_seeds
     if settings.first_test > len(seeds):
         raise HeadpruneError(f"racing first test {settings.first_test} exceeds the run's {len(seeds)} Step 2 seeds")
+    # [scoring] as recorded, not typed: it is the stored scores' key, which a default added since must not change
     scores, evaluate = _stored(store_path, summary.need(summary.model.fingerprint, "model.fingerprint"),
                                summary.config_value("scoring"))
 
@@ -109,7 +110,7 @@ def replay_run(run_dir: str | Path, repeats: int = DEFAULT_REPEATS, seed: int = 
     }
     ceiling_rng = np.random.default_rng([seed, 1])  # its own stream: the races' permutations stay as they were
     try:
-        for key, make, grid, row_set in _searches(summary, step2):
+        for key, make, grid, row_set in _searches(summary, config.step2.group_size):
             if progress:
                 progress(f"replaying {key} {repeats} times")
             out["searches"][key] = _replay_search(make, grid, row_set, seeds, settings, repeats, rng, evaluate, scores)
@@ -149,7 +150,7 @@ def _fidelity(summary, scores: StoredScores, low_dir: Path, seeds: list[int], se
     if low.model.fingerprint != summary.model.fingerprint:
         raise HeadpruneError(f"--low-fidelity: {low_dir} scored model {low.model.fingerprint}, not "
                              f"{summary.model.fingerprint}")
-    if parse_seeds(low.config_value("step2", "seeds"), "step2.seeds") != seeds:
+    if recorded_config(low.need(low.config, "config"), str(low_path)).step2_seeds != seeds:
         raise HeadpruneError(f"--low-fidelity: {low_dir} used other Step 2 seeds than {seeds}")
     _, low_evaluate = _stored(store_path, low.model.fingerprint, low.config_value("scoring"))
 
@@ -249,8 +250,9 @@ def _stored(store_path: Path, model: str, scoring: dict):
     return scores, evaluate
 
 
-def _searches(summary, step2: dict):
-    """(key, strategy factory, the grid's result as a dict) for each search of the summary."""
+def _searches(summary, group_size: int):
+    """(key, strategy factory, the grid's result as a dict) for each search of the summary; an H2/H3
+    entry without its own group size took the configuration's, `group_size`."""
     orders = summary.orders or {}
     for name, entry in (summary.h1 or {}).items():
         ranked = [tuple(h) for h in summary.need(orders.get(name), f"orders.{name}").ranked]
@@ -261,7 +263,7 @@ def _searches(summary, step2: dict):
         for name, entry in summary.greedy(strategy).items():
             ranked = summary.need(orders.get(name), f"orders.{name}").ranked
             names = list(entry.per_dataset)
-            group = entry.group_size or step2.get("group_size", 1)
+            group = entry.group_size or group_size
             grid = entry.to_json()
             yield (f"{strategy}.{name}", lambda ranked=ranked, ds=names, g=group, c=cls: c(ranked, ds, group_size=g),
                    grid, lambda row, grid=grid: _chosen_set(grid["per_dataset"][row["model"]]))

@@ -74,17 +74,26 @@ def replay_command(
 ) -> None:
     """Replay racing on a run that scored the complete grid (racing off): RUN_DIR/replay.json with how
     often a race chooses the grid's model and what fraction of the evaluations it needs."""
-    from ..racing import WALK_TESTS, RacingSettings
+    from dataclasses import replace
+
+    from ..config import recorded_config
+    from ..constraints import check
+    from ..racing import RacingSettings
     from ..replay import REPLAY_FILE, replay_run
     from ..summary import load_summary
 
-    if walk_test is not None and walk_test not in WALK_TESTS:
-        raise HeadpruneError(f"--walk-test must be one of {', '.join(WALK_TESTS)}, got {walk_test!r}")
+    if walk_test is not None:
+        check("--walk-test", walk_test, RacingSettings.constraints["walk_test"])
     settings = None
-    if confidence is not None or first_test is not None or walk_test is not None:
-        step2 = load_summary(run_dir / "summary.json").config_value("step2") if (run_dir / "summary.json").is_file() \
-            else {}
-        settings = RacingSettings.of_step2(step2, confidence=confidence, first_test=first_test, walk_test=walk_test)
+    overrides = {k: v for k, v in (("confidence", confidence), ("first_test", first_test), ("walk_test", walk_test))
+                 if v is not None}
+    if overrides:  # the run's racing settings with these replaced
+        path = run_dir / "summary.json"
+        recorded = RacingSettings()  # without a summary, replay_run says what is missing
+        if path.is_file():
+            summary = load_summary(path)
+            recorded = recorded_config(summary.need(summary.config, "config"), str(path)).step2.racing_settings()
+        settings = replace(recorded, **overrides)
     out = replay_run(run_dir, repeats=repeats, seed=seed, settings=settings,
                      progress=lambda line: typer.echo(line, err=True), low_fidelity=low_fidelity,
                      screen_cost=screen_cost)

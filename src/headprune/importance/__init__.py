@@ -17,8 +17,8 @@ from typing import Protocol
 
 from ..data import Dataset
 from ..errors import HeadpruneError
-from ..settings import ORDER_NAMES, order_criterion
-from .gradient import GradientImportance, ImportanceSettings, Step1Criterion, Step1Run, importance_order
+from ..settings import ORDER_NAMES, ImportanceSettings, order_criterion
+from .gradient import GradientImportance, Step1Criterion, Step1Run, importance_order
 from .magnitude import MagnitudeImportance
 from .order import Order, RunMatrix, rank_heads
 from .random import RandomImportance, random_order

@@ -29,6 +29,7 @@ from ..executors.local import InProcessExecutor
 from ..families import family_of
 from ..scorer import run_stored
 from ..scoring import adamw, encode, pad_batch
+from ..settings import ImportanceSettings
 from ..store import ResultStore
 from ..surgery import HeadGates
 from ..tasks import Executor, ImportanceTask
@@ -57,24 +58,6 @@ class Step1Run:
     deadline: float | None = None
     loader: Callable[[], BaseModel] | None = None
     deterministic: bool = True
-
-
-@dataclass(frozen=True)
-class ImportanceSettings:
-    """Finetuning for Step 1 (METHOD.md): fresh classification head, AdamW, batch 16, 4 epochs."""
-
-    epochs: int = 4
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    adam_epsilon: float = 1e-8
-
-    def as_dict(self) -> dict:
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "adam_epsilon": self.adam_epsilon,
-        }
 
 
 def min_max(x: torch.Tensor) -> torch.Tensor:
