@@ -19,14 +19,13 @@ import multiprocessing
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from record import cpu_model, write_json  # noqa: E402
+from record import finish, stamp  # noqa: E402
 
 MARGIN = 0.01  # the largest |mean F1 difference| bf16 may show and still be called on a par
 
@@ -76,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from headprune.devices import cpu_has_bf16
-    from headprune.pipeline import versions
 
     if not cpu_has_bf16():
         print("this CPU has no bf16 support: nothing to compare", file=sys.stderr)
         return 1
+    result: dict = stamp()
     jobs = [(d, s, p, args.epochs) for d in args.datasets for s in args.seeds for p in ("fp32", "bf16")]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
@@ -92,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overall = paired(f1s("fp32", args.datasets), f1s("bf16", args.datasets))
     holds = bool(overall.get("p", 1.0) >= 0.05 and all(abs(c) <= MARGIN for c in overall.get("ci95", [0.0])))
-    result = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
-        "versions": versions(),
+    result.update({
         "settings": {"model": "minilm (embedded)", "pruned": "none", "epochs": args.epochs, "seeds": args.seeds,
                      "datasets": args.datasets, "workers": args.workers, "threads_per_worker": 1},
         "shortened": [] if args.epochs == 4 else [f"epochs = {args.epochs} (paper: 4)"],
@@ -107,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                                          / (len(runs) / 2), 2) for p in ("fp32", "bf16")},
         "parity_rule": f"p >= 0.05 and the 95% interval of the mean difference within +-{MARGIN}",
         "parity_holds": holds,
-    }
-    out = Path(args.out or HERE / "results" / f"{datetime.now(UTC):%Y-%m-%d}-cpu-bf16-parity.json")
-    write_json(out, result)
-    print(f"paired t-test: {overall}; parity holds: {holds}; wrote {out}")
+    })
+    print(f"paired t-test: {overall}; parity holds: {holds}")
+    finish(result, args.out, "cpu-bf16-parity")
     return 0
 
 

@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import write_json  # noqa: E402
+from record import finish, stamp  # noqa: E402
 
 
 def run_budget(budget: str, run_dir: Path, extra: list[str]) -> dict:
@@ -52,17 +50,13 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     extra = [item for path in args.data for item in ("--data", path)]
-    runs = []
+    result = {**stamp(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "runs": []}
+    runs = result["runs"]
     with tempfile.TemporaryDirectory(prefix="headprune-budget-") as root:
         for budget in args.budgets.split(","):
             runs.append(run_budget(budget, Path(root) / budget, extra))
             print(json.dumps(runs[-1]), flush=True)
-    date = datetime.now(UTC)
-    out = Path(args.out or Path(__file__).parent / "results" / f"{date:%Y-%m-%d}-cpu-budget.json")
-    write_json(out, {"date": date.isoformat(timespec="seconds"), "machine": platform.node(),
-                     "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                     "load_average": os.getloadavg(), "runs": runs})
-    print(f"written: {out}")
+    finish(result, args.out, "cpu-budget")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ the seeds one after the other; "after" set-ups run them at once, one per worker.
 the threads per task (rounding of the adjusting step), so the JSON also gives libsvm's F1 on the
 after-run's features ("svm_libsvm_f1_on_same_features").
 
-`--bertweet-steps N`: the BERTweet shape (random-init RoBERTa, vocab 64001, 12 x 12 heads, hidden
-768, 130 positions: 134,965,505 parameters), N adjusting steps of batch 16 tweets of `person`
-(MiniLM token ids), complete and with 68 heads pruned (the first 68 of the seeded random order A1:
-which heads the dissertation pruned is not recorded here; the time depends on how many per layer),
-1 thread: the dissertation's "finetuning >= 10% faster" on a CPU.
+`--bertweet-steps N`: the BERTweet shape (bench/bertweet.py: random-init RoBERTa, 134,965,505
+parameters), N adjusting steps of batch 16 tweets of `person` (MiniLM token ids) complete and as the
+dissertation's MOIH1 (its first 68 heads of OI pruned), alternating, median seconds per step, 1
+thread: the dissertation's "finetuning >= 10% faster" on a CPU (bench/inference.py measures the same
+at a fixed tweet length, with inference).
 
 Anything shorter than the paper's settings (epochs, rows) is recorded under "shortened" in the JSON.
 Writes bench/results/<date>-cpu-profile.json (or --out)."""
@@ -33,19 +33,17 @@ Writes bench/results/<date>-cpu-profile.json (or --out)."""
 from __future__ import annotations
 
 import argparse
-import copy
 import multiprocessing
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from record import cpu_model, write_json  # noqa: E402
+from record import finish, stamp  # noqa: E402
 
 DEFAULT_DATASETS = ("person", "SemEval18", "SemEval17-test")
 
@@ -146,35 +144,31 @@ def setup(dataset: str, seeds: list[int], epochs: int, max_rows: int, precision:
 
 
 def bertweet(steps: int) -> dict:
-    """Adjusting seconds of the BERTweet shape, complete vs 68 heads pruned, 1 thread."""
+    """Seconds per adjusting step of the BERTweet shape, complete vs the dissertation's MOIH1 (68
+    heads pruned), batch 16 tweets of `person`, 1 thread (bench/bertweet.py)."""
+    import statistics
+
     import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    from bertweet import adjusting_step_seconds, bertweet_shape, oi_heads
 
     from headprune.base import load_base
     from headprune.data import load_dataset
-    from headprune.importance.random import random_order
     from headprune.models import count_parameters
-    from headprune.scoring import adjust, encode, pruned_copy
-    from headprune.settings import ScoreSettings
+    from headprune.scoring import encode, pruned_copy
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=64001, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                           intermediate_size=3072, max_position_embeddings=130, type_vocab_size=1, pad_token_id=1)
-    model = RobertaForMaskedLM(config)
+    model, heads = bertweet_shape(), oi_heads()
+    models = {"complete": model, "pruned_68": pruned_copy(model, heads)}
     tokenizer = load_base("minilm", warmup=None).tokenizer
     ids = encode(tokenizer, load_dataset("person").texts[: 16 * (steps + 1)], 128)
-    settings = ScoreSettings(epochs=1)
-    heads = [tuple(h) for h in random_order(12, 12, seed=1).least_important(68)]
-    out: dict = {"n_params_complete": count_parameters(model), "steps": steps, "batch_size": 16, "threads": 1,
+    seconds = adjusting_step_seconds(models, tokenizer, ids, steps)
+    out: dict = {"steps": steps, "batch_size": 16, "threads": 1, "pruned": "MOIH1: the first 68 heads of OI",
                  "pruned_heads": [list(h) for h in heads]}
-    for name, pruned in (("complete", ()), ("pruned_68", heads)):
-        m = pruned_copy(model, pruned)
-        adjust(copy.deepcopy(m), tokenizer, ids[:16], settings, 1, torch.device("cpu"))  # warm-up
-        seconds = adjust(m, tokenizer, ids[16:], settings, 1, torch.device("cpu"))
-        out[name] = {"n_params": count_parameters(m), "adjust_seconds": round(seconds, 2),
-                     "seconds_per_step": round(seconds / steps, 3)}
-    out["pruned_vs_complete_time"] = round(out["pruned_68"]["adjust_seconds"] / out["complete"]["adjust_seconds"], 3)
+    for name, m in models.items():
+        out[name] = {"n_params": count_parameters(m), "step_seconds": seconds[name],
+                     "seconds_per_step": statistics.median(seconds[name])}
+    out["pruned_vs_complete_time"] = round(
+        out["pruned_68"]["seconds_per_step"] / out["complete"]["seconds_per_step"], 3)
     return out
 
 
@@ -190,23 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
 
-    import torch
-
     from headprune.devices import cpu_has_bf16
-    from headprune.pipeline import versions
-    from headprune.speed import load_average
 
     result: dict = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16": cpu_has_bf16(),
-                    "torch_default_threads": torch.get_num_threads()},
-        "versions": versions(),
+        **stamp(),
         "settings": {"model": "minilm (embedded)", "epochs": args.epochs, "max_rows": args.max_rows,
                      "seeds": args.seeds, "pruned": "none (the complete model)", "n_folds": 10, "batch_size": 16},
         "shortened": [s for s in (f"epochs = {args.epochs} (paper: 4)" if args.epochs != 4 else "",
                                   f"at most {args.max_rows} rows per dataset (paper: all)" if args.max_rows else "")
                       if s],
-        "load_average": {"before": load_average()},
         "datasets": {},
     }
     for dataset in args.datasets:
@@ -230,10 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bertweet_steps:
         print("BERTweet shape", flush=True)
         result["bertweet_shape"] = bertweet(args.bertweet_steps)
-    result["load_average"]["after"] = load_average()
-    out = Path(args.out or HERE / "results" / f"{datetime.now(UTC):%Y-%m-%d}-cpu-profile.json")
-    write_json(out, result)
-    print(f"wrote {out}")
+    finish(result, args.out, "cpu-profile")
     return 0
 
 

@@ -121,3 +121,18 @@ def test_derived_numbers_and_targets_come_from_the_json_alone() -> None:
     assert targets["bertweet-shape.packed_tokens_per_s"]["met"] is None  # not measured
     assert targets["parity.person.p_value"]["met"] is True and targets["parity.hobbit.p_value"]["met"] is False
     assert targets["determinism.identical"]["met"] is True and targets["no_out_of_memory"]["met"] is True
+
+
+def test_a_result_file_starts_with_its_stamp_and_ends_with_the_load_after(tmp_path, monkeypatch) -> None:
+    load_check()  # puts bench/ on the path, as every bench script does
+    import record
+
+    result = {**record.stamp(), "numbers": [1, 2]}
+    assert result["machine"]["cores"] == os.cpu_count() and result["machine"]["cpu"]
+    assert {"torch", "transformers", "headprune"} <= set(result["versions"]) and "T" in result["date"]
+    monkeypatch.setattr(record, "RESULTS", tmp_path)
+    path = record.finish(result, None, "cpu-thing")
+    assert path == tmp_path / f"{result['date'][:10]}-cpu-thing.json"
+    written = json.loads(path.read_text())
+    assert written["numbers"] == [1, 2] and set(written["load_average"]) == {"before", "after"}
+    assert record.finish(written, tmp_path / "named.json", "cpu-thing") == tmp_path / "named.json"

@@ -116,6 +116,43 @@ def test_each_option_is_its_toml_key(captured, monkeypatch, capsys, tmp_path: Pa
     assert written.to_dict() == captured[0].to_dict()
 
 
+def test_set_makes_dataset_paths_absolute_so_the_written_config_reruns_from_elsewhere(
+        captured, monkeypatch, capsys, tmp_path: Path) -> None:
+    from headprune.data import load_dataset
+
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    mine = tmp_path / "work" / "data" / "mine.csv"
+    pd.DataFrame({"tweet": ["a b", "c d", "e f"], "class": ["x", "y", "x"]}).to_csv(mine, index=False)
+    monkeypatch.chdir(tmp_path / "work")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "run", "--profile", "quick", "--set", "step1.datasets=data/mine.csv,G1",
+        "--set", 'step2.datasets=["data/mine.csv", "person"]', "--set", "generalization.datasets=data/mine.csv",
+        "--set", 'model.mlm_head_warmup_datasets=["data/mine.csv"]', "--set", "data.data_dir=data",
+        "--set", "data.text_column=data/mine.csv", "--set", "run.report=false", "--run-dir", "run")
+    assert code == 0, err
+    used = captured[0]
+    assert used.step1.datasets == [str(mine), "G1"] and used.step2.datasets == [str(mine), "person"]
+    assert used.generalization.datasets == used.model.mlm_head_warmup_datasets == [str(mine)]
+    assert used.data.data_dir == str(mine.parent)
+    assert used.data.text_column == "data/mine.csv"  # not a path key: as given
+
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--config", str(tmp_path / "work" / "run" / "config.toml"),
+                           "--run-dir", "again")
+    assert code == 0, err
+    assert captured[1].to_dict() == used.to_dict()
+    assert load_dataset(captured[1].step2.datasets[0]).texts == ["a b", "c d", "e f"]
+
+
+def test_set_leaves_bundled_names_missing_files_and_other_types_as_given(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_assignment("step2.datasets=G2, person") == ("step2.datasets", ["G2", "person"])
+    assert parse_assignment("step2.datasets=no/such.csv") == ("step2.datasets", ["no/such.csv"])
+    assert parse_assignment("step2.datasets=3") == ("step2.datasets", 3)  # refused later, naming the key
+    assert parse_assignment('data.data_dir=""') == ("data.data_dir", "")
+
+
 def test_run_refuses_two_sources_and_an_unknown_profile(captured, monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "run", "--profile", "quick", "--config", "x.toml")
     assert code == 2 and err.strip() == "error: --config and --profile: give one (--budget chooses the profile itself)"

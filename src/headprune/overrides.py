@@ -5,7 +5,9 @@ Every option stands for one TOML key (`--text-column` is `data.text_column`, `--
 key) and is applied by rebuilding the configuration from its dictionary with the key replaced, so an
 option is read, checked and refused exactly as the same key in a file is. Dataset roles: `--data`
 fills every role (`ROLES`: the three datasets keys and the warm-up's) that its own option does not
-name; with neither, the profile's datasets stay."""
+name; with neither, the profile's datasets stay. Paths given on the command line (options or `--set`)
+are made absolute against the current directory, so that the written configuration reruns from any
+directory."""
 
 from __future__ import annotations
 
@@ -39,7 +41,27 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    return key, value
+    return key, absolute_paths(key, value)
+
+
+def absolute_paths(key: str, value: Any) -> Any:
+    """A command line's `value` of `key` with its relative paths made absolute: the datasets of a
+    role (`ROLES`; a string is split at commas as the role's option is) and `data.data_dir`, as
+    `--data` and `--data-dir` do. Other keys, and values of a type the key cannot take, pass as
+    they are (the configuration refuses them naming the key)."""
+    if key in ROLES:
+        if isinstance(value, str):
+            return dataset_items([value])
+        if isinstance(value, list):
+            return [_absolute_if_file(v) if isinstance(v, str) else v for v in value]
+    if key == "data.data_dir" and isinstance(value, str) and value:
+        return str(Path(value).resolve())
+    return value
+
+
+def _absolute_if_file(item: str) -> str:
+    """A user's dataset file as an absolute path; a bundled name or group (no such file) as it is."""
+    return str(Path(item).resolve()) if Path(item).is_file() else item
 
 
 def dataset_items(values: list[str] | None) -> list[str]:
@@ -49,7 +71,7 @@ def dataset_items(values: list[str] | None) -> list[str]:
     for value in values or []:
         for item in (part.strip() for part in value.split(",")):
             if item:
-                out.append(str(Path(item).resolve()) if Path(item).is_file() else item)
+                out.append(_absolute_if_file(item))
     return out
 
 
@@ -100,4 +122,5 @@ def to_toml(config: Config, comment: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-__all__ = ["ROLES", "dataset_items", "parse_assignment", "role_overrides", "to_toml", "with_overrides"]
+__all__ = ["ROLES", "absolute_paths", "dataset_items", "parse_assignment", "role_overrides", "to_toml",
+           "with_overrides"]
