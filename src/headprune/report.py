@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .curves import DEFAULT_SAFE_K_MARGIN, against_chance, answer, chance_sentence, compare_orders
+from .curves import DEFAULT_SAFE_K_MARGIN, against_chance, answer, chance_sentence, compare_orders, pairs_method
 from .generalize import mean_and_std, statement
 from .racing import WALK_TEST_WORDS
 from .summary import (
@@ -630,7 +630,7 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
     seeded = all(entry.seed_scores for entry in h1.values())
     curves = ({o: dict(e.seed_scores or {}) for o, e in h1.items()} if seeded else
               {o: {ds: {k: [v] for k, v in per_k.items()} for ds, per_k in e.scores.items()} for o, e in h1.items()})
-    found = compare_orders(curves, complete if seeded else {}, alpha, margin)
+    found = compare_orders(curves, complete if seeded else {}, {o: e.k_values for o, e in h1.items()}, alpha, margin)
     sentence = answer(found) if seeded else (
         f"{found['best']} has the highest mean F1 over k; this summary holds no per-seed H1 scores (a run "
         "before schema 4), so nothing is tested.")
@@ -668,7 +668,7 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
     grids = {ds: sorted({k for e in h1.values() if ds in e.scores for k in e.k_values}) for ds in found["ks"]}
     fewer = {ds: ks for ds, ks in found["ks"].items() if ks != grids[ds]}
     note = (f"{sentence} Mean F1 over k: the area under the H1 curve divided by the k range (x100), over the "
-            f"k values every order was scored at{over}, averaged over those (dataset, seed) pairs"
+            f"k values every order was scored at{over}, averaged over those seeds per dataset, then over the datasets"
             + (" (a race scores the candidates it drops with fewer seeds, every candidate with the first ones)"
                if raced else "")
             + ("; compared at fewer k than the grid's (a screened race scores the candidates it drops at the low "
@@ -708,11 +708,11 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
                                      "n/a" if math.isnan(p) else f"{p:.3g}",
                                      "n/a" if math.isnan(adjusted) else f"{adjusted:.3g}", verdict]))
         _add_table(section, Table(
-            "table-orders-pairs", "Pairwise: mean F1 over k of two orders, paired over (dataset, seed)",
-            ["Order a", "Order b", "a - b (points)", "Pairs", "p (t-test)", "p (Holm)", "Significant"], pair_rows,
-            note=f"Two-sided paired t-tests over the (dataset, seed) pairs of each seed's mean F1 over k; p "
-                 f"adjusted by Holm's method for the {len(pair_rows)} pairs; {{x}} > {{y}}: x prunes significantly "
-                 f"better than y at {alpha}."))
+            "table-orders-pairs", "Pairwise: mean F1 over k of two orders, paired over datasets",
+            ["Order a", "Order b", "a - b (points)", "Datasets", "p (t-test)", "p (Holm)", "Significant"], pair_rows,
+            note=f"{pairs_method(found).capitalize()}. The dataset is the unit: a dataset's seeds share its data "
+                 f"and how each order suits it, so they are not independent draws of an order's effect. "
+                 f"{{x}} > {{y}}: x prunes significantly better than y at {alpha}."))
     return section
 
 
