@@ -707,10 +707,11 @@ def _orders_section(run: _Run, directory: Path) -> _Section | None:
             pair_rows.append(_cells([pair["a"], pair["b"], f"{100 * pair['difference']:+.2f}", str(pair["n"]),
                                      "n/a" if math.isnan(p) else f"{p:.3g}",
                                      "n/a" if math.isnan(adjusted) else f"{adjusted:.3g}", verdict]))
+        method = pairs_method(found)
         _add_table(section, Table(
             "table-orders-pairs", "Pairwise: mean F1 over k of two orders, paired over datasets",
             ["Order a", "Order b", "a - b (points)", "Datasets", "p (t-test)", "p (Holm)", "Significant"], pair_rows,
-            note=f"{pairs_method(found).capitalize()}. The dataset is the unit: a dataset's seeds share its data "
+            note=f"{method[0].upper()}{method[1:]}. The dataset is the unit: a dataset's seeds share its data "
                  f"and how each order suits it, so they are not independent draws of an order's effect. "
                  f"{{x}} > {{y}}: x prunes significantly better than y at {alpha}."))
     return section
