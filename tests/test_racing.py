@@ -147,6 +147,20 @@ def test_walk_decision_rules() -> None:
     assert walk_decision(worse, None, settings, 10)[:2] == (True, True)  # against the constant 0
 
 
+@pytest.mark.parametrize("walk_test", ["predictive-walk", "skeptical-walk"])
+def test_a_walk_level_test_without_the_walks_decisions_is_an_error(walk_test: str) -> None:
+    """A "-walk" test divides its level by the walk's decisions; without them it must not quietly
+    test per step (its promise, the whole walk's path, would be false)."""
+    settings = RacingSettings(confidence=0.95, first_test=3, walk_test=walk_test)
+    step, base = np.full(4, 0.81), np.full(4, 0.80)
+    for decisions in (None, 0):
+        with pytest.raises(ValueError, match=f"walk test '{walk_test}' divides its level by the walk's decisions"):
+            walk_decision(step, base, settings, 10, decisions=decisions)
+    assert walk_decision(step, base, settings, 10, decisions=1)[0] in (True, False)
+    per_step = RacingSettings(confidence=0.95, first_test=3, walk_test=walk_test.removesuffix("-walk"))
+    assert walk_decision(step, base, per_step, 10)[0] in (True, False)  # a per-step test needs no count
+
+
 PREDICTIVE = RacingSettings(confidence=0.95, first_test=3, walk_test="predictive")
 T_TEST = RacingSettings(confidence=0.95, first_test=3, walk_test="t-test")
 

@@ -285,7 +285,8 @@ def test_which_order_prunes_best_with_several_orders(tmp_path):
     assert set(rows) >= {"OI", "OI-layer", "fisher", "magnitude", "A1"}
     summary = Summary.from_json(data)
     cm = {ds: cell.scores for ds, cell in summary.step2_comparison.models["CM"].items()}
-    found = compare_orders({o: e.seed_scores for o, e in summary.h1.items()}, cm)
+    found = compare_orders({o: e.seed_scores for o, e in summary.h1.items()}, cm,
+                           {o: e.k_values for o, e in summary.h1.items()})
     for order in ("OI", "fisher", "A1"):
         assert f"{100 * found['orders'][order]['mean_area']:.2f}" in rows[order]
     assert "0.61 (-0.05) 2 pairs" in rows["fisher"] and "0.47 (n/a) 2 pairs" in rows["fisher"]
@@ -337,7 +338,8 @@ def test_the_orders_section_places_the_criteria_against_the_random_orders(tmp_pa
     page = write_report(tmp_path).read_text(encoding="utf-8")
     summary = Summary.from_json(data)
     cm = {ds: cell.scores for ds, cell in summary.step2_comparison.models["CM"].items()}
-    found = compare_orders({o: e.seed_scores for o, e in summary.h1.items()}, cm)
+    found = compare_orders({o: e.seed_scores for o, e in summary.h1.items()}, cm,
+                           {o: e.k_values for o, e in summary.h1.items()})
     chance = against_chance(found, ["A1", "A2"])
     assert set(chance["criteria"]) == {"OI", "OI-layer", "fisher", "magnitude"}
     assert html.escape(chance_sentence(chance)) in page and "no null distribution" not in page

@@ -59,7 +59,7 @@ def order_comparison(h1: Mapping[str, H1Result], orders: Mapping[str, OrderEntry
     complete = complete_scores(per_seed, step2_complete)
     curves = ({o: dict(per_seed[o] or {}) for o in h1} if seeded else
               {o: {ds: {k: [v] for k, v in per_k.items()} for ds, per_k in e.scores.items()} for o, e in h1.items()})
-    found = compare_orders(curves, complete if seeded else {}, alpha, margin)
+    found = compare_orders(curves, complete if seeded else {}, {o: e.k_values for o, e in h1.items()}, alpha, margin)
     randoms = [o for o, e in orders.items() if e.is_random and o in h1]
     chance = against_chance(found, randoms, alpha) if seeded else None
     bands = {}  # the complete model's mean +- std over the seeds it was scored with, on each dataset

@@ -12,8 +12,9 @@ number of least important heads pruned), with significance.
   seeds cannot show non-inferiority. "Not significantly below" would be absence of evidence (with 5
   seeds most k pass), and the largest k passing it, over many uncorrected and non-monotone tests,
   could sit above a k significantly below.
-- Pairwise between orders: a paired t-test over the (dataset, seed) pairs of the per-seed mean F1
-  over k, with Holm's correction for the number of pairs.
+- Pairwise between orders: a paired t-test over the datasets of each dataset's mean F1 over k (over
+  its seeds), with Holm's correction for the number of pairs. The dataset is the unit: its seeds
+  share it, so they are not independent draws of an order's effect (`compare_orders`).
 
 Curves are compared on the k values that every order has per-seed scores for, on each dataset
 (identical grids unless a search stopped some candidates early), over the seeds every one of those
@@ -34,6 +35,7 @@ import numpy as np
 from scipy.stats import ttest_1samp, ttest_rel
 
 DEFAULT_SAFE_K_MARGIN = 0.01  # F1 (1 point): how far below the complete model a k may be and still be safe
+_ROUNDING = 1e-12  # F1 differences closer than this are equal (scores are means of a few hundred F1s)
 SeedCurve = Mapping[str, Sequence[float | None]]  # {str(k): per-seed F1, None where a seed was not scored}
 
 
@@ -58,28 +60,34 @@ def _p_two_sided(x: Sequence[float], y: Sequence[float]) -> float:
 
 def _p_non_inferior(x: Sequence[float], y: Sequence[float], margin: float) -> float:
     """One-sided paired t-test of H0 mean(x - y) <= -margin against mean(x - y) > -margin. Where every
-    difference is the same (no spread), the evidence is its sign: p = 0 above -margin, else 1."""
+    difference is the same (no spread, where the t-test is undefined), the evidence is where it lies:
+    p = 0 above -margin, 1 at or below it (within float rounding, so that a difference of exactly the
+    margin, in H0, is not called non-inferior because x - y + margin rounded to 1e-16)."""
     d = np.subtract(x, y, dtype=float) + margin
-    if np.allclose(d, d[0], rtol=0.0, atol=1e-12):
-        return 0.0 if d[0] > 0 else 1.0
+    if np.ptp(d) <= _ROUNDING:
+        return 0.0 if d[0] > _ROUNDING else 1.0
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(ttest_1samp(d, 0.0, alternative="greater").pvalue)
 
 
-def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], alpha: float = 0.05,
+def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], ks: Sequence[int], alpha: float = 0.05,
                    margin: float = DEFAULT_SAFE_K_MARGIN) -> int | None:
-    """The largest k of `curve` shown non-inferior to `complete` (the complete model's per-seed F1,
-    same seeds; None where a seed was not scored) at `margin`: the k in increasing order, each a
-    one-sided paired t-test (`_p_non_inferior`) at `alpha`, the sequence stopping at the first k that
-    fails or lacks a seed the complete model has (fixed-sequence testing: the family-wise error is
-    alpha). None with fewer than two such seeds, or when the first k fails."""
+    """The largest k shown non-inferior to `complete` (the complete model's per-seed F1, same seeds;
+    None where a seed was not scored) at `margin`: the k of `ks` (the grid the search was to score,
+    e.g. H1's `k_values`) in increasing order, each a one-sided paired t-test (`_p_non_inferior`) of
+    `curve[str(k)]` at `alpha`, the sequence stopping at the first k that fails, is missing from
+    `curve` (a screened race scored it at the low fidelity only) or lacks a seed the complete model
+    has (fixed-sequence testing: the family-wise error is alpha only if no k is skipped). None with
+    fewer than two such seeds, or when the first k fails."""
     seeds = [i for i, c in enumerate(complete) if c is not None]
     if len(seeds) < 2:
         return None
     safe = None
-    for k in sorted(curve, key=int):
-        scores = curve[k]
+    for k in sorted(int(k) for k in ks):
+        scores = curve.get(str(k))
+        if scores is None:
+            break
         if len(scores) != len(complete):
             raise ValueError(f"k = {k}: {len(scores)} per-seed scores against the complete model's {len(complete)}")
         if any(scores[i] is None for i in seeds):
@@ -87,7 +95,7 @@ def largest_safe_k(curve: SeedCurve, complete: Sequence[float | None], alpha: fl
         x, y = [float(scores[i]) for i in seeds], [float(complete[i]) for i in seeds]
         if not _p_non_inferior(x, y, margin) < alpha:
             break
-        safe = int(k)
+        safe = k
     return safe
 
 
@@ -109,22 +117,30 @@ def common_ks(curves: Mapping[str, Mapping[str, SeedCurve]], dataset: str) -> li
 
 
 def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapping[str, Sequence[float | None]],
-                   alpha: float = 0.05, margin: float = DEFAULT_SAFE_K_MARGIN) -> dict:
+                   k_values: Mapping[str, Sequence[int]], alpha: float = 0.05,
+                   margin: float = DEFAULT_SAFE_K_MARGIN) -> dict:
     """Every order's H1 curves against each other and the complete model.
 
     `curves[order][dataset][str(k)]`: per-seed F1 (the same seeds, in the same order, everywhere;
     None where a seed was not scored); `complete[dataset]`: the complete model's per-seed F1, same
-    seeds (may lack a dataset: no safe k there). Returns {"orders": {order: {"area": {dataset: mean
-    F1 over k}, "mean_area" (below), "safe_k": {dataset: largest k not significantly
-    below CM, or None}}}, "pairs": [{"a", "b", "difference" (mean over (dataset, seed) of a's area
-    minus b's), "n", "p_value", "p_holm"}], "seeds": {dataset: how many seeds the areas are over},
-    "ks": {dataset: the k compared}, "best", "alpha", "margin"}. A dataset where no seed was scored in every
-    common cell is left out. `mean_area` is the mean over every (dataset, seed) compared, the same
-    pairs the tests difference, so that the ranking and the pairs agree in sign."""
+    seeds (may lack a dataset: no safe k there); `k_values[order]`: the k its search was to score
+    (the safe k's fixed sequence stops at one missing from the curve). Returns {"orders": {order:
+    {"area": {dataset: mean F1 over k, over the dataset's seeds}, "mean_area" (the mean of those over
+    the datasets), "safe_k": {dataset: largest k shown non-inferior to CM, or None}}}, "pairs": [{"a",
+    "b", "difference" (mean over the datasets of a's area minus b's), "n" (datasets), "p_value",
+    "p_holm"}], "seeds": {dataset: how many seeds the areas are over}, "ks": {dataset: the k
+    compared}, "best", "alpha", "margin"}. A dataset where no seed was scored in every common cell is
+    left out.
+
+    The unit of the pairwise tests is the dataset: a two-sided paired t-test (`scipy.stats.ttest_rel`)
+    over the datasets' areas, Holm over the pairs. A dataset's seeds share its data, its level and
+    how each order suits it, so they are not independent draws of an order's effect; pairing over
+    (dataset, seed) would count each dataset's order-by-dataset effect once per seed and overstate
+    the evidence. With the dataset a random block, the order-by-dataset interaction is the error
+    of a comparison meant to hold beyond these datasets; for two orders that is this test."""
     orders = list(curves)
     datasets = list(dict.fromkeys(ds for per_ds in curves.values() for ds in per_ds))
     datasets = [ds for ds in datasets if common_ks(curves, ds)]
-    per_seed: dict[str, list[float]] = {o: [] for o in orders}  # area of each (dataset, seed), paired
     out: dict[str, dict] = {o: {"area": {}, "safe_k": {}} for o in orders}
     used: dict[str, int] = {}
     compared: dict[str, list[int]] = {}
@@ -142,15 +158,15 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
         cm = complete.get(ds)
         for order in orders:
             areas = [curve_area({int(k): float(curves[order][ds][k][seed]) for k in ks}) for seed in seeds]
-            per_seed[order] += areas
             out[order]["area"][ds] = float(np.mean(areas))
-            out[order]["safe_k"][ds] = (largest_safe_k(curves[order][ds], cm, alpha, margin)
+            out[order]["safe_k"][ds] = (largest_safe_k(curves[order][ds], cm, k_values[order], alpha, margin)
                                         if cm is not None and len(cm) == n else None)
     for order in orders:
-        out[order]["mean_area"] = float(np.mean(per_seed[order])) if per_seed[order] else None
+        areas = [out[order]["area"][ds] for ds in used]
+        out[order]["mean_area"] = float(np.mean(areas)) if areas else None
     pairs = []
     for a, b in itertools.combinations(orders, 2):
-        x, y = per_seed[a], per_seed[b]
+        x, y = [out[a]["area"][ds] for ds in used], [out[b]["area"][ds] for ds in used]
         pairs.append({"a": a, "b": b, "difference": float(np.mean(np.subtract(x, y))) if x else None,
                       "n": len(x), "p_value": _p_two_sided(x, y) if len(x) > 1 else math.nan})
     for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
@@ -160,9 +176,20 @@ def compare_orders(curves: Mapping[str, Mapping[str, SeedCurve]], complete: Mapp
             "alpha": alpha, "margin": margin}
 
 
+def pairs_method(comparison: Mapping) -> str:
+    """What the pairwise tests of `compare_orders` are, on how many independent units, corrected how."""
+    n, tested = len(comparison["seeds"]), len(comparison["pairs"])
+    return (f"two-sided paired t-tests over the {n} dataset{'' if n == 1 else 's'}, each dataset's mean F1 over "
+            f"k over its seeds one unit, Holm over the {tested} pair{'' if tested == 1 else 's'}, "
+            f"alpha {comparison['alpha']}")
+
+
 def answer(comparison: Mapping) -> str:
-    """One sentence: the order with the highest mean F1 over k, and which orders it is significantly
-    above (Holm-adjusted paired t-tests), or that none is."""
+    """One sentence: the order with the highest mean F1 over k, which orders it is significantly
+    above (`compare_orders`'s tests, named with their unit and correction), or that none is, and
+    then how large a difference these few datasets could have shown."""
+    from scipy.stats import t as student
+
     best = comparison["best"]
     if best is None:
         return "No order has H1 scores to compare."
@@ -181,17 +208,24 @@ def answer(comparison: Mapping) -> str:
     second = max(others, key=lambda o: orders[o]["mean_area"])
     lead = area - 100 * orders[second]["mean_area"]
     head = f"{best} prunes best here: mean F1 over k {area:.2f}, {lead:.2f} points above the next order ({second})"
-    if not any(not math.isnan(p["p_value"]) for p in comparison["pairs"]):
-        return head + "; the per-seed scores allow no significance test."
+    n = len(comparison["seeds"])
+    if n < 2:
+        return (head + f"; with {n} dataset nothing is tested: its seeds share the dataset, so they are not "
+                "independent units, and a paired test over datasets needs two or more.")
+    method = pairs_method(comparison)
     if len(below) == len(others):
-        return head + f", significantly above every other order (paired t-tests, Holm-adjusted p < {alpha})."
+        return head + f", significantly above every other order ({method})."
     if below:
         level = [o for o in others if o not in below]
         return (head + f"; significantly above {', '.join(below)} but not distinguishable from "
-                f"{', '.join(level)} (paired t-tests, Holm-adjusted p < {alpha}).")
+                f"{', '.join(level)} ({method}).")
+    # Holm rejects nothing unless the smallest p is below alpha / pairs: the |t| that takes on n - 1
+    # degrees of freedom says how consistent over so few datasets a difference would have had to be.
+    needed = float(student.isf(alpha / len(comparison["pairs"]) / 2, n - 1))
     return (f"No order prunes significantly better than the others: the highest mean F1 over k is {best}'s "
-            f"({area:.2f}, {lead:.2f} points above {second}), within noise of every other order "
-            f"(paired t-tests, Holm-adjusted p >= {alpha}).")
+            f"({area:.2f}, {lead:.2f} points above {second}), within noise of every other order ({method}; "
+            f"with {n} datasets the strongest pair would have needed |t| >= {needed:.1f} on {n - 1} degree"
+            f"{'' if n == 2 else 's'} of freedom).")
 
 
 def against_chance(comparison: Mapping, random_orders: Sequence[str], alpha: float = 0.05) -> dict | None:
@@ -261,4 +295,4 @@ def chance_sentence(chance: Mapping) -> str:
 
 
 __all__ = ["DEFAULT_SAFE_K_MARGIN", "against_chance", "answer", "chance_sentence", "common_ks", "compare_orders",
-           "curve_area", "holm", "largest_safe_k"]
+           "curve_area", "holm", "largest_safe_k", "pairs_method"]

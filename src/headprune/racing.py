@@ -427,7 +427,8 @@ def walk_decision(trial: np.ndarray, base: np.ndarray | None, settings: RacingSe
       since the seed noise of a paired difference is the dataset's and the scoring's, not the step's;
       this step's own squares are added to it.
     - "predictive-walk": the same at significance level (1 - confidence) / `decisions`, the most
-      decisions the walk makes (Bonferroni). Its promise, the full-seed walk's path with the
+      decisions the walk makes (Bonferroni; a "-walk" test without `decisions` is a ValueError,
+      not a silent level per step). Its promise, the full-seed walk's path with the
       configured confidence, holds only as far as the flat prior does, and on the racing check's
       grid it did not: most steps' true difference is near zero, where the observed mean does not
       persist, and the seed noise grows with the heads pruned, so a pool over a dataset's steps
@@ -454,6 +455,12 @@ def walk_decision(trial: np.ndarray, base: np.ndarray | None, settings: RacingSe
     A t-test asks whether the step differs at all, which for steps within noise of their reference
     (most of a walk) takes every seed and then is decided by the paper's rule anyway; the flip
     probability asks what the issue's decision is, whether the full-seed rule would decide otherwise."""
+    walk_level = settings.walk_test.endswith("-walk")
+    if walk_level and (decisions is None or decisions < 1):
+        # Silently testing per step would keep the name's promise (the whole walk's confidence) false.
+        raise ValueError(f"walk test {settings.walk_test!r} divides its level by the walk's decisions, got "
+                         f"decisions={decisions!r}: pass the walk's decision count (Round.decisions), or use "
+                         f"{settings.walk_test.removesuffix('-walk')!r} for a level per step")
     if base is None:
         return True, True, None
     difference = trial - base
@@ -461,7 +468,7 @@ def walk_decision(trial: np.ndarray, base: np.ndarray | None, settings: RacingSe
     if settings.walk_test != "t-test":
         if len(trial) >= n_seeds:
             return True, mean >= 0, None
-        alpha = settings.alpha / max(decisions or 1, 1) if settings.walk_test.endswith("-walk") else settings.alpha
+        alpha = settings.alpha / decisions if walk_level else settings.alpha
         if settings.walk_test.startswith("skeptical"):
             flip = _flip_if_no_difference(difference, n_seeds)
         else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import math
 
-from ..curves import answer, chance_sentence
+from ..curves import answer, chance_sentence, pairs_method
 from ..generalize import statement
 from ..summary import OrderComparison
 from .facts import RunFacts
@@ -123,7 +123,7 @@ def _add_tables(run: RunFacts, section: Section, comparison: OrderComparison) ->
     grids = {ds: sorted({k for e in h1.values() if ds in e.scores for k in e.k_values}) for ds in found["ks"]}
     fewer = {ds: ks for ds, ks in found["ks"].items() if ks != grids[ds]}
     note = (f"{sentence} Mean F1 over k: the area under the H1 curve divided by the k range (x100), over the "
-            f"k values every order was scored at{over}, averaged over those (dataset, seed) pairs"
+            f"k values every order was scored at{over}, averaged over those seeds per dataset, then over the datasets"
             + (" (a race scores the candidates it drops with fewer seeds, every candidate with the first ones)"
                if raced else "")
             + ("; compared at fewer k than the grid's (a screened race scores the candidates it drops at the low "
@@ -164,12 +164,13 @@ def _add_tables(run: RunFacts, section: Section, comparison: OrderComparison) ->
         pair_rows.append(row_cells([pair["a"], pair["b"], difference, str(pair["n"]),
                                 "n/a" if math.isnan(p) else f"{p:.3g}",
                                 "n/a" if math.isnan(adjusted) else f"{adjusted:.3g}", verdict]))
+    method = pairs_method(found)
     add_table(section, Table(
-        "table-orders-pairs", "Pairwise: mean F1 over k of two orders, paired over (dataset, seed)",
-        ["Order a", "Order b", "a - b (points)", "Pairs", "p (t-test)", "p (Holm)", "Significant"], pair_rows,
-        note=f"Two-sided paired t-tests over the (dataset, seed) pairs of each seed's mean F1 over k; p "
-             f"adjusted by Holm's method for the {len(pair_rows)} pairs; {{x}} > {{y}}: x prunes significantly "
-             f"better than y at {alpha}."))
+        "table-orders-pairs", "Pairwise: mean F1 over k of two orders, paired over datasets",
+        ["Order a", "Order b", "a - b (points)", "Datasets", "p (t-test)", "p (Holm)", "Significant"], pair_rows,
+        note=f"{method[0].upper()}{method[1:]}. The dataset is the unit: a dataset's seeds share its data "
+             f"and how each order suits it, so they are not independent draws of an order's effect. "
+             f"{{x}} > {{y}}: x prunes significantly better than y at {alpha}."))
 
 
 __all__ = ["orders_section"]
