@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 
 def make_executor(config: Config, stage: str = "step2") -> Executor:
-    """The executor of a stage ("step1", "step2", "generalization").
+    """The executor of a stage ("step1", "step2", "generalization", "timing").
+
+    Table 14's timings ("timing"): in this process, each model adjusting alone (`Scorer.adjust_times`).
 
     Step 1: its finetunings in `step1.workers` processes (0: 6 on a GPU, where one batch-16
     finetuning cannot fill it, 1 on CPU), else here.
@@ -36,6 +38,8 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
     or in this process (1)."""
     from ..engine import BatchedExecutor, EngineOptions
 
+    if stage == "timing":
+        return InProcessExecutor()
     if stage == "step1":
         workers = config.step1.workers or (6 if _device(config).type == "cuda" else 1)
         return ProcessExecutor(workers) if workers > 1 else InProcessExecutor()
