@@ -61,17 +61,19 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
 
 
 def checked_engine(config: Config, base_model, tokenizer, limit: int, device: torch.device,
-                   log: Callable[[str], None]) -> Config:
+                   log: Callable[[str], None], check: Callable[..., str | None] | None = None) -> Config:
     """`config`, or a copy with `run.engine = "reference"` when "auto" would pick the batched engine
     here (in this process, on CUDA) and its self-check fails (`engine.self_check`: a tiny pack
     trained by the engine and by the reference loop on `device`): then `log` gets one line and the
     run goes on with the reference loop. The engine has not yet run on a GPU; "batched" forces it
-    unchecked, and on Ray each worker's device is not known here (no check)."""
+    unchecked, and on Ray each worker's device is not known here (no check). `check`: the self-check
+    (`engine.self_check` unless a caller, a test, gives another)."""
     if config.run.engine != "auto" or config.run.executor == "ray" or not batched_engine(config, device.type):
         return config
-    from ..engine import self_check
+    if check is None:
+        from ..engine import self_check as check
 
-    problem = self_check(base_model, tokenizer, device, limit=limit)
+    problem = check(base_model, tokenizer, device, limit=limit)
     if problem is None:
         return config
     log(f"the batched engine failed its self-check on {device} ({problem}); using the reference loop "
