@@ -684,7 +684,7 @@ def test_the_noise_ceiling_is_how_often_the_grids_rule_keeps_its_choice_on_fewer
     seed 3, so on all three seeds the grid keeps the complete model (mean -0.033). Of the 2-seed
     subsets only {1, 2} chooses otherwise (agreement 2/3); resampling 3 seeds keeps the choice
     whenever seed 3 is drawn at least once (1 - (2/3)^3 = 19/27)."""
-    from headprune.replay import _noise_ceiling
+    from headprune.studies.replay import _noise_ceiling
 
     gain = {1: 0.1, 2: 0.1, 3: -0.3}
 

@@ -75,7 +75,7 @@ def replay_command(
     """Replay racing on a run that scored the complete grid (racing off): RUN_DIR/replay.json with how
     often a race chooses the grid's model and what fraction of the evaluations it needs."""
     from ..racing import WALK_TESTS, RacingSettings
-    from ..replay import REPLAY_FILE, replay_run
+    from ..studies.replay import REPLAY_FILE, replay_run
     from ..summary import load_summary
 
     if walk_test is not None and walk_test not in WALK_TESTS:
