@@ -543,11 +543,10 @@ def smoke(context: dict, recorder: Recorder) -> None:
             raise AssertionError(f"the executor answered {len(results)} of {len(tasks)} tasks")
 
     def oom_halving():
-        import headprune.engine.executor as executor_module
         from headprune.engine import BatchedExecutor
+        from headprune.engine.stages import EngineStages, train_pack
         from headprune.tasks import EvalContext
 
-        real = executor_module.train_pack
         attempts: list[list] = []
         n_tasks = 4 if s.rehearsal else 16
 
@@ -557,7 +556,7 @@ def smoke(context: dict, recorder: Recorder) -> None:
                 attempts[-1][1] = "out of memory (simulated)"
                 raise torch.cuda.OutOfMemoryError("simulated in the CPU rehearsal")
             try:
-                trained = real(base_model, tok, datasets, part, *rest, **kwargs)
+                trained = train_pack(base_model, tok, datasets, part, *rest, **kwargs)
             except torch.cuda.OutOfMemoryError:
                 attempts[-1][1] = "out of memory"
                 raise
@@ -570,13 +569,12 @@ def smoke(context: dict, recorder: Recorder) -> None:
             torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info(device)
             filler = torch.empty(max(0, free - OOM_LEAVE_BYTES), dtype=torch.uint8, device=device)
-        executor = BatchedExecutor(EngineOptions(pack=True, pack_models=n_tasks, prep_workers=0, amp=True))
-        executor_module.train_pack = counted
+        executor = BatchedExecutor(EngineOptions(pack=True, pack_models=n_tasks, prep_workers=0, amp=True),
+                                   EngineStages(train_pack=counted))
         try:
             results = dict(executor.run(EvalContext(model, tokenizer, {names[0]: data[names[0]]}, settings, device),
                                         tasks))
         finally:
-            executor_module.train_pack = real
             executor.close()
             del filler
             if device.type == "cuda":
