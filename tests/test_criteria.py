@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import headprune.importance.gradient as gradient
+from _executors import Counting, Refusing
 from headprune.base import load_base
 from headprune.data import load_dataset
 from headprune.errors import HeadpruneError
@@ -122,12 +122,11 @@ def _fill_statistics_rows(store: ResultStore, base, dataset, seeds, per_seed) ->
 
 
 def test_step1_criteria_order_from_stored_statistics_rows(tiny_bert_dir: Path, small_dataset_csv: Path,
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          tmp_path: Path) -> None:
     """OI-layer and fisher read the stored statistics rows (no finetuning runs), average each run's
     normalised epochs over seeds, and keep each run's own matrix for the stability measures."""
     base = load_base(str(tiny_bert_dir), warmup=None)  # 3 layers x 4 heads
     dataset = load_dataset(small_dataset_csv)
-    monkeypatch.setattr(gradient, "finetune", lambda *a, **k: pytest.fail("a stored finetuning ran again"))
     abs_sums = [[1.0, 2.0, 3.0, 4.0], [10.0, 25.0, 30.0, 40.0], [100.0, 1.0, 200.0, 300.0]]
     squared = [[1.0, 1.0, 1.0, 50.0], [2.0, 2.0, 2.0, 2.0], [0.5, 3.0, 3.0, 3.0]]
     runs = [statistics([abs_sums], [squared]), statistics([[[2 * v for v in row] for row in abs_sums]],
@@ -136,7 +135,8 @@ def test_step1_criteria_order_from_stored_statistics_rows(tiny_bert_dir: Path, s
     _fill_statistics_rows(store, base, dataset, [1, 2], runs)
     settings = ImportanceSettings(epochs=1)
 
-    layer = GradientLayerImportance([dataset], [1, 2], settings).order(base, Step1Run(store=store))
+    stored_only = Step1Run(store=store, executor=Refusing())  # no finetuning may run
+    layer = GradientLayerImportance([dataset], [1, 2], settings).order(base, stored_only)
     # Scaling a run changes nothing per layer: both runs give the same matrix, and so does the order.
     expected = per_layer_l2(np.array(abs_sums))
     np.testing.assert_allclose(np.array(layer.matrix), expected)
@@ -148,33 +148,27 @@ def test_step1_criteria_order_from_stored_statistics_rows(tiny_bert_dir: Path, s
     assert layer.settings == {**step1_key_settings(base, settings), "statistics": "raw-abs-sq"}
     assert layer.kind == "importance" and layer.dataset_hashes == {"small": dataset.content_hash}
 
-    fisher = FisherImportance([dataset], [1, 2], settings).order(base, Step1Run(store=store))
+    fisher = FisherImportance([dataset], [1, 2], settings).order(base, stored_only)
     np.testing.assert_allclose(np.array(fisher.matrix), share_of_total(np.array(squared)))
     assert fisher.ranked[0] == (0, 3) and fisher.ranked[-1] == (2, 0)
     store.close()
 
 
-def test_one_finetuning_feeds_oi_oi_layer_and_fisher(tiny_bert_dir: Path, small_dataset_csv: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_finetuning_feeds_oi_oi_layer_and_fisher(tiny_bert_dir: Path, small_dataset_csv: Path,
+                                                     tmp_path: Path) -> None:
     """A finetuning that runs for any Step 1 criterion writes the OI row and the statistics row; the
     other criteria are then answered by the store. The raw sums are those of the same gradients."""
     base = load_base(str(tiny_bert_dir), warmup=None)
     dataset = load_dataset(small_dataset_csv)
     settings = ImportanceSettings(epochs=2)
-    calls: list[int] = []
-    real = gradient.finetune
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gradient, "finetune", counting)
     store = ResultStore(tmp_path / "store.sqlite")
-    fisher = FisherImportance([dataset], [1], settings).order(base, Step1Run(store=store))
-    assert len(calls) == 1
-    oi = GradientImportance([dataset], [1], settings).order(base, Step1Run(store=store))
-    layer = GradientLayerImportance([dataset], [1], settings).order(base, Step1Run(store=store))
-    assert len(calls) == 1  # OI and OI-layer came from the rows fisher's finetuning wrote
+    counting = Counting()
+    run = Step1Run(store=store, executor=counting)
+    fisher = FisherImportance([dataset], [1], settings).order(base, run)
+    assert len(counting.tasks) == 1
+    oi = GradientImportance([dataset], [1], settings).order(base, run)
+    layer = GradientLayerImportance([dataset], [1], settings).order(base, run)
+    assert len(counting.tasks) == 1  # OI and OI-layer came from the rows fisher's finetuning wrote
     assert oi.ranked == importance_order(base, [dataset], [1], settings).ranked  # OI is Algorithm 2, unchanged
     stats = GateStatistics.from_json(store.get_importance(store.importance_key(
         base.fingerprint, dataset.content_hash, 1, statistics_key_settings(base, settings))))
@@ -192,7 +186,7 @@ def test_one_finetuning_feeds_oi_oi_layer_and_fisher(tiny_bert_dir: Path, small_
 
 
 def test_stored_oi_rows_stay_valid_and_are_reused_unchanged(tiny_bert_dir: Path, small_dataset_csv: Path,
-                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            tmp_path: Path) -> None:
     """An OI row stored before the statistics rows existed answers OI as it always did. OI-layer needs
     the statistics row, so the finetuning runs once; the old OI row is left as it was."""
     base = load_base(str(tiny_bert_dir), warmup=None)
@@ -203,13 +197,12 @@ def test_stored_oi_rows_stay_valid_and_are_reused_unchanged(tiny_bert_dir: Path,
     old = [[[0.1 * (4 * l + h) for h in range(4)] for l in range(3)]]
     store.put_importance(key, model=base.fingerprint, dataset=dataset.name, dataset_hash=dataset.content_hash,
                          seed=1, settings=step1_key_settings(base, settings), matrices=old, device="cpu")
-    calls: list[int] = []
-    real = gradient.finetune
-    monkeypatch.setattr(gradient, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
-    oi = GradientImportance([dataset], [1], settings).order(base, Step1Run(store=store))
-    assert calls == [] and oi.matrix == old[0]
-    GradientLayerImportance([dataset], [1], settings).order(base, Step1Run(store=store))
-    assert calls == [1]
+    counting = Counting()
+    run = Step1Run(store=store, executor=counting)
+    oi = GradientImportance([dataset], [1], settings).order(base, run)
+    assert counting.tasks == [] and oi.matrix == old[0]
+    GradientLayerImportance([dataset], [1], settings).order(base, run)
+    assert len(counting.tasks) == 1
     assert store.get_importance(key) == old
     store.close()
 

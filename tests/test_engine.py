@@ -21,10 +21,17 @@ import torch
 from headprune.engine import BatchedExecutor, EngineOptions, StackedMLM, adjust_stacked, supports
 from headprune.engine.batches import job_batches
 from headprune.engine.packing import finetune_steps, plan_packs
-from headprune.engine.stages import SizeCache, features_stacked, score_pack, score_seeds_batched
+from headprune.engine.stages import (
+    EngineStages,
+    SizeCache,
+    features_stacked,
+    score_pack,
+    score_seeds_batched,
+    svm_score,
+)
 from headprune.families import FAMILIES
 from headprune.models import resolve_model_path
-from headprune.scoring import adjust, encode, features, score_seed, svm_f1
+from headprune.scoring import Stages, adjust, encode, features, score_seed, svm_f1
 from headprune.settings import ScoreSettings
 from headprune.surgery import prune_heads
 from headprune.tasks import EvalContext, SeedTask
@@ -131,6 +138,18 @@ class SvmInputs:
     def __init__(self) -> None:
         self.reference: list[tuple[np.ndarray, np.ndarray]] = []
         self.engine: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        # Injected: `score_seed(..., stages=inputs.stages)`, `BatchedExecutor(..., inputs.engine_stages)`.
+        self.stages = Stages(classify=self._svm_f1)
+        self.engine_stages = EngineStages(svm=self._svm_score)
+
+    def _svm_f1(self, x, y, *args):
+        self.reference.append((np.array(x), np.array(y)))
+        return svm_f1(x, y, *args)
+
+    def _svm_score(self, trained, k, *args):
+        key = (tuple(sorted(trained.pruned[k])), trained.seeds[k], len(trained.labels[k]))
+        self.engine[key] = (trained.features[k].copy(), np.array(trained.labels[k]))
+        return svm_score(trained, k, *args)
 
     def last_reference(self) -> tuple[np.ndarray, np.ndarray]:
         ((x, y),) = self.reference
@@ -148,27 +167,8 @@ class SvmInputs:
 
 
 @pytest.fixture
-def svm_inputs(monkeypatch) -> SvmInputs:
-    import headprune.engine.executor as executor_module
-    import headprune.engine.stages as stages_module
-    import headprune.scoring as scoring_module
-
-    inputs = SvmInputs()
-    real_svm_f1, real_svm_score = scoring_module.svm_f1, stages_module.svm_score
-
-    def svm_f1(x, y, *args):
-        inputs.reference.append((np.array(x), np.array(y)))
-        return real_svm_f1(x, y, *args)
-
-    def svm_score(trained, k, *args):
-        key = (tuple(sorted(trained.pruned[k])), trained.seeds[k], len(trained.labels[k]))
-        inputs.engine[key] = (trained.features[k].copy(), np.array(trained.labels[k]))
-        return real_svm_score(trained, k, *args)
-
-    monkeypatch.setattr(scoring_module, "svm_f1", svm_f1)
-    monkeypatch.setattr(stages_module, "svm_score", svm_score)
-    monkeypatch.setattr(executor_module, "svm_score", svm_score)
-    return inputs
+def svm_inputs() -> SvmInputs:
+    return SvmInputs()
 
 
 # ----------------------------------------------------------------------------- SVM
@@ -318,9 +318,11 @@ def test_scores_equal_reference_without_dropout(tokenizer, decided, pruned, svm_
     ids, labels = decided
     model = tiny_model(tokenizer, initializer_range=LIVELY)
     seeds = [1, 2]
-    got = score_seeds_batched(model, tokenizer, ids, labels, pruned, seeds, SCORE_SETTINGS, CPU)
+    got = score_seeds_batched(model, tokenizer, ids, labels, pruned, seeds, SCORE_SETTINGS, CPU,
+                              stages=svm_inputs.engine_stages)
     for seed, score in zip(seeds, got):
-        expected = score_seed(model, tokenizer, ids, labels, pruned, seed, SCORE_SETTINGS, CPU)
+        expected = score_seed(model, tokenizer, ids, labels, pruned, seed, SCORE_SETTINGS, CPU,
+                              stages=svm_inputs.stages)
         svm_inputs.assert_engine_equals(pruned, seed, svm_inputs.last_reference())
         assert score.f1 == pytest.approx(expected.f1, abs=1e-3)
         assert (score.n_params, score.size_bytes, score.device) == (expected.n_params, expected.size_bytes, "cpu")
@@ -340,10 +342,11 @@ def test_scores_with_dropout_are_valid_and_deterministic(tokenizer, encoded):
 def test_max_models_splits_a_group(tokenizer, decided, svm_inputs):
     ids, labels = decided
     model = tiny_model(tokenizer, initializer_range=LIVELY)
-    whole = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU)
+    whole = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU,
+                                stages=svm_inputs.engine_stages)
     whole_inputs, svm_inputs.engine = svm_inputs.engine, {}
     split = score_seeds_batched(model, tokenizer, ids, labels, (), [1, 2, 3], SCORE_SETTINGS, CPU,
-                                EngineOptions(max_models=2, svm_workers=1))
+                                EngineOptions(max_models=2, svm_workers=1), stages=svm_inputs.engine_stages)
     assert [s.f1 for s in split] == pytest.approx([s.f1 for s in whole], abs=1e-3)
     assert set(svm_inputs.engine) == set(whole_inputs)
     for (pruned, seed, _), expected in whole_inputs.items():
@@ -358,12 +361,13 @@ def test_batched_executor_groups_tasks(tokenizer, decided, svm_inputs):
     model = tiny_model(tokenizer, initializer_range=LIVELY)
     context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:90], labels[:90])}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(p, d, s) for p in ((), ((0, 1),)) for d in ("a", "b") for s in (1, 2)]
-    results = dict(BatchedExecutor().run(context, tasks[::-1]))
+    results = dict(BatchedExecutor(stages=svm_inputs.engine_stages).run(context, tasks[::-1]))
     assert set(results) == set(tasks)
     executor_inputs, svm_inputs.engine = svm_inputs.engine, {}
     for pruned, dataset in (((), "a"), (((0, 1),), "b")):
         d_ids, d_labels = context.datasets[dataset]
-        expected = score_seeds_batched(model, tokenizer, d_ids, d_labels, pruned, [2, 1], SCORE_SETTINGS, CPU)
+        expected = score_seeds_batched(model, tokenizer, d_ids, d_labels, pruned, [2, 1], SCORE_SETTINGS, CPU,
+                                       stages=svm_inputs.engine_stages)
         assert [results[SeedTask(pruned, dataset, s)].f1 for s in (2, 1)] == [e.f1 for e in expected]
         for seed in (2, 1):
             key = (pruned, seed, len(d_labels) // 2)
@@ -494,10 +498,12 @@ def test_pack_scores_equal_reference_without_dropout(tokenizer, decided, svm_inp
     tasks = [SeedTask(tuple(sorted(p)), d, s) for p, d, s in
              ((MIXED[1], "a", 1), (MIXED[2], "b", 2), ((), "a", 2), (MIXED[3], "b", 1))]
     sizes = SizeCache(model)
-    got = score_pack(model, tokenizer, datasets, tasks, SCORE_SETTINGS, CPU, sizes=sizes)
+    got = score_pack(model, tokenizer, datasets, tasks, SCORE_SETTINGS, CPU, sizes=sizes,
+                     stages=svm_inputs.engine_stages)
     for task, score in zip(tasks, got):
         d_ids, d_labels = datasets[task.dataset]
-        expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
+        expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU,
+                              stages=svm_inputs.stages)
         svm_inputs.assert_engine_equals(task.pruned, task.seed, svm_inputs.last_reference())
         assert score.f1 == pytest.approx(expected.f1, abs=1e-3)
         assert (score.n_params, score.size_bytes) == (expected.n_params, expected.size_bytes)
@@ -540,49 +546,47 @@ def test_batched_executor_packs(tokenizer, decided, svm_inputs):
     model = tiny_model(tokenizer, layers=3, initializer_range=LIVELY)
     context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:90], labels[:90])}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(tuple(sorted(p)), d, s) for p in MIXED[:3] for d in ("a", "b") for s in (1, 2)]
-    executor = BatchedExecutor(EngineOptions(pack=True, pack_models=5, svm_workers=2))
+    executor = BatchedExecutor(EngineOptions(pack=True, pack_models=5, svm_workers=2), svm_inputs.engine_stages)
     assert executor.store_tag == "batched-packed" and BatchedExecutor().store_tag == "batched"
     results = dict(executor.run(context, tasks))
     assert set(results) == set(tasks)
     for task in tasks:  # with pack_models=5, (MIXED[1], "b", 2) trains in a pack of its own
         d_ids, d_labels = context.datasets[task.dataset]
-        expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU)
+        expected = score_seed(model, tokenizer, d_ids, d_labels, task.pruned, task.seed, SCORE_SETTINGS, CPU,
+                              stages=svm_inputs.stages)
         svm_inputs.assert_engine_equals(task.pruned, task.seed, svm_inputs.last_reference())
         assert results[task].f1 == pytest.approx(expected.f1, abs=1e-3)
         assert results[task].n_params == expected.n_params
 
 
-def test_a_resumed_run_trains_the_packs_an_uninterrupted_one_would(tokenizer, encoded, monkeypatch):
+def test_a_resumed_run_trains_the_packs_an_uninterrupted_one_would(tokenizer, encoded):
     """With dropout, a model's training depends on which models trained with it. Given the whole
     batch, the executor plans its packs over it: the tasks left by a partial run (here some of every
     pack, as a run killed in the middle of packs leaves them) get exactly the features and scores of
     an uninterrupted run. Planned over the left tasks alone, the packs and so the features differ."""
-    import headprune.engine.executor as executor_module
-
     features = {}
-    real_svm = executor_module.svm_score
 
     def recording_svm(trained, k, settings, device):  # what the SVM gets, by (pruned set, seed, rows)
         features[(trained.pruned[k], trained.seeds[k], len(trained.labels[k]))] = trained.features[k].copy()
-        return real_svm(trained, k, settings, device)
+        return svm_score(trained, k, settings, device)
 
-    monkeypatch.setattr(executor_module, "svm_score", recording_svm)
+    recording = EngineStages(svm=recording_svm)
     ids, labels = encoded
     model = tiny_model(tokenizer, layers=3, dropout=True)
     context = EvalContext(model, tokenizer, {"a": (ids, labels), "b": (ids[:60], labels[:60])}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(tuple(sorted(p)), d, s) for p in MIXED[:3] for d in ("a", "b") for s in (1, 2)]
     options = EngineOptions(pack=True, pack_models=4, svm_workers=1)
-    full = dict(BatchedExecutor(options).run(context, tasks))
+    full = dict(BatchedExecutor(options, recording).run(context, tasks))
     full_features, features = features, {}
     left = tasks[::3]
-    resumed = dict(BatchedExecutor(options).run(context, left, batch=tasks))
+    resumed = dict(BatchedExecutor(options, recording).run(context, left, batch=tasks))
     assert list(resumed) == [t for t in full if t in set(left)]  # only the left tasks, in the full run's order
     assert [(resumed[t].f1, resumed[t].n_params) for t in left] == [(full[t].f1, full[t].n_params) for t in left]
     assert len(features) == len(left)  # stored tasks trained again, but not scored
     for key, x in features.items():
         np.testing.assert_array_equal(x, full_features[key])
     features.clear()
-    dict(BatchedExecutor(options).run(context, left))
+    dict(BatchedExecutor(options, recording).run(context, left))
     assert any(not np.array_equal(x, full_features[key]) for key, x in features.items())
 
 
@@ -651,25 +655,24 @@ def test_batch_preparer_draws_the_same_batches_in_worker_processes(tokenizer, en
     assert EngineOptions().resolved_prep_workers(CPU) == 0
 
 
-def test_a_pack_that_runs_out_of_gpu_memory_is_halved(tokenizer, encoded, monkeypatch):
+def test_a_pack_that_runs_out_of_gpu_memory_is_halved(tokenizer, encoded):
     """`auto_pack_size` only estimates: a part that does not fit is split, and later parts follow."""
-    import headprune.engine.executor as engine  # where the executor looks `train_pack` up
+    from headprune.engine.stages import train_pack
 
     ids, labels = encoded
     model = tiny_model(tokenizer)
     context = EvalContext(model, tokenizer, {"a": (ids, labels)}, SCORE_SETTINGS, "cpu")
     tasks = [SeedTask(p, "a", s) for p in ((), ((0, 1),), ((1, 2),)) for s in (1, 2, 3)]
-    real = engine.train_pack
     sizes_tried = []
 
     def small_gpu(base_model, tokenizer, datasets, part, *args, **kwargs):
         sizes_tried.append(len(part))
         if len(part) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(base_model, tokenizer, datasets, part, *args, **kwargs)
+        return train_pack(base_model, tokenizer, datasets, part, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_pack", small_gpu)
-    executor = BatchedExecutor(EngineOptions(pack=True, pack_models=9, svm_workers=1))
+    executor = BatchedExecutor(EngineOptions(pack=True, pack_models=9, svm_workers=1),
+                               EngineStages(train_pack=small_gpu))
     results = dict(executor.run(context, tasks))
     assert set(results) == set(tasks)
     assert sizes_tried == [9, 4, 2, 2, 2, 2, 1]

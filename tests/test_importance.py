@@ -12,10 +12,19 @@ import pytest
 import torch
 
 import headprune.importance.gradient as importance_module
+from _executors import Counting
 from headprune.base import load_base
 from headprune.data import load_dataset
 from headprune.errors import HeadpruneError
-from headprune.importance import ImportanceSettings, Order, importance_order, random_order, rank_heads
+from headprune.importance import (
+    GradientImportance,
+    ImportanceSettings,
+    Order,
+    Step1Run,
+    importance_order,
+    random_order,
+    rank_heads,
+)
 from headprune.importance.gradient import ImportanceAccumulator, min_max
 from headprune.store import ResultStore
 
@@ -213,8 +222,7 @@ def test_order_file_that_is_a_directory_or_not_utf8(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- importance_order on the tiny BERT
 
 
-def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path, tmp_path: Path) -> None:
     base = load_base(str(tiny_bert_dir), warmup=None)
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     dataset = load_dataset(small_dataset_csv)
@@ -234,28 +242,22 @@ def test_importance_order_tiny_bert(tiny_bert_dir: Path, small_dataset_csv: Path
     # The base model is not changed by Step 1.
     assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
 
-    calls: list[int] = []
-    real = importance_module.finetune
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(importance_module, "finetune", counting)
+    # importance_order is GradientImportance through the store; here with an executor that counts.
     store = ResultStore(tmp_path / "store.sqlite")
     events: list[tuple[str, int, bool]] = []
-    second = importance_order(base, [dataset], [1], settings, store=store,
-                              on_result=lambda name, seed, cached: events.append((name, seed, cached)))
-    assert len(calls) == 1
+    counting = Counting()
+    run = Step1Run(store=store, executor=counting,
+                   on_result=lambda name, seed, cached: events.append((name, seed, cached)))
+    second = GradientImportance([dataset], [1], settings).order(base, run)
+    assert len(counting.tasks) == 1
     assert second.matrix == first.matrix and second.ranked == first.ranked  # deterministic
-    third = importance_order(base, [dataset], [1], settings, store=store,
-                             on_result=lambda name, seed, cached: events.append((name, seed, cached)))
-    assert len(calls) == 1  # nothing recomputed: it came from the store
+    third = GradientImportance([dataset], [1], settings).order(base, run)
+    assert len(counting.tasks) == 1  # nothing recomputed: it came from the store
     assert third.matrix == first.matrix and third.ranked == first.ranked
     assert events == [("small", 1, False), ("small", 1, True)]
     # Other settings are another key: computed again.
-    importance_order(base, [dataset], [1], ImportanceSettings(epochs=1, batch_size=32), store=store)
-    assert len(calls) == 2
+    GradientImportance([dataset], [1], ImportanceSettings(epochs=1, batch_size=32)).order(base, run)
+    assert len(counting.tasks) == 2
     store.close()
 
 

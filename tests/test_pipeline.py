@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from _executors import refusing_executors
 from _tiny import tiny_config
 from headprune.config import from_dict
 from headprune.pipeline import Pipeline
 from headprune.plan import dry_run_text
 from headprune.progress import RunProgress
+from headprune.workspace import Workspace
 
 
 def test_summary_has_every_stage(tiny_run) -> None:
@@ -148,21 +150,13 @@ def test_chosen_models_match_the_store(tiny_run) -> None:
             assert summary["generalization"][model][ds]["scores"] == expected
 
 
-def test_rerun_recomputes_nothing(tiny_run, monkeypatch) -> None:
+def test_rerun_recomputes_nothing(tiny_run) -> None:
     root, csvs, summary = tiny_run
-    import headprune.scoring as scoring
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a stored evaluation was recomputed")
-
-    monkeypatch.setattr(scoring, "score_seed", boom)
-    monkeypatch.setattr("headprune.importance.gradient.finetune", boom)
     progress, log = _logged()
-    # In this process (run.workers = 1), where `boom` is seen: the first run's scores, computed in
-    # worker processes (the CPU default), are found under the same keys.
-    raw = tiny_config(Path(summary["model"]["name"]), csvs)
-    raw["run"]["workers"] = 1
-    again = Pipeline(from_dict(raw, source="tiny.toml"), root / "run", progress=progress).run()
+    # Every executor (Step 1, Step 2, the generalization, Table 14's timing) refuses to compute.
+    config = from_dict(tiny_config(Path(summary["model"]["name"]), csvs), source="tiny.toml")
+    work = Workspace(config, progress, executors=refusing_executors)
+    again = Pipeline(config, root / "run", workspace=work).run()
     assert again["chosen"] == summary["chosen"]
     assert again["generalization"] == summary["generalization"]
     # The resumed run says which scores it found: the reference loop's (a CPU run departs in no engine line).
@@ -275,7 +269,7 @@ def test_report_of_a_real_run(tiny_run) -> None:
     assert (path.parent / "tables.md").read_text().count("|") > 50
 
 
-def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_path: Path, monkeypatch) -> None:
+def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_path: Path) -> None:
     """`run.engine = "batched"` (what a GPU gets): Step 2 candidates train together in masked packs,
     the generalization check trains each chosen model on its own (its adjusting time is its own);
     both kinds of score are stored under their own engine tag, and a rerun recomputes nothing."""
@@ -311,16 +305,9 @@ def test_batched_engine_packs_step2_but_not_the_generalization(tiny_run, tmp_pat
         assert db.execute("SELECT COUNT(*) FROM timings").fetchone()[0] == len(
             {json.dumps(sorted(e["pruned_heads"])) for e in batched["chosen"].values()}) * 2 * 3
 
-    import headprune.engine.executor as engine  # where the executor looks them up
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a stored evaluation was recomputed")
-
-    monkeypatch.setattr(engine, "train_pack", boom)
-    monkeypatch.setattr(engine, "train_group", boom)
-    monkeypatch.setattr("headprune.scoring.adjust", boom)  # the Table 14 times come from the store too
-    progress, log = _logged()
-    again = Pipeline(from_dict(raw, source="tiny.toml"), run_dir, progress=progress).run()
+    progress, log = _logged()  # the executors refuse: the scores and the Table 14 times come from the store
+    config = from_dict(raw, source="tiny.toml")
+    again = Pipeline(config, run_dir, workspace=Workspace(config, progress, executors=refusing_executors)).run()
     assert again["generalization"] == batched["generalization"]
     said = log.getvalue()  # the resumed run says which scores (engine, key) it found in the store
     resumed = "resuming from the store: scores: batched engine (fp32, "

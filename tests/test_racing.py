@@ -394,12 +394,12 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     import dataclasses
     import hashlib
 
-    import headprune.scorer
     from _tiny import tiny_config, tiny_csvs
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
+    from headprune.workspace import Workspace
 
     def noise(*parts) -> float:
         digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -417,21 +417,23 @@ def grid_and_race(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
     data = tiny_config(tiny_bert_dir, csvs)
     data["step2"].update(seeds="1-4")
     data["generalization"].update(seeds="101-102")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(headprune.scorer, "run_task", structured)
-        grid = Pipeline(from_dict(data, source="grid.toml"), root / "grid", progress=RunProgress(enabled=False)).run()
-        low = json.loads(json.dumps(data))
-        low["scoring"]["epochs"] = 0
-        low["step2"]["strategies"] = ["H1"]
-        Pipeline(from_dict(low, source="low.toml"), root / "low", progress=RunProgress(enabled=False)).run()
-        data["step2"].update(racing=True, racing_first_test=2, racing_confidence=0.6)
-        raced = Pipeline(from_dict(data, source="raced.toml"), root / "raced",
-                         progress=RunProgress(enabled=False)).run()
-        screened = json.loads(json.dumps(data))
-        screened["step2"]["racing_screen"] = "no-adjust"
-        screened["step2"]["racing_walk_test"] = "predictive"  # and H2/H3's steps by the predictive test
-        Pipeline(from_dict(screened, source="screened.toml"), root / "screened",
-                 progress=RunProgress(enabled=False)).run()
+
+    def run(raw: dict, name: str) -> dict:
+        config = from_dict(raw, source=f"{name}.toml")
+        work = Workspace(config, RunProgress(enabled=False), score=structured)
+        return Pipeline(config, root / name, workspace=work).run()
+
+    grid = run(data, "grid")
+    low = json.loads(json.dumps(data))
+    low["scoring"]["epochs"] = 0
+    low["step2"]["strategies"] = ["H1"]
+    run(low, "low")
+    data["step2"].update(racing=True, racing_first_test=2, racing_confidence=0.6)
+    raced = run(data, "raced")
+    screened = json.loads(json.dumps(data))
+    screened["step2"]["racing_screen"] = "no-adjust"
+    screened["step2"]["racing_walk_test"] = "predictive"  # and H2/H3's steps by the predictive test
+    run(screened, "screened")
     return root, data, grid, raced
 
 
@@ -696,7 +698,7 @@ def test_the_noise_ceiling_is_how_often_the_grids_rule_keeps_its_choice_on_fewer
     seed 3, so on all three seeds the grid keeps the complete model (mean -0.033). Of the 2-seed
     subsets only {1, 2} chooses otherwise (agreement 2/3); resampling 3 seeds keeps the choice
     whenever seed 3 is drawn at least once (1 - (2/3)^3 = 19/27)."""
-    from headprune.replay import _noise_ceiling
+    from headprune.studies.replay import _noise_ceiling
 
     gain = {1: 0.1, 2: 0.1, 3: -0.3}
 
@@ -723,22 +725,22 @@ def test_a_race_that_drops_the_complete_model_verifies(tiny_bert_dir: Path, air_
     summary says what the store holds and `headprune verify` agrees."""
     import dataclasses
 
-    import headprune.scorer
     from _cli import run_cli
     from _tiny import tiny_config, tiny_csvs
     from headprune.config import from_dict
     from headprune.pipeline import Pipeline
     from headprune.progress import RunProgress
     from headprune.scoring import run_task
+    from headprune.workspace import Workspace
 
     def rising(context, task):
         return dataclasses.replace(run_task(context, task), f1=0.5 + 0.03 * len(task.pruned) + 0.001 * task.seed)
 
     data = tiny_config(tiny_bert_dir, tiny_csvs(tmp_path, air_data_dir))
     data["step2"].update(seeds="1-4", strategies=["H1"], racing=True, racing_first_test=2, racing_confidence=0.6)
-    monkeypatch.setattr(headprune.scorer, "run_task", rising)
     config = from_dict(data, source="rising.toml")
-    summary = Pipeline(config, tmp_path / "run", progress=RunProgress(enabled=False)).run()
+    work = Workspace(config, RunProgress(enabled=False), score=rising)
+    summary = Pipeline(config, tmp_path / "run", workspace=work).run()
     for order, entry in summary["h1"].items():
         assert any(e["n_pruned"] == 0 for e in entry["racing"]["eliminations"]), order
         for per_k in entry["seed_scores"].values():

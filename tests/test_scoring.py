@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from headprune import base as base_module
 from headprune import scorer as scorer_module
 from headprune import scoring
 from headprune.base import BaseModel, load_base
@@ -20,7 +19,7 @@ from headprune.checkpoint import saved_size
 from headprune.data import load_dataset, split_halves
 from headprune.models import count_parameters
 from headprune.scorer import Scorer
-from headprune.scoring import encode, features, masked_lm_loss, score_seed, svm_f1
+from headprune.scoring import Stages, encode, features, masked_lm_loss, run_task, score_seed, svm_f1
 from headprune.settings import ScoreSettings, WarmupSettings
 from headprune.store import ResultStore
 from headprune.surgery import prune_heads
@@ -58,8 +57,7 @@ def expected_pruned_parameters(model) -> int:
 # ----------------------------------------------------------------------------- score_seed and Scorer
 
 
-def test_scorer_scores_prunes_and_stores(bert, small_dataset_csv: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scorer_scores_prunes_and_stores(bert, small_dataset_csv: Path, tmp_path: Path) -> None:
     store = ResultStore(tmp_path / "store.sqlite")
     scorer = Scorer(bert, store, SETTINGS, seeds=[1], device="cpu")
     name = str(small_dataset_csv)
@@ -82,7 +80,8 @@ def test_scorer_scores_prunes_and_stores(bert, small_dataset_csv: Path, tmp_path
 
     # Both stored; asking again (pruned set in any order) computes nothing.
     assert store.count_scores() == 2
-    monkeypatch.setattr(scoring, "score_seed", lambda *a, **k: pytest.fail("recomputed a stored score"))
+    scorer = Scorer(bert, store, SETTINGS, seeds=[1], device="cpu",
+                    score=lambda *a: pytest.fail("recomputed a stored score"))
     again = scorer.score(PRUNED, name)
     assert again.scores == pruned.scores and again.n_params == pruned.n_params
     assert scorer.evaluate([([], name), (PRUNED, name)]) == [complete.mean, pruned.mean]
@@ -112,8 +111,7 @@ def test_different_seeds_split_differently(small_dataset_csv: Path) -> None:
     assert not np.array_equal(halves[2][1], halves[3][1])
 
 
-def test_score_seed_adjusts_on_one_half_and_classifies_the_other(bert, small_dataset_csv: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_score_seed_adjusts_on_one_half_and_classifies_the_other(bert, small_dataset_csv: Path) -> None:
     """Inside `score_seed`, the adjusting (finetuning) rows are the seed's first half of
     `split_halves`, the features and the SVM get the second half with its labels: disjoint, and
     together the whole dataset. A model adjusted on the rows it is then scored on would be judged
@@ -135,11 +133,10 @@ def test_score_seed_adjusts_on_one_half_and_classifies_the_other(bert, small_dat
         seen["svm"] = (len(x), np.asarray(y).tolist())
         return real_svm(x, y, *args)
 
-    for name, spy in (("adjust", adjust), ("features", features), ("svm_f1", svm_f1)):
-        monkeypatch.setattr(scoring, name, spy)
+    spies = Stages(adjust=adjust, features=features, classify=svm_f1)
     for seed in (1, 2):
         seen.clear()
-        score_seed(bert.model, bert.tokenizer, ids, labels, [], seed, SETTINGS, CPU)
+        score_seed(bert.model, bert.tokenizer, ids, labels, [], seed, SETTINGS, CPU, stages=spies)
         finetune, classify = split_halves(labels, seed)
         assert seen["adjust"] == finetune.tolist() and seen["features"] == classify.tolist()
         assert not set(seen["adjust"]) & set(seen["features"])
@@ -303,7 +300,7 @@ def headless_bert_dir(tmp_path: Path, tiny_bert_dir: Path) -> Path:
 
 
 def test_warm_up_trains_only_the_mlm_head_and_is_cached(headless_bert_dir: Path, small_dataset_csv: Path,
-                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     warmup = WarmupSettings(steps=3, datasets=(str(small_dataset_csv),))
     fresh = load_base(str(headless_bert_dir), warmup=None)
@@ -334,18 +331,17 @@ def test_warm_up_trains_only_the_mlm_head_and_is_cached(headless_bert_dir: Path,
     assert {"cls.predictions.transform.dense.weight", "cls.predictions.bias"} <= set(load_file(cached_file))
 
     # Second load: from the cache file, no warm-up.
-    monkeypatch.setattr(base_module, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up again"))
-    cached = load_base(str(headless_bert_dir), warmup=warmup, cache_dir=cache, progress=messages.append)
+    cached = load_base(str(headless_bert_dir), warmup=warmup, cache_dir=cache, progress=messages.append,
+                       warm_up=lambda *a: pytest.fail("warmed up again"))
     assert cached.warmed_up and len(messages) == 1
     assert cached.fingerprint == warmed.fingerprint
     for k, v in cached.model.state_dict().items():
         assert torch.equal(v, after[k]), k
 
 
-def test_no_warm_up_for_a_checkpoint_with_an_mlm_head(tiny_bert_dir: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base_module, "warm_up_mlm_head", lambda *a, **k: pytest.fail("warmed up a trained head"))
-    base = load_base(str(tiny_bert_dir), warmup=WarmupSettings(steps=3), cache_dir=tmp_path)
+def test_no_warm_up_for_a_checkpoint_with_an_mlm_head(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    base = load_base(str(tiny_bert_dir), warmup=WarmupSettings(steps=3), cache_dir=tmp_path,
+                     warm_up=lambda *a: pytest.fail("warmed up a trained head"))
     assert not base.warmed_up and not base.info["fresh_mlm_head"]
 
 
@@ -373,9 +369,8 @@ def test_time_limit_finishes_the_evaluation_in_flight_then_stops(bert, small_dat
     assert store.count_scores() == 1
 
     computed = []
-    real = scoring.score_seed
-    monkeypatch.setattr(scoring, "score_seed", lambda *a, **k: computed.append(a[5]) or real(*a, **k))
-    result = Scorer(bert, store, SETTINGS, seeds=[1, 2, 3], device="cpu").score([], name)
+    result = Scorer(bert, store, SETTINGS, seeds=[1, 2, 3], device="cpu",
+                    score=lambda context, task: computed.append(task.seed) or run_task(context, task)).score([], name)
     assert computed == [2, 3] and len(result.scores) == 3
     store.close()
 

@@ -4,6 +4,8 @@ disagrees with the reference loop. Everything here runs on the CPU: the failures
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ import headprune.engine.selfcheck as selfcheck
 import headprune.executors as executors
 from headprune.config import from_dict
 from headprune.engine import BatchedExecutor
+from headprune.engine.stages import adjust_stacked, features_stacked
 from headprune.executors import checked_engine, make_executor
 from headprune.executors.local import ReferenceLoop
 from headprune.models import resolve_model_path
@@ -50,7 +53,7 @@ def not_training(stack, *args, **kwargs):
     return 0.0
 
 
-real_features_stacked = selfcheck.features_stacked
+real_features_stacked = features_stacked
 
 
 def test_self_check_passes_on_the_engine_as_it_is(tiny):
@@ -62,43 +65,40 @@ def test_self_check_passes_on_the_engine_as_it_is(tiny):
 
 
 @pytest.mark.parametrize(("where", "fake", "says"), [
-    ("adjust_stacked", raising, "the engine raised RuntimeError: CUDA error: an illegal memory access"),
-    ("features_stacked", disagreeing, "model 1: the engine's features differ from the reference loop's"),
-    ("adjust_stacked", not_training, "model 0: the engine's training moved the features 1 (relative)"),
+    ("train", raising, "the engine raised RuntimeError: CUDA error: an illegal memory access"),
+    ("read", disagreeing, "model 1: the engine's features differ from the reference loop's"),
+    ("train", not_training, "model 0: the engine's training moved the features 1 (relative)"),
 ])
-def test_self_check_reports_an_engine_that_raises_or_disagrees(tiny, monkeypatch, where, fake, says):
+def test_self_check_reports_an_engine_that_raises_or_disagrees(tiny, where, fake, says):
     model, tokenizer = tiny
-    monkeypatch.setattr(selfcheck, where, fake)
-    problem = selfcheck.self_check(model, tokenizer, CPU)
+    problem = selfcheck.self_check(model, tokenizer, CPU, **{where: fake})
     assert problem is not None and problem.startswith(says), problem
     assert "\n" not in problem
 
 
-def test_self_check_reports_non_finite_weights(tiny, monkeypatch):
+def test_self_check_reports_non_finite_weights(tiny):
     model, tokenizer = tiny
-    real = selfcheck.adjust_stacked
 
     def diverging(stack, *args, **kwargs):
-        seconds = real(stack, *args, **kwargs)
+        seconds = adjust_stacked(stack, *args, **kwargs)
         with torch.no_grad():
             next(iter(stack.params.values()))[0].fill_(float("nan"))  # as a NaN loss leaves them
         return seconds
 
-    monkeypatch.setattr(selfcheck, "adjust_stacked", diverging)
-    assert selfcheck.self_check(model, tokenizer, CPU) == "the engine's trained weights are not finite"
+    assert selfcheck.self_check(model, tokenizer, CPU, train=diverging) == "the engine's trained weights are not finite"
 
 
 @pytest.mark.parametrize("engine_fails", [False, True])
 def test_auto_on_cuda_falls_back_to_the_reference_loop_in_one_line(tiny, monkeypatch, engine_fails):
-    """auto on CUDA (here pretended: `batched_engine` says the engine would run) checks the engine:
-    a failure gives one line and a configuration that says "reference" (executor, departures)."""
+    """auto on CUDA (here pretended, the device being environment: `batched_engine` says the engine
+    would run) checks the engine: a failure gives one line and a configuration that says "reference"
+    (executor, departures)."""
     model, tokenizer = tiny
     monkeypatch.setattr(executors, "batched_engine", lambda config, device=None: config.run.engine != "reference")
-    if engine_fails:
-        monkeypatch.setattr(selfcheck, "adjust_stacked", raising)
+    check = functools.partial(selfcheck.self_check, train=raising) if engine_fails else selfcheck.self_check
     lines: list[str] = []
     config = from_dict({"run": {"engine": "auto"}})
-    checked = checked_engine(config, model, tokenizer, 64, CPU, lines.append)
+    checked = checked_engine(config, model, tokenizer, 64, CPU, lines.append, check)
     if engine_fails:
         assert checked.run.engine == "reference" and config.run.engine == "auto"
         assert len(lines) == 1 and "\n" not in lines[0]
@@ -112,14 +112,14 @@ def test_auto_on_cuda_falls_back_to_the_reference_loop_in_one_line(tiny, monkeyp
 
 @pytest.mark.parametrize("settings", [{"engine": "batched"}, {"engine": "reference"}, {"engine": "auto"},
                                       {"engine": "auto", "executor": "ray"}])
-def test_no_self_check_where_nothing_is_to_be_checked(tiny, monkeypatch, settings):
+def test_no_self_check_where_nothing_is_to_be_checked(tiny, settings):
     """"batched" forces the engine unchecked; "reference" and auto on a CPU do not use it; on Ray
     the workers' devices are not known here."""
     model, tokenizer = tiny
     calls = []
-    monkeypatch.setattr(selfcheck, "compare", lambda *args, **kwargs: calls.append(args) or "no")
     config = from_dict({"run": settings})
-    assert checked_engine(config, model, tokenizer, 64, CPU, print) is config
+    assert checked_engine(config, model, tokenizer, 64, CPU, print,
+                          lambda *args, **kwargs: calls.append(args) or "no") is config
     assert calls == []
 
 

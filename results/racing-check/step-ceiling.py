@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from headprune.racing import RacingSettings, walk_decision
-from headprune.replay import _full_result, _searches, _stored
+from headprune.studies.replay import _full_result, _searches, _stored
 from headprune.summary import load_summary
 
 RUN = Path(__file__).parent / "run"

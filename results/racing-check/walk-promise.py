@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from headprune.racing import RacingSettings, SeedNoise, walk_decision
-from headprune.replay import _full_result, _replay_search, _searches, _StepStats, _stored, lower_bound
+from headprune.studies.replay import _full_result, _replay_search, _searches, _StepStats, _stored, lower_bound
 from headprune.summary import load_summary
 
 HERE = Path(__file__).parent

@@ -91,9 +91,10 @@ def load_base(
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
     columns: tuple[str, str] = ("tweet", "class"),
+    warm_up: Callable[..., dict] = warm_up_mlm_head,
 ) -> BaseModel:
-    """Load the base model; a fresh masked-LM head is warmed up once and cached in `cache_dir`.
-    `columns`: the text and label columns of the warm-up datasets that are user files."""
+    """Load the base model; a fresh masked-LM head is warmed up once (by `warm_up`) and cached in
+    `cache_dir`. `columns`: the text and label columns of the warm-up datasets that are user files."""
     from safetensors.torch import load_file, save_file
 
     model, tokenizer = load_model(name)
@@ -111,7 +112,7 @@ def load_base(
                 progress(f"warming up the fresh masked-LM head ({warmup.steps} steps, encoder frozen)")
             texts = [t for d in warm_data for t in d.texts]
             dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-            state = warm_up_mlm_head(model, tokenizer, texts, warmup, dev)
+            state = warm_up(model, tokenizer, texts, warmup, dev)
             if cache_file is not None:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous() for k, v in state.items()}, str(cache_file))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import HeadpruneError
@@ -59,15 +60,16 @@ class Choice:
                 "fits": self.fits, "estimated_seconds": dict(self.estimates)}
 
 
-def choose(candidates: dict[str, Pipeline], budget_seconds: float) -> Choice:
+def choose(candidates: dict[str, Pipeline], budget_seconds: float,
+           estimate: Callable[[Pipeline], float] = estimated_seconds) -> Choice:
     """Among `candidates` (profile -> pipeline, least faithful first), the most faithful whose
-    estimate fits `budget_seconds`; none fitting: the least faithful (the run then stops at the
-    budget and a rerun goes on)."""
+    `estimate` (the dry run's, calibrated here) fits `budget_seconds`; none fitting: the least
+    faithful (the run then stops at the budget and a rerun goes on)."""
     if not candidates:
         raise HeadpruneError("--budget: no profile to choose from")
     estimates: dict[str, float] = {}
     for name in reversed(list(candidates)):
-        estimates[name] = estimated_seconds(candidates[name])
+        estimates[name] = estimate(candidates[name])
         if estimates[name] <= budget_seconds:
             return Choice(name, budget_seconds, estimates)
     return Choice(next(iter(candidates)), budget_seconds, estimates)

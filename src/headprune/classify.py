@@ -25,12 +25,13 @@ import torch
 from safetensors import SafetensorError
 
 from .checkpoint import CLASSIFIER_FILE, is_onnx_dir, load_pruned, save_pruned
-from .data import Dataset, decode, preprocess, read_lines, read_rows
+from .data import Dataset, preprocess
 from .devices import resolve_device
 from .errors import HeadpruneError, parse_user_file
 from .models import count_parameters, load_model, max_length
 from .scoring import encode, pad_batch
 from .surgery import original_shape, prune_heads, pruned_heads
+from .tables import decode, read_lines, read_rows
 
 HELD_OUT = 0.2  # share of train scored when no eval set is given
 
@@ -317,7 +318,7 @@ def read_texts(source: str, text_column: str = "tweet", fmt: str = "auto") -> li
 
     `fmt`: auto (by suffix; on standard input: JSON lines if the first line is a JSON object, CSV/TSV
     if the first line has a `text_column` field, else one text per line), csv, tsv, jsonl, lines.
-    Files are read by `data.read_rows`, so a malformed row is one error line naming its line."""
+    Files are read by `tables.read_rows`, so a malformed row is one error line naming its line."""
     formats = ("auto", "csv", "tsv", "jsonl", "lines")
     if fmt not in formats:
         raise HeadpruneError(f"--format: unknown format '{fmt}' (use {', '.join(formats)})")

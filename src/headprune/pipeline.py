@@ -19,21 +19,19 @@ import torch
 
 from . import __version__
 from .analysis import analyse
-from .base import BaseModel, load_base
+from .base import BaseModel
 from .config import Config, departures, load_config
-from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
-from .devices import check_precision, device_description, reproducible, resolve_device
+from .data import expand_datasets
+from .devices import device_description
 from .errors import HeadpruneError
-from .executors import checked_engine, make_executor
 from .generalize import comparison, mean_and_std, per_seed_means, random_means, random_order_members
 from .heads import HeadSet
-from .importance import Order, Step1Run, criterion_for, order_stability
+from .importance import Order, order_stability
 from .names import ModelName
 from .progress import RunProgress
 from .racing import Race, by_fidelity
 from .scorer import Scorer
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies
-from .settings import ScoreSettings
 from .store import ResultStore
 from .summary import (
     COMPLETE,
@@ -51,17 +49,11 @@ from .summary import (
     write_summary,
 )
 from .tasks import SeedScore, SeedTask
+from .workspace import Workspace
 
 SEARCHES = {"H2": H2Strategy, "H3": H3Strategy}
 TIMING_SEEDS = 3  # Table 14 under the batched engine: each model timed alone on this many seeds
 INFERENCE_THREADS = 1  # CPU inference timing of the chosen models (speed.measure)
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "headprune"
 
 
 def versions() -> dict:
@@ -79,136 +71,32 @@ def versions() -> dict:
     }
 
 
-def score_settings(config: Config) -> ScoreSettings:
-    return config.scoring  # [scoring] is a (frozen) ScoreSettings
-
-
 class Pipeline:
     """The whole method for one configuration and run directory."""
 
     def __init__(self, config: Config, run_dir: str | Path, progress: RunProgress | None = None,
-                 deadline: float | None = None):
-        self.config = config
-        self.deadline = deadline  # time.monotonic(): past it no new evaluation starts (errors.Stopped)
+                 deadline: float | None = None, workspace: Workspace | None = None):
+        # The workspace (device, datasets, base model, executors, scorers) holds the configuration.
+        self.workspace = workspace or Workspace(config, progress, deadline)
         self.run_dir = Path(run_dir)
-        self.progress = progress or RunProgress()
-        self.data_dir = config.data.data_dir or None
-        self.device = resolve_device(config.run.device)
-        reproducible(self.device, config.run.deterministic)
-        check_precision(config.run.precision, self.device)
-        self.settings = score_settings(config)
-        self._datasets: dict[str, Dataset] = {}
-        self.sources: dict[str, str] = {}  # dataset name (file stem for user files) -> name or path
         self.budget: dict | None = None  # `run --budget`'s choice, recorded in the summary (budget.Choice.record)
 
-    # ------------------------------------------------------------------ helpers
-    def dataset(self, name: str) -> Dataset:
-        """A dataset by bundled name, file path, or the display name of one already loaded."""
-        name = self.sources.get(name, name)
-        if name not in self._datasets:
-            loaded = load_dataset(
-                name,
-                text_column=self.config.data.text_column,
-                label_column=self.config.data.label_column,
-                data_dir=self.data_dir,
-            )
-            self._datasets[name] = cap_examples(loaded, self.config.data.max_examples)
-        return self._datasets[name]
+    @property
+    def config(self) -> Config:
+        return self.workspace.config  # `Workspace.check_engine` may replace it
 
-    def datasets(self, spec: list[str], check_folds: bool = True) -> list[Dataset]:
-        out = []
-        for item in expand_datasets(spec):
-            ds = self.dataset(item)
-            if self.sources.setdefault(ds.name, item) != item:
-                raise HeadpruneError(
-                    f"two datasets are both named '{ds.name}' ({self.sources[ds.name]} and {item}); rename one file"
-                )
-            out.append(ds)
-        if check_folds:
-            for ds in out:
-                check_enough_per_class(ds, self.settings.n_folds)
-        return out
+    @property
+    def device(self) -> torch.device:
+        return self.workspace.device
 
-    def rows(self, name: str) -> float:
-        """Rows one evaluation on `name` finetunes (half the dataset): the unit of the time left."""
-        return len(self.dataset(name)) / 2
-
-    def load_base(self) -> BaseModel:
-        return load_base(
-            self.config.model.name,
-            self.config.model.warmup(),
-            data_dir=self.data_dir,
-            columns=(self.config.data.text_column, self.config.data.label_column),
-            cache_dir=self.cache_dir(),
-            device=self.device,
-            progress=self.progress.log,
-        )
-
-    def cache_dir(self) -> Path:
-        return Path(self.config.model.cache_dir) if self.config.model.cache_dir else default_cache_dir()
-
-    def base_loader(self):
-        """A picklable callable building the same base model (for worker processes; the warmed-up
-        head comes from the cache `load_base` filled)."""
-        import functools
-
-        return functools.partial(load_base, self.config.model.name, self.config.model.warmup(),
-                                 data_dir=self.data_dir, cache_dir=self.cache_dir(),
-                                 columns=(self.config.data.text_column, self.config.data.label_column))
-
-    def scorer(self, base: BaseModel, store: ResultStore, seeds: list[int], executor,
-               settings: ScoreSettings | None = None) -> Scorer:
-        return Scorer(
-            base,
-            store,
-            self.settings if settings is None else settings,
-            seeds=seeds,
-            data_dir=self.data_dir,
-            text_column=self.config.data.text_column,
-            label_column=self.config.data.label_column,
-            # On Ray the workers choose their own device: the driver may have no GPU.
-            device=self.config.run.device if self.config.run.executor == "ray" else str(self.device),
-            executor=executor,
-            on_result=lambda task, score, cached: self.progress.advance(cached, work=self.rows(task.dataset)),
-            sources=self.sources,
-            loader=self.dataset,
-            deadline=self.deadline,
-            log=self.progress.log,
-            base_loader=self.base_loader(),
-            precision=self.config.run.precision,
-        )
-
-    def order(self, name: str, base: BaseModel, store: ResultStore) -> Order:
-        """The order `name` of `[step2] orders` by its criterion (`importance.criterion_for`); one read
-        from Step 1 (kind "importance") runs its finetunings through the store and the Step 1 executor
-        (the Step 1 orders share them), a random or weights order needs only the base model."""
-        criterion = criterion_for(name, lambda: self.datasets(self.config.step1.datasets, check_folds=False),
-                                  self.config.step1_seeds, self.config.step1.finetuning())
-        if criterion.kind != "importance":
-            return criterion.order(base)
-        datasets, seeds = criterion.datasets, criterion.seeds
-        rows = {d.name: len(d) for d in datasets}  # the time left weighs each finetuning by its rows
-        self.progress.start_stage("Step 1: importance", len(datasets) * len(seeds), sum(rows.values()) * len(seeds))
-        executor = make_executor(self.config, "step1")
-        try:
-            order = criterion.order(base, Step1Run(
-                store=store,
-                executor=executor,
-                device=self.device,
-                on_result=lambda ds, seed, cached: self.progress.advance(cached, work=rows[ds]),
-                deadline=self.deadline,
-                loader=self.base_loader(),
-                deterministic=self.config.run.deterministic,
-            ))
-        finally:
-            executor.close()
-        self.progress.end_stage()
-        return order
+    @property
+    def progress(self) -> RunProgress:
+        return self.workspace.progress
 
     def orders_for(self, base: BaseModel, store: ResultStore) -> dict[str, Order]:
         orders: dict[str, Order] = {}
         for name in self.config.step2.orders:
-            orders[name] = self.order(name, base, store)
+            orders[name] = self.workspace.order(name, base, store)
             orders[name].save(self.run_dir / "orders" / f"{name}.json")
         return orders
 
@@ -231,39 +119,28 @@ class Pipeline:
         n = steps * n_datasets + n_datasets * n_datasets + (n_datasets if strategy == "H3" else 0)
         return n * n_seeds
 
-    def batched(self) -> bool:
-        """Whether evaluations run on the batched engine (in process or as Ray units)."""
-        engine = self.config.run.engine
-        return engine == "batched" or (engine == "auto" and self.device.type == "cuda")
-
-    def check_engine(self, base: BaseModel) -> None:
-        """Before the batched engine is trusted with this run by `run.engine = "auto"`, its self-check
-        on this device; on a failure the configuration says "reference" from here on (executors,
-        departures, the summary), one line saying why (`executors.checked_engine`)."""
-        self.config = checked_engine(self.config, base.model, base.tokenizer, base.max_length, self.device,
-                                     self.progress.log)
-
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         """Run every stage and write summary.json; returns its content (`Summary.to_json()`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         started = time.time()
-        step2_names = [d.name for d in self.datasets(self.config.step2.datasets)]
-        g3_names = [d.name for d in self.datasets(self.config.generalization.datasets)]
+        work = self.workspace
+        step2_names = [d.name for d in work.datasets(self.config.step2.datasets)]
+        g3_names = [d.name for d in work.datasets(self.config.generalization.datasets)]
         store = ResultStore(self.run_dir / "store.sqlite")
         executor = gen_executor = None
         try:
-            base = self.load_base()
+            base = work.load_base()
             self.progress.log(
                 f"model {base.name}: {base.n_layers} layers x {base.n_heads} heads, "
                 f"fingerprint {base.fingerprint}, device {self.device}"
             )
-            self.check_engine(base)
-            executor = make_executor(self.config, "step2")
+            work.check_engine(base)
+            executor = work.executor("step2")
             orders = self.orders_for(base, store)
             summary = self._summary_head(base, orders)
-            scorer = self.scorer(base, store, self.config.step2_seeds, executor)
+            scorer = work.scorer(base, store, self.config.step2_seeds, executor)
             chosen = self._step2(orders, step2_names, scorer, summary)
             random_orders = {name for name, order in orders.items() if order.kind == "random"}
             summary.step2_comparison = self._step2_comparison(
@@ -272,11 +149,11 @@ class Pipeline:
             fresh = self.config.step2_fresh_seeds
             if fresh:  # after H1's per-seed scores, which must read only the selection seeds
                 summary.step2_fresh_comparison = self._step2_comparison(
-                    chosen, step2_names, self.scorer(base, store, fresh, executor), random_orders,
+                    chosen, step2_names, work.scorer(base, store, fresh, executor), random_orders,
                     "G2 on fresh seeds: the chosen models on seeds no selection used")
                 summary.step2_fresh_seeds = fresh if summary.step2_fresh_comparison is not None else None
-            gen_executor = make_executor(self.config, "generalization")  # never packs
-            gen_scorer = self.scorer(base, store, self.config.generalization_seeds, gen_executor)
+            gen_executor = work.executor("generalization")  # never packs
+            gen_scorer = work.scorer(base, store, self.config.generalization_seeds, gen_executor)
             self._generalization(chosen, g3_names, gen_scorer, summary, random_orders)
             summary.inference = self._inference_speed(base, chosen)
             analyse(summary, self.config.generalization.alpha, self.config.generalization.safe_k_margin)
@@ -362,14 +239,14 @@ class Pipeline:
         step2 = self.config.step2
         raced = step2.racing
         self.progress.start_stage("Step 2: " + ", ".join(labels) + (" (raced: at most)" if raced else ""), total,
-                                  total * float(np.mean([self.rows(ds) for ds in datasets])))
+                                  total * float(np.mean([self.workspace.rows(ds) for ds in datasets])))
         if raced:
             settings = step2.racing_settings()
             screen = step2.racing_screen or None
             low = None
             if screen is not None:  # "no-adjust": the same scores without the adjusting step
-                low = self.scorer(scorer.base, scorer.store, scorer.seeds, scorer.executor,
-                                  settings=replace(self.settings, epochs=0)).evaluate_seeds
+                low = self.workspace.scorer(scorer.base, scorer.store, scorer.seeds, scorer.executor,
+                                            settings=replace(self.config.scoring, epochs=0)).evaluate_seeds
             races = {key: Race(search, scorer.seeds, settings, screen=screen) for key, search in searches.items()}
             results = run_strategies(races, by_fidelity(scorer.evaluate_seeds, low))
         else:
@@ -433,7 +310,7 @@ class Pipeline:
                  for name, entry in chosen.items() for ds in datasets}
         tasks = [task for cell in cells.values() for task in cell]
         unique = set(tasks)
-        self.progress.start_stage(stage, len(unique), sum(self.rows(t.dataset) for t in unique))
+        self.progress.start_stage(stage, len(unique), sum(self.workspace.rows(t.dataset) for t in unique))
         results = scorer.run(tasks)
         self.progress.end_stage()
         return cells, results
@@ -476,8 +353,12 @@ class Pipeline:
             timed = {cell: [t for t in tasks if t.seed in timed_seeds] for cell, tasks in cells.items()}
             unique = {t for tasks in timed.values() for t in tasks}
             self.progress.start_stage("Table 14: each model adjusting alone", len(unique),
-                                      sum(self.rows(t.dataset) for t in unique))
-            times = scorer.adjust_times([t for tasks in timed.values() for t in tasks])
+                                      sum(self.workspace.rows(t.dataset) for t in unique))
+            timing = self.workspace.executor("timing")
+            try:
+                times = scorer.adjust_times([t for tasks in timed.values() for t in tasks], timing)
+            finally:
+                timing.close()
             self.progress.end_stage()
             engine_seconds = seconds
             seconds = {name: {ds: [times[t] for t in timed[(name, ds)]] for ds in datasets} for name in chosen}

@@ -1,8 +1,9 @@
 """`headprune run --dry-run`: a configuration's stages with their number of evaluations, and a time
 estimate from a short timed calibration on this device.
 
-Planning reads a `Pipeline` (its configuration, datasets and base model) and never runs it; the
-pipeline needs no plan, so this module depends on pipeline.py and not the reverse."""
+Planning reads a `Pipeline` and its `workspace.Workspace` (configuration, datasets, base model,
+engine) and never runs it; the pipeline needs no plan, so this module depends on pipeline.py and
+not the reverse."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def plan(pipeline: Pipeline) -> list[dict]:
             stages.append({"stage": "G2 on fresh seeds", "at_most": True,
                            "evaluations": n_models * n_g2 * len(config.step2_fresh_seeds)})
     stages.append({"stage": "generalization", "evaluations": n_models * len(g3) * len(config.generalization_seeds)})
-    if pipeline.batched():  # Table 14: each model timed adjusting alone (the reference loop)
+    if pipeline.workspace.batched():  # Table 14: each model timed adjusting alone (the reference loop)
         stages.append({"stage": "Table 14: each model adjusting alone", "evaluations": 0,
                        "adjustings": n_models * len(g3) * min(TIMING_SEEDS, len(config.generalization_seeds))})
     return stages
@@ -98,11 +99,12 @@ def estimate(pipeline: Pipeline, stages: list[dict]) -> dict:
     """Seconds per evaluation on this device, from a short timed calibration of the model: the
     reference loop's step, or on the batched engine a step of a stack as large as Step 2's packs
     (and as the generalization's seed groups), per model. Adds each stage's "seconds" to `stages`."""
-    config, settings, device = pipeline.config, pipeline.settings, pipeline.device
-    base = pipeline.load_base()
-    step2 = [pipeline.dataset(n) for n in expand_datasets(config.step2.datasets)]
-    g3 = [pipeline.dataset(n) for n in expand_datasets(config.generalization.datasets)]
-    s1 = [pipeline.dataset(n) for n in expand_datasets(config.step1.datasets)]
+    work = pipeline.workspace
+    config, settings, device = work.config, work.settings, work.device
+    base = work.load_base()
+    step2 = [work.dataset(n) for n in expand_datasets(config.step2.datasets)]
+    g3 = [work.dataset(n) for n in expand_datasets(config.generalization.datasets)]
+    s1 = [work.dataset(n) for n in expand_datasets(config.step1.datasets)]
     step_seconds = calibrate(base, settings, device)  # Step 1 and Table 14's timings run in this process
     workers, threads = reference_workers(pipeline.config, base.model)
     worker_step = step_seconds if workers == 1 else calibrate(base, settings, device, threads=threads)
@@ -110,7 +112,7 @@ def estimate(pipeline: Pipeline, stages: list[dict]) -> dict:
     model_step = {"step2": worker_step / workers, "generalization": worker_step / workers}
     engine = ("reference loop" if workers == 1 else
               f"reference loop in {workers} worker processes of {threads} thread{'s' if threads > 1 else ''}")
-    if pipeline.batched():
+    if work.batched():
         from .engine import auto_pack_size
 
         pack = config.run.pack_models or auto_pack_size(base.model, device)

@@ -111,35 +111,29 @@ class Scorer:
         store: ResultStore,
         settings: ScoreSettings = ScoreSettings(),
         seeds: Sequence[int] = (1,),
-        data_dir=None,
-        text_column: str = "tweet",
-        label_column: str = "class",
         device: str = "auto",
         executor=None,
         on_result: Callable[[SeedTask, SeedScore, bool], None] | None = None,
-        sources: dict[str, str] | None = None,
-        loader: Callable[[str], Dataset] | None = None,
+        datasets: Callable[[str], Dataset] = load_dataset,
         deadline: float | None = None,
         log: Callable[[str], None] | None = None,
         base_loader: Callable[[], BaseModel] | None = None,
         precision: str = "fp32",
+        score: Callable[[EvalContext, SeedTask], SeedScore] = run_task,
     ):
         self.base = base
         self.store = store
         self.settings = settings
         self.seeds = list(seeds)
-        self.data_dir = data_dir
-        self.text_column = text_column
-        self.label_column = label_column
         self.device = device
         self.executor: Executor = executor or InProcessExecutor()
         self.on_result = on_result
-        self.sources = dict(sources or {})  # display name -> bundled name or file path
-        self.loader = loader  # name -> Dataset, when the caller prepares datasets itself (e.g. capped)
+        self.loader = datasets  # name -> Dataset (a run's `workspace.Workspace.dataset`: one place loads them)
         self.deadline = deadline  # time.monotonic(): past it, start nothing new and raise errors.Stopped
         self.log = log  # where the first score found in the store says which scores a resumed run reuses
         self.base_loader = base_loader  # loads `base` again, in worker processes (`EvalContext.base_loader`)
         self.precision = precision  # the reference loop's adjusting precision (`scoring.adjust`)
+        self.score_task = score  # one SeedTask by the reference loop (`EvalContext.score`), module-level: it travels
         self.resumed = False
         self._datasets: dict[str, Dataset] = {}
         self._encoded: dict[str, tuple[list[list[int]], np.ndarray]] = {}
@@ -154,15 +148,7 @@ class Scorer:
     # -------------------------------------------------------------- data
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            if self.loader is not None:
-                ds = self.loader(name)
-            else:
-                ds = load_dataset(
-                    self.sources.get(name, name),
-                    text_column=self.text_column,
-                    label_column=self.label_column,
-                    data_dir=self.data_dir,
-                )
+            ds = self.loader(name)
             check_enough_per_class(ds, self.settings.n_folds)
             self._datasets[name] = ds
             self._encoded[name] = (encode(self.base.tokenizer, ds.texts, self.settings_key["max_length"]), ds.labels)
@@ -172,7 +158,7 @@ class Scorer:
         for name in names:
             self.dataset(name)
         return EvalContext(self.base.model, self.base.tokenizer, {n: self._encoded[n] for n in names}, self.settings,
-                           self.device, score=run_task, base_loader=self.base_loader, precision=self.precision)
+                           self.device, score=self.score_task, base_loader=self.base_loader, precision=self.precision)
 
     # -------------------------------------------------------------- store
     def key(self, task: SeedTask) -> str:
@@ -227,11 +213,11 @@ class Scorer:
                           stopped=lambda done, total: f"time limit reached; {done} of {total} scores of this batch "
                                                       "are in the store")
 
-    def adjust_times(self, tasks: Sequence[SeedTask]) -> dict[SeedTask, float]:
+    def adjust_times(self, tasks: Sequence[SeedTask], executor: Executor | None = None) -> dict[SeedTask, float]:
         """Table 14: the adjusting seconds of each task's model trained alone, physically pruned, by
         the reference loop on this scorer's device, whatever executor computes the scores (the
-        batched engine's times are a stack's, shared by its models). Stored by device, so a resumed
-        run times nothing twice."""
+        batched engine's times are a stack's, shared by its models), in this process unless
+        `executor` says otherwise. Stored by device, so a resumed run times nothing twice."""
         device = resolve_device(str(self.device))
         where = device_description(device)
         # The reference loop times every model, whatever engine computed the scores: its key is the
@@ -252,7 +238,8 @@ class Scorer:
         def context(batch: list) -> EvalContext:
             return replace(self.context(sorted({t.dataset for t in batch})), device=device, score=time_task)
 
-        return run_stored(tasks, lambda task: self.store.get_timing(key(task)), put, InProcessExecutor(), context,
+        return run_stored(tasks, lambda task: self.store.get_timing(key(task)), put, executor or InProcessExecutor(),
+                          context,
                           deadline=self.deadline, on_result=self.on_result,
                           stopped=lambda done, total: f"time limit reached; {done} of {total} adjusting times "
                                                       "(Table 14) are in the store")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -162,6 +163,20 @@ def svm_f1(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int, device: torch.
     return float(np.mean(scores))
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The three stages of one seed's score (Algorithm 4), the reference ones by default: `adjust`
+    (continued MLM, returns its seconds), `features` (tweet vectors), `classify` (the SVM's mean
+    F1). Where a caller (a test) watches or replaces a stage, it passes its own `Stages`."""
+
+    adjust: Callable[..., float] = adjust
+    features: Callable[..., np.ndarray] = features
+    classify: Callable[..., float] = svm_f1
+
+
+REFERENCE = Stages()
+
+
 def pruned_copy(base_model, pruned: Iterable[Head]):
     """A physically pruned copy of `base_model` (which is not modified)."""
     model = copy.deepcopy(base_model)
@@ -191,17 +206,18 @@ def score_seed(
     settings: ScoreSettings,
     device: torch.device,
     precision: str = "fp32",
+    stages: Stages = REFERENCE,
 ) -> SeedScore:
     """One seed of PRUN_ADJ_EVAL: split, prune, adjust (`precision`: see `adjust`), features (fp32),
-    SVM. `base_model` is not modified."""
+    SVM, each by `stages`. `base_model` is not modified."""
     finetune_idx, classify_idx = split_halves(labels, seed)
     model = pruned_copy(base_model, pruned)
     n_params = count_parameters(model)
     size = saved_size(model)
     model.to(device)
-    seconds = adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device, precision)
-    x = features(model, [ids[i] for i in classify_idx], tokenizer.pad_token_id, settings, device)
-    f1 = svm_f1(x, labels[classify_idx], settings.n_folds, seed)
+    seconds = stages.adjust(model, tokenizer, [ids[i] for i in finetune_idx], settings, seed, device, precision)
+    x = stages.features(model, [ids[i] for i in classify_idx], tokenizer.pad_token_id, settings, device)
+    f1 = stages.classify(x, labels[classify_idx], settings.n_folds, seed)
     return SeedScore(f1=f1, adjust_seconds=seconds, n_params=n_params, size_bytes=size, device=str(device.type))
 
 
@@ -221,5 +237,5 @@ def time_task(context: EvalContext, task: SeedTask) -> float:
                           device, context.precision)
 
 
-__all__ = ["adjust", "adjust_seconds", "features", "masked_lm_loss", "pad_batch", "pruned_copy", "run_task",
-           "score_seed", "svm_f1", "time_task"]
+__all__ = ["REFERENCE", "Stages", "adjust", "adjust_seconds", "features", "masked_lm_loss", "pad_batch",
+           "pruned_copy", "run_task", "score_seed", "svm_f1", "time_task"]

@@ -30,7 +30,7 @@ from scipy import stats
 
 from headprune.config import parse_seeds
 from headprune.racing import RacingSettings
-from headprune.replay import _replay_search, _searches, _stored
+from headprune.studies.replay import _replay_search, _searches, _stored
 from headprune.summary import load_summary
 
 HERE = Path(__file__).parent

@@ -24,7 +24,7 @@ from scipy import stats
 
 from headprune.config import parse_seeds
 from headprune.racing import RacingSettings
-from headprune.replay import _full_result, _least, _replay_search, _stored
+from headprune.studies.replay import _full_result, _least, _replay_search, _stored
 from headprune.search import H1Strategy
 from headprune.summary import load_summary
 

@@ -48,19 +48,20 @@ def _seeds(spec: str, option: str) -> list[int]:
     return parse_seeds(spec, option)
 
 
-def _pipeline_for(
+def _workspace_for(
     model: str,
-    run_dir: Path,
     data_dir,
     text_column: str,
     label_column: str,
     device: str,
     warmup_steps: int,
     epochs: int,
+    step1_datasets: list[str] | None = None,
+    step1_seeds: list[int] | None = None,
 ):
-    """The pipeline of `importance` and `score`: their shared options over the defaults."""
+    """The workspace of `importance` and `score`: their shared options over the defaults."""
     from ..config import Config
-    from ..pipeline import Pipeline
+    from ..workspace import Workspace
 
     if epochs < 1:
         raise HeadpruneError(f"--epochs must be at least 1, got {epochs}")
@@ -72,7 +73,11 @@ def _pipeline_for(
     config.run.device = device
     config.scoring = replace(config.scoring, epochs=epochs)
     config.step1.epochs = epochs
-    return Pipeline(config, run_dir)
+    if step1_datasets is not None:
+        config.step1.datasets = step1_datasets
+    if step1_seeds is not None:
+        config.step1.seeds = step1_seeds
+    return Workspace(config)
 
 
 def importance_command(
@@ -96,14 +101,13 @@ def importance_command(
     from ..importance import criterion_for
     from ..store import ResultStore
 
-    pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
-    pipeline.config.step1.datasets = [datasets]
-    pipeline.config.step1.seeds = _seeds(seeds, "--seeds")
+    work = _workspace_for(model, data_dir, text_column, label_column, device, warmup_steps, epochs,
+                          step1_datasets=[datasets], step1_seeds=_seeds(seeds, "--seeds"))
     name = f"A{random}" if random else criterion
     if criterion_for(name).kind == "importance":
-        pipeline.datasets([datasets], check_folds=False)  # bad names and files fail before any model work
-    base = pipeline.load_base()
-    order = pipeline.order(name, base, ResultStore(run_dir / "store.sqlite"))
+        work.datasets([datasets], check_folds=False)  # bad names and files fail before any model work
+    base = work.load_base()
+    order = work.order(name, base, ResultStore(run_dir / "store.sqlite"))
     order.save(out)
     least = ", ".join(f"{l}:{h}" for l, h in order.ranked[-5:][::-1])
     typer.echo(f"wrote {out}: {len(order.ranked)} heads ranked; least important first: {least}")
@@ -125,17 +129,17 @@ def score_command(
     warmup_steps: int = WARMUP,
 ) -> None:
     """PRUN_ADJ_EVAL: score one pruned model on datasets (F1-macro per seed), through the run's store."""
+    from ..heads import HeadSet
     from ..importance import Order
     from ..store import ResultStore
-    from ..surgery import format_head_spec, parse_head_spec
 
     seed_list = _seeds(seeds, "--seeds")
-    pipeline = _pipeline_for(model, run_dir, data_dir, text_column, label_column, device, warmup_steps, epochs)
+    work = _workspace_for(model, data_dir, text_column, label_column, device, warmup_steps, epochs)
     # Validates files, columns and class sizes before any model work.
-    names = [d.name for d in pipeline.datasets([dataset])]
+    names = [d.name for d in work.datasets([dataset])]
     if order is not None and prune:
         raise HeadpruneError("give either --prune or --order/--k, not both")
-    base = pipeline.load_base()
+    base = work.load_base()
     if order is not None:
         if k is None:
             raise HeadpruneError("--order needs --k (how many of the least important heads to prune)")
@@ -147,23 +151,20 @@ def score_command(
             )
         if not 0 <= k < base.n_total_heads:
             raise HeadpruneError(f"--k must be between 0 and {base.n_total_heads - 1}, got {k}")
-        heads = loaded.least_important(k)
+        heads = HeadSet(loaded.least_important(k))
     else:
-        spec = parse_head_spec(prune, base.n_layers, base.n_heads)
-        heads = [(l, h) for l, hs in spec.items() for h in hs]
-    if len(set(heads)) >= base.n_total_heads:
+        heads = HeadSet.parse(prune, base.n_layers, base.n_heads)
+    if len(heads) >= base.n_total_heads:
         raise HeadpruneError("--prune: cannot prune every head of the model: at least one head must remain")
     store = ResultStore(run_dir / "store.sqlite")
-    from ..pipeline import make_executor
-
-    pipeline.check_engine(base)
-    scorer = pipeline.scorer(base, store, seed_list, executor=make_executor(pipeline.config))
-    spec_text = format_head_spec({l: [h for ll, h in heads if ll == l] for l, _ in heads}, base.n_heads) or "none"
-    typer.echo(f"model {base.name} ({base.fingerprint}), pruning {len(set(heads))} heads: {spec_text}")
+    work.check_engine(base)
+    scorer = work.scorer(base, store, seed_list, executor=work.executor("step2"))
+    spec = heads.spec(base.n_heads) or "none"
+    typer.echo(f"model {base.name} ({base.fingerprint}), pruning {len(heads)} heads: {spec}")
     for name in names:
-        pipeline.progress.start_stage(f"score {name}", len(seed_list))
+        work.progress.start_stage(f"score {name}", len(seed_list))
         result = scorer.score(heads, name)
-        pipeline.progress.end_stage()
+        work.progress.end_stage()
         per_seed = ", ".join(f"{s}: {f:.4f}" for s, f in zip(result.seeds, result.scores))
         typer.echo(
             f"{name}: F1-macro {result.mean:.4f} (std {result.std:.4f}) over seeds [{per_seed}]; "

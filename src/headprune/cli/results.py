@@ -79,7 +79,7 @@ def replay_command(
     from ..config import recorded_config
     from ..constraints import check
     from ..racing import RacingSettings
-    from ..replay import REPLAY_FILE, replay_run
+    from ..studies.replay import REPLAY_FILE, replay_run
     from ..summary import load_summary
 
     if walk_test is not None:

@@ -13,7 +13,7 @@ from ..tasks import EvalContext, SeedScore, SeedTask, StopRequests
 from .batches import BatchPreparer
 from .options import EngineOptions, batched_store_entries, supports
 from .packing import auto_pack_size, plan_units
-from .stages import SizeCache, Trained, svm_score, task_jobs, train_group, train_pack
+from .stages import ENGINE, EngineStages, SizeCache, Trained, task_jobs
 
 
 class BatchedExecutor(StopRequests):
@@ -30,13 +30,15 @@ class BatchedExecutor(StopRequests):
     does not support go through the context's own (reference) computation.
 
     Its units are planned over the whole batch (`plans_batch`): which seeds and candidates train
-    together decides their dropout streams, hence their scores."""
+    together decides their dropout streams, hence their scores. `stages`: the engine's stages
+    (`stages.EngineStages`, the real ones unless a caller watches or replaces one)."""
 
     name = "batched"
     plans_batch = True
 
-    def __init__(self, options: EngineOptions = EngineOptions()):
+    def __init__(self, options: EngineOptions = EngineOptions(), stages: EngineStages = ENGINE):
         self.options = options
+        self.stages = stages
         self._sizes: SizeCache | None = None
         self._prep: BatchPreparer | None = None
         self._fits: int | None = None  # models per pack known to fit (after running out of GPU memory)
@@ -83,7 +85,7 @@ class BatchedExecutor(StopRequests):
         pending: list[tuple[SeedTask, Future]] = []
         with ThreadPoolExecutor(max(1, self.options.svm_workers)) as pool:
             for group, trained in self._trained(context, tasks, wanted, batch, device, sizes):
-                pending += [(task, pool.submit(svm_score, trained, k, context.settings, device))
+                pending += [(task, pool.submit(self.stages.svm, trained, k, context.settings, device))
                             for k, task in enumerate(group) if task in wanted]
                 while pending and pending[0][1].done():  # hand over what is ready, in order
                     task, future = pending.pop(0)
@@ -113,9 +115,9 @@ class BatchedExecutor(StopRequests):
                 yield from self._train_pack_fitting(context, unit, prepared, device, sizes, wanted)
             else:
                 ids, labels = context.datasets[unit[0].dataset]
-                yield unit, train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
-                                         [t.seed for t in unit], settings, device, self.options, sizes=sizes,
-                                         prepared=prepared)
+                yield unit, self.stages.train_group(context.base_model, context.tokenizer, ids, labels, unit[0].pruned,
+                                                     [t.seed for t in unit], settings, device, self.options,
+                                                     sizes=sizes, prepared=prepared)
 
     def _train_pack_fitting(self, context: EvalContext, pack: list[SeedTask], prepared: list, device: torch.device,
                             sizes: SizeCache, wanted: set) -> Iterator[tuple[list[SeedTask], Trained]]:
@@ -131,8 +133,9 @@ class BatchedExecutor(StopRequests):
                 continue
             trained = None
             try:
-                trained = train_pack(context.base_model, context.tokenizer, context.datasets, part, context.settings,
-                                      device, self.options, sizes, prepared=prepared[start:start + cap])
+                trained = self.stages.train_pack(context.base_model, context.tokenizer, context.datasets, part,
+                                                 context.settings, device, self.options, sizes,
+                                                 prepared=prepared[start:start + cap])
             except torch.cuda.OutOfMemoryError:
                 if len(part) == 1:
                     raise

@@ -12,6 +12,7 @@ a tolerance that bf16 rounding keeps but a wrong batch, mask, layout or update d
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -58,9 +59,11 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(base_model, tokenizer, device: torch.device, options: EngineOptions = EngineOptions(),
-            limit: int = 64) -> str | None:
+            limit: int = 64, train: Callable[..., float] = adjust_stacked,
+            read: Callable[..., list[np.ndarray]] = features_stacked) -> str | None:
     """Train the pack both ways; None when they agree, else what differs (one line). Raises what the
-    engine raises."""
+    engine raises. `train`, `read`: the engine's training and features (the engine's own unless a
+    caller, a test, hands it a broken one)."""
     model = without_dropout(base_model).eval()
     pruned_sets = [(), ((0, 0),)]
     rows = check_rows(tokenizer, limit)
@@ -68,10 +71,10 @@ def compare(base_model, tokenizer, device: torch.device, options: EngineOptions 
     seeds = (1, 2)
     start = features(pruned_copy(model, ()).to(device), rows, pad, SETTINGS, device)
     stack = StackedMLM.masked(model, pruned_sets, device)
-    adjust_stacked(stack, tokenizer, [(rows, seed) for seed in seeds], SETTINGS, options)
+    train(stack, tokenizer, [(rows, seed) for seed in seeds], SETTINGS, options)
     if not all(torch.isfinite(p.detach()).all() for p in stack.params.values()):
         return "the engine's trained weights are not finite"
-    engine = features_stacked(stack, [rows] * len(seeds), pad, SETTINGS, options)
+    engine = read(stack, [rows] * len(seeds), pad, SETTINGS, options)
     del stack
     out_tol, move_tol = TOLERANCE[options.use_amp(device)]
     for k, (pruned, seed) in enumerate(zip(pruned_sets, seeds)):
@@ -93,12 +96,13 @@ def compare(base_model, tokenizer, device: torch.device, options: EngineOptions 
 
 
 def self_check(base_model, tokenizer, device: torch.device, options: EngineOptions = EngineOptions(),
-               limit: int = 64) -> str | None:
+               limit: int = 64, train: Callable[..., float] = adjust_stacked,
+               read: Callable[..., list[np.ndarray]] = features_stacked) -> str | None:
     """None when the batched engine trains a tiny pack as the reference loop does on `device`; else
     why not, in one line (an exception of the engine included: the caller falls back, so nothing the
-    engine raises may stop the run)."""
+    engine raises may stop the run). `train`, `read`: see `compare`."""
     try:
-        return compare(base_model, tokenizer, device, options, limit)
+        return compare(base_model, tokenizer, device, options, limit, train, read)
     except Exception as err:  # noqa: BLE001 - any failure of the engine means: use the reference loop
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return f"the engine raised {type(err).__name__}" + (f": {detail}" if detail else "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -215,9 +215,24 @@ def svm_score(trained: Trained, k: int, settings: ScoreSettings, device: torch.d
                      device=str(device.type))
 
 
+@dataclass(frozen=True)
+class EngineStages:
+    """The engine's stages, the real ones by default: `train_group` (one pruned set's seeds),
+    `train_pack` (a masked pack) and `svm` (one trained model's SVM and SeedScore). Where a caller (a
+    test) watches or replaces a stage, it passes its own to `BatchedExecutor` or the functions below."""
+
+    train_group: Callable[..., Trained] = train_group
+    train_pack: Callable[..., Trained] = train_pack
+    svm: Callable[[Trained, int, ScoreSettings, torch.device], SeedScore] = svm_score
+
+
+ENGINE = EngineStages()
+
+
 def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.ndarray, pruned: Iterable[Head],
                         seeds: Sequence[int], settings: ScoreSettings, device: torch.device | str,
-                        options: EngineOptions = EngineOptions(), stats: dict | None = None) -> list[SeedScore]:
+                        options: EngineOptions = EngineOptions(), stats: dict | None = None,
+                        stages: EngineStages = ENGINE) -> list[SeedScore]:
     """PRUN_ADJ_EVAL of one pruned set on one dataset for several seeds, trained together.
 
     Same splits, batch orders, masking, loss, schedules and AdamWs as `scoring.score_seed` per seed
@@ -228,32 +243,33 @@ def score_seeds_batched(base_model, tokenizer, ids: list[list[int]], labels: np.
     "features_seconds" and "svm_seconds" (wall times of the whole group)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
     seeds = [int(s) for s in seeds]
-    trained = train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options, stats)
-    return svm_scores(trained, settings, device, options, stats)
+    trained = stages.train_group(base_model, tokenizer, ids, labels, pruned, seeds, settings, device, options, stats)
+    return svm_scores(trained, settings, device, options, stats, stages.svm)
 
 
 def score_pack(base_model, tokenizer, datasets: dict[str, tuple[list[list[int]], np.ndarray]],
                tasks: Sequence[SeedTask], settings: ScoreSettings, device: torch.device | str,
                options: EngineOptions = EngineOptions(), stats: dict | None = None,
-               sizes: SizeCache | None = None) -> list[SeedScore]:
+               sizes: SizeCache | None = None, stages: EngineStages = ENGINE) -> list[SeedScore]:
     """PRUN_ADJ_EVAL of several (pruned set, dataset, seed) tasks trained together in one masked
     stack (`StackedMLM.masked`). Each model computes what `score_seeds_batched` computes for its
     task; every `adjust_seconds` is the pack's shared wall time. `datasets`: name -> (ids, labels)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
-    trained = train_pack(base_model, tokenizer, datasets, list(tasks), settings, device, options,
-                          sizes or SizeCache(base_model), stats)
-    return svm_scores(trained, settings, device, options, stats)
+    trained = stages.train_pack(base_model, tokenizer, datasets, list(tasks), settings, device, options,
+                                sizes or SizeCache(base_model), stats)
+    return svm_scores(trained, settings, device, options, stats, stages.svm)
 
 
 def svm_scores(trained: Trained, settings: ScoreSettings, device: torch.device, options: EngineOptions,
-          stats: dict | None) -> list[SeedScore]:
+               stats: dict | None, svm: Callable[[Trained, int, ScoreSettings, torch.device], SeedScore] = svm_score
+               ) -> list[SeedScore]:
     start = time.perf_counter()
     n = len(trained.seeds)
     if options.svm_workers > 1 and n > 1:
         with ThreadPoolExecutor(min(options.svm_workers, n)) as pool:
-            scores = list(pool.map(lambda k: svm_score(trained, k, settings, device), range(n)))
+            scores = list(pool.map(lambda k: svm(trained, k, settings, device), range(n)))
     else:
-        scores = [svm_score(trained, k, settings, device) for k in range(n)]
+        scores = [svm(trained, k, settings, device) for k in range(n)]
     if stats is not None:
         stats["svm_seconds"] = stats.get("svm_seconds", 0.0) + time.perf_counter() - start
     return scores

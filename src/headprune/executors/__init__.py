@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 
 def make_executor(config: Config, stage: str = "step2") -> Executor:
-    """The executor of a stage ("step1", "step2", "generalization").
+    """The executor of a stage ("step1", "step2", "generalization", "timing").
+
+    Table 14's timings ("timing"): in this process, each model adjusting alone (`Scorer.adjust_times`).
 
     Step 1: its finetunings in `step1.workers` processes (0: 6 on a GPU, where one batch-16
     finetuning cannot fill it, 1 on CPU), else here.
@@ -36,6 +38,8 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
     or in this process (1)."""
     from ..engine import BatchedExecutor, EngineOptions
 
+    if stage == "timing":
+        return InProcessExecutor()
     if stage == "step1":
         workers = config.step1.workers or (6 if _device(config).type == "cuda" else 1)
         return ProcessExecutor(workers) if workers > 1 else InProcessExecutor()
@@ -57,17 +61,19 @@ def make_executor(config: Config, stage: str = "step2") -> Executor:
 
 
 def checked_engine(config: Config, base_model, tokenizer, limit: int, device: torch.device,
-                   log: Callable[[str], None]) -> Config:
+                   log: Callable[[str], None], check: Callable[..., str | None] | None = None) -> Config:
     """`config`, or a copy with `run.engine = "reference"` when "auto" would pick the batched engine
     here (in this process, on CUDA) and its self-check fails (`engine.self_check`: a tiny pack
     trained by the engine and by the reference loop on `device`): then `log` gets one line and the
     run goes on with the reference loop. The engine has not yet run on a GPU; "batched" forces it
-    unchecked, and on Ray each worker's device is not known here (no check)."""
+    unchecked, and on Ray each worker's device is not known here (no check). `check`: the self-check
+    (`engine.self_check` unless a caller, a test, gives another)."""
     if config.run.engine != "auto" or config.run.executor == "ray" or not batched_engine(config, device.type):
         return config
-    from ..engine import self_check
+    if check is None:
+        from ..engine import self_check as check
 
-    problem = self_check(base_model, tokenizer, device, limit=limit)
+    problem = check(base_model, tokenizer, device, limit=limit)
     if problem is None:
         return config
     log(f"the batched engine failed its self-check on {device} ({problem}); using the reference loop "

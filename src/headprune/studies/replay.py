@@ -48,14 +48,14 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .config import recorded_config
-from .errors import HeadpruneError
-from .heads import HeadSet
-from .racing import Race, RacingSettings, SeedNoise, by_fidelity, walk_decision
-from .search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
-from .store import ResultStore
-from .summary import SUMMARY_FILE, load_summary, malformed
-from .verify import NotInStore, StoredScores
+from ..config import recorded_config
+from ..errors import HeadpruneError
+from ..heads import HeadSet
+from ..racing import Race, RacingSettings, SeedNoise, by_fidelity, walk_decision
+from ..search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
+from ..store import ResultStore
+from ..summary import SUMMARY_FILE, load_summary, malformed
+from ..verify import NotInStore, StoredScores
 
 REPLAY_FILE = "replay.json"
 DEFAULT_REPEATS = 200
