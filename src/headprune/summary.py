@@ -2,26 +2,35 @@
 verify and export.
 
 Every part is a dataclass whose fields are the JSON keys, in the order they are written. Their
-`from_json`/`to_json` come from one converter (`_Json`), driven by the field annotations, so reading
+`from_json`/`to_json` come from one converter (`records.JsonRecord`), driven by the field annotations, so reading
 and writing cannot drift apart and a malformed part is refused with the key path at fault
 ('h1.OI.ranking[0].rank_sum'). Keys that older or hand-written summaries may lack are optional
-(`_optional()`: None when absent, left out when None); a field with a plain None default is nullable
+(`optional()`: None when absent, left out when None); a field with a plain None default is nullable
 and always written. A file without `schema_version` is version 1: the same shape, read as is."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import HeadpruneError, parse_user_file
 from .names import COMPLETE
+from .records import (
+    MINIMUM,
+    NOT_JSON,
+    JsonRecord,
+    MalformedSummary,
+    as_object,
+    join_key,
+    missing_key,
+    optional,
+    read_value,
+    write_value,
+)
 
 # 1: the shape of 2, before the file said its version; 3: adds step2_comparison (Tables 7-10), the
 # per-seed MAM models in the comparisons, Table 14's per-model timing fields and `inference`; 4: adds
@@ -36,20 +45,7 @@ SUMMARY_FILE = "summary.json"
 # The racing walk test (`racing.WALK_TESTS`) a run's configuration or a race's record without the key used.
 WALK_TEST_BEFORE = "t-test"
 
-_OMIT = "omit_when_none"  # field metadata: an optional key, left out when None
-_MINIMUM = "minimum"  # field metadata: an integer's least value
-_NOT_JSON = "not_json"  # field metadata: not a key (where the summary was read from)
 T = TypeVar("T")
-J = TypeVar("J", bound="_Json")
-
-
-class MalformedSummary(ValueError):
-    """A part of a summary of the wrong shape. `load_summary` turns it into one `HeadpruneError`
-    line naming the file; `key` is the key path at fault ('' for the whole document)."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(problem)
-        self.key = key
 
 
 def malformed(path: str | os.PathLike | None, detail: str) -> HeadpruneError:
@@ -59,163 +55,34 @@ def malformed(path: str | os.PathLike | None, detail: str) -> HeadpruneError:
     )
 
 
-def _optional() -> Any:
-    """A key some summaries lack (older or hand-written ones): None when absent, not written when None."""
-    return field(default=None, metadata={_OMIT: True})
-
-
-def _join(key: str, name: object) -> str:
-    return f"{key}.{name}" if key else str(name)
-
-
-def _missing(key: str) -> MalformedSummary:
-    return MalformedSummary(key, f"missing or invalid '{key}' (absent)")
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a JSON object"
-    if isinstance(value, list):
-        return "a list"
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool)) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _wrong(key: str, expected: str, value: Any) -> MalformedSummary:
-    if not key:
-        return MalformedSummary(key, f"expected {expected}, got {_describe(value)}")
-    return MalformedSummary(key, f"'{key}' must be {expected}, got {_describe(value)}")
-
-
-def _object(value: Any, key: str) -> dict:
-    if not isinstance(value, dict):
-        raise _wrong(key, "a JSON object", value)
-    return value
-
-
-def _read(value: Any, hint: Any, key: str, minimum: int | None = None) -> Any:
-    """`value` checked against the annotation `hint`; numbers are kept as they are (exact round trips)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _read(value, inner, key, minimum)
-    if isinstance(hint, type) and issubclass(hint, _Json):
-        return hint.from_json(value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise _wrong(key, "a list", value)
-        return [_read(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, list) or len(value) != len(args):
-            raise _wrong(key, "a [layer, head] pair", value)
-        return tuple(_read(item, arg, f"{key}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
-    if origin is dict:
-        return {name: _read(item, args[1], _join(key, name)) for name, item in _object(value, key).items()}
-    if hint is dict:  # free-form: the configuration, the MLM head's description, library versions
-        return _object(value, key)
-    if hint is str:
-        if not isinstance(value, str):
-            raise _wrong(key, "a string", value)
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            expected = "an integer" if minimum is None else ("a positive integer" if minimum == 1 else
-                                                             f"an integer >= {minimum}")
-            raise _wrong(key, expected, value)
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _wrong(key, "a number", value)
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _wrong(key, "true or false", value)
-        return value
-    raise TypeError(f"no JSON reader for the annotation {hint!r} of '{key}'")
-
-
-def _write(value: Any) -> Any:
-    if isinstance(value, _Json):
-        return value.to_json()
-    if isinstance(value, (list, tuple)):
-        return [_write(item) for item in value]
-    if isinstance(value, dict):
-        return {name: _write(item) for name, item in value.items()}
-    return value
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-class _Json:
-    """from_json / to_json of a summary dataclass, from its fields and their annotations."""
-
-    @classmethod
-    def from_json(cls: type[J], data: Any, key: str = "") -> J:
-        """Read one JSON object of this part; `key` is its path, for the error naming a bad key."""
-        data = _object(data, key)
-        own = [f for f in fields(cls) if not f.metadata.get(_NOT_JSON)]
-        known = {f.name for f in own}
-        unknown = [name for name in data if name not in known]
-        if unknown:
-            raise MalformedSummary(_join(key, unknown[0]), f"unknown key '{_join(key, unknown[0])}'")
-        hints = _hints(cls)
-        values = {}
-        for f in own:
-            if f.name not in data:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    raise _missing(_join(key, f.name))
-                continue
-            values[f.name] = _read(data[f.name], hints[f.name], _join(key, f.name), f.metadata.get(_MINIMUM))
-        return cls(**values)
-
-    def to_json(self) -> dict:
-        """The JSON object of this part: its keys in field order, optional ones left out when None."""
-        out = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if f.metadata.get(_NOT_JSON) or (value is None and f.metadata.get(_OMIT)):
-                continue
-            out[f.name] = _write(value)
-        return out
-
-
 # ----------------------------------------------------------------------------- the run's head
 
 
 @dataclass(kw_only=True)
-class ModelInfo(_Json):
+class ModelInfo(JsonRecord):
     """The base model of the run (summary["model"])."""
 
-    name: str | None = _optional()
-    fingerprint: str | None = _optional()
-    n_layers: int = field(metadata={_MINIMUM: 1})
-    n_heads: int = field(metadata={_MINIMUM: 1})
-    mlm_head: dict | None = _optional()  # scoring.BaseModel.info: whether the MLM head was fresh, its warm-up
-    n_params: int | None = _optional()
-    size_bytes: int | None = _optional()
+    name: str | None = optional()
+    fingerprint: str | None = optional()
+    n_layers: int = field(metadata={MINIMUM: 1})
+    n_heads: int = field(metadata={MINIMUM: 1})
+    mlm_head: dict | None = optional()  # scoring.BaseModel.info: whether the MLM head was fresh, its warm-up
+    n_params: int | None = optional()
+    size_bytes: int | None = optional()
 
 
 @dataclass(kw_only=True)
-class Agreement(_Json):
+class Agreement(JsonRecord):
     """The mean Spearman correlation between pairs of Step 1 runs (`importance.stability.agreement`):
     over all heads, and within layers (the mean over layers); null where no pair defines it."""
 
-    pairs: int = field(metadata={_MINIMUM: 0})
+    pairs: int = field(metadata={MINIMUM: 0})
     spearman: float | None = None
     spearman_within_layers: float | None = None
 
 
 @dataclass(kw_only=True)
-class BottomK(_Json):
+class BottomK(JsonRecord):
     """The bootstrap at one k: `frequency` (layers x heads), the share of resamples in which each head
     is among the k least important; `agreement`, its mean over the order's own k least important."""
 
@@ -224,45 +91,45 @@ class BottomK(_Json):
 
 
 @dataclass(kw_only=True)
-class Bootstrap(_Json):
+class Bootstrap(JsonRecord):
     """Resamples of the Step 1 runs with replacement (seeded): {str(k): BottomK} for each k H1 prunes."""
 
-    resamples: int = field(metadata={_MINIMUM: 1})
+    resamples: int = field(metadata={MINIMUM: 1})
     seed: int
     bottom_k: dict[str, BottomK]
 
 
 @dataclass(kw_only=True)
-class Stability(_Json):
+class Stability(JsonRecord):
     """How well an order reproduces (summary["orders"][name]["stability"], `importance.stability`):
     for a Step 1 order the runs compared, the agreement between seeds (same dataset) and between
     datasets (same seed), and the bootstrap; for a random or weights order only `note`, saying why
     nothing is measured."""
 
-    note: str | None = _optional()
-    runs: int | None = _optional()
-    seeds: Agreement | None = _optional()
-    datasets: Agreement | None = _optional()
-    bootstrap: Bootstrap | None = _optional()
+    note: str | None = optional()
+    runs: int | None = optional()
+    seeds: Agreement | None = optional()
+    datasets: Agreement | None = optional()
+    bootstrap: Bootstrap | None = optional()
 
 
 @dataclass(kw_only=True)
-class OrderEntry(_Json):
+class OrderEntry(JsonRecord):
     """One order of the heads (summary["orders"][name]), most important first."""
 
     ranked: list[tuple[int, int]]
     matrix: list[list[float]] | None = None  # the mean importance; null for a random order
     # "importance" (Step 1's finetunings), "weights" (the checkpoint's weights, no data) or "random"
-    kind: str | None = _optional()
+    kind: str | None = optional()
     # Step 1 orders: the settings part of their rows' store keys (`importance.step1_key_settings`),
     # by which `headprune verify` selects the rows; absent in older summaries and for random orders.
-    settings: dict | None = _optional()
+    settings: dict | None = optional()
     # Step 1 orders: {dataset name: content hash} of the datasets their matrices come from, the
     # dataset part of their rows' store keys: `headprune verify` selects the rows by these, so a
     # file renamed or edited since the run cannot pass for the one used. Absent in older summaries
     # (verify then goes by the names, and says so) and for random orders.
-    dataset_hashes: dict[str, str] | None = _optional()
-    stability: Stability | None = _optional()  # absent in summaries before schema 4
+    dataset_hashes: dict[str, str] | None = optional()
+    stability: Stability | None = optional()  # absent in summaries before schema 4
 
     @property
     def is_random(self) -> bool:
@@ -274,52 +141,52 @@ class OrderEntry(_Json):
 
 
 @dataclass(kw_only=True)
-class RankingRow(_Json):
+class RankingRow(JsonRecord):
     """One row of RANKING_MODELS (search.rank_models), best first: H1 rows add "k"."""
 
     model: str
     n_pruned: int
     rank_sum: float
     ranks: dict[str, float]
-    scores: dict[str, float] | None = _optional()
-    k: int | None = _optional()
+    scores: dict[str, float] | None = optional()
+    k: int | None = optional()
 
 
 @dataclass(kw_only=True)
-class Elimination(_Json):
+class Elimination(JsonRecord):
     """A candidate a race dropped (racing.py): in which of the search's rounds, after how many seeds."""
 
-    round: int = field(metadata={_MINIMUM: 1})
-    n_pruned: int = field(metadata={_MINIMUM: 0})
+    round: int = field(metadata={MINIMUM: 1})
+    n_pruned: int = field(metadata={MINIMUM: 0})
     pruned_heads: list[tuple[int, int]]
-    after_seeds: int = field(metadata={_MINIMUM: 1})
+    after_seeds: int = field(metadata={MINIMUM: 1})
     p_value: float
     test: str  # "friedman+conover", "friedman (identical rankings)" or "wilcoxon"
-    fidelity: str | None = _optional()  # "no-adjust": dropped by the screen at the low fidelity
+    fidelity: str | None = optional()  # "no-adjust": dropped by the screen at the low fidelity
 
 
 @dataclass(kw_only=True)
-class Decision(_Json):
+class Decision(JsonRecord):
     """One H2/H3 step a race decided with a paired sequential test (racing.py)."""
 
-    round: int = field(metadata={_MINIMUM: 1})
+    round: int = field(metadata={MINIMUM: 1})
     dataset: str
-    n_pruned: int = field(metadata={_MINIMUM: 0})
+    n_pruned: int = field(metadata={MINIMUM: 0})
     versus_n_pruned: int | None = None  # the reference's heads pruned; None: the constant 0 (H2's first keep)
-    seeds: int = field(metadata={_MINIMUM: 1})
+    seeds: int = field(metadata={MINIMUM: 1})
     p_value: float | None = None  # None: no test (every difference zero, or the constant 0)
     keep: bool
     mean_difference: float
 
 
 @dataclass(kw_only=True)
-class Racing(_Json):
+class Racing(JsonRecord):
     """How a search was raced: its settings, seed order, eliminations and decisions."""
 
     confidence: float
-    first_test: int = field(metadata={_MINIMUM: 2})
+    first_test: int = field(metadata={MINIMUM: 2})
     walk_test: str = WALK_TEST_BEFORE  # racing.WALK_TESTS
-    screen: str | None = _optional()  # the low fidelity compared rounds were screened at
+    screen: str | None = optional()  # the low fidelity compared rounds were screened at
     seeds: list[int]
     eliminations: list[Elimination]
     decisions: list[Decision]
@@ -337,7 +204,7 @@ class Racing(_Json):
 
 
 @dataclass(kw_only=True)
-class H1Result(_Json):
+class H1Result(JsonRecord):
     """H1 with one order (summary["h1"][order]): mean F1 per dataset and k, the ranking, the chosen k.
     `evaluations`: the seed evaluations the search made; `grid_evaluations`: what the full protocol
     makes on the same path (equal without racing); `racing`: present when it was raced."""
@@ -347,17 +214,17 @@ class H1Result(_Json):
     scores: dict[str, dict[str, float]]  # {dataset: {str(k): mean F1}}
     ranking: list[RankingRow]
     chosen_k: int
-    pruned_heads: list[tuple[int, int]] | None = _optional()
-    evaluations: int | None = _optional()
-    grid_evaluations: int | None = _optional()
-    low_evaluations: int | None = _optional()  # a screened race's low-fidelity evaluations
-    racing: Racing | None = _optional()
+    pruned_heads: list[tuple[int, int]] | None = optional()
+    evaluations: int | None = optional()
+    grid_evaluations: int | None = optional()
+    low_evaluations: int | None = optional()  # a screened race's low-fidelity evaluations
+    racing: Racing | None = optional()
     # The per-seed F1 behind `scores` ({dataset: {str(k): [F1 of each of `seeds`]}}), read from the store
     # after the search: the paired tests of "Which order prunes best". A seed the search did not score
     # is null (a race drops candidates after fewer seeds: `Racing.scored_seeds`), even where the store
     # holds it from another run; a cell with no seed is left out. Absent in summaries before schema 4.
-    seeds: list[int] | None = _optional()
-    seed_scores: dict[str, dict[str, list[float | None]]] | None = _optional()
+    seeds: list[int] | None = optional()
+    seed_scores: dict[str, dict[str, list[float | None]]] | None = optional()
 
     def seeds_given(self, k: int, seeds: list[int]) -> set[int]:
         """The seeds the search scored its candidate k on: all of `seeds` without racing, else
@@ -366,7 +233,7 @@ class H1Result(_Json):
 
 
 @dataclass(kw_only=True)
-class GreedyModel(_Json):
+class GreedyModel(JsonRecord):
     """The model an H2/H3 walk kept on one dataset; `score` its F1 there as seen during the walk."""
 
     pruned_heads: list[tuple[int, int]]
@@ -375,42 +242,42 @@ class GreedyModel(_Json):
 
 
 @dataclass(kw_only=True)
-class GreedyResult(_Json):
+class GreedyResult(JsonRecord):
     """H2 or H3 with one order (summary["h2"|"h3"][order]): one model per dataset, cross-scored and ranked."""
 
     per_dataset: dict[str, GreedyModel]
     cross: dict[str, dict[str, float]]  # {source dataset: {evaluation dataset: mean F1}}
     ranking: list[RankingRow]
     chosen: str
-    pruned_heads: list[tuple[int, int]] | None = _optional()
-    group_size: int | None = _optional()
+    pruned_heads: list[tuple[int, int]] | None = optional()
+    group_size: int | None = optional()
     departure: str | None = None
-    complete: dict[str, float] | None = _optional()  # H3: the complete model's F1 per dataset
-    evaluations: int | None = _optional()  # as H1Result's
-    grid_evaluations: int | None = _optional()
-    low_evaluations: int | None = _optional()
-    racing: Racing | None = _optional()
+    complete: dict[str, float] | None = optional()  # H3: the complete model's F1 per dataset
+    evaluations: int | None = optional()  # as H1Result's
+    grid_evaluations: int | None = optional()
+    low_evaluations: int | None = optional()
+    racing: Racing | None = optional()
 
 
 @dataclass(kw_only=True)
-class ChosenModel(_Json):
+class ChosenModel(JsonRecord):
     """A model of the generalization check (summary["chosen"][name]); sizes come with its scores."""
 
     pruned_heads: list[tuple[int, int]]
     n_pruned: int
     strategy: str | None = None  # None for the complete model
     order: str | None = None
-    n_params: int | None = _optional()
-    size_bytes: int | None = _optional()
-    params_pct_vs_cm: float | None = _optional()
-    size_pct_vs_cm: float | None = _optional()
+    n_params: int | None = optional()
+    size_bytes: int | None = optional()
+    params_pct_vs_cm: float | None = optional()
+    size_pct_vs_cm: float | None = optional()
 
 
 # ----------------------------------------------------------------------------- generalization
 
 
 @dataclass(kw_only=True)
-class DatasetScores(_Json):
+class DatasetScores(JsonRecord):
     """One model on one dataset (generalize.comparison): per-seed F1 and, in the generalization check,
     the seconds one finetuning of this model takes on the run's device (Table 14): each model adjusting
     alone, physically pruned. The reference loop's scores carry those times; where the scores came
@@ -422,18 +289,18 @@ class DatasetScores(_Json):
     mean: float
     std: float
     pct_vs_cm: float | None = None
-    adjust_seconds: list[float] | None = _optional()
-    adjust_mean: float | None = _optional()
-    adjust_std: float | None = _optional()
-    adjust_pct_vs_cm: float | None = _optional()
-    adjust_seeds: list[int] | None = _optional()  # None: every seed of `scores`
-    engine_adjust_seconds: list[float] | None = _optional()
-    engine_adjust_mean: float | None = _optional()  # of `engine_adjust_seconds` (schema 7)
-    engine_adjust_std: float | None = _optional()
+    adjust_seconds: list[float] | None = optional()
+    adjust_mean: float | None = optional()
+    adjust_std: float | None = optional()
+    adjust_pct_vs_cm: float | None = optional()
+    adjust_seeds: list[int] | None = optional()  # None: every seed of `scores`
+    engine_adjust_seconds: list[float] | None = optional()
+    engine_adjust_mean: float | None = optional()  # of `engine_adjust_seconds` (schema 7)
+    engine_adjust_std: float | None = optional()
 
 
 @dataclass(kw_only=True)
-class Significance(_Json):
+class Significance(JsonRecord):
     """A paired t-test with p < alpha: `better` is significantly better than `worse` on `dataset`."""
 
     dataset: str
@@ -443,7 +310,7 @@ class Significance(_Json):
 
 
 @dataclass(kw_only=True)
-class Generalization(_Json):
+class Generalization(JsonRecord):
     """summary["generalization"]: {model: {dataset: DatasetScores}} beside the key "significance"."""
 
     models: dict[str, dict[str, DatasetScores]]
@@ -451,21 +318,21 @@ class Generalization(_Json):
 
     @classmethod
     def from_json(cls, data: Any, key: str = "") -> Generalization:
-        data = _object(data, key)
+        data = as_object(data, key)
         if "significance" not in data:
-            raise _missing(_join(key, "significance"))
+            raise missing_key(join_key(key, "significance"))
         return cls(
-            models={name: _read(value, dict[str, DatasetScores], _join(key, name))
+            models={name: read_value(value, dict[str, DatasetScores], join_key(key, name))
                     for name, value in data.items() if name != "significance"},
-            significance=_read(data["significance"], list[Significance], _join(key, "significance")),
+            significance=read_value(data["significance"], list[Significance], join_key(key, "significance")),
         )
 
     def to_json(self) -> dict:
-        return {**_write(self.models), "significance": _write(self.significance)}
+        return {**write_value(self.models), "significance": write_value(self.significance)}
 
 
 @dataclass(kw_only=True)
-class MeanScore(_Json):
+class MeanScore(JsonRecord):
     """A random-order mean on one dataset: the mean of the models' means, the std of those means
     across the random orders (their spread, not a std over seeds: the per-seed MAM model, with its
     std over seeds and t-tests, is in the generalization table), % vs CM."""
@@ -476,7 +343,7 @@ class MeanScore(_Json):
 
 
 @dataclass(kw_only=True)
-class RandomMean(_Json):
+class RandomMean(JsonRecord):
     """summary["random_means"]["MAM<strategy>"] (generalize.random_means): {dataset: MeanScore} beside "n_pruned"."""
 
     datasets: dict[str, MeanScore]
@@ -484,32 +351,32 @@ class RandomMean(_Json):
 
     @classmethod
     def from_json(cls, data: Any, key: str = "") -> RandomMean:
-        data = _object(data, key)
+        data = as_object(data, key)
         n_pruned = data.get("n_pruned")
         return cls(
-            datasets={name: MeanScore.from_json(value, _join(key, name))
+            datasets={name: MeanScore.from_json(value, join_key(key, name))
                       for name, value in data.items() if name != "n_pruned"},
-            n_pruned=None if n_pruned is None else _read(n_pruned, float, _join(key, "n_pruned")),
+            n_pruned=None if n_pruned is None else read_value(n_pruned, float, join_key(key, "n_pruned")),
         )
 
     def to_json(self) -> dict:
-        out: dict = _write(self.datasets)
+        out: dict = write_value(self.datasets)
         if self.n_pruned is not None:
             out["n_pruned"] = self.n_pruned
         return out
 
 
 @dataclass(kw_only=True)
-class ModelOverview(_Json):
+class ModelOverview(JsonRecord):
     """A model at a glance (summary["overview"][name], `analysis.overview`): its mean F1 over the
     generalization datasets it shares with CM (`datasets` of them), CM's mean over the same, the
     change vs CM in % (null where CM's is 0), and on how many of them its mean is above CM's."""
 
-    datasets: int = field(metadata={_MINIMUM: 1})
+    datasets: int = field(metadata={MINIMUM: 1})
     mean: float
     complete_mean: float
     pct_vs_cm: float | None = None
-    better_than_cm: int = field(metadata={_MINIMUM: 0})
+    better_than_cm: int = field(metadata={MINIMUM: 0})
 
 
 # ----------------------------------------------------------------------------- which order prunes best
@@ -521,7 +388,7 @@ def _nan(value: float | None) -> float:
 
 
 @dataclass(kw_only=True)
-class OrderCurves(_Json):
+class OrderCurves(JsonRecord):
     """One order's H1 curves against the others' (`curves.compare_orders`): its mean F1 over k per
     dataset (`area`) and over every (dataset, seed) compared (`mean_area`), and per dataset the safe
     k (the largest k non-inferior to the complete model at the margin; null where none is)."""
@@ -532,20 +399,20 @@ class OrderCurves(_Json):
 
 
 @dataclass(kw_only=True)
-class OrderPair(_Json):
+class OrderPair(JsonRecord):
     """Two orders' mean F1 over k, paired over the (dataset, seed) pairs: the mean difference a - b,
     the two-sided paired t-test and its Holm-adjusted p (null: no test, e.g. fewer than two pairs)."""
 
     a: str
     b: str
     difference: float | None = None
-    n: int = field(metadata={_MINIMUM: 0})
+    n: int = field(metadata={MINIMUM: 0})
     p_value: float | None = None
     p_holm: float | None = None
 
 
 @dataclass(kw_only=True)
-class ChanceRow(_Json):
+class ChanceRow(JsonRecord):
     """A criterion among the random orders (`curves.against_chance`): its effect (centred mean F1 over
     k), the one-sided prediction t-test (null where the random orders do not spread), Holm over the
     criteria, and its rank among the random orders overall and per dataset (1 = above all)."""
@@ -553,13 +420,13 @@ class ChanceRow(_Json):
     effect: float
     t: float | None = None
     p_value: float | None = None
-    rank: int = field(metadata={_MINIMUM: 1})
+    rank: int = field(metadata={MINIMUM: 1})
     rank_by_dataset: dict[str, int]
     p_holm: float | None = None
 
 
 @dataclass(kw_only=True)
-class AgainstChance(_Json):
+class AgainstChance(JsonRecord):
     """Every non-random order placed in the distribution of the random orders' mean F1 over k."""
 
     random_orders: list[str]
@@ -578,7 +445,7 @@ class AgainstChance(_Json):
 
 
 @dataclass(kw_only=True)
-class Band(_Json):
+class Band(JsonRecord):
     """The complete model's mean and standard deviation over seeds on one dataset."""
 
     mean: float
@@ -586,7 +453,7 @@ class Band(_Json):
 
 
 @dataclass(kw_only=True)
-class OrderComparison(_Json):
+class OrderComparison(JsonRecord):
     """summary["order_comparison"], "Which order prunes best": every order's H1 curves compared
     (`curves.compare_orders`) on the k every order was scored at (`ks`), over the seeds every such
     cell was scored with (`seeds`, per dataset), with `alpha` and the safe k's `margin`; the random
@@ -621,49 +488,49 @@ class OrderComparison(_Json):
 
 
 @dataclass(kw_only=True)
-class Summary(_Json):
+class Summary(JsonRecord):
     """summary.json. Only `model` is required: a report renders whatever parts a run has."""
 
-    schema_version: int = field(default=SCHEMA_VERSION, metadata={_MINIMUM: 1})
-    headprune_version: str | None = _optional()
-    date: str | None = _optional()  # ISO 8601, UTC
-    device: str | None = _optional()
-    versions: dict | None = _optional()  # {library: version}
-    config: dict | None = _optional()  # config.Config.to_dict(): the validated configuration
-    departures: list[str] | None = _optional()  # every shortening of the paper's protocol, in words
+    schema_version: int = field(default=SCHEMA_VERSION, metadata={MINIMUM: 1})
+    headprune_version: str | None = optional()
+    date: str | None = optional()  # ISO 8601, UTC
+    device: str | None = optional()
+    versions: dict | None = optional()  # {library: version}
+    config: dict | None = optional()  # config.Config.to_dict(): the validated configuration
+    departures: list[str] | None = optional()  # every shortening of the paper's protocol, in words
     model: ModelInfo
-    orders: dict[str, OrderEntry] | None = _optional()
-    h1: dict[str, H1Result] | None = _optional()
-    h2: dict[str, GreedyResult] | None = _optional()
-    h3: dict[str, GreedyResult] | None = _optional()
-    chosen: dict[str, ChosenModel] | None = _optional()
-    generalization: Generalization | None = _optional()
-    generalization_seeds: list[int] | None = _optional()
-    random_means: dict[str, RandomMean] | None = _optional()
+    orders: dict[str, OrderEntry] | None = optional()
+    h1: dict[str, H1Result] | None = optional()
+    h2: dict[str, GreedyResult] | None = optional()
+    h3: dict[str, GreedyResult] | None = optional()
+    chosen: dict[str, ChosenModel] | None = optional()
+    generalization: Generalization | None = optional()
+    generalization_seeds: list[int] | None = optional()
+    random_means: dict[str, RandomMean] | None = optional()
     # Tables 7-10: CM, the OI models and the random-order means on the Step 2 datasets (G2), over
     # the Step 2 seeds, from the scores Step 2 stored.
-    step2_comparison: Generalization | None = _optional()
+    step2_comparison: Generalization | None = optional()
     # The same comparison on seeds no Step 2 selection used (`step2.fresh_seeds`): free of the bias of
     # scoring the chosen models on the seeds that chose them. Absent when off (the paper) or older.
-    step2_fresh_comparison: Generalization | None = _optional()
-    step2_fresh_seeds: list[int] | None = _optional()
+    step2_fresh_comparison: Generalization | None = optional()
+    step2_fresh_seeds: list[int] | None = optional()
     # The generalization check at a glance, per model (`analysis.overview`); absent before schema 7.
-    overview: dict[str, ModelOverview] | None = _optional()
+    overview: dict[str, ModelOverview] | None = optional()
     # "Which order prunes best" (`analysis.order_comparison`): with two or more H1 orders; absent before schema 7.
-    order_comparison: OrderComparison | None = _optional()
+    order_comparison: OrderComparison | None = optional()
     # Per chosen model, the CPU inference of its encoder (PyTorch eager, `speed.measure`): batch-1
     # latency p50/p95 (ms), batch-32 throughput (texts/s), threads, `p50_speedup` and
     # `throughput_speedup` vs CM. A measurement, apart from the chosen models' (reproducible) facts.
-    inference: dict[str, dict] | None = _optional()
-    elapsed_seconds: float | None = _optional()
+    inference: dict[str, dict] | None = optional()
+    elapsed_seconds: float | None = optional()
     # `headprune run --budget`: the budget, the profile it chose and the estimates compared (budget.Choice)
-    budget: dict | None = _optional()
-    path: Path | None = field(default=None, compare=False, metadata={_NOT_JSON: True})  # where it was read
+    budget: dict | None = optional()
+    path: Path | None = field(default=None, compare=False, metadata={NOT_JSON: True})  # where it was read
 
     @classmethod
     def from_json(cls, data: Any, key: str = "") -> Summary:
         """The version is checked first: a newer file is refused as such, not by its first unknown key."""
-        version = _read(_object(data, key).get("schema_version", 1), int, "schema_version", minimum=1)
+        version = read_value(as_object(data, key).get("schema_version", 1), int, "schema_version", minimum=1)
         if version > SCHEMA_VERSION:
             raise MalformedSummary(
                 "schema_version", f"schema_version {version} is newer than this version reads (1 to {SCHEMA_VERSION})"
