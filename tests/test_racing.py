@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from headprune.errors import HeadpruneError
-from headprune.racing import Race, RacingSettings, SeedNoise, SeedRequest, walk_decision
+from headprune.racing import Race, RacingSettings, SeedRequest
 from headprune.search import H1Strategy, H2Strategy, H3Strategy, Request, Round, run_strategies
+from headprune.walk import SeedNoise, walk_decision
 
 ORDER = [(layer, head) for layer in range(2) for head in range(6)]  # most important first
 DATASETS = ["a", "b", "c", "d"]
@@ -623,24 +624,24 @@ def test_replay_measures_a_low_fidelity_and_screens_with_it(grid_and_race, monke
 def test_identical_rankings_in_every_row_drop_every_worse_candidate() -> None:
     """Conover's variance term vanishes when every row ranks the candidates alike (scikit-posthocs
     then gives 0 or nan by rounding): the race drops every candidate below the best, whatever the size."""
-    from headprune.racing import _worse_than_best
+    from headprune.frace import worse_than_best
 
     for n, k in ((4, 4), (8, 4), (10, 4), (6, 3), (40, 12)):
         table = np.tile(np.arange(k, dtype=float) / 100, (n, 1)) + 0.5  # column k-1 best in every row
-        dropped = _worse_than_best(table, 0.05)
+        dropped = worse_than_best(table, 0.05)
         assert sorted(j for j, _, _ in dropped) == list(range(k - 1)), (n, k)
         assert all(test == "friedman (identical rankings)" for _, _, test in dropped)
 
 
 def test_two_candidates_drop_the_one_the_wilcoxon_test_finds_worse() -> None:
     """A wins 21 rows by 0.001 and loses 19 by 0.02: fewer row wins for B, but B is better."""
-    from headprune.racing import _worse_than_best
+    from headprune.frace import worse_than_best
 
     a = np.full(40, 0.8)
     b = np.concatenate([np.full(21, 0.799), np.full(19, 0.82)])
-    dropped = _worse_than_best(np.column_stack([a, b]), 0.05)
+    dropped = worse_than_best(np.column_stack([a, b]), 0.05)
     assert [(j, test) for j, _, test in dropped] == [(0, "wilcoxon")] and dropped[0][1] < 0.05
-    assert _worse_than_best(np.column_stack([b, a]), 0.05)[0][0] == 1
+    assert worse_than_best(np.column_stack([b, a]), 0.05)[0][0] == 1
 
 
 def test_a_screened_race_raises_at_the_low_fidelity_first() -> None:

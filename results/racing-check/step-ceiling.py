@@ -1,7 +1,7 @@
 """What would let H2/H3's step decisions use fewer seeds (issue 18), measured on the complete grid of
 results/racing-check/run, on the path the full run took, 200 seed permutations (seed 0):
 
-1. the sequential paired t-test of `racing.walk_decision` with an equivalence stop added (also stop
+1. the sequential paired t-test of `walk.walk_decision` with an equivalence stop added (also stop
    once the paired one-sided confidence bounds of the difference both lie within +-margin F1,
    deciding by the sign of the mean so far; an exploration, not built);
 2. the paper's rule on b random seeds against all 10: the steps' own noise ceiling.
@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from headprune.racing import RacingSettings, walk_decision
+from headprune.racing import RacingSettings
 from headprune.studies.replay import _full_result, _searches, _stored
 from headprune.summary import load_summary
+from headprune.walk import walk_decision
 
 RUN = Path(__file__).parent / "run"
 SEEDS = list(range(1, 11))

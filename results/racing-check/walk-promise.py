@@ -3,7 +3,7 @@ results/racing-check/run, on the path the full run took, and by simulation:
 
 1. grid: for the default walk test at every first test the configuration accepts (2-10 of the 10
    seeds), and for the others at the first tests compared before, at confidence 0.95, 200 replays
-   with the seed order permuted (the same 200 permutations for every setting, seed 0): each H2/H3 step's sequential decision (`racing.walk_decision`, as
+   with the seed order permuted (the same 200 permutations for every setting, seed 0): each H2/H3 step's sequential decision (`walk.walk_decision`, as
    `headprune replay` does) against the 10-seed rule: the step agreement, the share of the seeds
    the steps used, and the path agreement (replays in which every decision of the search was the
    10-seed rule's) with its one-sided 95% Clopper-Pearson lower bound;
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from headprune.racing import RacingSettings, SeedNoise, walk_decision
+from headprune.racing import RacingSettings
 from headprune.studies.replay import _full_result, _replay_search, _searches, _StepStats, _stored, lower_bound
 from headprune.summary import load_summary
+from headprune.walk import SeedNoise, walk_decision
 
 HERE = Path(__file__).parent
 RUN = HERE / "run"

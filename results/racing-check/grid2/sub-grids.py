@@ -24,8 +24,8 @@ from scipy import stats
 
 from headprune.config import parse_seeds
 from headprune.racing import RacingSettings
-from headprune.studies.replay import _full_result, _least, _replay_search, _stored
 from headprune.search import H1Strategy
+from headprune.studies.replay import _full_result, _least, _replay_search, _stored
 from headprune.summary import load_summary
 
 HERE = Path(__file__).parent

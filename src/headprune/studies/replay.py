@@ -14,7 +14,7 @@ compared with the grid's choice:
   confidence. An H2/H3 race that leaves the grid's path asks for scores the store lacks; such
   replays are counted as `left_the_grid` and as disagreements in `agreement` (a lower bound).
 - H2/H3 step by step: on the path the full run took, each step's sequential decision
-  (`racing.walk_decision`, seeds in the replay's order) against the full-seed rule: `agreement`
+  (`walk.walk_decision`, seeds in the replay's order) against the full-seed rule: `agreement`
   of the decisions and `seed_fraction`, the step's own seeds the decisions used over all seeds
   (the reference's extra seeds are in the whole race's `evaluation_fraction`). H2's steps compared
   with the constant 0 (before anything is kept) are always kept after `first_test` seeds; they are
@@ -51,11 +51,12 @@ from scipy import stats
 from ..config import recorded_config
 from ..errors import HeadpruneError
 from ..heads import HeadSet
-from ..racing import Race, RacingSettings, SeedNoise, by_fidelity, walk_decision
+from ..racing import Race, RacingSettings, by_fidelity
 from ..search import H1Strategy, H2Strategy, H3Strategy, Request, Strategy, run_strategies
 from ..store import ResultStore
 from ..summary import SUMMARY_FILE, load_summary, malformed
 from ..verify import NotInStore, StoredScores
+from ..walk import SeedNoise, walk_decision
 
 REPLAY_FILE = "replay.json"
 DEFAULT_REPEATS = 200
