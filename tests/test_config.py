@@ -138,7 +138,7 @@ def test_parse_seeds() -> None:
 
 
 def test_departures_name_every_shortening() -> None:
-    from headprune.config import departures
+    from headprune.protocol import departures
 
     assert departures(load_config(ROOT / "configs" / "paper.toml"), "cpu") == []
     # The paper's protocol on another model: the model and the fresh head's warm-up depart.
@@ -177,7 +177,7 @@ def _with(config: Config, name: str, value) -> Config:
 def test_every_config_field_is_compared_or_excluded() -> None:
     """Each field of the Config tree is a protocol option (`PAPER_PROTOCOL`), an engine option (its
     effect listed by `engine_departures`) or named as no departure: a new field in none fails here."""
-    from headprune.config import ENGINE_OPTIONS, NOT_DEPARTURES, PAPER_PROTOCOL, config_fields
+    from headprune.protocol import ENGINE_OPTIONS, NOT_DEPARTURES, PAPER_PROTOCOL, config_fields
 
     tables = [set(PAPER_PROTOCOL), set(ENGINE_OPTIONS), set(NOT_DEPARTURES)]
     assert set(config_fields()) == set().union(*tables)
@@ -185,7 +185,7 @@ def test_every_config_field_is_compared_or_excluded() -> None:
 
 
 def test_each_protocol_option_changed_alone_is_listed() -> None:
-    from headprune.config import PAPER_PROTOCOL, config_value, departures, paper_config
+    from headprune.protocol import PAPER_PROTOCOL, config_value, departures, paper_config
 
     assert departures(paper_config(), "cpu") == [] and departures(paper_config(), "cuda") == []
     for name, paper in PAPER_PROTOCOL.items():
@@ -206,7 +206,7 @@ def test_each_protocol_option_changed_alone_is_listed() -> None:
 
 
 def test_fields_that_change_nothing_computed_are_never_departures() -> None:
-    from headprune.config import NOT_DEPARTURES, departures, paper_config
+    from headprune.protocol import NOT_DEPARTURES, departures, paper_config
 
     changes = {"model.cache_dir": "/tmp/heads", "model.trust_remote_code": True, "data.data_dir": "/tmp/data",
                "model.mlm_head_warmup_datasets": ["irony"],
@@ -228,9 +228,9 @@ def test_the_batched_engine_is_listed_with_its_differences() -> None:
     """The batched engine (run.engine = batched, or auto on CUDA: the rule make_executor follows)
     departs from the reference loop: dropout per stack (statistical equality only), bf16 on CUDA,
     packs of candidates in Step 2, a stack's shared adjusting time."""
-    from headprune.config import ENGINE_OPTIONS, batched_engine, departures, paper_config
     from headprune.engine import BatchedExecutor
     from headprune.executors import make_executor
+    from headprune.protocol import ENGINE_OPTIONS, batched_engine, departures, paper_config
 
     def engine(resolved: str | None = None, **run) -> list[str]:
         config = paper_config()
@@ -277,7 +277,7 @@ def _quick_options() -> list[str]:
 
 
 def test_quick_profile_departs_in_each_option_it_marks() -> None:
-    from headprune.config import departures
+    from headprune.protocol import departures
 
     marked = _quick_options()
     assert len(marked) >= 14 and "model.mlm_head_warmup_steps" in marked
@@ -335,7 +335,7 @@ def test_engine_is_chosen_by_device_unless_configured() -> None:
 
 
 def test_racing_is_a_departure_that_names_its_settings() -> None:
-    from headprune.config import departures, paper_config
+    from headprune.protocol import departures, paper_config
 
     config = _with(_with(_with(paper_config(), "step2.racing", True), "step2.racing_confidence", 0.9),
                    "step2.racing_first_test", 4)
@@ -399,7 +399,7 @@ def test_fresh_seeds_are_disjoint_from_the_selection_seeds() -> None:
 def test_fresh_seed_comparison_is_off_in_the_paper_protocol_only() -> None:
     """The paper (and the paper profiles) score Tables 7-10 on the selection seeds alone, with no
     departure; any other configuration adds the fresh-seed comparison and lists it as a departure."""
-    from headprune.config import departures, paper_config
+    from headprune.protocol import departures, paper_config
 
     for name in ("paper.toml", "paper-minilm.toml"):
         config = load_config(ROOT / "configs" / name)

@@ -11,10 +11,11 @@ import torch
 
 from headprune import devices
 from headprune.base import load_base
-from headprune.config import departures, from_dict, paper_config
+from headprune.config import from_dict
 from headprune.errors import HeadpruneError
 from headprune.pipeline import Pipeline
 from headprune.progress import RunProgress
+from headprune.protocol import departures, paper_config
 from headprune.scorer import Scorer
 from headprune.scoring import adjust, encode
 from headprune.settings import ScoreSettings
@@ -156,11 +157,11 @@ def traced_score(base, ids, labels, settings: ScoreSettings, precision: str) -> 
     hook = torch.nn.modules.module.register_module_forward_hook(linear_output)
     try:
         with pytest.MonkeyPatch.context() as patch:
+            # the loss and the optimizer are looked up inside the adjusting step; the features stage is injected
             patch.setattr(scoring, "masked_lm_loss", loss)
-            patch.setattr(scoring, "features", features)
             patch.setattr(scoring, "adamw", adamw)
             trace["f1"] = scoring.score_seed(base.model, base.tokenizer, ids, labels, (), 1, settings, CPU,
-                                             precision).f1
+                                             precision, stages=scoring.Stages(features=features)).f1
     finally:
         hook.remove()
     return trace

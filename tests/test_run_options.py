@@ -33,8 +33,8 @@ def test_the_profiles_ship_in_the_package_and_the_repositorys_configs_point_at_t
 def test_the_cpu_hour_profile_marks_each_shortening_it_makes() -> None:
     import re
 
-    from headprune.config import departures
     from headprune.profiles import profile_text
+    from headprune.protocol import departures
 
     section, marked = "", set()
     for line in profile_text("cpu-hour").splitlines():

@@ -20,7 +20,7 @@ import torch
 from . import __version__
 from .analysis import analyse
 from .base import BaseModel
-from .config import Config, departures, load_config
+from .config import Config, load_config
 from .data import expand_datasets
 from .devices import device_description
 from .errors import HeadpruneError
@@ -29,6 +29,7 @@ from .heads import HeadSet
 from .importance import Order, order_stability
 from .names import ModelName
 from .progress import RunProgress
+from .protocol import departures
 from .racing import Race, by_fidelity
 from .scorer import Scorer
 from .search import H1Strategy, H2Strategy, H3Strategy, k_values_from, run_strategies

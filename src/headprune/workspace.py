@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .base import BaseModel, load_base
-from .config import Config, batched_engine
+from .config import Config
 from .data import Dataset, cap_examples, check_enough_per_class, expand_datasets, load_dataset
 from .devices import check_precision, reproducible, resolve_device
 from .errors import HeadpruneError
 from .executors import checked_engine, make_executor
 from .importance import Order, Step1Run, criterion_for
 from .progress import RunProgress
+from .protocol import batched_engine
 from .scorer import Scorer
 from .scoring import run_task
 from .settings import ScoreSettings
@@ -117,7 +118,7 @@ class Workspace:
     # ------------------------------------------------------------------ engines and executors
     def batched(self) -> bool:
         """Whether Step 2's and the generalization's evaluations run on the batched engine (in process
-        or as Ray units): `config.batched_engine`'s rule on this device; where the configuration leaves
+        or as Ray units): `protocol.batched_engine`'s rule on this device; where the configuration leaves
         it to the Ray workers' devices, as this machine's device would."""
         decided = batched_engine(self.config, self.device.type)
         return self.device.type == "cuda" if decided is None else decided

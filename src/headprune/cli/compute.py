@@ -302,12 +302,12 @@ def _run_on_budget(text: str, overrides: dict, run_dir: Path | None, dry_run: bo
     """--budget: estimate the ladder's profiles (most faithful first), print the choice, its plan and
     departures, then run it with the budget as the deadline."""
     from ..budget import choose, parse_budget
-    from ..config import departures
     from ..overrides import with_overrides
     from ..pipeline import Pipeline
     from ..plan import dry_run_text
     from ..profiles import LADDER, load_profile
     from ..progress import format_seconds
+    from ..protocol import departures
 
     seconds = parse_budget(text)
     candidates = {name: Pipeline(with_overrides(load_profile(name), overrides), run_dir or Path("runs") / name)

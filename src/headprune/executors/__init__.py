@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import batched_engine
 from ..devices import resolve_device
+from ..protocol import batched_engine
 from ..tasks import Executor
 from .local import InProcessExecutor, ProcessExecutor, WorkerProcesses
 from .ray_executor import RAY_MISSING, RayExecutor
