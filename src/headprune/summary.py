@@ -6,7 +6,11 @@ Every part is a dataclass whose fields are the JSON keys, in the order they are 
 and writing cannot drift apart and a malformed part is refused with the key path at fault
 ('h1.OI.ranking[0].rank_sum'). Keys that older or hand-written summaries may lack are optional
 (`optional()`: None when absent, left out when None); a field with a plain None default is nullable
-and always written. A file without `schema_version` is version 1: the same shape, read as is."""
+and always written. A file without `schema_version` is version 1: the same shape, read as is.
+
+Longer than most modules (about 600 lines) on purpose: it is the schema of one document, about 40
+small record classes in the order their parts appear in summary.json, so that the whole schema reads
+in one place; the generic reading and writing is `records.py`'s."""
 
 from __future__ import annotations
 
