@@ -194,8 +194,7 @@ def test_workers_rebuild_a_model_that_scores_as_the_original(base, files, tmp_pa
 
 def test_missing_ray_extra_is_a_one_line_error(monkeypatch):
     from headprune.config import Config
-    from headprune.executors import RayExecutor
-    from headprune.pipeline import make_executor
+    from headprune.executors import RayExecutor, make_executor
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(HeadpruneError) as caught:

@@ -61,10 +61,12 @@ class Choice:
 
 
 def choose(candidates: dict[str, Pipeline], budget_seconds: float,
-           estimate: Callable[[Pipeline], float] = estimated_seconds) -> Choice:
+           estimate: Callable[[Pipeline], float] | None = None) -> Choice:
     """Among `candidates` (profile -> pipeline, least faithful first), the most faithful whose
-    `estimate` (the dry run's, calibrated here) fits `budget_seconds`; none fitting: the least
-    faithful (the run then stops at the budget and a rerun goes on)."""
+    `estimate` (default `estimated_seconds`, the dry run's, calibrated here; looked up when called,
+    so that a test of the command line can replace the machine's calibration) fits `budget_seconds`;
+    none fitting: the least faithful (the run then stops at the budget and a rerun goes on)."""
+    estimate = estimate or estimated_seconds
     if not candidates:
         raise HeadpruneError("--budget: no profile to choose from")
     estimates: dict[str, float] = {}
